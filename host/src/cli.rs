@@ -1,0 +1,282 @@
+//! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status` and `reset-state`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, TenantConfig};
+use crate::graph::GraphClient;
+use crate::state::Store;
+use crate::status::StatusFile;
+use crate::sync::{CycleOptions, CycleReport, StopFlag, TenantSync};
+
+/// Writes Microsoft Entra ID groups back into on-premises Active Directory.
+#[derive(Debug, Parser)]
+#[command(name = "writeback", version)]
+pub struct Cli {
+    /// The agent's TOML configuration file.
+    #[arg(long, short, global = true, env = "WRITEBACK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The agent's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one sync cycle for each tenant and exit.
+    Sync {
+        /// Run exactly one cycle (required; `run` is the daemon).
+        #[arg(long)]
+        once: bool,
+        /// Re-read every managed group from the directory and repair drift.
+        #[arg(long)]
+        full: bool,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Apply deletes even when there are more than the tenant's delete_threshold.
+        #[arg(long)]
+        allow_deletes: bool,
+    },
+    /// Run as a daemon: a delta cycle every `interval`, a full reconcile every `reconcile_interval`.
+    Run,
+    /// Print every directory change the next cycle would make; write nothing.
+    Plan {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Plan a full reconcile instead of a delta cycle.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print each tenant's last cycle, managed groups, skipped members, conflicts and held deletes.
+    Status {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Forget a tenant's local state; the next cycle resyncs from Graph and the directory.
+    ResetState {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let config_path = cli.config.clone().context("no config file given; pass --config FILE")?;
+    let config = Config::load(&config_path)?;
+    match cli.command {
+        Command::Sync { once, full, tenant, allow_deletes } => {
+            if !once {
+                bail!("`sync` needs --once (use `run` for the daemon)");
+            }
+            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, dry_run: false }).await
+        }
+        Command::Run => daemon(&config).await,
+        Command::Plan { tenant, full } => plan(&config, tenant.as_deref(), full).await,
+        Command::Status { tenant } => status(&config, tenant.as_deref()),
+        Command::ResetState { tenant } => reset_state(&config, &tenant),
+    }
+}
+
+fn selected<'a>(config: &'a Config, tenant: Option<&str>) -> Result<Vec<&'a TenantConfig>> {
+    match tenant {
+        Some(name) => Ok(vec![config.tenant(name).with_context(|| format!("no tenant named {name:?} in the config"))?]),
+        None => Ok(config.tenants.iter().collect()),
+    }
+}
+
+fn open_store(config: &Config) -> Result<Store> {
+    Store::open(&config.agent.state_dir).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("lock") {
+            anyhow::anyhow!(
+                "the state directory {} is in use by another writeback process; stop it first",
+                config.agent.state_dir.display()
+            )
+        } else {
+            anyhow::Error::new(e)
+        }
+    })
+}
+
+fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag) -> Result<TenantSync<'a>> {
+    let secret = tenant.client_secret()?;
+    Ok(TenantSync {
+        config: tenant,
+        store: store.clone(),
+        state: store.tenant(&tenant.name)?,
+        graph: GraphClient::new(tenant, secret)?,
+        stop: stop.clone(),
+    })
+}
+
+async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions) -> Result<()> {
+    let store = open_store(config)?;
+    let stop = StopFlag::default();
+    watch_signals(stop.clone());
+    let mut problems = Vec::new();
+    for tenant in selected(config, tenant)? {
+        let sync = tenant_sync(tenant, &store, &stop)?;
+        match run_cycle(config, &sync, options).await {
+            Ok(report) => {
+                println!("{}", summary(&tenant.name, &report));
+                if let Some(problem) = report.needs_attention() {
+                    problems.push(format!("tenant {}: {problem}", tenant.name));
+                }
+            }
+            Err(e) => problems.push(format!("tenant {}: {e:#}", tenant.name)),
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => bail!("{}", problems[0]),
+        n => bail!("{n} tenants need attention: {}", problems.join(" / ")),
+    }
+}
+
+/// Runs a cycle and records its status, successful or not.
+async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions) -> Result<CycleReport> {
+    let started = Instant::now();
+    let result = sync.cycle(options).await;
+    let status = match &result {
+        Ok(report) => report.status.clone(),
+        Err(e) => {
+            let mut status = StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(&sync.config.name).unwrap_or_default();
+            status.last_cycle = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+            status.outcome = format!("failed: {e}");
+            status
+        }
+    };
+    if let Err(e) = StatusFile::record(&config.agent.state_dir, &sync.config.name, status) {
+        tracing::warn!("cannot write status.json: {e}");
+    }
+    tracing::info!(tenant = %sync.config.name, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "cycle finished");
+    Ok(result?)
+}
+
+fn summary(tenant: &str, report: &CycleReport) -> String {
+    let s = &report.status;
+    format!(
+        "tenant {tenant}: {} writes, {} managed groups, {} members skipped, {} conflicts, {} held groups, {} held deletes{}",
+        s.writes,
+        s.managed_groups,
+        s.skipped_members.len(),
+        s.conflicts.len(),
+        s.held_groups.len(),
+        s.held_deletes.len(),
+        if report.stopped { " (stopped early)" } else { "" }
+    )
+}
+
+async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
+    let store = open_store(config)?;
+    let stop = StopFlag::default();
+    for tenant in selected(config, tenant)? {
+        // The dry run reads Graph into a scratch copy, so the real cursor does not move.
+        let scratch = Store::temporary()?;
+        store.copy_tenant_to(&tenant.name, &scratch)?;
+        let sync = tenant_sync(tenant, &scratch, &stop)?;
+        let report = sync.cycle(CycleOptions { full, allow_deletes: true, dry_run: true }).await.with_context(|| format!("tenant {}", tenant.name))?;
+        println!("tenant {}: {} changes", tenant.name, report.plan.len());
+        for op in &report.plan {
+            println!("  {op}");
+        }
+        for held in &report.status.held_groups {
+            println!("  held group {}: {}", held.group_id, held.reason);
+        }
+        if !report.status.held_deletes.is_empty() {
+            println!("  ({} of the deletes above exceed delete_threshold and would be held)", report.status.held_deletes.len());
+        }
+    }
+    Ok(())
+}
+
+fn status(config: &Config, tenant: Option<&str>) -> Result<()> {
+    let file = StatusFile::load(&config.agent.state_dir).with_context(|| format!("cannot read the status in {}", config.agent.state_dir.display()))?;
+    for tenant in selected(config, tenant)? {
+        let status = file.tenants.get(&tenant.name).cloned().unwrap_or_default();
+        print!("{}", status.render(&tenant.name));
+    }
+    Ok(())
+}
+
+fn reset_state(config: &Config, tenant: &str) -> Result<()> {
+    let tenant = selected(config, Some(tenant))?[0];
+    let path = &config.agent.state_dir;
+    match Store::open(path) {
+        Ok(store) => store.tenant(&tenant.name)?.reset()?,
+        Err(e) => {
+            // A store too damaged to open is moved aside whole; every tenant then resyncs.
+            let aside = path.join(format!("db.damaged-{}", std::process::id()));
+            std::fs::rename(path.join("db"), &aside).with_context(|| format!("cannot move the damaged state ({e}) aside"))?;
+            println!("the state could not be opened ({e}); moved it to {}", aside.display());
+        }
+    }
+    println!("state of tenant {} reset; the next cycle resyncs from Graph and the directory", tenant.name);
+    Ok(())
+}
+
+/// SIGTERM and SIGINT ask the agent to stop after the current write.
+fn watch_signals(stop: StopFlag) {
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested; finishing the current write");
+        stop.stop();
+    });
+}
+
+async fn daemon(config: &Config) -> Result<()> {
+    let store = open_store(config)?;
+    let stop = StopFlag::default();
+    watch_signals(stop.clone());
+    let syncs: Vec<TenantSync> = config.tenants.iter().map(|t| tenant_sync(t, &store, &stop)).collect::<Result<_>>()?;
+    // The first cycle after start is a full reconcile: the directory may have drifted while we were down.
+    let mut next_full = Instant::now();
+    tracing::info!(tenants = syncs.len(), interval = ?config.agent.interval, "writeback running");
+    while !stop.is_set() {
+        let full = Instant::now() >= next_full;
+        if full {
+            next_full = Instant::now() + config.agent.reconcile_interval;
+        }
+        for sync in &syncs {
+            if stop.is_set() {
+                break;
+            }
+            let options = CycleOptions { full, ..Default::default() };
+            if let Err(e) = run_cycle(config, sync, options).await {
+                tracing::error!(tenant = %sync.config.name, "cycle failed: {e:#}");
+            }
+        }
+        wait(config.agent.interval, &stop).await;
+    }
+    store.flush().await?;
+    tracing::info!("writeback stopped");
+    Ok(())
+}
+
+/// Sleeps for `interval`, waking early when a stop is asked for.
+async fn wait(interval: Duration, stop: &StopFlag) {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => {}
+        _ = stop.stopped() => {}
+    }
+}

@@ -1,0 +1,429 @@
+//! Agent configuration: the TOML file, its defaults and its validation.
+//!
+//! Secrets never live in the file itself: each one is named by a `*_file` path or a `*_env` variable and is
+//! read once at start-up into a [`Secret`], whose `Debug` and `Display` never show the value.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Why the configuration could not be used. Each message names the file or field and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("cannot read {what} from {path}: {source}")]
+    SecretFile { what: String, path: PathBuf, source: std::io::Error },
+    #[error("{what}: environment variable {var} is not set")]
+    SecretEnv { what: String, var: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    #[serde(rename = "tenant", default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[agent]`: settings shared by every tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where sled keeps cursors, cloud state and the audit log.
+    pub state_dir: PathBuf,
+    /// Time between delta cycles in `run`.
+    #[serde(with = "humantime_serde", default = "defaults::interval")]
+    pub interval: Duration,
+    /// Time between full reconciles (drift repair) in `run`.
+    #[serde(with = "humantime_serde", default = "defaults::reconcile_interval")]
+    pub reconcile_interval: Duration,
+}
+
+/// `[[tenant]]`: one Entra ID tenant and the AD domain it writes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret_file: Option<PathBuf>,
+    /// Name of an environment variable holding the client secret, as an alternative to the file.
+    pub client_secret_env: Option<String>,
+    #[serde(default = "defaults::login_url")]
+    pub login_url: String,
+    #[serde(default = "defaults::graph_url")]
+    pub graph_url: String,
+    /// Whether Microsoft 365 groups with no writeback setting of their own are written (the tenant setting
+    /// `NewUnifiedGroupWritebackDefault`).
+    #[serde(default = "defaults::m365_default_writeback")]
+    pub m365_default_writeback: bool,
+    /// More deletes than this in one cycle are held until `sync --once --allow-deletes`.
+    #[serde(default = "defaults::delete_threshold")]
+    pub delete_threshold: usize,
+    /// Timeout for one Graph or token request.
+    #[serde(with = "humantime_serde", default = "defaults::graph_timeout")]
+    pub graph_timeout: Duration,
+    pub directory: DirectoryConfig,
+}
+
+/// `[tenant.directory]`: the AD domain controller and where groups go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `ldaps://host:636`, or `ldap://host:389` which is always upgraded with StartTLS.
+    pub url: String,
+    pub bind_dn: String,
+    pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the bind password, as an alternative to the file.
+    pub password_env: Option<String>,
+    /// PEM bundle of the CA that signed the DC's certificate; the system roots are used when absent.
+    pub ca_file: Option<PathBuf>,
+    pub target_ou: String,
+    #[serde(with = "humantime_serde", default = "defaults::ldap_timeout")]
+    pub timeout: Duration,
+}
+
+/// Every default in one place, so the README and the code cannot drift apart.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub fn interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn reconcile_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn login_url() -> String {
+        "https://login.microsoftonline.com".into()
+    }
+    pub fn graph_url() -> String {
+        "https://graph.microsoft.com".into()
+    }
+    pub fn m365_default_writeback() -> bool {
+        true
+    }
+    pub fn delete_threshold() -> usize {
+        500
+    }
+    pub fn graph_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn ldap_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// A secret value that never shows itself in logs, errors or debug output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value read from a secret source.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tenants.is_empty() {
+            return Err(ConfigError::Invalid("no [[tenant]] is configured".into()));
+        }
+        if self.agent.interval.is_zero() {
+            return Err(ConfigError::Invalid("[agent] interval must be more than 0s".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for tenant in &self.tenants {
+            if !names.insert(tenant.name.as_str()) {
+                return Err(ConfigError::Invalid(format!("tenant name {:?} is used twice", tenant.name)));
+            }
+            tenant.validate()?;
+        }
+        self.check_target_ous_apart()
+    }
+
+    /// Each tenant owns the anchored groups inside its target OU, so two tenants' OUs must not nest.
+    fn check_target_ous_apart(&self) -> Result<(), ConfigError> {
+        for (i, a) in self.tenants.iter().enumerate() {
+            for b in &self.tenants[i + 1..] {
+                let (x, y) = (&a.directory.target_ou, &b.directory.target_ou);
+                if crate::dn::is_within(x, y) || crate::dn::is_within(y, x) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants {} and {} have nested or equal target_ou; give each tenant its own OU",
+                        a.name, b.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant called `name`.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+}
+
+impl TenantConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.name;
+        let valid_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid_name {
+            return Err(ConfigError::Invalid(format!(
+                "tenant name {name:?} must be non-empty and use only letters, digits, '-', '_' or '.'"
+            )));
+        }
+        for (field, value) in [("tenant_id", &self.tenant_id), ("client_id", &self.client_id)] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("tenant {name}: {field} is empty")));
+            }
+        }
+        check_http_url(name, "login_url", &self.login_url)?;
+        check_http_url(name, "graph_url", &self.graph_url)?;
+        one_secret_source(name, "client_secret", &self.client_secret_file, &self.client_secret_env)?;
+        self.directory.validate(name)
+    }
+
+    /// Reads the client secret from its file or environment variable.
+    pub fn client_secret(&self) -> Result<Secret, ConfigError> {
+        read_secret(
+            &format!("tenant {} client secret", self.name),
+            &self.client_secret_file,
+            &self.client_secret_env,
+        )
+    }
+
+    /// `login_url` without a trailing slash.
+    pub fn login_base(&self) -> &str {
+        self.login_url.trim_end_matches('/')
+    }
+
+    /// `graph_url` without a trailing slash.
+    pub fn graph_base(&self) -> &str {
+        self.graph_url.trim_end_matches('/')
+    }
+}
+
+impl DirectoryConfig {
+    fn validate(&self, tenant: &str) -> Result<(), ConfigError> {
+        let url = Url::parse(&self.url).map_err(|e| {
+            ConfigError::Invalid(format!("tenant {tenant}: directory url {:?} is not a URL: {e}", self.url))
+        })?;
+        if !matches!(url.scheme(), "ldaps" | "ldap") {
+            return Err(ConfigError::Invalid(format!(
+                "tenant {tenant}: directory url must start with ldaps:// (or ldap:// for StartTLS), not {}://",
+                url.scheme()
+            )));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid(format!("tenant {tenant}: directory url has no host")));
+        }
+        if self.bind_dn.trim().is_empty() {
+            return Err(ConfigError::Invalid(format!("tenant {tenant}: directory bind_dn is empty")));
+        }
+        if crate::dn::parse(&self.target_ou).is_none_or(|rdns| rdns.is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "tenant {tenant}: directory target_ou {:?} is not a distinguished name",
+                self.target_ou
+            )));
+        }
+        one_secret_source(tenant, "directory password", &self.password_file, &self.password_env)
+    }
+
+    /// Reads the bind password from its file or environment variable.
+    pub fn password(&self, tenant: &str) -> Result<Secret, ConfigError> {
+        read_secret(&format!("tenant {tenant} directory password"), &self.password_file, &self.password_env)
+    }
+}
+
+/// Graph and login URLs must be https, except on loopback where a test simulator listens on plain http.
+fn check_http_url(tenant: &str, field: &str, value: &str) -> Result<(), ConfigError> {
+    let url = Url::parse(value)
+        .map_err(|e| ConfigError::Invalid(format!("tenant {tenant}: {field} {value:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(ConfigError::Invalid(format!(
+            "tenant {tenant}: {field} must use https (plain http is accepted only for loopback addresses)"
+        ))),
+        other => Err(ConfigError::Invalid(format!("tenant {tenant}: {field} must use https, not {other}://"))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn one_secret_source(
+    tenant: &str,
+    what: &str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<(), ConfigError> {
+    let field = what.replace(' ', "_").replace("directory_", "");
+    match (file, env) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+            "tenant {tenant}: set either {field}_file or {field}_env for the {what}, not both"
+        ))),
+        (None, None) => Err(ConfigError::Invalid(format!(
+            "tenant {tenant}: the {what} is missing; set {field}_file (or {field}_env)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn read_secret(what: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, ConfigError> {
+    let value = match (file, env) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::SecretFile { what: what.into(), path: path.clone(), source })?,
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| ConfigError::SecretEnv { what: what.into(), var: var.clone() })?,
+        (None, None) => return Err(ConfigError::Invalid(format!("{what} is not configured"))),
+    };
+    // Files written by editors and `echo` end with a newline that is not part of the secret.
+    let value = value.trim_end_matches(['\r', '\n']).to_string();
+    if value.is_empty() {
+        return Err(ConfigError::Invalid(format!("{what} is empty")));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Collapses a multi-line parser message to one line.
+fn one_line(text: &str) -> String {
+    text.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+state_dir = "/tmp/wb"
+interval = "5s"
+
+[[tenant]]
+name = "contoso"
+tenant_id = "t"
+client_id = "c"
+client_secret_file = "/tmp/secret"
+graph_url = "http://127.0.0.1:9000"
+login_url = "http://localhost:9000/"
+
+[tenant.directory]
+url = "ldaps://127.0.0.1:636"
+bind_dn = "CN=Administrator,CN=Users,DC=corp,DC=example,DC=test"
+password_env = "WB_PW"
+target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.agent.interval, Duration::from_secs(5));
+        assert_eq!(config.agent.reconcile_interval, Duration::from_secs(3600));
+        let tenant = &config.tenants[0];
+        assert_eq!(tenant.delete_threshold, 500);
+        assert!(tenant.m365_default_writeback);
+        assert_eq!(tenant.login_base(), "http://localhost:9000");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_naming_it() {
+        let text = GOOD.replace("interval = \"5s\"", "interval = \"5s\"\nintervall = \"1s\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("intervall"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn plain_http_graph_is_refused_off_loopback() {
+        let text = GOOD.replace("http://127.0.0.1:9000", "http://graph.example.com");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("graph_url must use https"), "{err}");
+    }
+
+    #[test]
+    fn both_secret_sources_are_refused() {
+        let text = GOOD.replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/a\"\nclient_secret_env = \"X\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("either client_secret_file or client_secret_env"), "{err}");
+    }
+
+    #[test]
+    fn missing_password_names_the_fields() {
+        let text = GOOD.replace("password_env = \"WB_PW\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("password_file"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_and_urls_are_refused() {
+        assert!(parse(&GOOD.replace("\"5s\"", "\"5 parsecs\"")).is_err());
+        let err = parse(&GOOD.replace("ldaps://127.0.0.1:636", "http://127.0.0.1")).unwrap_err().to_string();
+        assert!(err.contains("ldaps://"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_read_trimmed_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        let secret = read_secret("x", &Some(path), &None).unwrap();
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn missing_secret_file_names_the_path() {
+        let err = read_secret("tenant a client secret", &Some("/nonexistent/s".into()), &None).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/s"), "{err}");
+    }
+}

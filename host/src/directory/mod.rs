@@ -1,0 +1,238 @@
+//! Active Directory over LDAPS (or StartTLS): the connection, reads of managed groups and principals, and
+//! the application of planned operations.
+//!
+//! Plain-text binds are impossible by construction: `ldaps://` is TLS from the first byte and `ldap://` is
+//! always upgraded with StartTLS before the bind. The server certificate and host name are verified.
+
+mod read;
+pub mod sid;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::{DirectoryConfig, Secret};
+use crate::model::SchemaSupport;
+pub use write::{ApplyError, Applied};
+
+/// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("cannot read ca_file {path}: {cause}")]
+    CaFile { path: String, cause: String },
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: String },
+    #[error("TLS with {url} failed: {cause}; check ca_file and that the URL's host name is in the DC's certificate")]
+    Tls { url: String, cause: String },
+    #[error("bind as {dn} failed: {message} (LDAP result {code}); check bind_dn and the password")]
+    Bind { dn: String, code: u32, message: String },
+    #[error("LDAP {operation} failed: {message} (LDAP result {code})")]
+    Ldap { operation: String, code: u32, message: String },
+    #[error("LDAP {operation} failed: {cause}")]
+    Transport { operation: String, cause: String },
+    #[error("the DC's rootDSE has no {0}")]
+    RootDse(&'static str),
+}
+
+impl DirectoryError {
+    fn from_ldap(operation: &str, error: LdapError) -> Self {
+        match error {
+            LdapError::LdapResult { result } => DirectoryError::Ldap {
+                operation: operation.to_string(),
+                code: result.rc,
+                message: describe_rc(result.rc, &result.text),
+            },
+            other => DirectoryError::Transport { operation: operation.to_string(), cause: innermost(&other) },
+        }
+    }
+
+    /// Whether retrying later may succeed (the DC was busy, unavailable or unreachable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DirectoryError::Ldap { code, .. } => matches!(code, 51 | 52),
+            DirectoryError::Transport { .. } | DirectoryError::Connect { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// The innermost cause of an error chain: the part an admin can act on.
+fn innermost(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// A readable name for an LDAP result code, with the server's text when it has one.
+fn describe_rc(rc: u32, text: &str) -> String {
+    let name = match rc {
+        16 => "no such attribute",
+        19 => "constraint violation",
+        20 => "value already exists",
+        32 => "no such object",
+        34 => "invalid DN syntax",
+        49 => "invalid credentials",
+        50 => "insufficient access rights",
+        51 => "busy",
+        52 => "unavailable",
+        53 => "unwilling to perform",
+        64 => "naming violation",
+        65 => "object class violation",
+        68 => "entry already exists",
+        _ => "error",
+    };
+    let text = text.trim().trim_end_matches('\0');
+    if text.is_empty() { name.to_string() } else { format!("{name}: {}", text.lines().next().unwrap_or(text)) }
+}
+
+/// An open, bound directory connection.
+pub struct Directory {
+    ldap: Ldap,
+    timeout: Duration,
+    /// The domain's naming context: managed groups are looked up by anchor anywhere below it.
+    pub base_dn: String,
+    /// Which optional attributes the schema has.
+    pub schema: SchemaSupport,
+}
+
+impl Directory {
+    /// Connects, upgrades to TLS, binds and reads the rootDSE and schema facts.
+    pub async fn connect(config: &DirectoryConfig, password: &Secret) -> Result<Directory, DirectoryError> {
+        let url = config.url.clone();
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(config.timeout)
+            .set_config(Arc::new(tls_config(config)?))
+            .set_starttls(url.starts_with("ldap://"));
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url)
+            .await
+            .map_err(|e| connect_error(&url, e))?;
+        ldap3::drive!(conn);
+        ldap.with_timeout(config.timeout);
+        let bind = ldap.simple_bind(&config.bind_dn, password.expose()).await.map_err(|e| connect_error(&url, e))?;
+        if bind.rc != 0 {
+            return Err(DirectoryError::Bind {
+                dn: config.bind_dn.clone(),
+                code: bind.rc,
+                message: describe_rc(bind.rc, &bind.text),
+            });
+        }
+        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default() };
+        let (base_dn, schema_dn) = directory.root_dse().await?;
+        directory.schema = directory.schema_support(&schema_dn).await?;
+        directory.base_dn = base_dn;
+        Ok(directory)
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) {
+        let _ = self.ldap.unbind().await;
+    }
+
+    async fn root_dse(&mut self) -> Result<(String, String), DirectoryError> {
+        let entry = self
+            .search_one("", Scope::Base, "(objectClass=*)", &["defaultNamingContext", "schemaNamingContext"])
+            .await?
+            .ok_or(DirectoryError::RootDse("entry"))?;
+        let get = |name: &'static str| {
+            entry.attrs.get(name).and_then(|v| v.first()).cloned().ok_or(DirectoryError::RootDse(name))
+        };
+        Ok((get("defaultNamingContext")?, get("schemaNamingContext")?))
+    }
+
+    async fn schema_support(&mut self, schema_dn: &str) -> Result<SchemaSupport, DirectoryError> {
+        let filter = "(|(lDAPDisplayName=mailNickname)(lDAPDisplayName=msDS-ExternalDirectoryObjectId))";
+        let entries = self.search(schema_dn, Scope::OneLevel, filter, &["lDAPDisplayName"]).await?;
+        let has = |name: &str| {
+            entries.iter().any(|e| e.attrs.get("lDAPDisplayName").is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case(name))))
+        };
+        Ok(SchemaSupport { mail_nickname: has("mailNickname"), external_directory_object_id: has("msDS-ExternalDirectoryObjectId") })
+    }
+
+    /// The rootDSE's highestCommittedUSN: every real write moves it.
+    pub async fn highest_committed_usn(&mut self) -> Result<u64, DirectoryError> {
+        let entry = self.search_one("", Scope::Base, "(objectClass=*)", &["highestCommittedUSN"]).await?;
+        entry
+            .and_then(|e| e.attrs.get("highestCommittedUSN")?.first()?.parse().ok())
+            .ok_or(DirectoryError::RootDse("highestCommittedUSN"))
+    }
+
+    async fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let (entries, result) = self
+            .ldap
+            .with_timeout(self.timeout)
+            .search(base, scope, filter, attrs.to_vec())
+            .await
+            .map_err(|e| DirectoryError::from_ldap("search", e))?
+            .success()
+            .map_err(|e| DirectoryError::from_ldap("search", e))?;
+        let _ = result;
+        Ok(entries.into_iter().map(SearchEntry::construct).collect())
+    }
+
+    async fn search_one(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
+        Ok(self.search(base, scope, filter, attrs).await?.into_iter().next())
+    }
+}
+
+fn tls_config(config: &DirectoryConfig) -> Result<rustls::ClientConfig, DirectoryError> {
+    let mut roots = RootCertStore::empty();
+    match &config.ca_file {
+        Some(path) => {
+            let ca_err = |cause: String| DirectoryError::CaFile { path: path.display().to_string(), cause };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| ca_err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_err(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("it holds no certificate".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DirectoryError::Tls { url: config.url.clone(), cause: e.to_string() })?;
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Sorts a connection failure into "cannot reach" and "TLS refused", with the innermost cause.
+fn connect_error(url: &str, error: LdapError) -> DirectoryError {
+    let cause = innermost(&error);
+    let tls = matches!(&error, LdapError::Io { source } if source.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()))
+        || cause.contains("certificate")
+        || cause.contains("handshake")
+        || cause.contains("Tls");
+    if tls {
+        DirectoryError::Tls { url: url.to_string(), cause }
+    } else {
+        DirectoryError::Connect { url: url.to_string(), cause }
+    }
+}

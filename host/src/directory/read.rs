@@ -1,0 +1,243 @@
+//! Reads: managed groups found by their anchor, and the principals that members name.
+//!
+//! Searches ask for extended DNs in string form, so each DN (of the entry and of every `member` value)
+//! arrives as `<GUID=…>;<SID=…>;CN=…`. Members are then compared by SID, which survives renames and the
+//! DC's own DN spelling.
+
+use std::collections::HashMap;
+
+use ldap3::adapters::{EntriesOnly, PagedResults};
+use ldap3::controls::RawControl;
+use ldap3::{Scope, SearchEntry, ldap_escape};
+
+use super::{Directory, DirectoryError, sid};
+use crate::model::anchor_value;
+use crate::plan::{DirectoryGroup, DirectoryMember, Principal};
+
+/// Extended DN control, asking for GUID and SID in string form (`useStringFormat = 1`).
+pub(crate) fn extended_dn_control() -> RawControl {
+    RawControl { ctype: "1.2.840.113556.1.4.529".into(), crit: false, val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]) }
+}
+
+/// The attributes read from every managed group.
+const GROUP_ATTRS: &[&str] = &[
+    "cn",
+    "sAMAccountName",
+    "groupType",
+    "adminDescription",
+    "displayName",
+    "description",
+    "mail",
+    "mailNickname",
+    "proxyAddresses",
+    "msDS-ExternalDirectoryObjectId",
+    "member",
+];
+
+/// How many values one OR filter carries; keeps filters well under server limits.
+const FILTER_CHUNK: usize = 100;
+
+/// An extended DN split into its parts.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ExtendedDn {
+    pub guid: Option<String>,
+    pub sid: Option<String>,
+    pub dn: String,
+}
+
+/// Splits `<GUID=…>;<SID=…>;CN=…` into its parts. A plain DN comes back unchanged.
+pub(crate) fn parse_extended_dn(text: &str) -> ExtendedDn {
+    let mut out = ExtendedDn::default();
+    let mut rest = text;
+    while let Some(stripped) = rest.strip_prefix('<') {
+        let Some(end) = stripped.find('>') else { break };
+        let (tag, value) = stripped[..end].split_once('=').unwrap_or((&stripped[..end], ""));
+        match tag.to_ascii_uppercase().as_str() {
+            "GUID" => out.guid = Some(value.to_lowercase()),
+            "SID" => out.sid = Some(value.to_uppercase()),
+            _ => {}
+        }
+        rest = stripped[end + 1..].strip_prefix(';').unwrap_or(&stripped[end + 1..]);
+    }
+    out.dn = rest.to_string();
+    out
+}
+
+/// A `member;range=low-high` attribute name: where the next range starts, or `None` on the last range.
+pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
+    let range = attr.to_ascii_lowercase().strip_prefix("member;range=")?.to_string();
+    let (_, high) = range.split_once('-')?;
+    if high == "*" {
+        return Some(None);
+    }
+    Some(Some(high.parse::<usize>().ok()? + 1))
+}
+
+impl Directory {
+    /// Managed groups carrying the anchors of `ids`, found anywhere in the domain.
+    pub async fn managed_groups(&mut self, ids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(FILTER_CHUNK) {
+            let anchors: String =
+                chunk.iter().map(|id| format!("(adminDescription={})", ldap_escape(anchor_value(id)))).collect();
+            let filter = format!("(&(objectClass=group)(|{anchors}))");
+            self.collect_managed(&filter, &mut found).await?;
+        }
+        Ok(found)
+    }
+
+    /// Every managed group in the domain (full reconcile).
+    pub async fn all_managed_groups(&mut self) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
+        let mut found = HashMap::new();
+        self.collect_managed("(&(objectClass=group)(adminDescription=Group_*))", &mut found).await?;
+        Ok(found)
+    }
+
+    async fn collect_managed(
+        &mut self,
+        filter: &str,
+        found: &mut HashMap<String, DirectoryGroup>,
+    ) -> Result<(), DirectoryError> {
+        for entry in self.paged_search(filter, GROUP_ATTRS).await? {
+            let Some((id, group)) = self.managed_group(entry).await? else { continue };
+            if let Some(previous) = found.insert(id.clone(), group) {
+                tracing::warn!(group = %id, dn = %previous.dn, "two AD groups carry the same anchor; using the last one found");
+            }
+        }
+        Ok(())
+    }
+
+    async fn paged_search(&mut self, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let err = |e| DirectoryError::from_ldap("search", e);
+        let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> =
+            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(500))];
+        let base = self.base_dn.clone();
+        let mut stream = self
+            .ldap
+            .with_controls(extended_dn_control())
+            .with_timeout(self.timeout)
+            .streaming_search_with(adapters, &base, Scope::Subtree, filter, attrs.to_vec())
+            .await
+            .map_err(err)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = stream.next().await.map_err(err)? {
+            entries.push(SearchEntry::construct(entry));
+        }
+        stream.finish().await.success().map_err(err)?;
+        Ok(entries)
+    }
+
+    /// Turns a search entry into a managed group; `None` when its anchor is not ours after all.
+    async fn managed_group(&mut self, mut entry: SearchEntry) -> Result<Option<(String, DirectoryGroup)>, DirectoryError> {
+        let Some(id) = entry
+            .attrs
+            .get("adminDescription")
+            .and_then(|v| v.first())
+            .and_then(|a| a.strip_prefix("Group_"))
+            .map(str::to_string)
+        else {
+            return Ok(None);
+        };
+        let ext = parse_extended_dn(&entry.dn);
+        let Some(guid) = ext.guid else { return Ok(None) };
+        let members = self.members(&entry.dn, &mut entry.attrs).await?;
+        let attributes = entry
+            .attrs
+            .into_iter()
+            .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("member"))
+            .map(|(name, values)| (name.to_lowercase(), values))
+            .collect();
+        Ok(Some((id, DirectoryGroup { guid, sid: ext.sid, dn: ext.dn, attributes, members })))
+    }
+
+    /// All values of `member`, following ranged retrieval (`member;range=0-1499`) as Windows AD returns it.
+    async fn members(
+        &mut self,
+        entry_dn: &str,
+        attrs: &mut HashMap<String, Vec<String>>,
+    ) -> Result<Vec<DirectoryMember>, DirectoryError> {
+        let mut values = attrs.remove("member").unwrap_or_default();
+        let ranged: Vec<String> = attrs.keys().filter(|k| next_range_start(k).is_some()).cloned().collect();
+        for attr in ranged {
+            let mut next = next_range_start(&attr).flatten();
+            values.extend(attrs.remove(&attr).unwrap_or_default());
+            while let Some(start) = next {
+                let (chunk, following) = self.member_range(entry_dn, start).await?;
+                values.extend(chunk);
+                next = following;
+            }
+        }
+        Ok(values
+            .iter()
+            .map(|v| {
+                let ext = parse_extended_dn(v);
+                DirectoryMember { dn: ext.dn, sid: ext.sid }
+            })
+            .collect())
+    }
+
+    async fn member_range(&mut self, entry_dn: &str, start: usize) -> Result<(Vec<String>, Option<usize>), DirectoryError> {
+        let attr = format!("member;range={start}-*");
+        let base = parse_extended_dn(entry_dn).dn;
+        let (entries, _) = self
+            .ldap
+            .with_controls(extended_dn_control())
+            .with_timeout(self.timeout)
+            .search(&base, Scope::Base, "(objectClass=*)", vec![attr.as_str()])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| DirectoryError::from_ldap("ranged member read", e))?;
+        let Some(entry) = entries.into_iter().next().map(SearchEntry::construct) else {
+            return Ok((Vec::new(), None));
+        };
+        for (name, values) in entry.attrs {
+            if let Some(next) = next_range_start(&name) {
+                return Ok((values, next));
+            }
+        }
+        Ok((Vec::new(), None))
+    }
+
+    /// The principals the given SIDs name, by upper-case SID. Unknown SIDs are simply absent.
+    pub async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let mut found = HashMap::new();
+        let valid: Vec<(String, String)> =
+            sids.iter().filter_map(|s| sid::filter_value(s).map(|f| (s.to_uppercase(), f))).collect();
+        for chunk in valid.chunks(FILTER_CHUNK) {
+            let values: String = chunk.iter().map(|(_, f)| format!("(objectSid={f})")).collect();
+            let filter = format!("(|{values})");
+            for entry in self.paged_search(&filter, &["objectSid", "groupType"]).await? {
+                let Some(sid) = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|b| sid::to_string(b))
+                else {
+                    continue;
+                };
+                let group_type = entry.attrs.get("groupType").and_then(|v| v.first()).and_then(|t| t.parse().ok());
+                found.insert(sid.to_uppercase(), Principal { dn: parse_extended_dn(&entry.dn).dn, group_type });
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_dns_split() {
+        let ext = parse_extended_dn("<GUID=AB-cd>;<SID=s-1-5-21-1>;CN=a\\,b,DC=x");
+        assert_eq!(ext, ExtendedDn { guid: Some("ab-cd".into()), sid: Some("S-1-5-21-1".into()), dn: "CN=a\\,b,DC=x".into() });
+        let plain = parse_extended_dn("<GUID=g>;CN=contact,DC=x");
+        assert_eq!((plain.sid, plain.dn.as_str()), (None, "CN=contact,DC=x"));
+        assert_eq!(parse_extended_dn("CN=plain,DC=x").dn, "CN=plain,DC=x");
+    }
+
+    #[test]
+    fn ranges_follow_windows_format() {
+        assert_eq!(next_range_start("member;range=0-1499"), Some(Some(1500)));
+        assert_eq!(next_range_start("Member;Range=1500-*"), Some(None));
+        assert_eq!(next_range_start("member"), None);
+        assert_eq!(next_range_start("member;range=0-x"), None);
+        assert_eq!(next_range_start("description"), None);
+    }
+}

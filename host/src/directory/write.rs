@@ -1,0 +1,211 @@
+//! Writes: applying one planned operation.
+//!
+//! Existing groups are addressed as `<GUID=…>`, so an operation still finds its group after a rename or
+//! move earlier in the same apply. Member changes add and delete exactly the planned values. Samba fails a
+//! whole modify when one value is already present (or already gone) even under the permissive-modify
+//! control, so on exactly those results the values are retried one by one and those results count as done.
+
+use std::collections::{HashMap, HashSet};
+
+use ldap3::{LdapError, Mod, Scope, SearchEntry};
+
+use super::read::parse_extended_dn;
+use super::{Directory, DirectoryError, describe_rc, innermost};
+use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
+
+/// How many member values one modify carries.
+const MEMBER_CHUNK: usize = 500;
+
+/// What a successful operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// A group was created; its GUID, SID and DN as the DC stored them.
+    Created { guid: String, sid: Option<String>, dn: String },
+    /// A group was renamed or moved to this DN.
+    Moved { dn: String },
+    /// Anything else.
+    Done,
+}
+
+/// Why one operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The name (CN or sAMAccountName) belongs to an object that is not ours.
+    #[error("{message} (LDAP result {code}): the name is taken by an object that writeback does not manage")]
+    Conflict { code: u32, message: String },
+    /// The DC refused this one operation.
+    #[error("{message} (LDAP result {code})")]
+    Refused { code: u32, message: String },
+    /// The connection or the DC failed; the cycle should stop and retry later.
+    #[error("{0}")]
+    Directory(#[from] DirectoryError),
+}
+
+impl ApplyError {
+    fn from_ldap(operation: &str, error: LdapError) -> Self {
+        match error {
+            LdapError::LdapResult { result } if matches!(result.rc, 51 | 52) => {
+                ApplyError::Directory(DirectoryError::Ldap { operation: operation.into(), code: result.rc, message: describe_rc(result.rc, &result.text) })
+            }
+            LdapError::LdapResult { result } => ApplyError::Refused { code: result.rc, message: describe_rc(result.rc, &result.text) },
+            other => ApplyError::Directory(DirectoryError::Transport { operation: operation.into(), cause: innermost(&other) }),
+        }
+    }
+
+    fn conflict_on(self, codes: &[u32]) -> Self {
+        match self {
+            ApplyError::Refused { code, message } if codes.contains(&code) => ApplyError::Conflict { code, message },
+            other => other,
+        }
+    }
+}
+
+fn guid_dn(guid: &str) -> String {
+    format!("<GUID={guid}>")
+}
+
+fn set(values: &[String]) -> HashSet<&str> {
+    values.iter().map(String::as_str).collect()
+}
+
+impl Directory {
+    /// Applies one operation. `created` maps cloud ids of groups created earlier in this apply to their DNs.
+    pub async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
+        match op {
+            Op::Create { dn, attributes, .. } => self.create(dn, attributes).await,
+            Op::Rename { guid, dn, new_cn, new_parent, .. } => {
+                // Samba answers "no such object" to a modrdn of a <GUID=…> DN without a new superior,
+                // so the current parent is always named.
+                let parent = new_parent.clone().or_else(|| crate::dn::parent(dn)).unwrap_or_default();
+                self.rename(guid, new_cn, &parent).await
+            }
+            Op::Modify { guid, changes, .. } => self.modify_attributes(guid, changes).await,
+            Op::AddMembers { group_id, target, values } => {
+                let target = match target {
+                    GroupRef::Existing { guid, .. } => guid_dn(guid),
+                    GroupRef::New => created.get(group_id).cloned().ok_or_else(|| ApplyError::Refused {
+                        code: 0,
+                        message: "the group was not created, so its members cannot be added".into(),
+                    })?,
+                };
+                let values: Vec<String> = values
+                    .iter()
+                    .filter_map(|v| match v {
+                        MemberValue::Dn(dn) => Some(dn.clone()),
+                        MemberValue::NewGroup(id) => created.get(id).cloned(),
+                    })
+                    .collect();
+                self.change_members(&target, &values, true).await
+            }
+            Op::RemoveMembers { guid, values, .. } => self.change_members(&guid_dn(guid), values, false).await,
+            Op::Delete { guid, .. } => {
+                let result = self.ldap.with_timeout(self.timeout).delete(&guid_dn(guid)).await;
+                match result.and_then(|r| r.success()) {
+                    Ok(_) => Ok(Applied::Done),
+                    Err(LdapError::LdapResult { result }) if result.rc == 32 => Ok(Applied::Done),
+                    Err(e) => Err(ApplyError::from_ldap("delete", e)),
+                }
+            }
+        }
+    }
+
+    async fn create(&mut self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
+        let attrs: Vec<(&str, HashSet<&str>)> = attributes.iter().map(|(k, v)| (k.as_str(), set(v))).collect();
+        self.ldap
+            .with_timeout(self.timeout)
+            .add(dn, attrs)
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ApplyError::from_ldap("add", e).conflict_on(&[19, 68]))?;
+        self.read_back(dn).await
+    }
+
+    /// Reads a just-written group's GUID, SID and DN as the DC stored them.
+    async fn read_back(&mut self, dn: &str) -> Result<Applied, ApplyError> {
+        let control = super::read::extended_dn_control();
+        let (entries, _) = self
+            .ldap
+            .with_controls(control)
+            .with_timeout(self.timeout)
+            .search(dn, Scope::Base, "(objectClass=group)", vec!["1.1"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ApplyError::from_ldap("read back", e))?;
+        let entry = entries.into_iter().next().map(SearchEntry::construct).ok_or_else(|| ApplyError::Refused {
+            code: 32,
+            message: format!("the group written at {dn} cannot be read back"),
+        })?;
+        let ext = parse_extended_dn(&entry.dn);
+        Ok(Applied::Created { guid: ext.guid.unwrap_or_default(), sid: ext.sid, dn: ext.dn })
+    }
+
+    async fn rename(&mut self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
+        let rdn = format!("CN={}", crate::dn::escape_value(new_cn));
+        self.ldap
+            .with_timeout(self.timeout)
+            .modifydn(&guid_dn(guid), &rdn, true, Some(new_parent))
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ApplyError::from_ldap("rename", e).conflict_on(&[68]))?;
+        match self.read_back(&guid_dn(guid)).await? {
+            Applied::Created { dn, .. } => Ok(Applied::Moved { dn }),
+            other => Ok(other),
+        }
+    }
+
+    async fn modify_attributes(&mut self, guid: &str, changes: &[AttributeChange]) -> Result<Applied, ApplyError> {
+        let mods: Vec<Mod<&str>> = changes
+            .iter()
+            .map(|change| match change {
+                AttributeChange::Replace(name, values) => Mod::Replace(name.as_str(), set(values)),
+                AttributeChange::Clear(name) => Mod::Replace(name.as_str(), HashSet::new()),
+            })
+            .collect();
+        self.ldap
+            .with_timeout(self.timeout)
+            .modify(&guid_dn(guid), mods)
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ApplyError::from_ldap("modify", e).conflict_on(&[19, 68]))?;
+        Ok(Applied::Done)
+    }
+
+    async fn change_members(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
+        for chunk in values.chunks(MEMBER_CHUNK) {
+            match self.member_modify(target, chunk, add).await {
+                Err(ApplyError::Refused { code, .. }) if already_done(code, add) && chunk.len() > 1 => {
+                    for value in chunk {
+                        match self.member_modify(target, std::slice::from_ref(value), add).await {
+                            Err(ApplyError::Refused { code, .. }) if already_done(code, add) => {}
+                            other => {
+                                other?;
+                            }
+                        }
+                    }
+                }
+                Err(ApplyError::Refused { code, .. }) if already_done(code, add) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    async fn member_modify(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
+        let values: HashSet<&str> = set(values);
+        let change = if add { Mod::Add("member", values) } else { Mod::Delete("member", values) };
+        self.ldap
+            .with_timeout(self.timeout)
+            .modify(target, vec![change])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ApplyError::from_ldap(if add { "add members" } else { "remove members" }, e))?;
+        Ok(Applied::Done)
+    }
+}
+
+/// The results Samba gives for adding a present value (20, 68) or deleting an absent one (16, 53).
+fn already_done(code: u32, add: bool) -> bool {
+    if add { matches!(code, 20 | 68) } else { matches!(code, 16 | 53) }
+}

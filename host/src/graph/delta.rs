@@ -1,0 +1,358 @@
+//! Delta pages: parsing Graph's JSON into typed changes, without trusting its shape.
+//!
+//! A page that is not JSON, or lacks `value` and a next or delta link, fails as a whole so that the cycle
+//! stops without advancing the cursor. A single entry of the wrong shape is skipped with a reason, so one
+//! odd object cannot block the tenant.
+
+use serde_json::{Map, Value};
+
+/// Why a page could not be used at all.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PageError {
+    #[error("the response is not JSON: {0}")]
+    NotJson(String),
+    #[error("the response has no `value` array")]
+    NoValue,
+    #[error("the response has neither @odata.nextLink nor @odata.deltaLink")]
+    NoLink,
+}
+
+/// Where the round goes after this page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextLink {
+    /// More pages of this round follow.
+    Next(String),
+    /// The round is complete; use this link to start the next one.
+    Delta(String),
+}
+
+/// One page of a delta round: raw entries and the link onwards.
+#[derive(Debug)]
+pub struct Page {
+    pub entries: Vec<Value>,
+    pub link: NextLink,
+}
+
+/// Splits a page body into its entries and link.
+pub fn parse_page(body: &[u8]) -> Result<Page, PageError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| PageError::NotJson(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(PageError::NoValue);
+    };
+    let Some(Value::Array(entries)) = map.remove("value") else {
+        return Err(PageError::NoValue);
+    };
+    let link = match (map.get("@odata.nextLink"), map.get("@odata.deltaLink")) {
+        (Some(Value::String(next)), _) => NextLink::Next(next.clone()),
+        (None, Some(Value::String(delta))) => NextLink::Delta(delta.clone()),
+        _ => return Err(PageError::NoLink),
+    };
+    Ok(Page { entries, link })
+}
+
+/// Why an entry was `@removed`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Removal {
+    /// Soft-deleted: restorable from deleted items for 30 days.
+    Changed,
+    /// Gone for good.
+    Deleted,
+}
+
+/// The kind of a directory object named in `members@delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemberKind {
+    User,
+    Group,
+    Device,
+    ServicePrincipal,
+    OrgContact,
+    Other,
+}
+
+impl MemberKind {
+    fn from_odata_type(odata_type: Option<&str>) -> MemberKind {
+        match odata_type.map(|t| t.trim_start_matches("#microsoft.graph.")) {
+            Some("user") => MemberKind::User,
+            Some("group") => MemberKind::Group,
+            Some("device") => MemberKind::Device,
+            Some("servicePrincipal") => MemberKind::ServicePrincipal,
+            Some("orgContact") => MemberKind::OrgContact,
+            _ => MemberKind::Other,
+        }
+    }
+
+    /// A plain name for status output.
+    pub fn label(self) -> &'static str {
+        match self {
+            MemberKind::User => "user",
+            MemberKind::Group => "group",
+            MemberKind::Device => "device",
+            MemberKind::ServicePrincipal => "service principal",
+            MemberKind::OrgContact => "contact",
+            MemberKind::Other => "unknown object type",
+        }
+    }
+}
+
+/// One change to a group's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    pub id: String,
+    pub kind: MemberKind,
+    pub removed: bool,
+}
+
+/// A property that an entry may carry: absent (unchanged), null, or a value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<T> Field<T> {
+    /// Applies this field to a stored value: absent leaves it, null clears it.
+    pub fn apply_to(self, target: &mut Option<T>) {
+        match self {
+            Field::Absent => {}
+            Field::Null => *target = None,
+            Field::Set(value) => *target = Some(value),
+        }
+    }
+}
+
+/// The group properties an entry may change; every field may be absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupFields {
+    pub display_name: Field<String>,
+    pub description: Field<String>,
+    pub mail_nickname: Field<String>,
+    pub mail: Field<String>,
+    pub mail_enabled: Field<bool>,
+    pub security_enabled: Field<bool>,
+    pub group_types: Field<Vec<String>>,
+    pub proxy_addresses: Field<Vec<String>>,
+    pub on_premises_sync_enabled: Field<bool>,
+    pub on_premises_security_identifier: Field<String>,
+    pub writeback_enabled: Field<bool>,
+    pub writeback_group_type: Field<String>,
+}
+
+/// One group entry of a delta page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupEntry {
+    pub id: String,
+    pub removed: Option<Removal>,
+    pub fields: GroupFields,
+    pub members: Vec<MemberChange>,
+}
+
+/// The user properties an entry may change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserFields {
+    pub display_name: Field<String>,
+    pub user_principal_name: Field<String>,
+    pub on_premises_sync_enabled: Field<bool>,
+    pub on_premises_security_identifier: Field<String>,
+}
+
+/// One user entry of a delta page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEntry {
+    pub id: String,
+    pub removed: Option<Removal>,
+    pub fields: UserFields,
+}
+
+/// Why one entry was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EntryError(pub String);
+
+/// The `$select` list for groups; `writebackConfiguration` exists only on the beta endpoint.
+pub const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,\
+groupTypes,proxyAddresses,onPremisesSyncEnabled,onPremisesSecurityIdentifier,writebackConfiguration,members";
+
+/// The `$select` list for users.
+pub const USER_SELECT: &str =
+    "id,displayName,userPrincipalName,onPremisesSyncEnabled,onPremisesSecurityIdentifier";
+
+/// Parses one group entry.
+pub fn parse_group(entry: &Value) -> Result<GroupEntry, EntryError> {
+    let map = entry.as_object().ok_or_else(|| EntryError("group entry is not a JSON object".into()))?;
+    let id = entry_id(map)?;
+    let bad = |e: EntryError| EntryError(format!("group {id}: {}", e.0));
+    let writeback = writeback_fields(map).map_err(bad)?;
+    let fields = GroupFields {
+        display_name: string(map, "displayName").map_err(bad)?,
+        description: string(map, "description").map_err(bad)?,
+        mail_nickname: string(map, "mailNickname").map_err(bad)?,
+        mail: string(map, "mail").map_err(bad)?,
+        mail_enabled: boolean(map, "mailEnabled").map_err(bad)?,
+        security_enabled: boolean(map, "securityEnabled").map_err(bad)?,
+        group_types: strings(map, "groupTypes").map_err(bad)?,
+        proxy_addresses: strings(map, "proxyAddresses").map_err(bad)?,
+        on_premises_sync_enabled: boolean(map, "onPremisesSyncEnabled").map_err(bad)?,
+        on_premises_security_identifier: string(map, "onPremisesSecurityIdentifier").map_err(bad)?,
+        writeback_enabled: writeback.0,
+        writeback_group_type: writeback.1,
+    };
+    Ok(GroupEntry { removed: removal(map), members: member_changes(map), fields, id })
+}
+
+/// Parses one user entry.
+pub fn parse_user(entry: &Value) -> Result<UserEntry, EntryError> {
+    let map = entry.as_object().ok_or_else(|| EntryError("user entry is not a JSON object".into()))?;
+    let id = entry_id(map)?;
+    let bad = |e: EntryError| EntryError(format!("user {id}: {}", e.0));
+    let fields = UserFields {
+        display_name: string(map, "displayName").map_err(bad)?,
+        user_principal_name: string(map, "userPrincipalName").map_err(bad)?,
+        on_premises_sync_enabled: boolean(map, "onPremisesSyncEnabled").map_err(bad)?,
+        on_premises_security_identifier: string(map, "onPremisesSecurityIdentifier").map_err(bad)?,
+    };
+    Ok(UserEntry { removed: removal(map), fields, id })
+}
+
+fn entry_id(map: &Map<String, Value>) -> Result<String, EntryError> {
+    match map.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => Ok(id.clone()),
+        Some(_) => Err(EntryError("entry has an id that is not a non-empty string".into())),
+        None => Err(EntryError("entry has no id".into())),
+    }
+}
+
+fn removal(map: &Map<String, Value>) -> Option<Removal> {
+    let removed = map.get("@removed")?;
+    // Graph documents "changed" (soft delete) and "deleted"; treat anything else as the safer soft delete.
+    match removed.get("reason").and_then(Value::as_str) {
+        Some("deleted") => Some(Removal::Deleted),
+        _ => Some(Removal::Changed),
+    }
+}
+
+fn member_changes(map: &Map<String, Value>) -> Vec<MemberChange> {
+    let Some(Value::Array(items)) = map.get("members@delta") else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let id = item.get("id")?.as_str()?.to_string();
+            if id.trim().is_empty() {
+                return None;
+            }
+            let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
+            Some(MemberChange { id, kind, removed: item.get("@removed").is_some() })
+        })
+        .collect()
+}
+
+fn writeback_fields(map: &Map<String, Value>) -> Result<(Field<bool>, Field<String>), EntryError> {
+    match map.get("writebackConfiguration") {
+        None => Ok((Field::Absent, Field::Absent)),
+        Some(Value::Null) => Ok((Field::Null, Field::Null)),
+        Some(Value::Object(config)) => Ok((boolean(config, "isEnabled")?, string(config, "onPremisesGroupType")?)),
+        Some(_) => Err(EntryError("writebackConfiguration is not an object".into())),
+    }
+}
+
+fn string(map: &Map<String, Value>, key: &str) -> Result<Field<String>, EntryError> {
+    match map.get(key) {
+        None => Ok(Field::Absent),
+        Some(Value::Null) => Ok(Field::Null),
+        Some(Value::String(s)) => Ok(Field::Set(s.clone())),
+        Some(_) => Err(EntryError(format!("{key} is not a string"))),
+    }
+}
+
+fn boolean(map: &Map<String, Value>, key: &str) -> Result<Field<bool>, EntryError> {
+    match map.get(key) {
+        None => Ok(Field::Absent),
+        Some(Value::Null) => Ok(Field::Null),
+        Some(Value::Bool(b)) => Ok(Field::Set(*b)),
+        Some(_) => Err(EntryError(format!("{key} is not true, false or null"))),
+    }
+}
+
+fn strings(map: &Map<String, Value>, key: &str) -> Result<Field<Vec<String>>, EntryError> {
+    match map.get(key) {
+        None => Ok(Field::Absent),
+        Some(Value::Null) => Ok(Field::Null),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| EntryError(format!("{key} holds a non-string"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Field::Set),
+        Some(_) => Err(EntryError(format!("{key} is not a list"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn page_links_are_read() {
+        let page = parse_page(br#"{"value":[],"@odata.nextLink":"n"}"#).unwrap();
+        assert_eq!(page.link, NextLink::Next("n".into()));
+        let page = parse_page(br#"{"value":[{"id":"a"}],"@odata.deltaLink":"d"}"#).unwrap();
+        assert_eq!(page.link, NextLink::Delta("d".into()));
+        assert_eq!(page.entries.len(), 1);
+    }
+
+    #[test]
+    fn broken_pages_fail_whole() {
+        assert!(matches!(parse_page(br#"{"value":[{"id":"a"}"#), Err(PageError::NotJson(_))));
+        assert_eq!(parse_page(br#"{"@odata.deltaLink":"d"}"#).unwrap_err(), PageError::NoValue);
+        assert_eq!(parse_page(br#"{"value":[]}"#).unwrap_err(), PageError::NoLink);
+        assert_eq!(parse_page(br#"[1,2]"#).unwrap_err(), PageError::NoValue);
+    }
+
+    #[test]
+    fn absent_null_and_set_are_distinct() {
+        let entry = parse_group(&json!({"id":"g","displayName":"A","description":null})).unwrap();
+        assert_eq!(entry.fields.display_name, Field::Set("A".into()));
+        assert_eq!(entry.fields.description, Field::Null);
+        assert_eq!(entry.fields.mail, Field::Absent);
+        let mut stored = Some("old".to_string());
+        entry.fields.mail.clone().apply_to(&mut stored);
+        assert_eq!(stored.as_deref(), Some("old"));
+        entry.fields.description.apply_to(&mut stored);
+        assert_eq!(stored, None);
+    }
+
+    #[test]
+    fn members_and_removals_are_typed() {
+        let entry = parse_group(&json!({
+            "id": "g",
+            "writebackConfiguration": {"isEnabled": true, "onPremisesGroupType": null},
+            "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u1"},
+                {"@odata.type": "#microsoft.graph.device", "id": "d1", "@removed": {"reason": "deleted"}},
+                {"@odata.type": "#microsoft.graph.group"},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(entry.fields.writeback_enabled, Field::Set(true));
+        assert_eq!(entry.fields.writeback_group_type, Field::Null);
+        assert_eq!(entry.members.len(), 2);
+        assert_eq!(entry.members[1], MemberChange { id: "d1".into(), kind: MemberKind::Device, removed: true });
+        let gone = parse_group(&json!({"id":"g","@removed":{"reason":"deleted"}})).unwrap();
+        assert_eq!(gone.removed, Some(Removal::Deleted));
+        let soft = parse_group(&json!({"id":"g","@removed":{"reason":"changed"}})).unwrap();
+        assert_eq!(soft.removed, Some(Removal::Changed));
+    }
+
+    #[test]
+    fn wrong_shapes_are_named() {
+        assert_eq!(parse_group(&json!({"displayName":"x"})).unwrap_err().0, "entry has no id");
+        let err = parse_group(&json!({"id":"g","mailEnabled":"yes"})).unwrap_err();
+        assert_eq!(err.0, "group g: mailEnabled is not true, false or null");
+        assert!(parse_user(&json!("just a string")).is_err());
+        assert!(parse_group(&json!({"id":"g","groupTypes":[1]})).is_err());
+    }
+}

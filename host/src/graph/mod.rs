@@ -1,0 +1,303 @@
+//! Microsoft Graph: authentication, delta paging and the few lookups the agent needs.
+//!
+//! Every request goes through [`GraphClient::get`], which adds the bearer token, refreshes it once on a 401,
+//! and retries throttling and transient failures with bounded, jittered back-off.
+
+pub mod auth;
+pub mod delta;
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::{Secret, TenantConfig};
+use auth::{Credentials, TokenCache};
+pub use delta::{NextLink, Page};
+
+/// A Graph request that did not succeed. Messages name the request and the cause; they never carry tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("token request failed with HTTP {status}: {code}: {description}")]
+    Token { status: u16, code: String, description: String },
+    #[error("cannot reach {url}: {cause}")]
+    Network { url: String, cause: String },
+    #[error("Graph answered HTTP {status} for {path}: {code}: {message}")]
+    Http { status: u16, path: String, code: String, message: String },
+    #[error("Graph asks for a full resync (the delta token expired or is unknown)")]
+    ResyncRequired { location: Option<String> },
+    #[error("Graph kept refusing {path} with HTTP {status} after {attempts} attempts")]
+    GaveUp { path: String, status: u16, attempts: u32 },
+    #[error("Graph returned a malformed page for {path}: {cause}")]
+    MalformedPage { path: String, cause: delta::PageError },
+    #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
+    ForeignLink { link: String },
+}
+
+impl GraphError {
+    fn network(url: &str, error: &reqwest::Error) -> Self {
+        GraphError::Network { url: path_of(url), cause: network_cause(error) }
+    }
+}
+
+/// reqwest's own text nests causes; the innermost one is what an admin needs ("connection refused").
+fn network_cause(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if error.is_timeout() { "the request timed out".into() } else { cause.to_string() }
+}
+
+/// The scheme, host and path of a URL, without the query (delta and skip tokens are long and opaque).
+fn path_of(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_query(None);
+            parsed.to_string()
+        }
+        Err(_) => url.chars().take(80).collect(),
+    }
+}
+
+/// How persistent retries are.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 6, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(60) }
+    }
+}
+
+/// A Graph client for one tenant.
+pub struct GraphClient {
+    http: reqwest::Client,
+    tokens: TokenCache,
+    graph_base: String,
+    retry: RetryPolicy,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+enum Outcome {
+    Done(Vec<u8>),
+    Retry { status: u16, wait: Option<Duration> },
+    Unauthorized,
+}
+
+impl GraphClient {
+    /// Builds a client for `tenant` with its client secret.
+    pub fn new(tenant: &TenantConfig, client_secret: Secret) -> Result<Self, GraphError> {
+        let http = reqwest::Client::builder()
+            .timeout(tenant.graph_timeout)
+            .connect_timeout(tenant.graph_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("writeback/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphError::Network { url: tenant.graph_base().into(), cause: network_cause(&e) })?;
+        let credentials = Credentials {
+            token_url: format!("{}/{}/oauth2/v2.0/token", tenant.login_base(), tenant.tenant_id),
+            client_id: tenant.client_id.clone(),
+            client_secret,
+            scope: format!("{}/.default", tenant.graph_base()),
+        };
+        Ok(GraphClient {
+            http,
+            tokens: TokenCache::new(credentials),
+            graph_base: tenant.graph_base().to_string(),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Replaces the retry policy (tests and benchmarks shorten it).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Fetches a token now, to check credentials before any other work.
+    pub async fn authenticate(&self) -> Result<(), GraphError> {
+        self.tokens.get(&self.http).await.map(|_| ())
+    }
+
+    /// The first request of a full group delta round.
+    pub fn groups_delta_start(&self) -> String {
+        format!("{}/beta/groups/delta?$select={}", self.graph_base, delta::GROUP_SELECT)
+    }
+
+    /// The first request of a full user delta round.
+    pub fn users_delta_start(&self) -> String {
+        format!("{}/v1.0/users/delta?$select={}", self.graph_base, delta::USER_SELECT)
+    }
+
+    /// Fetches and parses one delta page.
+    pub async fn delta_page(&self, url: &str) -> Result<Page, GraphError> {
+        let body = self.get(url).await?;
+        delta::parse_page(&body).map_err(|cause| GraphError::MalformedPage { path: path_of(url), cause })
+    }
+
+    /// Whether Graph still holds the group among its deleted items (a soft delete).
+    pub async fn in_deleted_items(&self, id: &str) -> Result<bool, GraphError> {
+        let url = format!("{}/beta/directory/deletedItems/{}", self.graph_base, urlencode(id));
+        match self.get(&url).await {
+            Ok(_) => Ok(true),
+            Err(GraphError::Http { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GET with the token, a refresh on 401, and bounded retries on throttling and transient errors.
+    async fn get(&self, url: &str) -> Result<Vec<u8>, GraphError> {
+        if !url.starts_with(&self.graph_base) {
+            return Err(GraphError::ForeignLink { link: path_of(url) });
+        }
+        let mut refreshed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_get(url).await? {
+                Outcome::Done(body) => return Ok(body),
+                Outcome::Unauthorized if !refreshed => {
+                    refreshed = true;
+                    self.tokens.invalidate().await;
+                    attempt -= 1;
+                }
+                Outcome::Unauthorized => {
+                    return Err(GraphError::Http {
+                        status: 401,
+                        path: path_of(url),
+                        code: "InvalidAuthenticationToken".into(),
+                        message: "Graph refused a freshly issued token; check the app's permissions".into(),
+                    });
+                }
+                Outcome::Retry { status, wait } => {
+                    if attempt >= self.retry.attempts {
+                        return Err(GraphError::GaveUp { path: path_of(url), status, attempts: attempt });
+                    }
+                    let delay = wait.unwrap_or_else(|| self.backoff(attempt)).min(self.retry.max_delay);
+                    tracing::warn!(status, delay_ms = delay.as_millis() as u64, path = %path_of(url), "Graph asked us to wait");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn try_get(&self, url: &str) -> Result<Outcome, GraphError> {
+        let token = self.tokens.get(&self.http).await?;
+        let sent = self.http.get(url).bearer_auth(token.expose()).send().await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
+                tracing::warn!(path = %path_of(url), cause = %network_cause(&e), "Graph request failed; will retry");
+                return Ok(Outcome::Retry { status: 0, wait: None });
+            }
+            Err(e) => return Err(GraphError::network(url, &e)),
+        };
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = match response.bytes().await {
+            Ok(body) => body.to_vec(),
+            Err(e) => {
+                tracing::warn!(path = %path_of(url), cause = %network_cause(&e), "Graph response was cut off; will retry");
+                return Ok(Outcome::Retry { status: status.as_u16(), wait: None });
+            }
+        };
+        classify(url, status, retry_after, location, body)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.retry.base_delay.saturating_mul(1 << attempt.min(10));
+        let capped = exp.min(self.retry.max_delay);
+        // Full jitter spreads retries of several agents and tenants apart.
+        let millis = rand::rng().random_range(capped.as_millis() as u64 / 2..=capped.as_millis() as u64);
+        Duration::from_millis(millis)
+    }
+}
+
+fn classify(
+    url: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: Vec<u8>,
+) -> Result<Outcome, GraphError> {
+    if status.is_success() {
+        return Ok(Outcome::Done(body));
+    }
+    let (code, message) = error_code(&body);
+    match status.as_u16() {
+        401 => Ok(Outcome::Unauthorized),
+        410 => Err(GraphError::ResyncRequired { location }),
+        400 if matches!(code.as_str(), "syncStateNotFound" | "resyncRequired" | "syncStateInvalid") => {
+            Err(GraphError::ResyncRequired { location })
+        }
+        429 | 500 | 502 | 503 | 504 => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after }),
+        other => Err(GraphError::Http { status: other, path: path_of(url), code, message }),
+    }
+}
+
+fn error_code(body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) => (
+            envelope.error.code.unwrap_or_else(|| "unknown".into()),
+            envelope.error.message.unwrap_or_default().lines().next().unwrap_or_default().to_string(),
+        ),
+        Err(_) => ("unknown".into(), "the error body is not Graph's JSON error".into()),
+    }
+}
+
+/// Retry-After in seconds (the form Graph uses); capped so that a hostile value cannot park the agent.
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response.headers().get("retry-after")?.to_str().ok()?;
+    let secs: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(300)))
+}
+
+fn urlencode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: u16, body: &str) -> Result<Outcome, GraphError> {
+        classify("http://x/beta/groups/delta?$deltatoken=abc", StatusCode::from_u16(status).unwrap(), None, None, body.into())
+    }
+
+    #[test]
+    fn resync_signals_are_recognised() {
+        assert!(matches!(outcome(410, ""), Err(GraphError::ResyncRequired { .. })));
+        let body = r#"{"error":{"code":"syncStateNotFound","message":"x"}}"#;
+        assert!(matches!(outcome(400, body), Err(GraphError::ResyncRequired { .. })));
+        let body = r#"{"error":{"code":"resyncRequired","message":"x"}}"#;
+        assert!(matches!(outcome(400, body), Err(GraphError::ResyncRequired { .. })));
+    }
+
+    #[test]
+    fn transient_statuses_retry_and_others_fail() {
+        for status in [429, 500, 503, 504] {
+            assert!(matches!(outcome(status, ""), Ok(Outcome::Retry { .. })), "{status}");
+        }
+        let err = outcome(403, r#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges"}}"#);
+        let Err(err) = err else { panic!("403 must fail") };
+        let text = err.to_string();
+        assert!(text.contains("Authorization_RequestDenied") && !text.contains("abc"), "{text}");
+    }
+}

@@ -1,0 +1,308 @@
+//! The desired model: what each cloud group should look like in AD, derived from the merged cloud state.
+//!
+//! This is where writeback scope, group types, managed attributes and member eligibility are decided.
+//! Nothing here talks to a server; the directory's answers come in later, in the plan.
+
+use std::collections::BTreeMap;
+
+use crate::graph::delta::{MemberKind, Removal};
+use crate::naming::{self, Placement};
+use crate::state::{CloudGroup, StateError, TenantState};
+
+/// AD `groupType` of a universal security group.
+pub const UNIVERSAL_SECURITY: i32 = -2147483640;
+/// AD `groupType` of a universal distribution group.
+pub const UNIVERSAL_DISTRIBUTION: i32 = 8;
+/// The groupType bit of a domain-local group.
+pub const DOMAIN_LOCAL_FLAG: i32 = 0x4;
+/// Longest description written; longer text is cut.
+pub const MAX_DESCRIPTION: usize = 448;
+
+/// What kind of AD group a cloud group becomes. Always universal scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    Security,
+    MailEnabledSecurity,
+    Distribution,
+}
+
+impl GroupKind {
+    /// The AD `groupType` value.
+    pub fn group_type(self) -> i32 {
+        match self {
+            GroupKind::Security | GroupKind::MailEnabledSecurity => UNIVERSAL_SECURITY,
+            GroupKind::Distribution => UNIVERSAL_DISTRIBUTION,
+        }
+    }
+
+    /// Whether the group carries mail attributes.
+    pub fn mail_enabled(self) -> bool {
+        !matches!(self, GroupKind::Security)
+    }
+}
+
+/// The schema facts that decide which optional attributes may be written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaSupport {
+    /// Exchange's `mailNickname`.
+    pub mail_nickname: bool,
+    /// Windows Server 2016's `msDS-ExternalDirectoryObjectId`.
+    pub external_directory_object_id: bool,
+}
+
+/// Tenant settings the model needs.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub m365_default_writeback: bool,
+    pub target_ou: String,
+    pub schema: SchemaSupport,
+}
+
+/// A member the group should have, before the directory is asked about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DesiredMember {
+    /// A principal that already exists in AD, named by its SID.
+    Sid { member_id: String, sid: String },
+    /// A cloud group that is itself written back; it may not exist in AD yet.
+    CloudGroup { member_id: String },
+}
+
+/// A member that will not be written, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkippedMember {
+    pub group_id: String,
+    pub member_id: String,
+    pub reason: String,
+}
+
+/// How a group should look in AD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredGroup {
+    pub id: String,
+    pub cn: String,
+    pub parent_dn: String,
+    pub kind: GroupKind,
+    /// Every managed attribute; an empty list means the attribute must be absent.
+    pub attributes: BTreeMap<String, Vec<String>>,
+    pub members: Vec<DesiredMember>,
+}
+
+/// What the agent intends for one group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intent {
+    /// Make AD match.
+    Write(DesiredGroup),
+    /// Leave any AD group as it is.
+    Leave(String),
+    /// Delete the AD group carrying its anchor.
+    Delete,
+    /// The group cannot be written as it is; nothing of it is written.
+    Refuse(String),
+}
+
+/// The anchor value that marks a group as ours.
+pub fn anchor_value(id: &str) -> String {
+    format!("Group_{id}")
+}
+
+/// Decides whether a group is written and as what kind, or why not.
+pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent> {
+    match group.removed {
+        Some(Removal::Deleted) => return Err(Intent::Delete),
+        Some(Removal::Changed) => {
+            return Err(Intent::Leave("soft-deleted in Entra ID; kept until it is restored or deleted".into()));
+        }
+        None => {}
+    }
+    if group.on_premises_sync_enabled == Some(true) {
+        return Err(Intent::Leave("mastered in on-premises AD".into()));
+    }
+    let unified = group.is_unified();
+    match group.writeback_enabled {
+        Some(true) => {}
+        Some(false) => return Err(Intent::Leave("writeback is turned off for this group".into())),
+        None if unified && m365_default => {}
+        None if unified => return Err(Intent::Leave("Microsoft 365 group writeback is off by default".into())),
+        None => return Err(Intent::Leave("security group without writeback enabled".into())),
+    }
+    match group.writeback_group_type.as_deref() {
+        Some("universalSecurityGroup") => Ok(GroupKind::Security),
+        Some("universalMailEnabledSecurityGroup") => Ok(GroupKind::MailEnabledSecurity),
+        Some("universalDistributionGroup") => Ok(GroupKind::Distribution),
+        None if unified => Ok(GroupKind::Distribution),
+        None => Ok(GroupKind::Security),
+        Some(other) => Err(Intent::Refuse(format!("unknown onPremisesGroupType {other:?}"))),
+    }
+}
+
+/// Builds the intent for one group, with the members that cannot be written.
+pub fn intent(
+    state: &TenantState,
+    group: &CloudGroup,
+    settings: &ModelSettings,
+) -> Result<(Intent, Vec<SkippedMember>), StateError> {
+    let kind = match scope(group, settings.m365_default_writeback) {
+        Ok(kind) => kind,
+        Err(intent) => return Ok((intent, Vec::new())),
+    };
+    let placement = match naming::default_placement(&group.id, group.display_name.as_deref()) {
+        Ok(placement) => placement,
+        Err(e) => return Ok((Intent::Refuse(format!("cannot name the group: {e}")), Vec::new())),
+    };
+    let (members, skipped) = members(state, group, settings)?;
+    let desired = DesiredGroup {
+        id: group.id.clone(),
+        parent_dn: placement.ou.clone().unwrap_or_else(|| settings.target_ou.clone()),
+        attributes: attributes(group, kind, &placement, &settings.schema),
+        cn: placement.cn,
+        kind,
+        members,
+    };
+    Ok((Intent::Write(desired), skipped))
+}
+
+/// The managed attributes; the ones the schema lacks are left out entirely.
+fn attributes(
+    group: &CloudGroup,
+    kind: GroupKind,
+    placement: &Placement,
+    schema: &SchemaSupport,
+) -> BTreeMap<String, Vec<String>> {
+    let one = |v: Option<String>| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>();
+    let mail = kind.mail_enabled();
+    let mut attrs = BTreeMap::new();
+    attrs.insert("sAMAccountName".into(), vec![placement.sam_account_name.clone()]);
+    attrs.insert("groupType".into(), vec![kind.group_type().to_string()]);
+    attrs.insert("adminDescription".into(), vec![anchor_value(&group.id)]);
+    attrs.insert("displayName".into(), one(group.display_name.clone()));
+    let description = group.description.as_ref().map(|d| d.chars().take(MAX_DESCRIPTION).collect());
+    attrs.insert("description".into(), one(description));
+    attrs.insert("mail".into(), if mail { one(group.mail.clone()) } else { vec![] });
+    let proxies = group.proxy_addresses.clone().unwrap_or_default();
+    attrs.insert("proxyAddresses".into(), if mail { proxies } else { vec![] });
+    if schema.mail_nickname {
+        attrs.insert("mailNickname".into(), if mail { one(group.mail_nickname.clone()) } else { vec![] });
+    }
+    if schema.external_directory_object_id {
+        attrs.insert("msDS-ExternalDirectoryObjectId".into(), vec![anchor_value(&group.id)]);
+    }
+    attrs
+}
+
+fn members(
+    state: &TenantState,
+    group: &CloudGroup,
+    settings: &ModelSettings,
+) -> Result<(Vec<DesiredMember>, Vec<SkippedMember>), StateError> {
+    let mut desired = Vec::new();
+    let mut skipped = Vec::new();
+    for (member_id, kind) in state.members(&group.id)? {
+        match member(state, &member_id, kind, settings)? {
+            Ok(member) => desired.push(member),
+            Err(reason) => skipped.push(SkippedMember { group_id: group.id.clone(), member_id, reason }),
+        }
+    }
+    Ok((desired, skipped))
+}
+
+fn member(
+    state: &TenantState,
+    id: &str,
+    kind: MemberKind,
+    settings: &ModelSettings,
+) -> Result<Result<DesiredMember, String>, StateError> {
+    let sid = |sid: &str| DesiredMember::Sid { member_id: id.to_string(), sid: sid.to_string() };
+    Ok(match kind {
+        MemberKind::User => match state.user(id)? {
+            None => Err("user not known to the agent yet".into()),
+            Some(user) => match (user.on_premises_sync_enabled, user.on_premises_security_identifier.as_deref()) {
+                (Some(true), Some(s)) if !s.is_empty() => Ok(sid(s)),
+                _ => Err("cloud-only user (no on-premises SID)".into()),
+            },
+        },
+        MemberKind::Group => match state.group(id)? {
+            None => Err("group not known to the agent".into()),
+            Some(g) if g.on_premises_sync_enabled == Some(true) => match g.on_premises_security_identifier.as_deref() {
+                Some(s) if !s.is_empty() => Ok(sid(s)),
+                _ => Err("group synced from AD without an on-premises SID".into()),
+            },
+            Some(g) => match scope(&g, settings.m365_default_writeback) {
+                Ok(_) => Ok(DesiredMember::CloudGroup { member_id: id.to_string() }),
+                Err(_) => Err("nested cloud group that is not written back".into()),
+            },
+        },
+        other => Err(format!("a {} cannot be a member of an AD group", other.label())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(f: impl FnOnce(&mut CloudGroup)) -> CloudGroup {
+        let mut g = CloudGroup { id: "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718".into(), display_name: Some("G".into()), ..Default::default() };
+        f(&mut g);
+        g
+    }
+
+    #[test]
+    fn scope_follows_writeback_configuration() {
+        let unified = |g: &mut CloudGroup| g.group_types = Some(vec!["Unified".into()]);
+        assert_eq!(scope(&group(|g| g.writeback_enabled = Some(true)), true), Ok(GroupKind::Security));
+        assert!(matches!(scope(&group(|_| {}), true), Err(Intent::Leave(_))), "security group with null is not written");
+        assert_eq!(scope(&group(unified), true), Ok(GroupKind::Distribution));
+        assert!(matches!(scope(&group(unified), false), Err(Intent::Leave(_))));
+        assert!(matches!(scope(&group(|g| g.writeback_enabled = Some(false)), true), Err(Intent::Leave(_))));
+        let synced = group(|g| {
+            g.writeback_enabled = Some(true);
+            g.on_premises_sync_enabled = Some(true);
+        });
+        assert!(matches!(scope(&synced, true), Err(Intent::Leave(_))));
+    }
+
+    #[test]
+    fn group_type_maps_to_kind() {
+        let typed = |t: &str| group(|g| {
+            g.writeback_enabled = Some(true);
+            g.writeback_group_type = Some(t.into());
+        });
+        assert_eq!(scope(&typed("universalDistributionGroup"), true), Ok(GroupKind::Distribution));
+        assert_eq!(scope(&typed("universalMailEnabledSecurityGroup"), true), Ok(GroupKind::MailEnabledSecurity));
+        assert_eq!(scope(&typed("universalSecurityGroup"), true), Ok(GroupKind::Security));
+        assert!(matches!(scope(&typed("globalSecurityGroup"), true), Err(Intent::Refuse(_))));
+        assert_eq!(GroupKind::Security.group_type(), -2147483640);
+        assert_eq!(GroupKind::Distribution.group_type(), 8);
+    }
+
+    #[test]
+    fn removals_decide_before_anything_else() {
+        let deleted = group(|g| g.removed = Some(Removal::Deleted));
+        assert_eq!(scope(&deleted, true), Err(Intent::Delete));
+        let soft = group(|g| {
+            g.removed = Some(Removal::Changed);
+            g.writeback_enabled = Some(true);
+        });
+        assert!(matches!(scope(&soft, true), Err(Intent::Leave(_))));
+    }
+
+    #[test]
+    fn mail_attributes_only_for_mail_kinds_and_schema() {
+        let g = group(|g| {
+            g.mail = Some("a@x".into());
+            g.mail_nickname = Some("a".into());
+            g.proxy_addresses = Some(vec!["SMTP:a@x".into()]);
+            g.description = Some("d".repeat(500));
+        });
+        let placement = naming::default_placement(&g.id, Some("G")).unwrap();
+        let schema = SchemaSupport::default();
+        let sec = attributes(&g, GroupKind::Security, &placement, &schema);
+        assert!(sec["mail"].is_empty() && sec["proxyAddresses"].is_empty());
+        assert!(!sec.contains_key("mailNickname"));
+        assert_eq!(sec["description"][0].chars().count(), MAX_DESCRIPTION);
+        let dist = attributes(&g, GroupKind::Distribution, &placement, &SchemaSupport { mail_nickname: true, ..Default::default() });
+        assert_eq!(dist["mail"], ["a@x"]);
+        assert_eq!(dist["mailNickname"], ["a"]);
+        assert_eq!(dist["groupType"], ["8"]);
+        assert_eq!(dist["adminDescription"], [format!("Group_{}", g.id)]);
+    }
+}

@@ -1,0 +1,499 @@
+//! The plan: a pure diff of the desired model against what the directory holds.
+//!
+//! Given the intents and a snapshot of the managed groups (found by anchor) and of the principals the
+//! members name, it lists the smallest set of directory operations: creates, renames and moves, attribute
+//! replacements, member value adds and deletes, and deletes. It talks to no server.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::dn;
+use crate::model::{DOMAIN_LOCAL_FLAG, DesiredGroup, DesiredMember, Intent, SkippedMember};
+
+/// A managed group as read from the directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryGroup {
+    pub guid: String,
+    pub sid: Option<String>,
+    pub dn: String,
+    /// Attribute values by lower-case attribute name.
+    pub attributes: HashMap<String, Vec<String>>,
+    pub members: Vec<DirectoryMember>,
+}
+
+/// One value of a group's `member` attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryMember {
+    pub dn: String,
+    pub sid: Option<String>,
+}
+
+/// What a SID names in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub dn: String,
+    /// `groupType` when the principal is a group.
+    pub group_type: Option<i32>,
+}
+
+/// What the directory holds that the plan depends on.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Managed groups by cloud id.
+    pub managed: HashMap<String, DirectoryGroup>,
+    /// Principals by upper-case SID.
+    pub principals: HashMap<String, Principal>,
+}
+
+/// A value to add to `member`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberValue {
+    Dn(String),
+    /// A group created earlier in the same apply, known by its cloud id.
+    NewGroup(String),
+}
+
+/// A change to one attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeChange {
+    Replace(String, Vec<String>),
+    Clear(String),
+}
+
+/// One directory operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Create { group_id: String, dn: String, attributes: Vec<(String, Vec<String>)> },
+    Rename { group_id: String, guid: String, dn: String, new_cn: String, new_parent: Option<String> },
+    Modify { group_id: String, guid: String, dn: String, changes: Vec<AttributeChange> },
+    AddMembers { group_id: String, target: GroupRef, values: Vec<MemberValue> },
+    RemoveMembers { group_id: String, guid: String, dn: String, values: Vec<String> },
+    Delete { group_id: String, guid: String, dn: String },
+}
+
+/// The group a member operation targets: an existing one, or one this apply creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRef {
+    Existing { guid: String, dn: String },
+    New,
+}
+
+impl Op {
+    /// The cloud id of the group the operation is for.
+    pub fn group_id(&self) -> &str {
+        match self {
+            Op::Create { group_id, .. }
+            | Op::Rename { group_id, .. }
+            | Op::Modify { group_id, .. }
+            | Op::AddMembers { group_id, .. }
+            | Op::RemoveMembers { group_id, .. }
+            | Op::Delete { group_id, .. } => group_id,
+        }
+    }
+}
+
+/// An operation as the audit log and `plan` show it: its name, the DN it targets, and what it changes.
+pub fn describe(op: &Op) -> (&'static str, String, String) {
+    let values = |values: &[String]| values.join("; ");
+    match op {
+        Op::Create { dn, attributes, .. } => {
+            let attrs: Vec<String> = attributes.iter().map(|(k, v)| format!("{k}={}", values(v))).collect();
+            ("create", dn.clone(), attrs.join(", "))
+        }
+        Op::Rename { dn, new_cn, new_parent, .. } => {
+            let target = match new_parent {
+                Some(parent) => format!("to CN={} under {parent}", dn::escape_value(new_cn)),
+                None => format!("to CN={}", dn::escape_value(new_cn)),
+            };
+            ("rename", dn.clone(), target)
+        }
+        Op::Modify { dn, changes, .. } => {
+            let list: Vec<String> = changes
+                .iter()
+                .map(|c| match c {
+                    AttributeChange::Replace(name, v) => format!("{name}={}", values(v)),
+                    AttributeChange::Clear(name) => format!("{name} cleared"),
+                })
+                .collect();
+            ("modify", dn.clone(), list.join(", "))
+        }
+        Op::AddMembers { target, values: adds, .. } => {
+            let dn = match target {
+                GroupRef::Existing { dn, .. } => dn.clone(),
+                GroupRef::New => "(the group created above)".into(),
+            };
+            let list: Vec<String> = adds
+                .iter()
+                .map(|v| match v {
+                    MemberValue::Dn(dn) => dn.clone(),
+                    MemberValue::NewGroup(id) => format!("(new group {id})"),
+                })
+                .collect();
+            ("add-members", dn, format!("+{}: {}", adds.len(), list.join("; ")))
+        }
+        Op::RemoveMembers { dn, values: removes, .. } => {
+            ("remove-members", dn.clone(), format!("-{}: {}", removes.len(), values(removes)))
+        }
+        Op::Delete { dn, .. } => ("delete", dn.clone(), String::new()),
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (operation, dn, detail) = describe(self);
+        if detail.is_empty() { write!(f, "{operation} {dn}") } else { write!(f, "{operation} {dn}: {detail}") }
+    }
+}
+
+/// A delete that was not applied because the cycle had too many.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldDelete {
+    pub group_id: String,
+    pub dn: String,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub skipped: Vec<SkippedMember>,
+    pub held_deletes: Vec<HeldDelete>,
+    /// Groups whose deletes were applied or that need no directory object: their state can be purged.
+    pub gone: Vec<String>,
+}
+
+/// Plan options.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    pub delete_threshold: usize,
+    pub allow_deletes: bool,
+}
+
+/// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
+pub const LOCAL_MEMBER_REFUSED: &str = "A universal group cannot have a local group as a member";
+
+/// Diffs the intents against the snapshot.
+pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: PlanOptions) -> Plan {
+    let creating: HashSet<&str> = intents
+        .iter()
+        .filter(|(id, intent)| matches!(intent, Intent::Write(_)) && !snapshot.managed.contains_key(*id))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let mut out = Plan::default();
+    let mut creates = Vec::new();
+    let mut updates = Vec::new();
+    let mut member_ops = Vec::new();
+    let mut deletes = Vec::new();
+    for (id, intent) in intents {
+        let existing = snapshot.managed.get(id);
+        match (intent, existing) {
+            (Intent::Write(desired), None) => {
+                creates.push(create(desired));
+                let (adds, skipped) = member_diff(desired, None, snapshot, &creating);
+                out.skipped.extend(skipped);
+                if !adds.is_empty() {
+                    member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: adds });
+                }
+            }
+            (Intent::Write(desired), Some(current)) => {
+                updates.extend(rename(desired, current));
+                updates.extend(modify(desired, current));
+                let (adds, skipped) = member_diff(desired, Some(current), snapshot, &creating);
+                out.skipped.extend(skipped);
+                let target = GroupRef::Existing { guid: current.guid.clone(), dn: current.dn.clone() };
+                if !adds.is_empty() {
+                    member_ops.push(Op::AddMembers { group_id: id.clone(), target, values: adds });
+                }
+                let removes = member_removals(desired, current, snapshot);
+                if !removes.is_empty() {
+                    member_ops.push(Op::RemoveMembers {
+                        group_id: id.clone(),
+                        guid: current.guid.clone(),
+                        dn: current.dn.clone(),
+                        values: removes,
+                    });
+                }
+            }
+            (Intent::Delete, Some(current)) => {
+                deletes.push(Op::Delete { group_id: id.clone(), guid: current.guid.clone(), dn: current.dn.clone() });
+            }
+            (Intent::Delete, None) => out.gone.push(id.clone()),
+            (Intent::Leave(_) | Intent::Refuse(_), _) => {}
+        }
+    }
+    if deletes.len() > options.delete_threshold && !options.allow_deletes {
+        out.held_deletes = deletes
+            .drain(..)
+            .map(|op| match op {
+                Op::Delete { group_id, dn, .. } => HeldDelete { group_id, dn },
+                _ => unreachable!("only deletes are held"),
+            })
+            .collect();
+    }
+    out.ops = creates.into_iter().chain(updates).chain(member_ops).chain(deletes).collect();
+    out
+}
+
+fn create(desired: &DesiredGroup) -> Op {
+    let mut attributes = vec![("objectClass".to_string(), vec!["group".to_string()])];
+    attributes.extend(desired.attributes.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())));
+    Op::Create { group_id: desired.id.clone(), dn: dn::child(&desired.cn, &desired.parent_dn), attributes }
+}
+
+fn rename(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
+    let current_cn = dn::leaf_value(&current.dn).unwrap_or_default();
+    let current_parent = dn::parent(&current.dn).unwrap_or_default();
+    // A case-only change is still a rename: AD keeps the CN's case as given.
+    let new_cn = current_cn != desired.cn;
+    let moved = !dn::same(&current_parent, &desired.parent_dn);
+    (new_cn || moved).then(|| Op::Rename {
+        group_id: desired.id.clone(),
+        guid: current.guid.clone(),
+        dn: current.dn.clone(),
+        new_cn: desired.cn.clone(),
+        new_parent: moved.then(|| desired.parent_dn.clone()),
+    })
+}
+
+fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
+    let mut changes = Vec::new();
+    for (name, want) in &desired.attributes {
+        let have = current.attributes.get(&name.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
+        if same_values(name, want, have) {
+            continue;
+        }
+        changes.push(if want.is_empty() {
+            AttributeChange::Clear(name.clone())
+        } else {
+            AttributeChange::Replace(name.clone(), want.clone())
+        });
+    }
+    (!changes.is_empty()).then(|| Op::Modify {
+        group_id: desired.id.clone(),
+        guid: current.guid.clone(),
+        dn: current.dn.clone(),
+        changes,
+    })
+}
+
+/// Multi-valued attributes compare as sets; single values exactly, except the sAMAccountName that AD
+/// compares without case.
+fn same_values(name: &str, want: &[String], have: &[String]) -> bool {
+    if name.eq_ignore_ascii_case("sAMAccountName") {
+        return want.len() == have.len() && want.iter().zip(have).all(|(a, b)| a.eq_ignore_ascii_case(b));
+    }
+    let want: HashSet<&String> = want.iter().collect();
+    let have: HashSet<&String> = have.iter().collect();
+    want == have
+}
+
+/// The SID a desired member has in the directory, if it exists there.
+fn member_sid<'a>(member: &'a DesiredMember, snapshot: &'a Snapshot) -> Option<String> {
+    match member {
+        DesiredMember::Sid { sid, .. } => Some(sid.to_uppercase()),
+        DesiredMember::CloudGroup { member_id } => snapshot.managed.get(member_id)?.sid.as_ref().map(|s| s.to_uppercase()),
+    }
+}
+
+/// Member values to add, and the members that cannot be written.
+fn member_diff(
+    desired: &DesiredGroup,
+    current: Option<&DirectoryGroup>,
+    snapshot: &Snapshot,
+    creating: &HashSet<&str>,
+) -> (Vec<MemberValue>, Vec<SkippedMember>) {
+    let present: HashSet<String> = current
+        .map(|c| c.members.iter().filter_map(|m| m.sid.as_ref().map(|s| s.to_uppercase())).collect())
+        .unwrap_or_default();
+    let mut adds = Vec::new();
+    let mut skipped = Vec::new();
+    let skip = |member_id: &str, reason: String| SkippedMember {
+        group_id: desired.id.clone(),
+        member_id: member_id.to_string(),
+        reason,
+    };
+    for member in &desired.members {
+        match member {
+            DesiredMember::Sid { member_id, sid } => match snapshot.principals.get(&sid.to_uppercase()) {
+                None => skipped.push(skip(member_id, format!("SID {sid} names no object in the domain"))),
+                Some(p) if p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0) => {
+                    skipped.push(skip(member_id, LOCAL_MEMBER_REFUSED.to_string()));
+                }
+                Some(_) if present.contains(&sid.to_uppercase()) => {}
+                Some(p) => adds.push(MemberValue::Dn(p.dn.clone())),
+            },
+            DesiredMember::CloudGroup { member_id } => match snapshot.managed.get(member_id) {
+                Some(g) if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
+                Some(g) => adds.push(MemberValue::Dn(g.dn.clone())),
+                None if creating.contains(member_id.as_str()) => adds.push(MemberValue::NewGroup(member_id.clone())),
+                None => skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into())),
+            },
+        }
+    }
+    (adds, skipped)
+}
+
+/// Current member values that the desired model does not list (including refused and unknown ones).
+fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &Snapshot) -> Vec<String> {
+    let keep: HashSet<String> = desired
+        .members
+        .iter()
+        .filter(|m| match m {
+            DesiredMember::Sid { sid, .. } => snapshot
+                .principals
+                .get(&sid.to_uppercase())
+                .is_some_and(|p| !p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0)),
+            DesiredMember::CloudGroup { .. } => true,
+        })
+        .filter_map(|m| member_sid(m, snapshot))
+        .collect();
+    current
+        .members
+        .iter()
+        .filter(|m| !m.sid.as_ref().is_some_and(|s| keep.contains(&s.to_uppercase())))
+        .map(|m| m.dn.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GroupKind;
+
+    const OU: &str = "OU=Writeback,DC=corp,DC=test";
+
+    fn desired(id: &str, cn: &str, members: Vec<DesiredMember>) -> DesiredGroup {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("displayName".to_string(), vec![cn.to_string()]);
+        attributes.insert("description".to_string(), vec![]);
+        DesiredGroup { id: id.into(), cn: cn.into(), parent_dn: OU.into(), kind: GroupKind::Security, attributes, members }
+    }
+
+    fn existing(id: &str, cn: &str, members: &[(&str, &str)]) -> DirectoryGroup {
+        let mut attributes = HashMap::new();
+        attributes.insert("displayname".to_string(), vec![cn.to_string()]);
+        DirectoryGroup {
+            guid: format!("guid-{id}"),
+            sid: Some(format!("S-1-5-21-9-{id}")),
+            dn: dn::child(cn, OU),
+            attributes,
+            members: members.iter().map(|(dn, sid)| DirectoryMember { dn: dn.to_string(), sid: Some(sid.to_string()) }).collect(),
+        }
+    }
+
+    fn user(sid: &str) -> DesiredMember {
+        DesiredMember::Sid { member_id: format!("u-{sid}"), sid: sid.into() }
+    }
+
+    fn snapshot_with_users(sids: &[&str]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for sid in sids {
+            s.principals.insert(sid.to_string(), Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None });
+        }
+        s
+    }
+
+    const OPTS: PlanOptions = PlanOptions { delete_threshold: 10, allow_deletes: false };
+
+    fn intents(list: Vec<(&str, Intent)>) -> BTreeMap<String, Intent> {
+        list.into_iter().map(|(id, i)| (id.to_string(), i)).collect()
+    }
+
+    #[test]
+    fn a_new_group_is_created_then_filled() {
+        let snap = snapshot_with_users(&["S-1"]);
+        let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1")])))]), &snap, OPTS);
+        assert_eq!(plan.ops.len(), 2);
+        let Op::Create { dn, attributes, .. } = &plan.ops[0] else { panic!("create first") };
+        assert_eq!(dn, &format!("CN=G,{OU}"));
+        assert!(attributes.iter().all(|(k, v)| k != "description" && !v.is_empty()), "empty attributes are not sent");
+        assert_eq!(plan.ops[1], Op::AddMembers { group_id: "g".into(), target: GroupRef::New, values: vec![MemberValue::Dn("CN=S-1,CN=Users,DC=corp".into())] });
+    }
+
+    #[test]
+    fn an_unchanged_group_plans_nothing() {
+        let snap = {
+            let mut s = snapshot_with_users(&["S-1"]);
+            s.managed.insert("g".into(), existing("g", "G", &[("CN=S-1,CN=Users,DC=corp", "s-1")]));
+            s
+        };
+        let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1")])))]), &snap, OPTS);
+        assert!(plan.ops.is_empty(), "{:?}", plan.ops);
+    }
+
+    #[test]
+    fn one_membership_change_is_one_value() {
+        let mut snap = snapshot_with_users(&["S-1", "S-2", "S-3"]);
+        snap.managed.insert("g".into(), existing("g", "G", &[("CN=S-1,CN=Users,DC=corp", "S-1"), ("CN=S-2,CN=Users,DC=corp", "S-2")]));
+        let want = desired("g", "G", vec![user("S-1"), user("S-3")]);
+        let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
+        assert_eq!(plan.ops.len(), 2);
+        assert!(matches!(&plan.ops[0], Op::AddMembers { values, .. } if values == &[MemberValue::Dn("CN=S-3,CN=Users,DC=corp".into())]));
+        assert!(matches!(&plan.ops[1], Op::RemoveMembers { values, .. } if values == &["CN=S-2,CN=Users,DC=corp".to_string()]));
+    }
+
+    #[test]
+    fn rename_move_and_attribute_drift_are_repaired() {
+        let mut snap = Snapshot::default();
+        let mut current = existing("g", "Old", &[]);
+        current.dn = "CN=Old,OU=Elsewhere,DC=corp,DC=test".into();
+        current.attributes.insert("description".into(), vec!["edited on-prem".into()]);
+        snap.managed.insert("g".into(), current);
+        let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "New", vec![])))]), &snap, OPTS);
+        let Op::Rename { new_cn, new_parent, .. } = &plan.ops[0] else { panic!("rename first: {:?}", plan.ops) };
+        assert_eq!((new_cn.as_str(), new_parent.as_deref()), ("New", Some(OU)));
+        let Op::Modify { changes, .. } = &plan.ops[1] else { panic!("then modify") };
+        assert!(changes.contains(&AttributeChange::Replace("displayName".into(), vec!["New".into()])));
+        assert!(changes.contains(&AttributeChange::Clear("description".into())));
+    }
+
+    #[test]
+    fn domain_local_and_unresolved_members_are_refused_and_removed() {
+        let mut snap = snapshot_with_users(&["S-1"]);
+        snap.principals.insert("S-LOCAL".into(), Principal { dn: "CN=L,DC=corp".into(), group_type: Some(-2147483644) });
+        snap.managed.insert("g".into(), existing("g", "G", &[("CN=L,DC=corp", "S-LOCAL")]));
+        let want = desired("g", "G", vec![user("S-1"), user("S-LOCAL"), user("S-GONE")]);
+        let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
+        let reasons: Vec<_> = plan.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(reasons, [LOCAL_MEMBER_REFUSED, "SID S-GONE names no object in the domain"]);
+        assert!(plan.ops.iter().any(|op| matches!(op, Op::RemoveMembers { values, .. } if values == &["CN=L,DC=corp".to_string()])));
+        assert!(plan.ops.iter().any(|op| matches!(op, Op::AddMembers { .. })));
+    }
+
+    #[test]
+    fn nested_groups_resolve_in_any_order() {
+        let snap = Snapshot::default();
+        let parent = desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "b".into() }]);
+        let child = desired("b", "B", vec![]);
+        let plan = plan(&intents(vec![("a", Intent::Write(parent)), ("b", Intent::Write(child))]), &snap, OPTS);
+        assert!(matches!(plan.ops[0], Op::Create { .. }) && matches!(plan.ops[1], Op::Create { .. }));
+        assert_eq!(plan.ops[2], Op::AddMembers { group_id: "a".into(), target: GroupRef::New, values: vec![MemberValue::NewGroup("b".into())] });
+    }
+
+    #[test]
+    fn too_many_deletes_are_held_and_others_still_apply() {
+        let mut snap = Snapshot::default();
+        let mut list = vec![];
+        for i in 0..3 {
+            let id = format!("d{i}");
+            snap.managed.insert(id.clone(), existing(&id, &id, &[]));
+            list.push((id, Intent::Delete));
+        }
+        list.push(("new".to_string(), Intent::Write(desired("new", "N", vec![]))));
+        let intents: BTreeMap<_, _> = list.into_iter().collect();
+        let strict = PlanOptions { delete_threshold: 2, allow_deletes: false };
+        let held = plan(&intents, &snap, strict);
+        assert_eq!(held.held_deletes.len(), 3);
+        assert!(held.ops.iter().all(|op| !matches!(op, Op::Delete { .. })));
+        assert!(held.ops.iter().any(|op| matches!(op, Op::Create { .. })));
+        let allowed = plan(&intents, &snap, PlanOptions { allow_deletes: true, ..strict });
+        assert_eq!(allowed.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count(), 3);
+    }
+
+    #[test]
+    fn leave_and_refuse_touch_nothing() {
+        let mut snap = Snapshot::default();
+        snap.managed.insert("g".into(), existing("g", "G", &[]));
+        let plan = plan(&intents(vec![("g", Intent::Leave("off".into())), ("h", Intent::Refuse("bad".into()))]), &snap, OPTS);
+        assert!(plan.ops.is_empty());
+    }
+}

@@ -1,0 +1,707 @@
+//! Durable state in sled: per tenant, the delta cursors, the merged cloud state, where each managed group
+//! lives in AD, which groups still await a directory apply, and the audit log.
+//!
+//! Each tenant has one tree; keys carry a one-letter kind prefix. A delta page is merged with one atomic
+//! batch that also records the page's cursor and marks the touched groups dirty, so a crash between a page
+//! and the directory apply loses nothing: the dirty marks survive, and a group leaves the dirty set only
+//! after its directory changes were applied. Everything here can be rebuilt from Graph and the directory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::delta::{GroupEntry, MemberKind, Removal, UserEntry};
+
+/// A failure of the local state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "cannot open the state in {path}: {cause}. If it is damaged, run `writeback --config FILE reset-state --tenant NAME` for each tenant (a full resync follows) or move the directory away"
+    )]
+    Open { path: PathBuf, cause: String },
+    #[error("state store error: {0}")]
+    Store(#[from] sled::Error),
+    #[error("state record {key} is damaged ({cause}); run `writeback --config FILE reset-state --tenant {tenant}`")]
+    Corrupt { tenant: String, key: String, cause: String },
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+}
+
+/// A group as Graph describes it, merged from every delta entry seen so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CloudGroup {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub mail_nickname: Option<String>,
+    pub mail: Option<String>,
+    pub mail_enabled: Option<bool>,
+    pub security_enabled: Option<bool>,
+    pub group_types: Option<Vec<String>>,
+    pub proxy_addresses: Option<Vec<String>>,
+    pub on_premises_sync_enabled: Option<bool>,
+    pub on_premises_security_identifier: Option<String>,
+    pub writeback_enabled: Option<bool>,
+    pub writeback_group_type: Option<String>,
+    /// Set when Graph reported the group `@removed`; cleared by a restore.
+    pub removed: Option<Removal>,
+}
+
+impl CloudGroup {
+    /// Whether `groupTypes` marks a Microsoft 365 group.
+    pub fn is_unified(&self) -> bool {
+        self.group_types.as_deref().unwrap_or_default().iter().any(|t| t.eq_ignore_ascii_case("Unified"))
+    }
+}
+
+/// A user as Graph describes it: only what membership needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CloudUser {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub on_premises_sync_enabled: Option<bool>,
+    pub on_premises_security_identifier: Option<String>,
+}
+
+/// Where a managed group was last seen in AD: a hint for reads, never a licence to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub guid: String,
+    pub sid: Option<String>,
+    pub dn: String,
+}
+
+/// Which delta query a cursor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Groups,
+    Users,
+}
+
+impl Resource {
+    fn key(self) -> &'static [u8] {
+        match self {
+            Resource::Groups => b"c\0groups",
+            Resource::Users => b"c\0users",
+        }
+    }
+}
+
+/// Where a delta round stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The next page to fetch, or, when `complete`, the deltaLink that starts the next round.
+    pub link: String,
+    /// Whether the round in progress lists every object (initial sync or resync).
+    pub full: bool,
+    /// Whether `link` is a deltaLink.
+    pub complete: bool,
+}
+
+/// One directory write, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub tenant: String,
+    pub group_id: String,
+    /// `create`, `rename`, `modify`, `add-members`, `remove-members` or `delete`.
+    pub operation: String,
+    pub dn: String,
+    pub detail: String,
+    /// `ok`, or the error.
+    pub outcome: String,
+}
+
+/// What merging one page changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MergeStats {
+    pub entries: usize,
+    pub member_changes: usize,
+}
+
+/// The sled database behind every tenant.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates, mode 0700) the state directory.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        create_private_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .map_err(|e| StateError::Open { path: dir.to_path_buf(), cause: e.to_string() })?;
+        Ok(Store { db })
+    }
+
+    /// A throwaway in-memory store (tests, and `plan`'s scratch copy).
+    pub fn temporary() -> Result<Store, StateError> {
+        Ok(Store { db: sled::Config::new().temporary(true).open()? })
+    }
+
+    /// The state of one tenant.
+    pub fn tenant(&self, name: &str) -> Result<TenantState, StateError> {
+        Ok(TenantState {
+            name: name.to_string(),
+            tree: self.db.open_tree(format!("tenant/{name}"))?,
+            audit: self.db.open_tree(format!("audit/{name}"))?,
+            db: self.db.clone(),
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Copies one tenant's state into `other`, so that a dry run can change the copy freely.
+    pub fn copy_tenant_to(&self, name: &str, other: &Store) -> Result<(), StateError> {
+        let from = self.tenant(name)?;
+        let to = other.tenant(name)?;
+        for item in from.tree.iter() {
+            let (k, v) = item?;
+            to.tree.insert(k, v)?;
+        }
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StateError::CreateDir { path: dir.to_path_buf(), source };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// One tenant's slice of the store.
+pub struct TenantState {
+    name: String,
+    tree: sled::Tree,
+    audit: sled::Tree,
+    db: sled::Db,
+}
+
+fn key(kind: &str, parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    k.extend_from_slice(kind.as_bytes());
+    for part in parts {
+        k.push(0);
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+/// The text after the prefix of a key, as the id it names.
+fn key_tail(k: &[u8], prefix_len: usize) -> String {
+    String::from_utf8_lossy(&k[prefix_len..]).into_owned()
+}
+
+fn kind_byte(kind: MemberKind) -> u8 {
+    match kind {
+        MemberKind::User => b'u',
+        MemberKind::Group => b'g',
+        MemberKind::Device => b'd',
+        MemberKind::ServicePrincipal => b's',
+        MemberKind::OrgContact => b'c',
+        MemberKind::Other => b'o',
+    }
+}
+
+fn byte_kind(byte: Option<&u8>) -> MemberKind {
+    match byte {
+        Some(b'u') => MemberKind::User,
+        Some(b'g') => MemberKind::Group,
+        Some(b'd') => MemberKind::Device,
+        Some(b's') => MemberKind::ServicePrincipal,
+        Some(b'c') => MemberKind::OrgContact,
+        _ => MemberKind::Other,
+    }
+}
+
+/// Pending writes of one page, applied as one atomic batch. Reads see the page's own earlier writes.
+struct PageWrites<'a> {
+    state: &'a TenantState,
+    batch: sled::Batch,
+    groups: HashMap<String, CloudGroup>,
+    users: HashMap<String, Option<CloudUser>>,
+    cleared: HashSet<String>,
+}
+
+impl<'a> PageWrites<'a> {
+    fn new(state: &'a TenantState) -> Self {
+        PageWrites { state, batch: sled::Batch::default(), groups: HashMap::new(), users: HashMap::new(), cleared: HashSet::new() }
+    }
+
+    fn group(&mut self, id: &str) -> Result<&mut CloudGroup, StateError> {
+        if !self.groups.contains_key(id) {
+            let stored = self.state.group(id)?.unwrap_or_else(|| CloudGroup { id: id.to_string(), ..Default::default() });
+            self.groups.insert(id.to_string(), stored);
+        }
+        Ok(self.groups.get_mut(id).expect("inserted above"))
+    }
+
+    fn put_member(&mut self, group: &str, member: &str, kind: MemberKind) {
+        self.batch.insert(key("m", &[group, member]), vec![kind_byte(kind)]);
+        self.batch.insert(key("r", &[member, group]), vec![]);
+    }
+
+    fn drop_member(&mut self, group: &str, member: &str) {
+        self.batch.remove(key("m", &[group, member]));
+        self.batch.remove(key("r", &[member, group]));
+    }
+
+    /// In a full round the first entry of a group starts its member list afresh, so that members removed
+    /// while our cursor was lost do not linger.
+    fn clear_members_once(&mut self, group: &str) -> Result<(), StateError> {
+        if !self.cleared.insert(group.to_string()) || self.state.tree.contains_key(key("s", &[group]))? {
+            return Ok(());
+        }
+        for (member, _) in self.state.members(group)? {
+            self.drop_member(group, &member);
+        }
+        self.batch.insert(key("s", &[group]), vec![]);
+        Ok(())
+    }
+
+    fn mark_dirty(&mut self, group: &str) {
+        self.batch.insert(key("d", &[group]), vec![]);
+    }
+
+    fn commit(mut self, resource: Resource, cursor: &Cursor) -> Result<(), StateError> {
+        for (id, group) in &self.groups {
+            self.batch.insert(key("g", &[id]), encode(group));
+        }
+        for (id, user) in &self.users {
+            match user {
+                Some(user) => self.batch.insert(key("u", &[id]), encode(user)),
+                None => self.batch.remove(key("u", &[id])),
+            }
+        }
+        self.batch.insert(resource.key(), encode(cursor));
+        self.state.tree.apply_batch(self.batch)?;
+        Ok(())
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state records always serialise")
+}
+
+impl TenantState {
+    /// The tenant this state belongs to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(&self, k: &[u8], bytes: &[u8]) -> Result<T, StateError> {
+        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+            tenant: self.name.clone(),
+            key: String::from_utf8_lossy(k).replace('\0', "/"),
+            cause: e.to_string(),
+        })
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StateError> {
+        match self.tree.get(k)? {
+            Some(bytes) => self.decode(k, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a delta round stands, if one was ever started.
+    pub fn cursor(&self, resource: Resource) -> Result<Option<Cursor>, StateError> {
+        self.get(resource.key())
+    }
+
+    /// Forgets a delta cursor so the next cycle starts a full round.
+    pub fn drop_cursor(&self, resource: Resource) -> Result<(), StateError> {
+        self.tree.remove(resource.key())?;
+        Ok(())
+    }
+
+    /// Merges a page of group entries and records the cursor after it, in one atomic batch.
+    pub fn merge_group_page(&self, entries: &[GroupEntry], cursor: &Cursor) -> Result<MergeStats, StateError> {
+        let mut writes = PageWrites::new(self);
+        let mut stats = MergeStats::default();
+        for entry in entries {
+            stats.entries += 1;
+            stats.member_changes += entry.members.len();
+            if cursor.full {
+                writes.clear_members_once(&entry.id)?;
+            }
+            apply_group_entry(writes.group(&entry.id)?, entry);
+            for change in &entry.members {
+                if change.removed {
+                    writes.drop_member(&entry.id, &change.id);
+                } else {
+                    writes.put_member(&entry.id, &change.id, change.kind);
+                }
+            }
+            writes.mark_dirty(&entry.id);
+        }
+        writes.commit(Resource::Groups, cursor)?;
+        Ok(stats)
+    }
+
+    /// Merges a page of user entries; groups that contain a changed user become dirty.
+    pub fn merge_user_page(&self, entries: &[UserEntry], cursor: &Cursor) -> Result<MergeStats, StateError> {
+        let mut writes = PageWrites::new(self);
+        for entry in entries {
+            if cursor.full {
+                writes.batch.insert(key("su", &[&entry.id]), vec![]);
+            }
+            let current = match writes.users.get(&entry.id) {
+                Some(user) => user.clone(),
+                None => self.user(&entry.id)?,
+            };
+            let updated = apply_user_entry(current.clone(), entry);
+            if current.as_ref().map(user_identity) != updated.as_ref().map(user_identity) {
+                for group in self.groups_containing(&entry.id)? {
+                    writes.mark_dirty(&group);
+                }
+            }
+            writes.users.insert(entry.id.clone(), updated);
+        }
+        writes.commit(Resource::Users, cursor)?;
+        Ok(MergeStats { entries: entries.len(), member_changes: 0 })
+    }
+
+    /// Ends a full round: the groups it did not list are returned (to be checked against deleted items),
+    /// and the round's bookkeeping is cleared.
+    pub fn groups_missing_from_full_round(&self) -> Result<Vec<String>, StateError> {
+        let mut missing = Vec::new();
+        for id in self.group_ids()? {
+            if !self.tree.contains_key(key("s", &[&id]))? {
+                missing.push(id);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Clears the "seen in this full round" marks of groups.
+    pub fn clear_group_round_marks(&self) -> Result<(), StateError> {
+        self.remove_prefix(b"s\0")
+    }
+
+    /// Ends a full user round: users it did not list are gone; their groups become dirty.
+    pub fn finish_full_user_round(&self) -> Result<usize, StateError> {
+        let mut gone = Vec::new();
+        for item in self.tree.scan_prefix(b"u\0") {
+            let (k, _) = item?;
+            let id = key_tail(&k, 2);
+            if !self.tree.contains_key(key("su", &[&id]))? {
+                gone.push(id);
+            }
+        }
+        for id in &gone {
+            self.tree.remove(key("u", &[id]))?;
+            for group in self.groups_containing(id)? {
+                self.mark_dirty(&group)?;
+            }
+        }
+        self.remove_prefix(b"su\0")?;
+        Ok(gone.len())
+    }
+
+    fn remove_prefix(&self, prefix: &[u8]) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.scan_prefix(prefix) {
+            batch.remove(item?.0);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Records how Graph answered for a group missing after a resync.
+    pub fn mark_removed(&self, id: &str, removal: Removal) -> Result<(), StateError> {
+        if let Some(mut group) = self.group(id)? {
+            group.removed = Some(removal);
+            self.tree.insert(key("g", &[id]), encode(&group))?;
+            self.mark_dirty(id)?;
+        }
+        Ok(())
+    }
+
+    /// A group by id.
+    pub fn group(&self, id: &str) -> Result<Option<CloudGroup>, StateError> {
+        self.get(&key("g", &[id]))
+    }
+
+    /// A user by id.
+    pub fn user(&self, id: &str) -> Result<Option<CloudUser>, StateError> {
+        self.get(&key("u", &[id]))
+    }
+
+    /// Every group id in the state.
+    pub fn group_ids(&self) -> Result<Vec<String>, StateError> {
+        let mut ids = Vec::new();
+        for item in self.tree.scan_prefix(b"g\0") {
+            ids.push(key_tail(&item?.0, 2));
+        }
+        Ok(ids)
+    }
+
+    /// How many groups and users the state holds.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.tree.scan_prefix(b"g\0").count(), self.tree.scan_prefix(b"u\0").count())
+    }
+
+    /// The members of a group with their kinds.
+    pub fn members(&self, group: &str) -> Result<Vec<(String, MemberKind)>, StateError> {
+        let prefix = key("m", &[group, ""]);
+        let mut members = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            members.push((key_tail(&k, prefix.len()), byte_kind(v.first())));
+        }
+        Ok(members)
+    }
+
+    /// The groups that list `member`.
+    pub fn groups_containing(&self, member: &str) -> Result<Vec<String>, StateError> {
+        let prefix = key("r", &[member, ""]);
+        let mut groups = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            groups.push(key_tail(&item?.0, prefix.len()));
+        }
+        Ok(groups)
+    }
+
+    /// Groups whose directory changes are not applied yet.
+    pub fn dirty(&self) -> Result<Vec<String>, StateError> {
+        let mut ids = Vec::new();
+        for item in self.tree.scan_prefix(b"d\0") {
+            ids.push(key_tail(&item?.0, 2));
+        }
+        Ok(ids)
+    }
+
+    /// Marks a group as needing a directory apply.
+    pub fn mark_dirty(&self, id: &str) -> Result<(), StateError> {
+        self.tree.insert(key("d", &[id]), vec![])?;
+        Ok(())
+    }
+
+    /// Marks a group's directory changes as applied.
+    pub fn clear_dirty(&self, id: &str) -> Result<(), StateError> {
+        self.tree.remove(key("d", &[id]))?;
+        Ok(())
+    }
+
+    /// Where a managed group was last seen in AD.
+    pub fn anchor(&self, id: &str) -> Result<Option<Anchor>, StateError> {
+        self.get(&key("a", &[id]))
+    }
+
+    /// Every recorded anchor.
+    pub fn anchors(&self) -> Result<BTreeMap<String, Anchor>, StateError> {
+        let mut anchors = BTreeMap::new();
+        for item in self.tree.scan_prefix(b"a\0") {
+            let (k, v) = item?;
+            anchors.insert(key_tail(&k, 2), self.decode(&k, &v)?);
+        }
+        Ok(anchors)
+    }
+
+    /// Records where a managed group lives.
+    pub fn set_anchor(&self, id: &str, anchor: &Anchor) -> Result<(), StateError> {
+        self.tree.insert(key("a", &[id]), encode(anchor))?;
+        Ok(())
+    }
+
+    /// Forgets a group entirely, after its hard delete was applied.
+    pub fn purge_group(&self, id: &str) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for (member, _) in self.members(id)? {
+            batch.remove(key("m", &[id, &member]));
+            batch.remove(key("r", &[&member, id]));
+        }
+        for kind in ["g", "a", "d", "s"] {
+            batch.remove(key(kind, &[id]));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Appends a record to the audit log.
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), StateError> {
+        let seq = self.db.generate_id()?;
+        self.audit.insert(seq.to_be_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StateError> {
+        let mut records = Vec::new();
+        for item in self.audit.iter() {
+            let (k, v) = item?;
+            records.push(self.decode(&k, &v)?);
+        }
+        Ok(records)
+    }
+
+    /// Deletes everything this tenant's state holds except the audit log; the next cycle resyncs in full.
+    pub fn reset(&self) -> Result<(), StateError> {
+        self.tree.clear()?;
+        Ok(())
+    }
+}
+
+/// The identity fields of a user that decide how it is written as a member.
+fn user_identity(user: &CloudUser) -> (Option<bool>, Option<String>) {
+    (user.on_premises_sync_enabled, user.on_premises_security_identifier.clone())
+}
+
+fn apply_group_entry(group: &mut CloudGroup, entry: &GroupEntry) {
+    let f = entry.fields.clone();
+    f.display_name.apply_to(&mut group.display_name);
+    f.description.apply_to(&mut group.description);
+    f.mail_nickname.apply_to(&mut group.mail_nickname);
+    f.mail.apply_to(&mut group.mail);
+    f.mail_enabled.apply_to(&mut group.mail_enabled);
+    f.security_enabled.apply_to(&mut group.security_enabled);
+    f.group_types.apply_to(&mut group.group_types);
+    f.proxy_addresses.apply_to(&mut group.proxy_addresses);
+    f.on_premises_sync_enabled.apply_to(&mut group.on_premises_sync_enabled);
+    f.on_premises_security_identifier.apply_to(&mut group.on_premises_security_identifier);
+    f.writeback_enabled.apply_to(&mut group.writeback_enabled);
+    f.writeback_group_type.apply_to(&mut group.writeback_group_type);
+    // An entry without @removed for a removed group is a restore.
+    group.removed = entry.removed.clone();
+}
+
+fn apply_user_entry(current: Option<CloudUser>, entry: &UserEntry) -> Option<CloudUser> {
+    if entry.removed.is_some() {
+        return None;
+    }
+    let mut user = current.unwrap_or_else(|| CloudUser { id: entry.id.clone(), ..Default::default() });
+    let f = entry.fields.clone();
+    f.display_name.apply_to(&mut user.display_name);
+    f.user_principal_name.apply_to(&mut user.user_principal_name);
+    f.on_premises_sync_enabled.apply_to(&mut user.on_premises_sync_enabled);
+    f.on_premises_security_identifier.apply_to(&mut user.on_premises_security_identifier);
+    Some(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::delta::{parse_group, parse_user};
+    use serde_json::json;
+
+    fn cursor(full: bool) -> Cursor {
+        Cursor { link: "next".into(), full, complete: false }
+    }
+
+    fn group_entries(values: serde_json::Value) -> Vec<GroupEntry> {
+        values.as_array().unwrap().iter().map(|v| parse_group(v).unwrap()).collect()
+    }
+
+    fn state() -> TenantState {
+        Store::temporary().unwrap().tenant("t").unwrap()
+    }
+
+    #[test]
+    fn members_split_across_entries_and_pages_merge() {
+        let s = state();
+        s.merge_group_page(
+            &group_entries(json!([
+                {"id":"g","displayName":"G","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]},
+                {"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u2"}]}
+            ])),
+            &cursor(true),
+        )
+        .unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"g2"}]}])),
+            &cursor(true),
+        )
+        .unwrap();
+        let members: Vec<_> = s.members("g").unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(members, ["g2", "u1", "u2"]);
+        assert_eq!(s.group("g").unwrap().unwrap().display_name.as_deref(), Some("G"));
+        assert_eq!(s.groups_containing("u2").unwrap(), ["g"]);
+        assert_eq!(s.dirty().unwrap(), ["g"]);
+        assert_eq!(s.cursor(Resource::Groups).unwrap(), Some(cursor(true)));
+    }
+
+    #[test]
+    fn partial_updates_keep_absent_properties_and_replays_are_harmless() {
+        let s = state();
+        let first = group_entries(json!([{"id":"g","displayName":"G","description":"d","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
+        s.merge_group_page(&first, &cursor(true)).unwrap();
+        let later = group_entries(json!([{"id":"g","description":null,"members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1","@removed":{"reason":"deleted"}}]}]));
+        s.merge_group_page(&later, &cursor(false)).unwrap();
+        s.merge_group_page(&later, &cursor(false)).unwrap();
+        let group = s.group("g").unwrap().unwrap();
+        assert_eq!(group.display_name.as_deref(), Some("G"));
+        assert_eq!(group.description, None);
+        assert!(s.members("g").unwrap().is_empty());
+        assert!(s.groups_containing("u1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_round_replaces_stale_members_and_finds_missing_groups() {
+        let s = state();
+        let members = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u1","u2"])},{"id":"h"}])), &cursor(true)).unwrap();
+        s.clear_group_round_marks().unwrap();
+        // A resync lists g with u2 and u3 over two entries, and no longer lists h.
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u2"])}])), &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u3"])}])), &cursor(true)).unwrap();
+        let ids: Vec<_> = s.members("g").unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["u2", "u3"]);
+        assert_eq!(s.groups_missing_from_full_round().unwrap(), ["h"]);
+    }
+
+    #[test]
+    fn a_user_identity_change_dirties_its_groups() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &cursor(true)).unwrap();
+        s.clear_dirty("g").unwrap();
+        let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
+        s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &cursor(true)).unwrap();
+        assert_eq!(s.dirty().unwrap(), ["g"], "a user that arrives after its group resolves that member");
+        s.clear_dirty("g").unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","displayName":"B"})), &cursor(false)).unwrap();
+        assert!(s.dirty().unwrap().is_empty(), "a display name change does not touch membership");
+        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &cursor(false)).unwrap();
+        assert_eq!(s.dirty().unwrap(), ["g"]);
+        s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &cursor(false)).unwrap();
+        assert_eq!(s.user("u1").unwrap(), None);
+    }
+
+    #[test]
+    fn restore_clears_removal() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g","@removed":{"reason":"changed"}}])), &cursor(false)).unwrap();
+        assert_eq!(s.group("g").unwrap().unwrap().removed, Some(Removal::Changed));
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"back"}])), &cursor(false)).unwrap();
+        assert_eq!(s.group("g").unwrap().unwrap().removed, None);
+    }
+
+    #[test]
+    fn damaged_record_names_the_recovery() {
+        let s = state();
+        s.tree.insert(key("g", &["g"]), b"{not json".to_vec()).unwrap();
+        let err = s.group("g").unwrap_err().to_string();
+        assert!(err.contains("reset-state --tenant t"), "{err}");
+    }
+
+    #[test]
+    fn state_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        Store::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,137 @@
+//! The per-tenant status report that `status` prints: kept as a JSON file beside the state, so that it can
+//! be read while a daemon holds the state database open.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::SkippedMember;
+use crate::plan::HeldDelete;
+
+/// A group the agent did not write, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupProblem {
+    pub group_id: String,
+    pub reason: String,
+}
+
+/// What the last cycle of one tenant did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantStatus {
+    /// Seconds since the Unix epoch when the last cycle ended.
+    pub last_cycle: u64,
+    /// `ok`, or the one-line cause of the failure.
+    pub outcome: String,
+    pub full: bool,
+    pub managed_groups: usize,
+    pub writes: usize,
+    pub skipped_members: Vec<SkippedMember>,
+    pub conflicts: Vec<GroupProblem>,
+    /// Groups held back: refused by naming, or failed to apply.
+    pub held_groups: Vec<GroupProblem>,
+    pub held_deletes: Vec<HeldDelete>,
+    /// Graph entries that were skipped for their shape.
+    pub bad_entries: Vec<String>,
+    /// Groups whose changes still await a directory apply.
+    pub pending_groups: usize,
+}
+
+/// Every tenant's status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusFile {
+    pub tenants: BTreeMap<String, TenantStatus>,
+}
+
+/// Where the status file lives in the state directory.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("status.json")
+}
+
+impl StatusFile {
+    /// Reads the status file; an absent file is an empty status.
+    pub fn load(state_dir: &Path) -> std::io::Result<StatusFile> {
+        match std::fs::read(path(state_dir)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("status.json: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusFile::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records one tenant's status, replacing the file atomically.
+    pub fn record(state_dir: &Path, tenant: &str, status: TenantStatus) -> std::io::Result<()> {
+        let mut file = StatusFile::load(state_dir).unwrap_or_default();
+        file.tenants.insert(tenant.to_string(), status);
+        let tmp = state_dir.join("status.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)?;
+        std::fs::rename(tmp, path(state_dir))
+    }
+}
+
+impl TenantStatus {
+    /// The human-readable report for one tenant.
+    pub fn render(&self, tenant: &str) -> String {
+        let mut out = String::new();
+        let when = if self.last_cycle == 0 {
+            "never".to_string()
+        } else {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.last_cycle)).to_string()
+        };
+        let _ = writeln!(out, "tenant {tenant}");
+        let _ = writeln!(out, "  last cycle: {when} ({}) outcome: {}", if self.full { "full" } else { "delta" }, self.outcome);
+        let _ = writeln!(out, "  managed groups: {}  writes: {}  pending: {}", self.managed_groups, self.writes, self.pending_groups);
+        let _ = writeln!(out, "  members skipped: {}", self.skipped_members.len());
+        for (reason, count) in count_by(&self.skipped_members, |s| s.reason.as_str()) {
+            let _ = writeln!(out, "    {count} × {reason}");
+        }
+        for s in &self.skipped_members {
+            let _ = writeln!(out, "    group {} member {}: {}", s.group_id, s.member_id, s.reason);
+        }
+        list(&mut out, "conflicts", self.conflicts.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
+        list(&mut out, "held groups", self.held_groups.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
+        list(&mut out, "held deletes", self.held_deletes.iter().map(|d| format!("group {} at {}", d.group_id, d.dn)));
+        list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
+        out
+    }
+}
+
+fn list(out: &mut String, title: &str, items: impl Iterator<Item = String>) {
+    let items: Vec<String> = items.collect();
+    let _ = writeln!(out, "  {title}: {}", items.len());
+    for item in items {
+        let _ = writeln!(out, "    {item}");
+    }
+}
+
+fn count_by<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for item in items {
+        *counts.entry(key(item)).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = TenantStatus {
+            last_cycle: 1,
+            outcome: "ok".into(),
+            skipped_members: vec![SkippedMember { group_id: "g".into(), member_id: "u".into(), reason: "cloud-only user (no on-premises SID)".into() }],
+            held_deletes: vec![HeldDelete { group_id: "d".into(), dn: "CN=d,DC=x".into() }],
+            ..Default::default()
+        };
+        StatusFile::record(dir.path(), "a", status.clone()).unwrap();
+        let loaded = StatusFile::load(dir.path()).unwrap();
+        assert_eq!(loaded.tenants["a"], status);
+        let text = status.render("a");
+        assert!(text.contains("1 × cloud-only user"), "{text}");
+        assert!(text.contains("held deletes: 1"), "{text}");
+    }
+}

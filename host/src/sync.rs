@@ -1,0 +1,392 @@
+//! One sync cycle for one tenant: read Graph's deltas into the state, build the desired model for the
+//! groups that need it, read the directory, plan, apply, and checkpoint.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::{ConfigError, TenantConfig};
+use crate::dn;
+use crate::directory::{ApplyError, Applied, Directory, DirectoryError};
+use crate::graph::delta::{self, NextLink, Removal};
+use crate::graph::{GraphClient, GraphError};
+use crate::model::{self, DesiredMember, Intent, ModelSettings};
+use crate::plan::{self, Op, Plan, PlanOptions, Snapshot};
+use crate::state::{Anchor, AuditRecord, Cursor, Resource, StateError, Store, TenantState};
+use crate::status::{GroupProblem, TenantStatus};
+
+/// Why a cycle stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What kind of cycle to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CycleOptions {
+    /// Re-read every managed group and repair drift.
+    pub full: bool,
+    /// Apply deletes even above the threshold.
+    pub allow_deletes: bool,
+    /// Plan only: write nothing to the directory.
+    pub dry_run: bool,
+}
+
+/// Set when the agent should stop after the current write.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag {
+    set: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl StopFlag {
+    /// Asks the cycle to stop at the next safe point.
+    pub fn stop(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+    /// Whether a stop was asked for.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+    /// Resolves once a stop is asked for.
+    pub async fn stopped(&self) {
+        let notified = self.notify.notified();
+        if !self.is_set() {
+            notified.await;
+        }
+    }
+}
+
+/// The result of one cycle.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub status: TenantStatus,
+    /// The planned operations (all of them in a dry run).
+    pub plan: Vec<Op>,
+    /// Whether the cycle ended early because a stop was asked for.
+    pub stopped: bool,
+}
+
+impl CycleReport {
+    /// Whether the cycle left something an admin must act on: held deletes or failed groups.
+    pub fn needs_attention(&self) -> Option<String> {
+        let s = &self.status;
+        if !s.held_deletes.is_empty() {
+            return Some(format!(
+                "{} deletes held (more than delete_threshold); review them with `status`, then run `sync --once --allow-deletes`",
+                s.held_deletes.len()
+            ));
+        }
+        let failed: Vec<_> = s.held_groups.iter().filter(|p| p.reason.starts_with("apply failed")).collect();
+        failed.first().map(|first| format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason))
+    }
+}
+
+/// A tenant's sync context: its config, state and Graph client.
+pub struct TenantSync<'a> {
+    pub config: &'a TenantConfig,
+    pub store: Store,
+    pub state: TenantState,
+    pub graph: GraphClient,
+    pub stop: StopFlag,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl TenantSync<'_> {
+    /// Runs one cycle.
+    pub async fn cycle(&self, options: CycleOptions) -> Result<CycleReport, SyncError> {
+        let mut report = CycleReport::default();
+        report.status.full = options.full;
+        self.graph.authenticate().await?;
+        self.read_round(Resource::Users, &mut report).await?;
+        self.read_round(Resource::Groups, &mut report).await?;
+        if self.stop.is_set() {
+            report.stopped = true;
+            return Ok(report);
+        }
+        let password = self.config.directory.password(&self.config.name)?;
+        let mut directory = Directory::connect(&self.config.directory, &password).await?;
+        let result = self.reconcile(&mut directory, options, &mut report).await;
+        directory.close().await;
+        result?;
+        report.status.pending_groups = self.state.dirty()?.len();
+        report.status.last_cycle = now();
+        report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
+        Ok(report)
+    }
+
+    /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync.
+    async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
+        match self.read_pages(resource, report).await {
+            Err(SyncError::Graph(GraphError::ResyncRequired { .. })) => {
+                tracing::warn!(tenant = %self.config.name, ?resource, "Graph asked for a full resync; starting a full round");
+                self.state.drop_cursor(resource)?;
+                self.read_pages(resource, report).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_pages(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
+        let (mut link, full) = match self.state.cursor(resource)? {
+            None => (self.start_url(resource), true),
+            Some(c) if c.complete => {
+                self.finish_full_round(resource, &c).await?;
+                (c.link, false)
+            }
+            Some(c) => (c.link, c.full),
+        };
+        loop {
+            if self.stop.is_set() {
+                return Ok(());
+            }
+            let page = self.graph.delta_page(&link).await?;
+            let (next, complete) = match page.link {
+                NextLink::Next(next) => (next, false),
+                NextLink::Delta(delta) => (delta, true),
+            };
+            let cursor = Cursor { link: next.clone(), full, complete };
+            self.merge(resource, &page.entries, &cursor, report)?;
+            self.store.flush().await?;
+            if complete {
+                return self.finish_full_round(resource, &cursor).await;
+            }
+            link = next;
+        }
+    }
+
+    fn start_url(&self, resource: Resource) -> String {
+        match resource {
+            Resource::Groups => self.graph.groups_delta_start(),
+            Resource::Users => self.graph.users_delta_start(),
+        }
+    }
+
+    fn merge(&self, resource: Resource, entries: &[serde_json::Value], cursor: &Cursor, report: &mut CycleReport) -> Result<(), SyncError> {
+        let mut bad = Vec::new();
+        match resource {
+            Resource::Groups => {
+                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(|err| bad.push(err.0)).ok()).collect();
+                self.state.merge_group_page(&parsed, cursor)?;
+            }
+            Resource::Users => {
+                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(|err| bad.push(err.0)).ok()).collect();
+                self.state.merge_user_page(&parsed, cursor)?;
+            }
+        }
+        for reason in &bad {
+            tracing::warn!(tenant = %self.config.name, "skipped a Graph entry: {reason}");
+        }
+        report.status.bad_entries.extend(bad);
+        Ok(())
+    }
+
+    /// After a full round, objects it did not list are gone. A group counts as hard-deleted only when
+    /// Graph's deleted items do not hold it either.
+    async fn finish_full_round(&self, resource: Resource, cursor: &Cursor) -> Result<(), SyncError> {
+        if !(cursor.full && cursor.complete) {
+            return Ok(());
+        }
+        match resource {
+            Resource::Users => {
+                self.state.finish_full_user_round()?;
+            }
+            Resource::Groups => {
+                for id in self.state.groups_missing_from_full_round()? {
+                    let removal = if self.graph.in_deleted_items(&id).await? { Removal::Changed } else { Removal::Deleted };
+                    self.state.mark_removed(&id, removal)?;
+                }
+                self.state.clear_group_round_marks()?;
+            }
+        }
+        let done = Cursor { full: false, ..cursor.clone() };
+        match resource {
+            Resource::Groups => self.state.merge_group_page(&[], &done)?,
+            Resource::Users => self.state.merge_user_page(&[], &done)?,
+        };
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Plans the groups that need it against the directory and applies the plan.
+    async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
+        let settings = ModelSettings {
+            m365_default_writeback: self.config.m365_default_writeback,
+            target_ou: self.config.directory.target_ou.clone(),
+            schema: directory.schema.clone(),
+        };
+        let mut snapshot = Snapshot::default();
+        let ids: BTreeSet<String> = if options.full {
+            let known: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
+            // An anchored group the state does not know is ours only inside our target OU; elsewhere it
+            // may belong to another tenant writing to the same domain.
+            snapshot.managed = directory
+                .all_managed_groups()
+                .await?
+                .into_iter()
+                .filter(|(id, group)| known.contains(id) || dn::is_within(&group.dn, &settings.target_ou))
+                .collect();
+            known.into_iter().chain(snapshot.managed.keys().cloned()).collect()
+        } else {
+            self.state.dirty()?.into_iter().collect()
+        };
+        let intents = self.intents(&ids, &settings, report).await?;
+        if !options.full {
+            snapshot.managed = directory.managed_groups(&lookup_ids(&intents)).await?;
+        }
+        snapshot.principals = directory.principals(&member_sids(&intents)).await?;
+        report.status.managed_groups = snapshot.managed.len();
+        let plan = plan::plan(&intents, &snapshot, PlanOptions { delete_threshold: self.config.delete_threshold, allow_deletes: options.allow_deletes });
+        report.status.skipped_members.extend(plan.skipped.iter().cloned());
+        report.status.held_deletes = plan.held_deletes.clone();
+        report.plan = plan.ops.clone();
+        if options.dry_run {
+            return Ok(());
+        }
+        let failed = self.apply(directory, &plan, report).await?;
+        self.checkpoint(&ids, &plan, &failed, &snapshot)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
+    async fn intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+        let mut intents = BTreeMap::new();
+        for id in ids {
+            let intent = match self.state.group(id)? {
+                Some(group) => {
+                    let (intent, skipped) = model::intent(&self.state, &group, settings)?;
+                    report.status.skipped_members.extend(skipped);
+                    intent
+                }
+                // Known to the directory only: the state was lost or the delete was never recorded.
+                None if self.graph.in_deleted_items(id).await? => Intent::Leave("soft-deleted in Entra ID".into()),
+                None => Intent::Delete,
+            };
+            if let Intent::Refuse(reason) = &intent {
+                report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() });
+            }
+            intents.insert(id.clone(), intent);
+        }
+        Ok(intents)
+    }
+
+    /// Applies the plan in order. Returns the groups whose operations failed (they stay dirty).
+    async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
+        let mut created: HashMap<String, String> = HashMap::new();
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for op in &plan.ops {
+            if self.stop.is_set() {
+                report.stopped = true;
+                failed.insert(op.group_id().to_string(), "stopped before this write".into());
+                continue;
+            }
+            if failed.contains_key(op.group_id()) {
+                continue;
+            }
+            let result = directory.apply(op, &created).await;
+            self.audit(op, &result)?;
+            match result {
+                Ok(Applied::Created { guid, sid, dn }) => {
+                    report.status.writes += 1;
+                    self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
+                    created.insert(op.group_id().to_string(), dn);
+                }
+                Ok(_) => report.status.writes += 1,
+                Err(ApplyError::Directory(e)) => return Err(e.into()),
+                Err(e @ ApplyError::Conflict { .. }) => {
+                    tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
+                    report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
+                    failed.insert(op.group_id().to_string(), e.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
+                    let reason = format!("apply failed: {e}");
+                    report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
+                    failed.insert(op.group_id().to_string(), reason);
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    fn audit(&self, op: &Op, result: &Result<Applied, ApplyError>) -> Result<(), StateError> {
+        let (operation, dn, detail) = plan::describe(op);
+        self.state.audit(&AuditRecord {
+            time: now(),
+            tenant: self.config.name.clone(),
+            group_id: op.group_id().to_string(),
+            operation: operation.to_string(),
+            dn,
+            detail,
+            outcome: match result {
+                Ok(_) => "ok".into(),
+                Err(e) => e.to_string(),
+            },
+        })
+    }
+
+    /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
+    fn checkpoint(&self, ids: &BTreeSet<String>, plan: &Plan, failed: &HashMap<String, String>, snapshot: &Snapshot) -> Result<(), StateError> {
+        let held: BTreeSet<&str> = plan.held_deletes.iter().map(|d| d.group_id.as_str()).collect();
+        let deleted: BTreeSet<&str> = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
+        for id in ids {
+            if failed.contains_key(id) || held.contains(id.as_str()) {
+                continue;
+            }
+            if deleted.contains(id.as_str()) || plan.gone.contains(id) {
+                self.state.purge_group(id)?;
+                continue;
+            }
+            if let Some(group) = snapshot.managed.get(id) {
+                let anchor = Anchor { guid: group.guid.clone(), sid: group.sid.clone(), dn: group.dn.clone() };
+                if self.state.anchor(id)?.as_ref() != Some(&anchor) {
+                    self.state.set_anchor(id, &anchor)?;
+                }
+            }
+            self.state.clear_dirty(id)?;
+        }
+        Ok(())
+    }
+}
+
+/// The groups to look up by anchor: the planned ones and the cloud groups they list as members.
+fn lookup_ids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
+    let mut ids: BTreeSet<String> = intents.keys().cloned().collect();
+    for intent in intents.values() {
+        if let Intent::Write(desired) = intent {
+            for member in &desired.members {
+                if let DesiredMember::CloudGroup { member_id } = member {
+                    ids.insert(member_id.clone());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// Every SID the planned groups name as members.
+fn member_sids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
+    let mut sids = BTreeSet::new();
+    for intent in intents.values() {
+        if let Intent::Write(desired) = intent {
+            for member in &desired.members {
+                if let DesiredMember::Sid { sid, .. } = member {
+                    sids.insert(sid.to_uppercase());
+                }
+            }
+        }
+    }
+    sids.into_iter().collect()
+}

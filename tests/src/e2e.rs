@@ -1,0 +1,182 @@
+//! End-to-end fixtures: one test's world, made of the shared Samba DC (with an OU of the test's own), a
+//! Graph simulator, a config file and a state directory, plus a way to run the real `writeback` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+
+use crate::dc::{AdObject, GroupEntry, TestDc, TestOu};
+use crate::graphsim::{GraphSim, SimConfig, User};
+
+/// A fresh cloud object id in Graph's GUID form.
+pub fn new_id() -> String {
+    let mut rng = rand::rng();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        rng.random::<u32>(),
+        rng.random::<u16>(),
+        rng.random::<u16>() & 0xfff,
+        rng.random::<u16>() & 0xfff,
+        rng.random::<u64>() & 0xffff_ffff_ffff
+    )
+}
+
+/// The `writeback` binary built next to this test executable (`target/<profile>/writeback`).
+pub fn writeback_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("WRITEBACK_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile directory")?;
+    let bin = profile_dir.join("writeback");
+    if !bin.exists() {
+        bail!("{} is missing; build it first with `cargo build -p writeback`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// One test's world.
+pub struct Env {
+    pub dc: TestDc,
+    pub ou: TestOu,
+    pub sim: GraphSim,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    /// Extra lines appended to the `[[tenant]]` table (before `[tenant.directory]`).
+    tenant_extra: String,
+}
+
+impl Env {
+    /// A world with the simulator's defaults.
+    pub async fn new(name: &str) -> Result<Env> {
+        Env::with_sim(name, SimConfig::default()).await
+    }
+
+    /// A world with a tuned simulator.
+    pub async fn with_sim(name: &str, sim_config: SimConfig) -> Result<Env> {
+        let dc = tokio::task::spawn_blocking(TestDc::shared).await??;
+        let ou = dc.test_ou(name).await?;
+        let sim = GraphSim::start(sim_config)?;
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("writeback.toml");
+        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new() };
+        env.write_config()?;
+        Ok(env)
+    }
+
+    /// Adds lines to the tenant table (for example `delete_threshold = 2`) and rewrites the config.
+    pub fn tenant_settings(&mut self, lines: &str) -> Result<()> {
+        self.tenant_extra.push_str(lines);
+        self.tenant_extra.push('\n');
+        self.write_config()
+    }
+
+    /// The state directory the config names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let secret = self.dir.path().join("client.secret");
+        std::fs::write(&secret, format!("{}\n", self.sim.config().client_secret))?;
+        let info = self.dc.info();
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+interval = "1s"
+
+[[tenant]]
+name = "contoso"
+tenant_id = "{tenant_id}"
+client_id = "{client_id}"
+client_secret_file = "{secret}"
+login_url = "{base}"
+graph_url = "{base}"
+{extra}
+[tenant.directory]
+url = "{url}"
+bind_dn = "{bind_dn}"
+password_file = "{password}"
+ca_file = "{ca}"
+target_ou = "{ou}"
+"#,
+            state = self.state_dir().display(),
+            tenant_id = self.sim.config().tenant_id,
+            client_id = self.sim.config().client_id,
+            secret = secret.display(),
+            base = self.sim.base_url(),
+            extra = self.tenant_extra,
+            url = info.url,
+            bind_dn = info.admin_dn,
+            password = info.admin_password_file.display(),
+            ca = info.ca_file.display(),
+            ou = toml_escape(&self.ou.groups_dn),
+        );
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// Runs `writeback --config <this config> ARGS…` to completion, off the async runtime.
+    pub async fn run(&self, args: &[&str]) -> Result<Output> {
+        let bin = writeback_bin()?;
+        let mut command = Command::new(bin);
+        command.arg("--config").arg(&self.config_path).args(args).env("WRITEBACK_LOG", "info");
+        Ok(tokio::task::spawn_blocking(move || command.output()).await??)
+    }
+
+    /// `sync --once ARGS…`, which must succeed.
+    pub async fn sync(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["sync", "--once"];
+        all.extend_from_slice(args);
+        let output = self.run(&all).await?;
+        if !output.status.success() {
+            bail!("sync failed: {}\nstdout: {}", text(&output.stderr), text(&output.stdout));
+        }
+        Ok(output)
+    }
+
+    /// Every group in this test's OU tree.
+    pub async fn groups(&self) -> Result<Vec<GroupEntry>> {
+        self.dc.groups_under(&self.ou.dn).await
+    }
+
+    /// The one group carrying the anchor of cloud group `id`.
+    pub async fn group(&self, id: &str) -> Result<Option<GroupEntry>> {
+        let anchor = format!("Group_{id}");
+        let mut found: Vec<GroupEntry> =
+            self.groups().await?.into_iter().filter(|g| g.admin_description.as_deref() == Some(&anchor)).collect();
+        if found.len() > 1 {
+            bail!("{} groups carry the anchor {anchor}", found.len());
+        }
+        Ok(found.pop())
+    }
+
+    /// An AD user in this test's OU, and the same user in the cloud as synced from AD.
+    pub async fn synced_user(&self, sam: &str) -> Result<(String, AdObject)> {
+        let ad = self.dc.create_user(&self.ou.users_dn, sam).await?;
+        let id = new_id();
+        self.sim
+            .add_user(User::synced(id.clone(), format!("{sam}@contoso.com"), &ad.sid, sam))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((id, ad))
+    }
+}
+
+/// Output bytes as text, for messages and assertions.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn toml_escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl Env {
+    /// The tenant's audit log, read from the state directory (the agent must not be running).
+    pub async fn state_audit(&self) -> Result<Vec<writeback::state::AuditRecord>> {
+        let store = writeback::state::Store::open(&self.state_dir())?;
+        Ok(store.tenant("contoso")?.audit_log()?)
+    }
+}

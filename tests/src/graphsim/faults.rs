@@ -1,0 +1,353 @@
+//! Injected faults: which requests they hit and the response each produces.
+
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::wire::{
+    EntraError, GRAPH_CONTENT_TYPE, TOKEN_CONTENT_TYPE, UtcTime, current_request_ids, graph_error,
+    graph_json, invalid_token, with_content_type,
+};
+
+/// The endpoint a request was addressed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Endpoint {
+    /// `POST /{tenant}/oauth2/v2.0/token`.
+    Token,
+    /// `GET /{version}/groups/delta`.
+    GroupsDelta,
+    /// `GET /{version}/users/delta`.
+    UsersDelta,
+    /// `GET /{version}/directory/deletedItems/{id}`.
+    DeletedItems,
+    /// Anything else outside `/_sim/`.
+    Other,
+}
+
+impl Endpoint {
+    /// Classifies a request path. Graph paths are case-insensitive.
+    pub(crate) fn classify(path: &str) -> Self {
+        let path = path.to_ascii_lowercase();
+        if path.ends_with("/oauth2/v2.0/token") {
+            return Self::Token;
+        }
+        let rest = path
+            .strip_prefix("/beta/")
+            .or_else(|| path.strip_prefix("/v1.0/"))
+            .unwrap_or_default();
+        match rest {
+            "groups/delta" | "groups/microsoft.graph.delta" => Self::GroupsDelta,
+            "users/delta" | "users/microsoft.graph.delta" => Self::UsersDelta,
+            _ if rest.starts_with("directory/deleteditems/") => Self::DeletedItems,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Which requests a fault applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FaultTarget {
+    /// The token endpoint.
+    Token,
+    /// Group delta pages.
+    GroupsDelta,
+    /// User delta pages.
+    UsersDelta,
+    /// Deleted-item lookups.
+    DeletedItems,
+    /// Whatever request comes next (not `/_sim/`).
+    Any,
+}
+
+impl FaultTarget {
+    fn matches(self, endpoint: Endpoint) -> bool {
+        match self {
+            Self::Token => endpoint == Endpoint::Token,
+            Self::GroupsDelta => endpoint == Endpoint::GroupsDelta,
+            Self::UsersDelta => endpoint == Endpoint::UsersDelta,
+            Self::DeletedItems => endpoint == Endpoint::DeletedItems,
+            Self::Any => true,
+        }
+    }
+}
+
+/// What an injected fault does to the request it hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// 401 `InvalidAuthenticationToken` (at the token endpoint: 401
+    /// `invalid_client`, as for a rotated secret).
+    Status401,
+    /// 410 Gone with a `Location` that restarts the same query.
+    Gone410,
+    /// 400 `syncStateNotFound`.
+    SyncStateNotFound,
+    /// 400 `resyncRequired`.
+    ResyncRequired,
+    /// 429 `TooManyRequests` with `Retry-After`.
+    Throttle429 {
+        /// Seconds in `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// 503 `serviceNotAvailable`, with `Retry-After` if given.
+    Unavailable503 {
+        /// Seconds in `Retry-After`, if any.
+        retry_after_secs: Option<u64>,
+    },
+    /// 504 Gateway Timeout.
+    GatewayTimeout504,
+    /// 500 `generalException`.
+    Status500,
+    /// 200 with a JSON body cut off mid-way.
+    MalformedBody,
+    /// The normal response, after this delay.
+    Delay(Duration),
+    /// The connection is closed without any response.
+    ResetConnection,
+}
+
+impl FaultKind {
+    /// Short name for the request log.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Self::Throttle429 { retry_after_secs } => format!("throttle429({retry_after_secs}s)"),
+            Self::Delay(delay) => format!("delay({}ms)", delay.as_millis()),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// A fault queued for the next request that matches `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// Which requests it applies to.
+    pub target: FaultTarget,
+    /// What it does.
+    pub kind: FaultKind,
+}
+
+impl Fault {
+    /// A fault for the next request to `target`.
+    pub fn new(target: FaultTarget, kind: FaultKind) -> Self {
+        Self { target, kind }
+    }
+
+    /// Whether this fault applies to a request to `endpoint`.
+    pub(crate) fn hits(&self, endpoint: Endpoint) -> bool {
+        self.target.matches(endpoint)
+    }
+}
+
+/// How the middleware carries a fault out.
+pub(crate) enum FaultAction {
+    /// Send this instead of the real response.
+    Respond(Response),
+    /// Wait, then serve normally.
+    Delay(Duration),
+    /// Drop the connection.
+    Reset,
+}
+
+/// The action for `kind` on a request to `endpoint`. `location` is where a
+/// 410 sends the client; it is only computed when needed.
+pub(crate) fn action(
+    kind: &FaultKind,
+    endpoint: Endpoint,
+    location: impl FnOnce() -> String,
+) -> FaultAction {
+    match kind {
+        FaultKind::Delay(delay) => FaultAction::Delay(*delay),
+        FaultKind::ResetConnection => FaultAction::Reset,
+        _ if endpoint == Endpoint::Token => FaultAction::Respond(token_fault(kind)),
+        _ => FaultAction::Respond(graph_fault(kind, location)),
+    }
+}
+
+fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response {
+    match kind {
+        FaultKind::Status401 => invalid_token("Access token has expired or is not yet valid."),
+        FaultKind::Gone410 => gone(&location()),
+        FaultKind::SyncStateNotFound => graph_error(
+            StatusCode::BAD_REQUEST,
+            "syncStateNotFound",
+            "The sync state for this token is not found; start a new round.",
+        ),
+        FaultKind::ResyncRequired => graph_error(
+            StatusCode::BAD_REQUEST,
+            "resyncRequired",
+            "The delta token is no longer valid; the client must resynchronize.",
+        ),
+        FaultKind::Throttle429 { retry_after_secs } => throttled(*retry_after_secs),
+        FaultKind::Unavailable503 { retry_after_secs } => with_retry_after(
+            graph_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable.",
+            ),
+            *retry_after_secs,
+        ),
+        FaultKind::GatewayTimeout504 => {
+            graph_error(StatusCode::GATEWAY_TIMEOUT, "UnknownError", "")
+        }
+        FaultKind::Status500 => graph_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "generalException",
+            "An unspecified error has occurred.",
+        ),
+        FaultKind::MalformedBody => truncated(
+            GRAPH_CONTENT_TYPE,
+            r#"{"@odata.context":"x","value":[{"id":"#,
+        ),
+        FaultKind::Delay(_) | FaultKind::ResetConnection => {
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// 410 Gone: the client's sync state is lost; `Location` restarts the query.
+pub(crate) fn gone(location: &str) -> Response {
+    let mut response = graph_error(
+        StatusCode::GONE,
+        "resyncRequired",
+        "The delta token has expired; restart the round from the Location header.",
+    );
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// 429 as Graph's identity services send it.
+fn throttled(retry_after_secs: u64) -> Response {
+    let ids = current_request_ids();
+    let body = json!({
+        "error": {
+            "code": "TooManyRequests",
+            "message": format!("Too many requests; retry after {retry_after_secs} seconds."),
+            "innerError": {
+                "code": "429",
+                "status": "429",
+                "message": "Please retry after the delay in Retry-After.",
+                "date": UtcTime::now().graph_date(),
+                "request-id": ids.request_id,
+                "client-request-id": ids.client_request_id,
+            }
+        }
+    });
+    let mut response = with_retry_after(
+        graph_json(StatusCode::TOO_MANY_REQUESTS, &body),
+        Some(retry_after_secs),
+    );
+    response.headers_mut().insert(
+        HeaderName::from_static("x-ms-throttle-information"),
+        HeaderValue::from_static("ResourceUnitLimitExceeded"),
+    );
+    response
+}
+
+fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn truncated(content_type: &'static str, body: &str) -> Response {
+    with_content_type(StatusCode::OK, body.to_owned(), content_type)
+}
+
+/// Faults at the token endpoint answer in Entra's error shape.
+fn token_fault(kind: &FaultKind) -> Response {
+    let (status, error, code, description) = match kind {
+        FaultKind::Status401 => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_215,
+            "Invalid client secret provided.",
+        ),
+        FaultKind::Throttle429 { retry_after_secs } => {
+            let error = EntraError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                90_033,
+                "Too many requests.",
+            );
+            return with_retry_after(error.into_response(), Some(*retry_after_secs));
+        }
+        FaultKind::Unavailable503 { retry_after_secs } => {
+            let error = EntraError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                90_033,
+                "Service unavailable.",
+            );
+            return with_retry_after(error.into_response(), *retry_after_secs);
+        }
+        FaultKind::GatewayTimeout504 => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "temporarily_unavailable",
+            90_033,
+            "Gateway timeout.",
+        ),
+        FaultKind::MalformedBody => {
+            return truncated(
+                TOKEN_CONTENT_TYPE,
+                r#"{"token_type":"Bearer","expires_in":35"#,
+            );
+        }
+        FaultKind::Gone410 | FaultKind::SyncStateNotFound | FaultKind::ResyncRequired => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90_000,
+            "The request is not valid.",
+        ),
+        FaultKind::Status500 | FaultKind::Delay(_) | FaultKind::ResetConnection => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            50_000,
+            "There was an error issuing a token.",
+        ),
+    };
+    EntraError::new(status, error, code, description).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_classified_case_insensitively() {
+        assert_eq!(Endpoint::classify("/t/oauth2/v2.0/token"), Endpoint::Token);
+        assert_eq!(
+            Endpoint::classify("/beta/groups/delta"),
+            Endpoint::GroupsDelta
+        );
+        assert_eq!(
+            Endpoint::classify("/v1.0/users/delta"),
+            Endpoint::UsersDelta
+        );
+        assert_eq!(
+            Endpoint::classify("/beta/directory/deleteditems/abc"),
+            Endpoint::DeletedItems
+        );
+        assert_eq!(
+            Endpoint::classify("/beta/directory/deletedItems/abc"),
+            Endpoint::DeletedItems
+        );
+        assert_eq!(Endpoint::classify("/beta/groups"), Endpoint::Other);
+    }
+
+    #[test]
+    fn targets_match_their_endpoints_only() {
+        let fault = Fault::new(FaultTarget::UsersDelta, FaultKind::Status500);
+        assert!(fault.hits(Endpoint::UsersDelta));
+        assert!(!fault.hits(Endpoint::GroupsDelta));
+        assert!(Fault::new(FaultTarget::Any, FaultKind::Status500).hits(Endpoint::Token));
+    }
+}

@@ -1,0 +1,411 @@
+//! An in-process Microsoft Graph simulator for the writeback agent's tests.
+//!
+//! It serves, on a loopback port, the parts of Entra ID and Graph the agent
+//! uses: the client-credentials token endpoint, `groups/delta` and
+//! `users/delta` (with paging, state tokens, `$select`, split member lists and
+//! `@removed` entries) and `directory/deletedItems/{id}`. Tests change the
+//! tenant through [`Simulator`]'s methods (reachable from a [`GraphSim`]),
+//! queue [`Fault`]s, and read back the request log. The same operations are
+//! exposed over HTTP under `/_sim/` for the `graph-sim` binary.
+
+mod control;
+mod delta;
+mod faults;
+mod graph;
+mod model;
+mod oauth;
+mod rounds;
+mod routes;
+mod tenant;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::oneshot;
+
+pub use faults::{Endpoint, Fault, FaultKind, FaultTarget};
+pub use model::{
+    DEVICE_TYPE, Fixture, GROUP_TYPE, Group, GroupPatch, MEMBER_TYPES, MemberRef, ORG_CONTACT_TYPE,
+    SERVICE_PRINCIPAL_TYPE, USER_TYPE, User, UserPatch, WritebackConfiguration,
+};
+pub use routes::RequestRecord;
+pub use tenant::{DeleteOutcome, TenantError};
+
+use oauth::AccessTokens;
+use rounds::Rounds;
+use tenant::Tenant;
+
+/// How the simulated tenant and its Graph behave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Directory (tenant) id the token endpoint accepts.
+    pub tenant_id: String,
+    /// Application (client) id the token endpoint accepts.
+    pub client_id: String,
+    /// Client secret the token endpoint accepts.
+    pub client_secret: String,
+    /// PEM certificate for `client_assertion` logins; None refuses them.
+    pub client_cert_pem: Option<String>,
+    /// `expires_in` of issued tokens.
+    pub token_lifetime_secs: u64,
+    /// Entries per delta page.
+    pub page_size: usize,
+    /// Member changes one group entry carries before the group is repeated.
+    pub members_per_entry: usize,
+    /// Shuffle each round's entries with this seed (mixed with the round
+    /// number), so that a group's entries land on different pages.
+    pub shuffle_seed: Option<u64>,
+    /// Later rounds carry only changed properties, as with
+    /// `Prefer: return=minimal` (which is honoured either way).
+    pub changed_only: bool,
+    /// Initial rounds also list soft-deleted objects as `@removed`, which the
+    /// delta overview says can happen.
+    pub initial_round_reports_deleted: bool,
+    /// Let security groups go to deleted items. Entra deletes them for good;
+    /// only Microsoft 365 groups are restorable.
+    pub security_groups_restorable: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            tenant_id: "00000000-0000-4000-8000-00000000a001".to_owned(),
+            client_id: "00000000-0000-4000-8000-00000000c001".to_owned(),
+            client_secret: "sim-client-secret".to_owned(),
+            client_cert_pem: None,
+            token_lifetime_secs: 3599,
+            page_size: 4,
+            members_per_entry: 3,
+            shuffle_seed: None,
+            changed_only: true,
+            initial_round_reports_deleted: false,
+            security_groups_restorable: false,
+        }
+    }
+}
+
+/// Mutable state behind the simulator's lock.
+#[derive(Debug)]
+pub(crate) struct SimState {
+    pub(crate) tenant: Tenant,
+    pub(crate) rounds: Rounds,
+    pub(crate) access_tokens: AccessTokens,
+    faults: VecDeque<Fault>,
+    requests: Vec<RequestRecord>,
+    /// Added to the real clock, so tests can expire tokens without sleeping.
+    clock_offset: Duration,
+}
+
+impl SimState {
+    /// The simulator's notion of now.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::now() + self.clock_offset
+    }
+}
+
+/// The simulated tenant and its protocol state. Every method is safe to call
+/// while the server is answering requests.
+#[derive(Debug)]
+pub struct Simulator {
+    config: SimConfig,
+    base_url: String,
+    state: Mutex<SimState>,
+}
+
+impl Simulator {
+    fn new(config: SimConfig, base_url: String) -> Self {
+        let state = SimState {
+            tenant: Tenant::new(config.security_groups_restorable),
+            rounds: Rounds::default(),
+            access_tokens: AccessTokens::default(),
+            faults: VecDeque::new(),
+            requests: Vec::new(),
+            clock_offset: Duration::ZERO,
+        };
+        Self {
+            config,
+            base_url,
+            state: Mutex::new(state),
+        }
+    }
+
+    // A panicking test must not wedge every later request, so a poisoned
+    // lock is taken over rather than propagated.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// `http://127.0.0.1:PORT`: both the login URL and the Graph URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Creates a group (with its `members`). Returns the change sequence number.
+    pub fn add_group(&self, group: Group) -> Result<u64, TenantError> {
+        self.lock().tenant.add_group(group)
+    }
+
+    /// Sets some properties of a group.
+    pub fn update_group(&self, id: &str, patch: GroupPatch) -> Result<u64, TenantError> {
+        self.lock().tenant.update_group(id, patch)
+    }
+
+    /// Adds members to a group; existing members are skipped.
+    pub fn add_members(&self, group_id: &str, members: &[MemberRef]) -> Result<u64, TenantError> {
+        self.lock().tenant.add_members(group_id, members)
+    }
+
+    /// Removes members from a group; fails if one is not a member.
+    pub fn remove_members<S: AsRef<str>>(
+        &self,
+        group_id: &str,
+        member_ids: &[S],
+    ) -> Result<u64, TenantError> {
+        let ids: Vec<&str> = member_ids.iter().map(AsRef::as_ref).collect();
+        self.lock().tenant.remove_members(group_id, &ids)
+    }
+
+    /// Deletes a group the way Entra does: Microsoft 365 groups go to deleted
+    /// items (delta says `changed`); security groups are gone for good (delta
+    /// says `deleted`) unless `security_groups_restorable` is set.
+    pub fn soft_delete_group(&self, id: &str) -> Result<DeleteOutcome, TenantError> {
+        self.lock().tenant.soft_delete_group(id)
+    }
+
+    /// Restores a group from deleted items, members included.
+    pub fn restore_group(&self, id: &str) -> Result<u64, TenantError> {
+        self.lock().tenant.restore_group(id)
+    }
+
+    /// Deletes a live or soft-deleted group permanently.
+    pub fn hard_delete_group(&self, id: &str) -> Result<u64, TenantError> {
+        self.lock().tenant.hard_delete_group(id)
+    }
+
+    /// Creates a user.
+    pub fn add_user(&self, user: User) -> Result<u64, TenantError> {
+        self.lock().tenant.add_user(user)
+    }
+
+    /// Sets some properties of a user.
+    pub fn update_user(&self, id: &str, patch: UserPatch) -> Result<u64, TenantError> {
+        self.lock().tenant.update_user(id, patch)
+    }
+
+    /// Deletes a user (to deleted items, or for good when `hard`); the user
+    /// leaves every group it was in.
+    pub fn delete_user(&self, id: &str, hard: bool) -> Result<u64, TenantError> {
+        self.lock().tenant.delete_user(id, hard)
+    }
+
+    /// Restores a user from deleted items (without its old memberships).
+    pub fn restore_user(&self, id: &str) -> Result<u64, TenantError> {
+        self.lock().tenant.restore_user(id)
+    }
+
+    /// Adds a fixture's users, then its groups.
+    pub fn load_fixture(&self, fixture: Fixture) -> Result<(), TenantError> {
+        let mut state = self.lock();
+        for user in fixture.users {
+            state.tenant.add_user(user)?;
+        }
+        for group in fixture.groups {
+            state.tenant.add_group(group)?;
+        }
+        Ok(())
+    }
+
+    /// A live group.
+    pub fn group(&self, id: &str) -> Option<Group> {
+        self.lock().tenant.group(id).cloned()
+    }
+
+    /// A group in deleted items.
+    pub fn deleted_group(&self, id: &str) -> Option<Group> {
+        self.lock()
+            .tenant
+            .deleted_group(id)
+            .map(|d| d.object.clone())
+    }
+
+    /// Every live group.
+    pub fn groups(&self) -> Vec<Group> {
+        self.lock().tenant.groups().cloned().collect()
+    }
+
+    /// A live user.
+    pub fn user(&self, id: &str) -> Option<User> {
+        self.lock().tenant.user(id).cloned()
+    }
+
+    /// Every live user.
+    pub fn users(&self) -> Vec<User> {
+        self.lock().tenant.users().cloned().collect()
+    }
+
+    /// Sequence number of the latest tenant change.
+    pub fn seq(&self) -> u64 {
+        self.lock().tenant.seq()
+    }
+
+    /// Queues a fault for the next request it targets. Faults apply in the
+    /// order queued, one request each.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push_back(fault);
+    }
+
+    /// Faults still waiting for a request.
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Takes the first queued fault that applies to a request to `endpoint`.
+    pub(crate) fn take_fault(&self, endpoint: Endpoint) -> Option<Fault> {
+        let mut state = self.lock();
+        let index = state.faults.iter().position(|f| f.hits(endpoint))?;
+        state.faults.remove(index)
+    }
+
+    /// Every access token issued so far is now rejected with 401.
+    pub fn revoke_tokens(&self) {
+        self.lock().access_tokens.revoke_all();
+    }
+
+    /// Every deltaLink and nextLink issued so far now answers 410 Gone.
+    pub fn expire_delta_tokens(&self) {
+        self.lock().rounds.expire_all();
+    }
+
+    /// Moves the simulator's clock forward, e.g. past token expiry.
+    pub fn advance_clock(&self, by: Duration) {
+        self.lock().clock_offset += by;
+    }
+
+    /// Issues an access token directly, as the token endpoint would.
+    pub fn issue_token(&self) -> String {
+        let lifetime = Duration::from_secs(self.config.token_lifetime_secs);
+        let mut state = self.lock();
+        let now = state.now();
+        state.access_tokens.issue(now, lifetime)
+    }
+
+    /// Every request served so far (except `/_sim/` ones), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().requests.clone()
+    }
+
+    /// How many logged requests have a path starting with `path_prefix`.
+    pub fn request_count(&self, path_prefix: &str) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.path.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Empties the request log.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    pub(crate) fn log_request(&self, record: RequestRecord) {
+        self.lock().requests.push(record);
+    }
+}
+
+/// A running simulator: serves HTTP on a loopback port until dropped.
+/// Dereferences to [`Simulator`] for tenant changes, faults and the log.
+#[derive(Debug)]
+pub struct GraphSim {
+    simulator: Arc<Simulator>,
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl GraphSim {
+    /// Starts on `127.0.0.1` with an ephemeral port. Must be called inside a
+    /// tokio runtime; the server runs as a task of that runtime.
+    pub fn start(config: SimConfig) -> anyhow::Result<Self> {
+        Self::start_on(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// Starts on the given loopback address; any other address is refused,
+    /// since the simulator accepts a fixed secret and must not be reachable.
+    pub fn start_on(config: SimConfig, addr: SocketAddr) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "graph simulator must listen on loopback, not {addr}"
+        );
+        let runtime = tokio::runtime::Handle::try_current()
+            .context("GraphSim::start needs a tokio runtime")?;
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let addr = listener.local_addr()?;
+        let simulator = Arc::new(Simulator::new(config, format!("http://{addr}")));
+        let app = routes::router(Arc::clone(&simulator));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        runtime.spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                // Either an explicit stop or the handle being dropped ends it.
+                let _ = stopped.await;
+            });
+            if let Err(error) = serve.await {
+                tracing::warn!(%error, "graph simulator stopped with an error");
+            }
+        });
+        Ok(Self {
+            simulator,
+            addr,
+            shutdown: Some(shutdown),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A shared handle to the simulator, e.g. to move into another task.
+    pub fn simulator(&self) -> Arc<Simulator> {
+        Arc::clone(&self.simulator)
+    }
+}
+
+impl Deref for GraphSim {
+    type Target = Simulator;
+
+    fn deref(&self) -> &Simulator {
+        &self.simulator
+    }
+}
+
+impl Drop for GraphSim {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}

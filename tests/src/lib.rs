@@ -1,0 +1,4 @@
+//! test support
+pub mod dc;
+pub mod graphsim;
+pub mod e2e;
