@@ -175,3 +175,187 @@ async fn writeback_turned_off_keeps_the_group_and_stops_changing_it() -> anyhow:
     assert_eq!(group.members.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn nested_groups_resolve_in_any_order_and_local_groups_are_refused() -> anyhow::Result<()> {
+    use writeback_tests::dc::{DOMAIN_LOCAL_SECURITY, GLOBAL_SECURITY};
+    let env = Env::new("nested").await?;
+    let (u1, _) = env.synced_user("nest-u1").await?;
+    // Groups mastered in AD, as Graph shows them after sync from AD.
+    let global = env.dc.create_group(&env.ou.users_dn, "AD Global", GLOBAL_SECURITY).await?;
+    let local = env.dc.create_group(&env.ou.users_dn, "AD Local", DOMAIN_LOCAL_SECURITY).await?;
+    let mastered = |ad: &writeback_tests::dc::AdObject, name: &str| {
+        let mut g = Group::security(new_id(), name);
+        g.on_premises_sync_enabled = Some(true);
+        g.on_premises_security_identifier = Some(ad.sid.clone());
+        g
+    };
+    let global_cloud = mastered(&global, "AD Global");
+    let local_cloud = mastered(&local, "AD Local");
+    let not_written = Group::security(new_id(), "Cloud only, not written");
+    let (child, parent) = (new_id(), new_id());
+    // The parent sorts before the child and arrives first; the child is created in the same cycle.
+    let mut p = enabled_group(&parent, "Parent", &[&u1]);
+    p.members.extend([
+        MemberRef::group(&child),
+        MemberRef::group(&global_cloud.id),
+        MemberRef::group(&local_cloud.id),
+        MemberRef::group(&not_written.id),
+        MemberRef::device(new_id()),
+    ]);
+    env.sim.add_group(p).unwrap();
+    for g in [enabled_group(&child, "Child", &[&u1]), global_cloud.clone(), local_cloud.clone(), not_written.clone()] {
+        env.sim.add_group(g).unwrap();
+    }
+    env.sync(&[]).await?;
+    let child_ad = env.group(&child).await?.expect("child written");
+    let parent_ad = env.group(&parent).await?.expect("parent written");
+    let has = |dn: &str| parent_ad.members.iter().any(|m| writeback::dn::same(m, dn));
+    assert!(has(&child_ad.dn), "the written-back child is a member: {:?}", parent_ad.members);
+    assert!(has(&global.dn), "an AD-mastered group is a member by its SID");
+    assert!(!has(&local.dn), "a domain-local group is never a member of a universal group");
+    assert_eq!(parent_ad.members.len(), 3);
+
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("member {}: A universal group cannot have a local group as a member", local_cloud.id)), "{status}");
+    assert!(status.contains(&format!("member {}: nested cloud group that is not written back", not_written.id)), "{status}");
+    assert!(status.contains("a device cannot be a member"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() -> anyhow::Result<()> {
+    let env = Env::new("conflict").await?;
+    let (taken, free) = (new_id(), new_id());
+    let squatter_cn = format!("Taken_{}", last12(&taken));
+    let squatter = env.dc.create_group(&env.ou.groups_dn, &squatter_cn, writeback_tests::dc::UNIVERSAL_SECURITY).await?;
+    env.sim.add_group(enabled_group(&taken, "Taken", &[])).unwrap();
+    env.sim.add_group(enabled_group(&free, "Free", &[])).unwrap();
+    let output = env.run(&["sync", "--once"]).await?;
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("1 conflicts"), "{stdout}");
+    assert!(env.group(&free).await?.is_some(), "the other group is written");
+    assert!(env.group(&taken).await?.is_none());
+    let foreign = env.groups().await?.into_iter().find(|g| g.guid == squatter.guid).expect("the foreign group is left alone");
+    assert_eq!(foreign.admin_description, None);
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {taken}:")) && status.contains("not manage"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn full_sync_repairs_drift_in_attributes_members_and_ou() -> anyhow::Result<()> {
+    use ldap3::Mod;
+    use std::collections::HashSet;
+    let env = Env::new("drift").await?;
+    let (u1, u1_ad) = env.synced_user("drift-u1").await?;
+    let (_, u2_ad) = env.synced_user("drift-u2").await?;
+    let id = new_id();
+    let mut g = enabled_group(&id, "Drifty", &[&u1]);
+    g.description = Some("from the cloud".into());
+    env.sim.add_group(g).unwrap();
+    env.sync(&[]).await?;
+    let original = env.group(&id).await?.unwrap();
+
+    // An admin edits the group on-prem and moves it to another OU.
+    let elsewhere = env.dc.create_ou(&env.ou.dn, "Elsewhere").await?;
+    let mut ldap = env.dc.admin().await?;
+    let dn = original.dn.clone();
+    ldap.modify(&dn, vec![
+        Mod::Replace("description", HashSet::from(["edited on-prem"])),
+        Mod::Delete("member", HashSet::from([u1_ad.dn.as_str()])),
+        Mod::Add("member", HashSet::from([u2_ad.dn.as_str()])),
+    ]).await?.success()?;
+    let rdn = format!("CN={}", writeback::dn::escape_value(&original.cn));
+    ldap.modifydn(&dn, &rdn, true, Some(&elsewhere)).await?.success()?;
+
+    // A delta cycle with no cloud change leaves it; a full cycle repairs it.
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&id).await?.unwrap().description.as_deref(), Some("edited on-prem"));
+    env.sync(&["--full"]).await?;
+    let repaired = env.group(&id).await?.unwrap();
+    assert_eq!(repaired.guid, original.guid);
+    assert!(writeback::dn::same(&repaired.dn, &original.dn), "moved back: {}", repaired.dn);
+    assert_eq!(repaired.description.as_deref(), Some("from the cloud"));
+    assert_eq!(repaired.members.len(), 1);
+    assert!(writeback::dn::same(&repaired.members[0], &u1_ad.dn));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deletes_over_the_threshold_are_held_until_allowed() -> anyhow::Result<()> {
+    let mut env = Env::new("threshold").await?;
+    env.tenant_settings("delete_threshold = 2")?;
+    let ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        env.sim.add_group(enabled_group(id, &format!("Doomed {i}"), &[])).unwrap();
+    }
+    env.sync(&[]).await?;
+    for id in &ids {
+        env.sim.hard_delete_group(id).unwrap();
+    }
+    let survivor = new_id();
+    env.sim.add_group(enabled_group(&survivor, "Survivor", &[])).unwrap();
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("3 deletes held"), "{stderr}");
+    assert_eq!(stderr.trim().lines().filter(|l| l.starts_with("error:")).count(), 1, "{stderr}");
+    assert!(env.group(&survivor).await?.is_some(), "everything else is applied");
+    assert_eq!(env.groups().await?.len(), 4);
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("held deletes: 3"), "{status}");
+
+    // Still held on the next cycle, then applied on request.
+    assert!(!env.run(&["sync", "--once"]).await?.status.success());
+    assert_eq!(env.groups().await?.len(), 4);
+    env.sync(&["--allow-deletes"]).await?;
+    let left = env.groups().await?;
+    assert_eq!(left.len(), 1, "{left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn plan_prints_changes_and_writes_nothing() -> anyhow::Result<()> {
+    let env = Env::new("plan").await?;
+    let (u1, _) = env.synced_user("plan-u1").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Planned", &[&u1])).unwrap();
+    let usn = env.dc.subtree_usn(&env.ou.dn).await?;
+    let output = env.run(&["plan"]).await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(&format!("create CN=Planned_{}", last12(&id))), "{stdout}");
+    assert!(stdout.contains("add-members") && stdout.contains("+1:"), "{stdout}");
+    assert_eq!(env.dc.subtree_usn(&env.ou.dn).await?, usn, "plan wrote to the directory");
+    assert!(env.group(&id).await?.is_none());
+    // The cursor did not move: the next sync still sees the group.
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    let again = text(&env.run(&["plan"]).await?.stdout);
+    assert!(again.contains("0 changes"), "{again}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_state_directory_costs_a_resync_not_duplicates() -> anyhow::Result<()> {
+    let env = Env::new("lost-state").await?;
+    let (u1, _) = env.synced_user("lost-u1").await?;
+    let ids: Vec<String> = (0..3).map(|_| new_id()).collect();
+    for id in &ids {
+        env.sim.add_group(enabled_group(id, "Kept", &[&u1])).unwrap();
+    }
+    env.sync(&[]).await?;
+    let before: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();
+    // While the state is gone, one group is hard-deleted in the cloud.
+    std::fs::remove_dir_all(env.state_dir())?;
+    env.sim.hard_delete_group(&ids[0]).unwrap();
+    let usn = env.dc.subtree_usn(&env.ou.dn).await?;
+    env.sync(&["--full"]).await?;
+    let after = env.groups().await?;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().all(|g| before.contains(&g.guid)), "nothing was recreated");
+    assert!(env.group(&ids[0]).await?.is_none(), "the orphan whose cloud group is gone was deleted");
+    assert_eq!(env.dc.subtree_usn(&env.ou.dn).await?, usn, "the surviving groups were not rewritten");
+    Ok(())
+}
