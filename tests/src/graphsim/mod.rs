@@ -118,9 +118,15 @@ pub struct Simulator {
     config: SimConfig,
     base_url: String,
     state: Mutex<SimState>,
+    started: Instant,
 }
 
 impl Simulator {
+    /// Real milliseconds since the simulator started (the request log's clock).
+    pub(crate) fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn new(config: SimConfig, base_url: String) -> Self {
         let state = SimState {
             tenant: Tenant::new(config.security_groups_restorable),
@@ -131,6 +137,7 @@ impl Simulator {
             clock_offset: Duration::ZERO,
         };
         Self {
+            started: Instant::now(),
             config,
             base_url,
             state: Mutex::new(state),

@@ -31,6 +31,8 @@ pub struct RequestRecord {
     pub status: Option<u16>,
     /// The injected fault that shaped the answer, if any.
     pub fault: Option<String>,
+    /// Milliseconds since the simulator started, when the request arrived.
+    pub at_ms: u64,
 }
 
 /// All routes, with Graph's behaviour on everything outside `/_sim/`.
@@ -118,6 +120,7 @@ async fn serve(sim: Arc<Simulator>, request: Request, next: Next) -> Response {
         endpoint,
         status: None,
         fault: None,
+        at_ms: sim.uptime_ms(),
     };
     let fault = sim.take_fault(endpoint);
     record.fault = fault.as_ref().map(|f| f.kind.label());

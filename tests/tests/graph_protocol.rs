@@ -1,0 +1,153 @@
+//! How the agent speaks Graph, end to end: paging and split members, partial updates from the users
+//! delta, resyncs, throttling, token refresh and malformed pages.
+
+use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::graphsim::{
+    Endpoint, Fault, FaultKind, FaultTarget, Group, MemberRef, SimConfig, UserPatch, WritebackConfiguration,
+};
+
+fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
+    let mut g = Group::security(id, name);
+    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
+    g
+}
+
+fn fault(target: FaultTarget, kind: FaultKind) -> Fault {
+    Fault { target, kind }
+}
+
+#[tokio::test]
+async fn members_split_over_shuffled_pages_are_merged() -> anyhow::Result<()> {
+    let config = SimConfig { page_size: 2, members_per_entry: 2, shuffle_seed: Some(7), ..SimConfig::default() };
+    let env = Env::with_sim("paging", config).await?;
+    let mut users = Vec::new();
+    for i in 0..7 {
+        users.push(env.synced_user(&format!("page-u{i}")).await?);
+    }
+    let ids: Vec<&str> = users.iter().map(|(id, _)| id.as_str()).collect();
+    let (big, small) = (new_id(), new_id());
+    env.sim.add_group(enabled_group(&big, "Big", &ids)).unwrap();
+    env.sim.add_group(enabled_group(&small, "Small", &ids[..1])).unwrap();
+    env.sync(&[]).await?;
+    let pages = env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).count();
+    assert!(pages >= 3, "the round took {pages} pages");
+    assert_eq!(env.group(&big).await?.unwrap().members.len(), 7);
+    assert_eq!(env.group(&small).await?.unwrap().members.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_synced_later_becomes_a_member() -> anyhow::Result<()> {
+    let env = Env::new("late-user").await?;
+    let ad = env.dc.create_user(&env.ou.users_dn, "late-u1").await?;
+    let user = new_id();
+    env.sim.add_user(writeback_tests::graphsim::User::cloud(user.clone(), "late@contoso.com")).unwrap();
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Late", &[&user])).unwrap();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.unwrap().members.is_empty());
+    // The user is now synced from AD: only the users delta carries the change.
+    let patch = UserPatch {
+        on_premises_sync_enabled: Some(Some(true)),
+        on_premises_security_identifier: Some(Some(ad.sid.clone())),
+        ..Default::default()
+    };
+    env.sim.update_user(&user, patch).unwrap();
+    env.sync(&[]).await?;
+    let members = env.group(&id).await?.unwrap().members;
+    assert_eq!(members.len(), 1);
+    assert!(writeback::dn::same(&members[0], &ad.dn));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_delta_token_resyncs_and_confirms_hard_deletes() -> anyhow::Result<()> {
+    let env = Env::new("resync").await?;
+    let (u1, _) = env.synced_user("resync-u1").await?;
+    let (gone, soft, kept) = (new_id(), new_id(), new_id());
+    env.sim.add_group(enabled_group(&gone, "Gone", &[&u1])).unwrap();
+    let mut m365 = Group::unified(&soft, "Soft", "soft");
+    m365.members = vec![MemberRef::user(&u1)];
+    env.sim.add_group(m365).unwrap();
+    env.sim.add_group(enabled_group(&kept, "Kept", &[&u1])).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.groups().await?.len(), 3);
+
+    env.sim.hard_delete_group(&gone).unwrap();
+    env.sim.soft_delete_group(&soft).unwrap();
+    env.sim.remove_members(&kept, &[&u1]).unwrap();
+    env.sim.expire_delta_tokens();
+    env.sim.clear_requests();
+    env.sync(&[]).await?;
+    let requests = env.sim.requests();
+    assert!(requests.iter().any(|r| r.status == Some(410)), "the old token was refused");
+    let asked = |id: &str| requests.iter().any(|r| r.endpoint == Endpoint::DeletedItems && r.path.ends_with(id));
+    assert!(asked(&gone) && asked(&soft), "missing groups are checked in deleted items");
+    assert!(env.group(&gone).await?.is_none(), "hard-deleted (404 in deleted items) is deleted");
+    assert!(env.group(&soft).await?.is_some(), "soft-deleted (still in deleted items) is kept");
+    assert!(env.group(&kept).await?.unwrap().members.is_empty(), "a resync replaces stale members");
+    Ok(())
+}
+
+#[tokio::test]
+async fn throttling_and_transient_errors_are_retried_after_the_asked_delay() -> anyhow::Result<()> {
+    let env = Env::new("throttle").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Throttled", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Throttle429 { retry_after_secs: 1 }));
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Unavailable503 { retry_after_secs: Some(0) }));
+    env.sim.inject(fault(FaultTarget::UsersDelta, FaultKind::GatewayTimeout504));
+    env.sim.inject(fault(FaultTarget::UsersDelta, FaultKind::ResetConnection));
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    let groups: Vec<_> = env.sim.requests().into_iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).collect();
+    assert_eq!(groups[0].status, Some(429));
+    assert!(groups[1].at_ms - groups[0].at_ms >= 1000, "Retry-After was not honoured: {groups:?}");
+    assert_eq!(env.sim.pending_faults(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once() -> anyhow::Result<()> {
+    let env = Env::new("token").await?;
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Status401));
+    env.sync(&[]).await?;
+    let tokens = env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::Token).count();
+    assert_eq!(tokens, 2, "one token at start, one after the 401");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_malformed_page_fails_the_cycle_without_advancing_the_cursor() -> anyhow::Result<()> {
+    let env = Env::new("malformed").await?;
+    env.sync(&[]).await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "After the bad page", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::MalformedBody));
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(error[0].contains("malformed page"), "{stderr}");
+    assert!(env.group(&id).await?.is_none());
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some(), "the change behind the bad page is applied on the next cycle");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_no_change_cycle_reads_two_delta_links_and_writes_nothing() -> anyhow::Result<()> {
+    let env = Env::new("quiet").await?;
+    let (u1, _) = env.synced_user("quiet-u1").await?;
+    env.sim.add_group(enabled_group(&new_id(), "Quiet", &[&u1])).unwrap();
+    env.sync(&[]).await?;
+    env.sim.clear_requests();
+    let usn = env.dc.subtree_usn(&env.ou.dn).await?;
+    env.sync(&[]).await?;
+    let deltas: Vec<_> = env.sim.requests().into_iter().filter(|r| r.endpoint != Endpoint::Token).collect();
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+    assert_eq!(env.dc.subtree_usn(&env.ou.dn).await?, usn);
+    Ok(())
+}
