@@ -14,14 +14,14 @@ use url::Url;
 /// Why the configuration could not be used. Each message names the file or field and what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config: {0}")]
     Invalid(String),
-    #[error("cannot read {what} from {path}: {source}")]
-    SecretFile { what: String, path: PathBuf, source: std::io::Error },
+    #[error("cannot read {what} from {path}: {cause}")]
+    SecretFile { what: String, path: PathBuf, cause: std::io::Error },
     #[error("{what}: environment variable {var} is not set")]
     SecretEnv { what: String, var: String },
 }
@@ -148,7 +148,7 @@ impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            .map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         Self::parse(&text, path)
     }
 
@@ -318,7 +318,7 @@ fn one_secret_source(
 fn read_secret(what: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, ConfigError> {
     let value = match (file, env) {
         (Some(path), _) => std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::SecretFile { what: what.into(), path: path.clone(), source })?,
+            .map_err(|cause| ConfigError::SecretFile { what: what.into(), path: path.clone(), cause })?,
         (None, Some(var)) => std::env::var(var)
             .map_err(|_| ConfigError::SecretEnv { what: what.into(), var: var.clone() })?,
         (None, None) => return Err(ConfigError::Invalid(format!("{what} is not configured"))),

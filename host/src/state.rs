@@ -24,8 +24,8 @@ pub enum StateError {
     Store(#[from] sled::Error),
     #[error("state record {key} is damaged ({cause}); run `writeback --config FILE reset-state --tenant {tenant}`")]
     Corrupt { tenant: String, key: String, cause: String },
-    #[error("cannot create the state directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the state directory {path}: {cause}")]
+    CreateDir { path: PathBuf, cause: std::io::Error },
 }
 
 /// A group as Graph describes it, merged from every delta entry seen so far.
@@ -174,7 +174,7 @@ impl Store {
 
 fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| StateError::CreateDir { path: dir.to_path_buf(), source };
+    let err = |cause| StateError::CreateDir { path: dir.to_path_buf(), cause };
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
     }

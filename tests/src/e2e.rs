@@ -180,3 +180,91 @@ impl Env {
         Ok(store.tenant("contoso")?.audit_log()?)
     }
 }
+
+impl Env {
+    /// Rewrites the config file through `edit` (for tests of bad settings).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        std::fs::write(&self.config_path, edit(text))?;
+        Ok(())
+    }
+
+    /// The secrets this world uses; no output may contain them.
+    pub fn secrets(&self) -> Vec<String> {
+        vec![self.sim.config().client_secret.clone(), self.dc.admin_password().to_string()]
+    }
+}
+
+/// A `writeback run` daemon, killed when dropped.
+pub struct Daemon {
+    child: std::process::Child,
+}
+
+impl Env {
+    /// Starts `writeback run` in the background; its log goes to `daemon.log` in the test directory.
+    pub fn start_daemon(&self) -> Result<Daemon> {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log"))?;
+        let child = Command::new(writeback_bin()?)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("WRITEBACK_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Daemon { child })
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Polls `check` until it holds or `timeout` passes; the condition, not the delay, is what counts.
+    pub async fn eventually<F, Fut>(&self, timeout: std::time::Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if check().await? {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("condition not met within {timeout:?}; daemon log:\n{}", self.daemon_log());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Daemon {
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).context("daemon has no pid")?;
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
+
+    /// Waits for the daemon to exit, at most `timeout`.
+    pub async fn wait(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the daemon did not exit within {timeout:?}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

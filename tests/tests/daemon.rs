@@ -1,0 +1,28 @@
+//! The daemon: it follows cloud changes on its interval and stops cleanly on SIGTERM.
+
+use std::time::Duration;
+
+use rustix::process::Signal;
+use writeback_tests::e2e::{Env, new_id};
+use writeback_tests::graphsim::{Group, MemberRef, WritebackConfiguration};
+
+#[tokio::test]
+async fn the_daemon_follows_changes_and_stops_on_sigterm() -> anyhow::Result<()> {
+    let env = Env::new("daemon").await?;
+    let (u1, _) = env.synced_user("daemon-u1").await?;
+    let id = new_id();
+    let mut g = Group::security(&id, "Daemon");
+    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    env.sim.add_group(g).unwrap();
+    let mut daemon = env.start_daemon()?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&id).await?.is_some()) }).await?;
+
+    env.sim.add_members(&id, &[MemberRef::user(&u1)]).unwrap();
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&id).await?.is_some_and(|g| g.members.len() == 1)) }).await?;
+
+    daemon.signal(Signal::TERM)?;
+    let status = daemon.wait(Duration::from_secs(20)).await?;
+    assert!(status.success(), "exit status {status:?}; log:\n{}", env.daemon_log());
+    assert!(env.daemon_log().contains("writeback stopped"));
+    Ok(())
+}
