@@ -1,0 +1,54 @@
+//! The directory layer through the library API against the real DC: TLS modes, schema detection and SID
+//! resolution.
+
+use writeback::config::{DirectoryConfig, Secret};
+use writeback::directory::Directory;
+use writeback_tests::dc::TestDc;
+
+fn config(dc: &TestDc, url: &str, target_ou: &str) -> DirectoryConfig {
+    let info = dc.info();
+    DirectoryConfig {
+        url: url.into(),
+        bind_dn: info.admin_dn.clone(),
+        password_file: Some(info.admin_password_file.clone()),
+        password_env: None,
+        ca_file: Some(info.ca_file.clone()),
+        target_ou: target_ou.into(),
+        timeout: std::time::Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn ldap_urls_are_upgraded_with_starttls_and_the_schema_is_read() -> anyhow::Result<()> {
+    let dc = tokio::task::spawn_blocking(TestDc::shared).await??;
+    let ou = dc.test_ou("starttls").await?;
+    let password = Secret::new(dc.admin_password().to_string());
+    for url in ["ldap://127.0.0.1:389", "ldaps://127.0.0.1:636"] {
+        let directory = Directory::connect(&config(&dc, url, &ou.groups_dn), &password).await?;
+        assert_eq!(directory.base_dn, dc.info().base_dn, "{url}");
+        // Samba's default (2012 R2) schema has neither Exchange's mailNickname nor the 2016 attribute.
+        assert!(!directory.schema.mail_nickname && !directory.schema.external_directory_object_id, "{url}");
+        directory.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sids_resolve_to_existing_principals_only() -> anyhow::Result<()> {
+    let dc = tokio::task::spawn_blocking(TestDc::shared).await??;
+    let ou = dc.test_ou("sids").await?;
+    let user = dc.create_user(&ou.users_dn, "sid-user").await?;
+    let local = dc.create_group(&ou.users_dn, "sid-local", writeback_tests::dc::DOMAIN_LOCAL_SECURITY).await?;
+    let password = Secret::new(dc.admin_password().to_string());
+    let mut directory = Directory::connect(&config(&dc, &dc.info().url, &ou.groups_dn), &password).await?;
+    // A SID of this domain that names nothing would become a foreign security principal if written.
+    let unknown = format!("{}-999999", user.sid.rsplit_once('-').unwrap().0);
+    let sids = vec![user.sid.clone(), local.sid.clone(), unknown.clone(), "not a sid".to_string()];
+    let found = directory.principals(&sids).await?;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(writeback::dn::same(&found[&user.sid.to_uppercase()].dn, &user.dn));
+    assert_eq!(found[&user.sid.to_uppercase()].group_type, None);
+    assert_eq!(found[&local.sid.to_uppercase()].group_type, Some(writeback_tests::dc::DOMAIN_LOCAL_SECURITY));
+    directory.close().await;
+    Ok(())
+}
