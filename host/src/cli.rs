@@ -191,7 +191,7 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         let scratch = Store::temporary()?;
         store.copy_tenant_to(&tenant.name, &scratch)?;
         let sync = tenant_sync(tenant, &scratch, &stop)?;
-        let report = sync.cycle(CycleOptions { full, allow_deletes: true, dry_run: true }).await.with_context(|| format!("tenant {}", tenant.name))?;
+        let report = sync.cycle(CycleOptions { full, allow_deletes: false, dry_run: true }).await.with_context(|| format!("tenant {}", tenant.name))?;
         println!("tenant {}: {} changes", tenant.name, report.plan.len());
         for op in &report.plan {
             println!("  {op}");
@@ -199,8 +199,8 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         for held in &report.status.held_groups {
             println!("  held group {}: {}", held.group_id, held.reason);
         }
-        if !report.status.held_deletes.is_empty() {
-            println!("  ({} of the deletes above exceed delete_threshold and would be held)", report.status.held_deletes.len());
+        for held in &report.status.held_deletes {
+            println!("  held delete {} (more deletes than delete_threshold): {}", held.group_id, held.dn);
         }
     }
     Ok(())

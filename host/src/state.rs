@@ -346,6 +346,10 @@ impl TenantState {
                 }
             }
             writes.mark_dirty(&entry.id);
+            // A nested group's change (scope, removal, first arrival) can change how its parents write it.
+            for parent in self.groups_containing(&entry.id)? {
+                writes.mark_dirty(&parent);
+            }
         }
         writes.commit(Resource::Groups, cursor)?;
         Ok(stats)
@@ -449,9 +453,9 @@ impl TenantState {
         Ok(ids)
     }
 
-    /// How many groups and users the state holds.
-    pub fn counts(&self) -> (usize, usize) {
-        (self.tree.scan_prefix(b"g\0").count(), self.tree.scan_prefix(b"u\0").count())
+    /// How many groups the agent manages in AD (has an anchor for).
+    pub fn managed_count(&self) -> usize {
+        self.tree.scan_prefix(b"a\0").count()
     }
 
     /// The members of a group with their kinds.
@@ -677,6 +681,15 @@ mod tests {
         assert_eq!(s.dirty().unwrap(), ["g"]);
         s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &cursor(false)).unwrap();
         assert_eq!(s.user("u1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_nested_group_change_dirties_its_parents() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"parent","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"child"}]}])), &cursor(true)).unwrap();
+        s.clear_dirty("parent").unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])), &cursor(false)).unwrap();
+        assert_eq!(s.dirty().unwrap(), ["child", "parent"]);
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl TenantSync<'_> {
         directory.close().await;
         result?;
         report.status.pending_groups = self.state.dirty()?.len();
+        report.status.managed_groups = self.state.managed_count();
         report.status.last_cycle = now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         Ok(report)
@@ -246,7 +247,6 @@ impl TenantSync<'_> {
             snapshot.managed = directory.managed_groups(&lookup_ids(&intents)).await?;
         }
         snapshot.principals = directory.principals(&member_sids(&intents)).await?;
-        report.status.managed_groups = snapshot.managed.len();
         let plan = plan::plan(&intents, &snapshot, PlanOptions { delete_threshold: self.config.delete_threshold, allow_deletes: options.allow_deletes });
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.status.held_deletes = plan.held_deletes.clone();
@@ -303,7 +303,14 @@ impl TenantSync<'_> {
                     self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
                     created.insert(op.group_id().to_string(), dn);
                 }
-                Ok(_) => report.status.writes += 1,
+                Ok(Applied::Moved { dn }) => {
+                    report.status.writes += 1;
+                    if let Some(mut anchor) = self.state.anchor(op.group_id())? {
+                        anchor.dn = dn;
+                        self.state.set_anchor(op.group_id(), &anchor)?;
+                    }
+                }
+                Ok(Applied::Done) => report.status.writes += 1,
                 Err(ApplyError::Directory(e)) => return Err(e.into()),
                 Err(e @ ApplyError::Conflict { .. }) => {
                     tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");

@@ -220,6 +220,15 @@ async fn nested_groups_resolve_in_any_order_and_local_groups_are_refused() -> an
     assert!(status.contains(&format!("member {}: A universal group cannot have a local group as a member", local_cloud.id)), "{status}");
     assert!(status.contains(&format!("member {}: nested cloud group that is not written back", not_written.id)), "{status}");
     assert!(status.contains("a device cannot be a member"), "{status}");
+
+    // The child stops being written back: a delta cycle takes it out of the parent and keeps it in AD.
+    let patch = writeback_tests::graphsim::GroupPatch { writeback: Some(writeback(Some(false), None)), ..Default::default() };
+    env.sim.update_group(&child, patch).unwrap();
+    env.sync(&[]).await?;
+    let parent_ad = env.group(&parent).await?.unwrap();
+    assert!(!parent_ad.members.iter().any(|m| writeback::dn::same(m, &child_ad.dn)), "{:?}", parent_ad.members);
+    assert_eq!(parent_ad.members.len(), 2);
+    assert!(env.group(&child).await?.is_some());
     Ok(())
 }
 
