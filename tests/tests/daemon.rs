@@ -26,3 +26,18 @@ async fn the_daemon_follows_changes_and_stops_on_sigterm() -> anyhow::Result<()>
     assert!(env.daemon_log().contains("writeback stopped"));
     Ok(())
 }
+
+#[tokio::test]
+async fn tokens_are_cached_and_refreshed_before_they_expire() -> anyhow::Result<()> {
+    use writeback_tests::graphsim::{Endpoint, SimConfig};
+    // Tokens live 3 s; the agent refreshes a fifth of the lifetime early, so never hits an expired one.
+    let env = Env::with_sim("token-refresh", SimConfig { token_lifetime_secs: 3, ..SimConfig::default() }).await?;
+    let _daemon = env.start_daemon()?;
+    let count = |endpoint: Endpoint| env.sim.requests().iter().filter(|r| r.endpoint == endpoint).count();
+    env.eventually(Duration::from_secs(30), || async { Ok(count(Endpoint::Token) >= 3) }).await?;
+    let deltas = count(Endpoint::GroupsDelta);
+    assert!(deltas > count(Endpoint::Token), "the token is reused across cycles: {deltas} delta requests");
+    let refused = env.sim.requests().iter().filter(|r| r.status == Some(401)).count();
+    assert_eq!(refused, 0, "no request was made with an expired token");
+    Ok(())
+}

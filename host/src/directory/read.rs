@@ -63,6 +63,12 @@ pub(crate) fn parse_extended_dn(text: &str) -> ExtendedDn {
     out
 }
 
+/// A filter matching groups that carry any of the anchors of `ids`, every value escaped (RFC 4515).
+pub(crate) fn anchor_filter(ids: &[String]) -> String {
+    let anchors: String = ids.iter().map(|id| format!("(adminDescription={})", ldap_escape(anchor_value(id)))).collect();
+    format!("(&(objectClass=group)(|{anchors}))")
+}
+
 /// A `member;range=low-high` attribute name: where the next range starts, or `None` on the last range.
 pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
     let range = attr.to_ascii_lowercase().strip_prefix("member;range=")?.to_string();
@@ -78,10 +84,7 @@ impl Directory {
     pub async fn managed_groups(&mut self, ids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(FILTER_CHUNK) {
-            let anchors: String =
-                chunk.iter().map(|id| format!("(adminDescription={})", ldap_escape(anchor_value(id)))).collect();
-            let filter = format!("(&(objectClass=group)(|{anchors}))");
-            self.collect_managed(&filter, &mut found).await?;
+            self.collect_managed(&anchor_filter(chunk), &mut found).await?;
         }
         Ok(found)
     }
@@ -230,6 +233,15 @@ mod tests {
         let plain = parse_extended_dn("<GUID=g>;CN=contact,DC=x");
         assert_eq!((plain.sid, plain.dn.as_str()), (None, "CN=contact,DC=x"));
         assert_eq!(parse_extended_dn("CN=plain,DC=x").dn, "CN=plain,DC=x");
+    }
+
+    #[test]
+    fn anchor_filters_escape_hostile_ids() {
+        let ids = vec!["a".to_string(), "*)(objectClass=*".to_string(), "x\\00".to_string()];
+        assert_eq!(
+            anchor_filter(&ids),
+            r"(&(objectClass=group)(|(adminDescription=Group_a)(adminDescription=Group_\2a\29\28objectClass=\2a)(adminDescription=Group_x\5c00)))"
+        );
     }
 
     #[test]
