@@ -115,6 +115,24 @@ pub struct AuditRecord {
     pub outcome: String,
 }
 
+/// What kept parts of a group from being written, as of the last time the group was planned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupProblems {
+    /// Members not written: (member id, reason).
+    pub skipped_members: Vec<(String, String)>,
+    /// The group's name is taken by an object the agent does not manage.
+    pub conflict: Option<String>,
+    /// Why nothing of the group is written (refused or failed).
+    pub held: Option<String>,
+}
+
+impl GroupProblems {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.skipped_members.is_empty() && self.conflict.is_none() && self.held.is_none()
+    }
+}
+
 /// What merging one page changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MergeStats {
@@ -528,11 +546,31 @@ impl TenantState {
             batch.remove(key("m", &[id, &member]));
             batch.remove(key("r", &[&member, id]));
         }
-        for kind in ["g", "a", "d", "s"] {
+        for kind in ["g", "a", "d", "s", "p"] {
             batch.remove(key(kind, &[id]));
         }
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Records a group's problems, replacing earlier ones; nothing is kept for a group without problems.
+    pub fn set_problems(&self, id: &str, problems: &GroupProblems) -> Result<(), StateError> {
+        if problems.is_empty() {
+            self.tree.remove(key("p", &[id]))?;
+        } else {
+            self.tree.insert(key("p", &[id]), encode(problems))?;
+        }
+        Ok(())
+    }
+
+    /// Every group's current problems.
+    pub fn problems(&self) -> Result<Vec<(String, GroupProblems)>, StateError> {
+        let mut all = Vec::new();
+        for item in self.tree.scan_prefix(b"p\0") {
+            let (k, v) = item?;
+            all.push((key_tail(&k, 2), self.decode(&k, &v)?));
+        }
+        Ok(all)
     }
 
     /// Appends a record to the audit log.

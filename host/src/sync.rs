@@ -10,9 +10,9 @@ use crate::dn;
 use crate::directory::{ApplyError, Applied, Directory, DirectoryError};
 use crate::graph::delta::{self, NextLink, Removal};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, DesiredMember, Intent, ModelSettings};
+use crate::model::{self, DesiredMember, Intent, ModelSettings, SkippedMember};
 use crate::plan::{self, Op, Plan, PlanOptions, Snapshot};
-use crate::state::{Anchor, AuditRecord, Cursor, Resource, StateError, Store, TenantState};
+use crate::state::{Anchor, AuditRecord, Cursor, GroupProblems, Resource, StateError, Store, TenantState};
 use crate::status::{GroupProblem, TenantStatus};
 
 /// Why a cycle stopped before its end.
@@ -120,6 +120,9 @@ impl TenantSync<'_> {
         let result = self.reconcile(&mut directory, options, &mut report).await;
         directory.close().await;
         result?;
+        if !options.dry_run {
+            self.load_problems(&mut report.status)?;
+        }
         report.status.pending_groups = self.state.dirty()?.len();
         report.status.managed_groups = self.state.managed_count();
         report.status.last_cycle = now();
@@ -256,6 +259,7 @@ impl TenantSync<'_> {
         }
         let failed = self.apply(directory, &plan, report).await?;
         self.checkpoint(&ids, &plan, &failed, &snapshot)?;
+        self.record_problems(&ids, &plan, &report.status)?;
         self.store.flush().await?;
         Ok(())
     }
@@ -363,6 +367,55 @@ impl TenantSync<'_> {
                 }
             }
             self.state.clear_dirty(id)?;
+        }
+        Ok(())
+    }
+}
+
+impl TenantSync<'_> {
+    /// Stores what this cycle found wrong with each planned group, so `status` shows every group's
+    /// current problems and not only those of the groups the last cycle touched.
+    fn record_problems(&self, ids: &BTreeSet<String>, plan: &Plan, status: &TenantStatus) -> Result<(), StateError> {
+        let mut problems: BTreeMap<&str, GroupProblems> = ids.iter().map(|id| (id.as_str(), GroupProblems::default())).collect();
+        for s in &status.skipped_members {
+            if let Some(p) = problems.get_mut(s.group_id.as_str()) {
+                p.skipped_members.push((s.member_id.clone(), s.reason.clone()));
+            }
+        }
+        for c in &status.conflicts {
+            if let Some(p) = problems.get_mut(c.group_id.as_str()) {
+                p.conflict = Some(c.reason.clone());
+            }
+        }
+        for h in &status.held_groups {
+            if let Some(p) = problems.get_mut(h.group_id.as_str()) {
+                p.held = Some(h.reason.clone());
+            }
+        }
+        let purged: BTreeSet<&str> = plan.gone.iter().map(String::as_str).collect();
+        for (id, p) in problems {
+            if !purged.contains(id) && self.state.group(id)?.is_some() {
+                self.state.set_problems(id, &p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the cycle's own lists with every group's stored problems.
+    fn load_problems(&self, status: &mut TenantStatus) -> Result<(), StateError> {
+        status.skipped_members.clear();
+        status.conflicts.clear();
+        status.held_groups.clear();
+        for (id, p) in self.state.problems()? {
+            for (member_id, reason) in p.skipped_members {
+                status.skipped_members.push(SkippedMember { group_id: id.clone(), member_id, reason });
+            }
+            if let Some(reason) = p.conflict {
+                status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
+            }
+            if let Some(reason) = p.held {
+                status.held_groups.push(GroupProblem { group_id: id.clone(), reason });
+            }
         }
         Ok(())
     }
