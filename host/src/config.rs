@@ -70,10 +70,54 @@ pub struct TenantConfig {
     /// More deletes than this in one cycle are held until `sync --once --allow-deletes`.
     #[serde(default = "defaults::delete_threshold")]
     pub delete_threshold: usize,
+    /// More renames and moves than this in one cycle are held until `sync --once --allow-renames`.
+    #[serde(default = "defaults::rename_threshold")]
+    pub rename_threshold: usize,
     /// Timeout for one Graph or token request.
     #[serde(with = "humantime_serde", default = "defaults::graph_timeout")]
     pub graph_timeout: Duration,
     pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// `[tenant.plugins]`: the tenant's WebAssembly naming policy and transforms.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// A component of the `naming-policy` world; the built-in naming applies when absent.
+    pub naming: Option<PathBuf>,
+    /// Components of the `transformer` world, applied in order.
+    #[serde(default)]
+    pub transforms: Vec<PathBuf>,
+    /// What `host.config(key)` answers.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Wall-clock limit of one plugin call.
+    #[serde(with = "humantime_serde", default = "defaults::plugin_timeout")]
+    pub timeout: Duration,
+    /// Linear-memory limit of one plugin instance, in MiB.
+    #[serde(default = "defaults::plugin_memory_limit_mib")]
+    pub memory_limit_mib: usize,
+    /// OUs besides `target_ou` where a naming plugin may place groups (their subtrees included).
+    #[serde(default)]
+    pub allowed_ous: Vec<String>,
+    /// Attributes a transform may write; replaces the default list when set.
+    pub transform_attributes: Option<Vec<String>>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            naming: None,
+            transforms: Vec::new(),
+            config: Default::default(),
+            timeout: defaults::plugin_timeout(),
+            memory_limit_mib: defaults::plugin_memory_limit_mib(),
+            allowed_ous: Vec::new(),
+            transform_attributes: None,
+        }
+    }
 }
 
 /// `[tenant.directory]`: the AD domain controller and where groups go.
@@ -115,6 +159,15 @@ pub mod defaults {
     pub fn delete_threshold() -> usize {
         500
     }
+    pub fn rename_threshold() -> usize {
+        500
+    }
+    pub fn plugin_timeout() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn plugin_memory_limit_mib() -> usize {
+        64
+    }
     pub fn graph_timeout() -> Duration {
         Duration::from_secs(60)
     }
@@ -152,12 +205,16 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` is only used in messages.
+    /// Parses and validates config text. Relative plugin paths are taken from the directory of `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: one_line(&e.to_string()),
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for tenant in &mut config.tenants {
+            tenant.plugins.resolve_paths(base);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -219,7 +276,8 @@ impl TenantConfig {
         check_http_url(name, "login_url", &self.login_url)?;
         check_http_url(name, "graph_url", &self.graph_url)?;
         one_secret_source(name, "client_secret", &self.client_secret_file, &self.client_secret_env)?;
-        self.directory.validate(name)
+        self.directory.validate(name)?;
+        self.plugins.validate(name)
     }
 
     /// Reads the client secret from its file or environment variable.
@@ -271,6 +329,42 @@ impl DirectoryConfig {
     /// Reads the bind password from its file or environment variable.
     pub fn password(&self, tenant: &str) -> Result<Secret, ConfigError> {
         read_secret(&format!("tenant {tenant} directory password"), &self.password_file, &self.password_env)
+    }
+}
+
+impl PluginsConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.naming.iter_mut().for_each(resolve);
+        self.transforms.iter_mut().for_each(resolve);
+    }
+
+    fn validate(&self, tenant: &str) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() || self.memory_limit_mib == 0 {
+            return Err(ConfigError::Invalid(format!("tenant {tenant}: plugin timeout and memory_limit_mib must be more than 0")));
+        }
+        for ou in &self.allowed_ous {
+            if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
+                return Err(ConfigError::Invalid(format!("tenant {tenant}: allowed_ous entry {ou:?} is not a distinguished name")));
+            }
+        }
+        for name in self.transform_attributes.iter().flatten() {
+            if crate::plugins::FORBIDDEN_ATTRIBUTES.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {tenant}: transform_attributes may not include {name}: it carries identity, membership, type or security"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the tenant uses any plugin.
+    pub fn any(&self) -> bool {
+        self.naming.is_some() || !self.transforms.is_empty()
     }
 }
 
@@ -409,6 +503,23 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         assert!(parse(&GOOD.replace("\"5s\"", "\"5 parsecs\"")).is_err());
         let err = parse(&GOOD.replace("ldaps://127.0.0.1:636", "http://127.0.0.1")).unwrap_err().to_string();
         assert!(err.contains("ldaps://"), "{err}");
+    }
+
+    #[test]
+    fn plugin_paths_resolve_against_the_config_directory() {
+        let text = format!("{GOOD}\n[tenant.plugins]\nnaming = \"naming.wasm\"\ntransforms = [\"/abs/t.wasm\"]\n");
+        let config = Config::parse(&text, Path::new("/etc/writeback/writeback.toml")).unwrap();
+        let plugins = &config.tenants[0].plugins;
+        assert_eq!(plugins.naming.as_deref(), Some(Path::new("/etc/writeback/naming.wasm")));
+        assert_eq!(plugins.transforms, [PathBuf::from("/abs/t.wasm")]);
+        assert_eq!(plugins.timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn forbidden_transform_attributes_are_refused() {
+        let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"info\", \"Member\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("may not include Member"), "{err}");
     }
 
     #[test]

@@ -15,3 +15,4 @@ pub mod state;
 pub mod directory;
 pub mod status;
 pub mod sync;
+pub mod plugins;

@@ -55,7 +55,68 @@ pub struct SchemaSupport {
 pub struct ModelSettings {
     pub m365_default_writeback: bool,
     pub target_ou: String,
+    /// OUs besides the target OU (and their subtrees) that a naming policy may place groups in.
+    pub allowed_ous: Vec<String>,
     pub schema: SchemaSupport,
+}
+
+/// A group as naming and transform policies see it.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyGroup<'a> {
+    pub id: &'a str,
+    pub display_name: &'a str,
+    pub description: Option<&'a str>,
+    pub mail_nickname: Option<&'a str>,
+    pub mail: Option<&'a str>,
+    /// A Microsoft 365 group (as opposed to a security group).
+    pub unified: bool,
+    pub kind: GroupKind,
+}
+
+/// What a transform decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transformed {
+    /// Write the (possibly changed) attributes.
+    Write,
+    /// Keep the group out of AD, for this reason.
+    Exclude(String),
+}
+
+/// Where a group goes and what is written for it: the built-in policy, or a tenant's plugins.
+pub trait GroupPolicy: Send {
+    /// The group's CN, sAMAccountName and OU; `Err` holds the group with that reason.
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String>;
+    /// Changes the attributes about to be written, or excludes the group; `Err` holds the group.
+    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String>;
+}
+
+/// The built-in policy: cloud sync's naming, no transforms.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BuiltinPolicy;
+
+impl GroupPolicy for BuiltinPolicy {
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String> {
+        naming::default_placement(group.id, Some(group.display_name)).map_err(|e| e.to_string())
+    }
+
+    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
+        Ok(Transformed::Write)
+    }
+}
+
+/// Checks a placement against the rules Windows AD enforces and the OUs the tenant allows.
+pub fn check_placement(placement: &Placement, settings: &ModelSettings) -> Result<(), String> {
+    naming::validate(placement).map_err(|e| e.to_string())?;
+    let Some(ou) = &placement.ou else { return Ok(()) };
+    if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
+        return Err(format!("ou {ou:?} is not a distinguished name"));
+    }
+    let allowed = std::iter::once(&settings.target_ou).chain(&settings.allowed_ous).any(|base| crate::dn::is_within(ou, base));
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!("ou {ou:?} is outside the target OU and every allowed_ous entry"))
+    }
 }
 
 /// A member the group should have, before the directory is asked about it.
@@ -98,6 +159,8 @@ pub enum Intent {
     Delete,
     /// The group cannot be written as it is; nothing of it is written.
     Refuse(String),
+    /// A transform keeps the group out of AD; any AD group is left as it is.
+    Exclude(String),
 }
 
 /// The anchor value that marks a group as ours.
@@ -135,30 +198,63 @@ pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent
     }
 }
 
+/// The group as policies see it; `None` when it has no display name to name it by.
+pub fn policy_group(group: &CloudGroup, kind: GroupKind) -> Option<PolicyGroup<'_>> {
+    let display_name = group.display_name.as_deref().filter(|n| !n.trim().is_empty())?;
+    Some(PolicyGroup {
+        id: &group.id,
+        display_name,
+        description: group.description.as_deref(),
+        mail_nickname: group.mail_nickname.as_deref(),
+        mail: group.mail.as_deref(),
+        unified: group.is_unified(),
+        kind,
+    })
+}
+
 /// Builds the intent for one group, with the members that cannot be written.
 pub fn intent(
     state: &TenantState,
     group: &CloudGroup,
     settings: &ModelSettings,
+    policy: &mut dyn GroupPolicy,
 ) -> Result<(Intent, Vec<SkippedMember>), StateError> {
     let kind = match scope(group, settings.m365_default_writeback) {
         Ok(kind) => kind,
         Err(intent) => return Ok((intent, Vec::new())),
     };
-    let placement = match naming::default_placement(&group.id, group.display_name.as_deref()) {
-        Ok(placement) => placement,
-        Err(e) => return Ok((Intent::Refuse(format!("cannot name the group: {e}")), Vec::new())),
+    let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
+        Ok(Ok(found)) => found,
+        Ok(Err(excluded)) => return Ok((Intent::Exclude(excluded), Vec::new())),
+        Err(reason) => return Ok((Intent::Refuse(reason), Vec::new())),
     };
     let (members, skipped) = members(state, group, settings)?;
     let desired = DesiredGroup {
         id: group.id.clone(),
         parent_dn: placement.ou.clone().unwrap_or_else(|| settings.target_ou.clone()),
-        attributes: attributes(group, kind, &placement, &settings.schema),
         cn: placement.cn,
+        attributes,
         kind,
         members,
     };
     Ok((Intent::Write(desired), skipped))
+}
+
+/// Names the group and transforms its attributes. The outer `Err` holds the group; the inner one excludes it.
+pub fn place_and_transform(
+    group: &CloudGroup,
+    kind: GroupKind,
+    settings: &ModelSettings,
+    policy: &mut dyn GroupPolicy,
+) -> Result<Result<(Placement, BTreeMap<String, Vec<String>>), String>, String> {
+    let view = policy_group(group, kind).ok_or_else(|| format!("cannot name the group: {}", naming::NamingError::NoDisplayName))?;
+    let placement = policy.place(&view)?;
+    check_placement(&placement, settings).map_err(|e| format!("invalid placement: {e}"))?;
+    let mut attrs = attributes(group, kind, &placement, &settings.schema);
+    match policy.transform(&view, &mut attrs)? {
+        Transformed::Write => Ok(Ok((placement, attrs))),
+        Transformed::Exclude(reason) => Ok(Err(reason)),
+    }
 }
 
 /// The managed attributes; the ones the schema lacks are left out entirely.

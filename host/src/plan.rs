@@ -157,6 +157,8 @@ pub struct Plan {
     pub ops: Vec<Op>,
     pub skipped: Vec<SkippedMember>,
     pub held_deletes: Vec<HeldDelete>,
+    /// Renames and moves not applied because the cycle had too many.
+    pub held_renames: Vec<Op>,
     /// Groups whose deletes were applied or that need no directory object: their state can be purged.
     pub gone: Vec<String>,
 }
@@ -166,6 +168,9 @@ pub struct Plan {
 pub struct PlanOptions {
     pub delete_threshold: usize,
     pub allow_deletes: bool,
+    /// More renames and moves than this are held (a new naming plugin version can move every group).
+    pub rename_threshold: usize,
+    pub allow_renames: bool,
 }
 
 /// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
@@ -217,7 +222,7 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
                 deletes.push(Op::Delete { group_id: id.clone(), guid: current.guid.clone(), dn: current.dn.clone() });
             }
             (Intent::Delete, None) => out.gone.push(id.clone()),
-            (Intent::Leave(_) | Intent::Refuse(_), _) => {}
+            (Intent::Leave(_) | Intent::Refuse(_) | Intent::Exclude(_), _) => {}
         }
     }
     if deletes.len() > options.delete_threshold && !options.allow_deletes {
@@ -228,6 +233,12 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
                 _ => unreachable!("only deletes are held"),
             })
             .collect();
+    }
+    let renames = updates.iter().filter(|op| matches!(op, Op::Rename { .. })).count();
+    if renames > options.rename_threshold && !options.allow_renames {
+        let (held, kept): (Vec<Op>, Vec<Op>) = updates.into_iter().partition(|op| matches!(op, Op::Rename { .. }));
+        out.held_renames = held;
+        updates = kept;
     }
     out.ops = creates.into_iter().chain(updates).chain(member_ops).chain(deletes).collect();
     out
@@ -392,7 +403,7 @@ mod tests {
         s
     }
 
-    const OPTS: PlanOptions = PlanOptions { delete_threshold: 10, allow_deletes: false };
+    const OPTS: PlanOptions = PlanOptions { delete_threshold: 10, allow_deletes: false, rename_threshold: 10, allow_renames: false };
 
     fn intents(list: Vec<(&str, Intent)>) -> BTreeMap<String, Intent> {
         list.into_iter().map(|(id, i)| (id.to_string(), i)).collect()
@@ -480,13 +491,31 @@ mod tests {
         }
         list.push(("new".to_string(), Intent::Write(desired("new", "N", vec![]))));
         let intents: BTreeMap<_, _> = list.into_iter().collect();
-        let strict = PlanOptions { delete_threshold: 2, allow_deletes: false };
+        let strict = PlanOptions { delete_threshold: 2, ..OPTS };
         let held = plan(&intents, &snap, strict);
         assert_eq!(held.held_deletes.len(), 3);
         assert!(held.ops.iter().all(|op| !matches!(op, Op::Delete { .. })));
         assert!(held.ops.iter().any(|op| matches!(op, Op::Create { .. })));
         let allowed = plan(&intents, &snap, PlanOptions { allow_deletes: true, ..strict });
         assert_eq!(allowed.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count(), 3);
+    }
+
+    #[test]
+    fn too_many_renames_are_held_and_attribute_changes_still_apply() {
+        let mut snap = Snapshot::default();
+        let mut list = vec![];
+        for i in 0..3 {
+            let id = format!("r{i}");
+            snap.managed.insert(id.clone(), existing(&id, &format!("Old {i}"), &[]));
+            list.push((id.clone(), Intent::Write(desired(&id, &format!("New {i}"), vec![]))));
+        }
+        let intents: BTreeMap<_, _> = list.into_iter().collect();
+        let strict = PlanOptions { rename_threshold: 2, ..OPTS };
+        let held = plan(&intents, &snap, strict);
+        assert_eq!(held.held_renames.len(), 3);
+        assert!(held.ops.iter().all(|op| matches!(op, Op::Modify { .. })), "{:?}", held.ops);
+        let allowed = plan(&intents, &snap, PlanOptions { allow_renames: true, ..strict });
+        assert_eq!(allowed.ops.iter().filter(|op| matches!(op, Op::Rename { .. })).count(), 3);
     }
 
     #[test]

@@ -124,12 +124,15 @@ pub struct GroupProblems {
     pub conflict: Option<String>,
     /// Why nothing of the group is written (refused or failed).
     pub held: Option<String>,
+    /// Why a transform keeps the group out of AD.
+    #[serde(default)]
+    pub excluded: Option<String>,
 }
 
 impl GroupProblems {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
-        self.skipped_members.is_empty() && self.conflict.is_none() && self.held.is_none()
+        self.skipped_members.is_empty() && self.conflict.is_none() && self.held.is_none() && self.excluded.is_none()
     }
 }
 

@@ -32,6 +32,12 @@ pub struct TenantStatus {
     /// Groups held back: refused by naming, or failed to apply.
     pub held_groups: Vec<GroupProblem>,
     pub held_deletes: Vec<HeldDelete>,
+    /// Renames and moves held back (more than rename_threshold), as `plan` prints them.
+    #[serde(default)]
+    pub held_renames: Vec<String>,
+    /// Groups a transform keeps out of AD.
+    #[serde(default)]
+    pub excluded: Vec<GroupProblem>,
     /// Graph entries that were skipped for their shape.
     pub bad_entries: Vec<String>,
     /// Groups whose changes still await a directory apply.
@@ -92,6 +98,8 @@ impl TenantStatus {
         list(&mut out, "conflicts", self.conflicts.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held groups", self.held_groups.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held deletes", self.held_deletes.iter().map(|d| format!("group {} at {}", d.group_id, d.dn)));
+        list(&mut out, "held renames", self.held_renames.iter().cloned());
+        list(&mut out, "excluded groups", self.excluded.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
         out
     }

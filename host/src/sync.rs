@@ -2,7 +2,7 @@
 //! groups that need it, read the directory, plan, apply, and checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{ConfigError, TenantConfig};
@@ -10,7 +10,7 @@ use crate::dn;
 use crate::directory::{ApplyError, Applied, Directory, DirectoryError};
 use crate::graph::delta::{self, NextLink, Removal};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, DesiredMember, Intent, ModelSettings, SkippedMember};
+use crate::model::{self, DesiredMember, GroupPolicy, Intent, ModelSettings, SchemaSupport, SkippedMember};
 use crate::plan::{self, Op, Plan, PlanOptions, Snapshot};
 use crate::state::{Anchor, AuditRecord, Cursor, GroupProblems, Resource, StateError, Store, TenantState};
 use crate::status::{GroupProblem, TenantStatus};
@@ -35,6 +35,8 @@ pub struct CycleOptions {
     pub full: bool,
     /// Apply deletes even above the threshold.
     pub allow_deletes: bool,
+    /// Apply renames and moves even above the threshold.
+    pub allow_renames: bool,
     /// Plan only: write nothing to the directory.
     pub dry_run: bool,
 }
@@ -85,18 +87,25 @@ impl CycleReport {
                 s.held_deletes.len()
             ));
         }
+        if !s.held_renames.is_empty() {
+            return Some(format!(
+                "{} renames or moves held (more than rename_threshold); review them with `plan`, then run `sync --once --allow-renames`",
+                s.held_renames.len()
+            ));
+        }
         let failed: Vec<_> = s.held_groups.iter().filter(|p| p.reason.starts_with("apply failed")).collect();
         failed.first().map(|first| format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason))
     }
 }
 
-/// A tenant's sync context: its config, state and Graph client.
+/// A tenant's sync context: its config, state, Graph client and naming/transform policy.
 pub struct TenantSync<'a> {
     pub config: &'a TenantConfig,
     pub store: Store,
     pub state: TenantState,
     pub graph: GraphClient,
     pub stop: StopFlag,
+    pub policy: Mutex<Box<dyn GroupPolicy>>,
 }
 
 fn now() -> u64 {
@@ -225,11 +234,7 @@ impl TenantSync<'_> {
 
     /// Plans the groups that need it against the directory and applies the plan.
     async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
-        let settings = ModelSettings {
-            m365_default_writeback: self.config.m365_default_writeback,
-            target_ou: self.config.directory.target_ou.clone(),
-            schema: directory.schema.clone(),
-        };
+        let settings = self.model_settings(directory.schema.clone());
         let mut snapshot = Snapshot::default();
         let ids: BTreeSet<String> = if options.full {
             let known: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
@@ -250,9 +255,16 @@ impl TenantSync<'_> {
             snapshot.managed = directory.managed_groups(&lookup_ids(&intents)).await?;
         }
         snapshot.principals = directory.principals(&member_sids(&intents)).await?;
-        let plan = plan::plan(&intents, &snapshot, PlanOptions { delete_threshold: self.config.delete_threshold, allow_deletes: options.allow_deletes });
+        let plan_options = PlanOptions {
+            delete_threshold: self.config.delete_threshold,
+            allow_deletes: options.allow_deletes,
+            rename_threshold: self.config.rename_threshold,
+            allow_renames: options.allow_renames,
+        };
+        let plan = plan::plan(&intents, &snapshot, plan_options);
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.status.held_deletes = plan.held_deletes.clone();
+        report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
         report.plan = plan.ops.clone();
         if options.dry_run {
             return Ok(());
@@ -266,24 +278,62 @@ impl TenantSync<'_> {
 
     /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
     async fn intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+        let mut intents = crate::plugins::off_reactor(|| self.known_intents(ids, settings, report))?;
+        // Known to the directory only: the state was lost or the delete was never recorded.
+        let orphans: Vec<&String> = ids.iter().filter(|id| !intents.contains_key(*id)).collect();
+        for id in orphans {
+            let intent = if self.graph.in_deleted_items(id).await? { Intent::Leave("soft-deleted in Entra ID".into()) } else { Intent::Delete };
+            intents.insert(id.clone(), intent);
+        }
+        Ok(intents)
+    }
+
+    /// Intents of the groups the state knows, through the tenant's policy (plugins run here).
+    fn known_intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+        let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
         let mut intents = BTreeMap::new();
         for id in ids {
-            let intent = match self.state.group(id)? {
-                Some(group) => {
-                    let (intent, skipped) = model::intent(&self.state, &group, settings)?;
-                    report.status.skipped_members.extend(skipped);
-                    intent
-                }
-                // Known to the directory only: the state was lost or the delete was never recorded.
-                None if self.graph.in_deleted_items(id).await? => Intent::Leave("soft-deleted in Entra ID".into()),
-                None => Intent::Delete,
-            };
-            if let Intent::Refuse(reason) = &intent {
-                report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() });
+            let Some(group) = self.state.group(id)? else { continue };
+            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.as_mut())?;
+            report.status.skipped_members.extend(skipped);
+            match &intent {
+                Intent::Refuse(reason) => report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
+                Intent::Exclude(reason) => report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
+                _ => {}
             }
             intents.insert(id.clone(), intent);
         }
         Ok(intents)
+    }
+
+    /// Runs a candidate policy over every group the tenant writes, as `plan` would, without writing.
+    /// `Err` names the first group whose output is invalid; the candidate must not be used then.
+    pub fn check_policy(&self, candidate: &mut dyn GroupPolicy, settings: &ModelSettings) -> Result<usize, String> {
+        let mut checked = 0;
+        for id in self.state.group_ids().map_err(|e| e.to_string())? {
+            let Some(group) = self.state.group(&id).map_err(|e| e.to_string())? else { continue };
+            let Ok(kind) = model::scope(&group, settings.m365_default_writeback) else { continue };
+            if let Err(reason) = model::place_and_transform(&group, kind, settings, candidate) {
+                return Err(format!("group {id}: {reason}"));
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+
+    /// The tenant's settings for the desired model, with the directory's schema facts.
+    pub fn model_settings(&self, schema: SchemaSupport) -> ModelSettings {
+        ModelSettings {
+            m365_default_writeback: self.config.m365_default_writeback,
+            target_ou: self.config.directory.target_ou.clone(),
+            allowed_ous: self.config.plugins.allowed_ous.clone(),
+            schema,
+        }
+    }
+
+    /// Switches to a new policy.
+    pub fn replace_policy(&self, policy: Box<dyn GroupPolicy>) {
+        *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 
     /// Applies the plan in order. Returns the groups whose operations failed (they stay dirty).
@@ -392,6 +442,11 @@ impl TenantSync<'_> {
                 p.held = Some(h.reason.clone());
             }
         }
+        for e in &status.excluded {
+            if let Some(p) = problems.get_mut(e.group_id.as_str()) {
+                p.excluded = Some(e.reason.clone());
+            }
+        }
         let purged: BTreeSet<&str> = plan.gone.iter().map(String::as_str).collect();
         for (id, p) in problems {
             if !purged.contains(id) && self.state.group(id)?.is_some() {
@@ -406,7 +461,11 @@ impl TenantSync<'_> {
         status.skipped_members.clear();
         status.conflicts.clear();
         status.held_groups.clear();
+        status.excluded.clear();
         for (id, p) in self.state.problems()? {
+            if let Some(reason) = p.excluded {
+                status.excluded.push(GroupProblem { group_id: id.clone(), reason });
+            }
             for (member_id, reason) in p.skipped_members {
                 status.skipped_members.push(SkippedMember { group_id: id.clone(), member_id, reason });
             }

@@ -1,4 +1,8 @@
-//! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status` and `reset-state`.
+//! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status`, `reset-state` and
+//! `plugin check`.
+
+mod plugin_check;
+mod reload;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,6 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, TenantConfig};
 use crate::graph::GraphClient;
+use crate::model::{BuiltinPolicy, GroupPolicy};
+use crate::plugins::{PluginEngine, TenantPlugins};
 use crate::state::Store;
 use crate::status::StatusFile;
 use crate::sync::{CycleOptions, CycleReport, StopFlag, TenantSync};
@@ -16,8 +22,9 @@ use crate::sync::{CycleOptions, CycleReport, StopFlag, TenantSync};
 #[derive(Debug, Parser)]
 #[command(name = "writeback", version)]
 pub struct Cli {
-    /// The agent's TOML configuration file.
-    #[arg(long, short, global = true, env = "WRITEBACK_CONFIG")]
+    /// The agent's TOML configuration file (given before the command; `plugin check` takes its own
+    /// `--config KEY=VALUE` settings).
+    #[arg(long, short, env = "WRITEBACK_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -50,6 +57,9 @@ pub enum Command {
         /// Apply deletes even when there are more than the tenant's delete_threshold.
         #[arg(long)]
         allow_deletes: bool,
+        /// Apply renames and moves even when there are more than the tenant's rename_threshold.
+        #[arg(long)]
+        allow_renames: bool,
     },
     /// Run as a daemon: a delta cycle every `interval`, a full reconcile every `reconcile_interval`.
     Run,
@@ -73,19 +83,33 @@ pub enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `writeback plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a plugin on sample groups and print each result with its validation verdict.
+    Check(plugin_check::CheckArgs),
 }
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Plugin(PluginCommand::Check(args)) = &cli.command {
+        return crate::plugins::off_reactor(|| plugin_check::run(args));
+    }
     let config_path = cli.config.clone().context("no config file given; pass --config FILE")?;
     let config = Config::load(&config_path)?;
     match cli.command {
-        Command::Sync { once, full, tenant, allow_deletes } => {
+        Command::Sync { once, full, tenant, allow_deletes, allow_renames } => {
             if !once {
                 bail!("`sync` needs --once (use `run` for the daemon)");
             }
-            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, dry_run: false }).await
+            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, allow_renames, dry_run: false }).await
         }
+        Command::Plugin(_) => unreachable!("handled above"),
         Command::Run => daemon(&config).await,
         Command::Plan { tenant, full } => plan(&config, tenant.as_deref(), full).await,
         Command::Status { tenant } => status(&config, tenant.as_deref()),
@@ -114,7 +138,25 @@ fn open_store(config: &Config) -> Result<Store> {
     })
 }
 
-fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag) -> Result<TenantSync<'a>> {
+/// The plugin engine, created only when some tenant uses plugins; compiled plugins are cached in the state.
+fn plugin_engine(config: &Config) -> Result<Option<PluginEngine>> {
+    if !config.tenants.iter().any(|t| t.plugins.any()) {
+        return Ok(None);
+    }
+    Ok(Some(PluginEngine::new(Some(config.agent.state_dir.join("plugin-cache")))?))
+}
+
+/// The tenant's policy: its plugins, or the built-in naming when it has none.
+fn policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Result<Box<dyn GroupPolicy>> {
+    match engine {
+        Some(engine) if tenant.plugins.any() => Ok(Box::new(
+            TenantPlugins::load(engine, &tenant.plugins).with_context(|| format!("tenant {}", tenant.name))?,
+        )),
+        _ => Ok(Box::new(BuiltinPolicy)),
+    }
+}
+
+fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag, engine: Option<&PluginEngine>) -> Result<TenantSync<'a>> {
     let secret = tenant.client_secret()?;
     Ok(TenantSync {
         config: tenant,
@@ -122,6 +164,7 @@ fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag) -> 
         state: store.tenant(&tenant.name)?,
         graph: GraphClient::new(tenant, secret)?,
         stop: stop.clone(),
+        policy: std::sync::Mutex::new(policy(tenant, engine)?),
     })
 }
 
@@ -129,9 +172,10 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
     let store = open_store(config)?;
     let stop = StopFlag::default();
     watch_signals(stop.clone());
+    let engine = plugin_engine(config)?;
     let mut problems = Vec::new();
     for tenant in selected(config, tenant)? {
-        let sync = tenant_sync(tenant, &store, &stop)?;
+        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref())?;
         match run_cycle(config, &sync, options).await {
             Ok(report) => {
                 println!("{}", summary(&tenant.name, &report));
@@ -186,12 +230,14 @@ fn summary(tenant: &str, report: &CycleReport) -> String {
 async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
     let store = open_store(config)?;
     let stop = StopFlag::default();
+    let engine = plugin_engine(config)?;
     for tenant in selected(config, tenant)? {
         // The dry run reads Graph into a scratch copy, so the real cursor does not move.
         let scratch = Store::temporary()?;
         store.copy_tenant_to(&tenant.name, &scratch)?;
-        let sync = tenant_sync(tenant, &scratch, &stop)?;
-        let report = sync.cycle(CycleOptions { full, allow_deletes: false, dry_run: true }).await.with_context(|| format!("tenant {}", tenant.name))?;
+        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref())?;
+        let options = CycleOptions { full, dry_run: true, ..Default::default() };
+        let report = sync.cycle(options).await.with_context(|| format!("tenant {}", tenant.name))?;
         println!("tenant {}: {} changes", tenant.name, report.plan.len());
         for op in &report.plan {
             println!("  {op}");
@@ -201,6 +247,12 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         }
         for held in &report.status.held_deletes {
             println!("  held delete {} (more deletes than delete_threshold): {}", held.group_id, held.dn);
+        }
+        for held in &report.status.held_renames {
+            println!("  held (more renames than rename_threshold): {held}");
+        }
+        for excluded in &report.status.excluded {
+            println!("  excluded group {}: {}", excluded.group_id, excluded.reason);
         }
     }
     Ok(())
@@ -248,7 +300,11 @@ async fn daemon(config: &Config) -> Result<()> {
     let store = open_store(config)?;
     let stop = StopFlag::default();
     watch_signals(stop.clone());
-    let syncs: Vec<TenantSync> = config.tenants.iter().map(|t| tenant_sync(t, &store, &stop)).collect::<Result<_>>()?;
+    let engine = plugin_engine(config)?;
+    let reload = reload::Trigger::watch_sighup();
+    let syncs: Vec<TenantSync> =
+        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref())).collect::<Result<_>>()?;
+    let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.
     let mut next_full = Instant::now();
     tracing::info!(tenants = syncs.len(), interval = ?config.agent.interval, "writeback running");
@@ -257,9 +313,13 @@ async fn daemon(config: &Config) -> Result<()> {
         if full {
             next_full = Instant::now() + config.agent.reconcile_interval;
         }
-        for sync in &syncs {
+        let hangup = reload.take();
+        for (sync, fingerprint) in syncs.iter().zip(&mut watched) {
             if stop.is_set() {
                 break;
+            }
+            if let Some(engine) = &engine {
+                reload::reload_if_changed(sync, engine, fingerprint, hangup);
             }
             let options = CycleOptions { full, ..Default::default() };
             if let Err(e) = run_cycle(config, sync, options).await {
@@ -278,5 +338,23 @@ async fn wait(interval: Duration, stop: &StopFlag) {
     tokio::select! {
         _ = tokio::time::sleep(interval) => {}
         _ = stop.stopped() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plugin_check_takes_settings_after_the_file() {
+        let cli = Cli::try_parse_from(["writeback", "plugin", "check", "p.wasm", "--config", "a=b", "--config", "c=d"]).unwrap();
+        let Command::Plugin(PluginCommand::Check(args)) = cli.command else { panic!("plugin check expected") };
+        assert_eq!(args.settings, ["a=b", "c=d"]);
     }
 }

@@ -1,0 +1,83 @@
+//! Hot reload of a tenant's plugins in the daemon: when a plugin file changes, or on SIGHUP, the new
+//! version is loaded and run over the tenant's current groups, and used only if every output is valid.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::Digest;
+
+use crate::config::PluginsConfig;
+use crate::model::SchemaSupport;
+use crate::plugins::{PluginEngine, TenantPlugins};
+use crate::sync::TenantSync;
+
+/// Set by SIGHUP: reload every tenant's plugins at the next cycle.
+#[derive(Clone, Default)]
+pub struct Trigger(Arc<AtomicBool>);
+
+impl Trigger {
+    /// A trigger that SIGHUP sets.
+    pub fn watch_sighup() -> Trigger {
+        let trigger = Trigger::default();
+        let flag = trigger.0.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading plugins at the next cycle");
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        trigger
+    }
+
+    /// Whether a reload was asked for since the last call.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// The content of a tenant's plugin files, to notice when one is replaced.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, Option<Vec<u8>>)>);
+
+impl Fingerprint {
+    /// Hashes every plugin file the config names; an unreadable file hashes as `None`.
+    pub fn of(config: &PluginsConfig) -> Fingerprint {
+        let paths = config.naming.iter().chain(&config.transforms);
+        Fingerprint(paths.map(|p| (p.clone(), std::fs::read(p).ok().map(|b| sha2::Sha256::digest(b).to_vec()))).collect())
+    }
+}
+
+/// Reloads the tenant's plugins when their files changed or `forced`, keeping the old ones unless the new
+/// ones load and give valid output for every current group.
+pub fn reload_if_changed(sync: &TenantSync, engine: &PluginEngine, seen: &mut Fingerprint, forced: bool) {
+    let plugins = &sync.config.plugins;
+    if !plugins.any() {
+        return;
+    }
+    let now = Fingerprint::of(plugins);
+    if !forced && now == *seen {
+        return;
+    }
+    // Remember this version either way, so a broken file is reported once, not every cycle.
+    *seen = now;
+    let tenant = &sync.config.name;
+    let mut candidate = match TenantPlugins::load(engine, plugins) {
+        Ok(candidate) => candidate,
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, "keeping the current plugins: the new version does not load: {e}");
+            return;
+        }
+    };
+    let settings = sync.model_settings(SchemaSupport::default());
+    match crate::plugins::off_reactor(|| sync.check_policy(&mut candidate, &settings)) {
+        Ok(groups) => {
+            sync.replace_policy(Box::new(candidate));
+            tracing::info!(tenant = %tenant, groups, "switched to the new plugin version");
+        }
+        Err(reason) => {
+            tracing::warn!(tenant = %tenant, "keeping the current plugins: the new version gives invalid output for {reason}");
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Tenant plugins: naming policies and transforms as sandboxed WebAssembly components (`wit/plugin.wit`).
+//!
+//! A plugin instance is reused across calls (a call then costs about a microsecond). A trap, a timeout or a
+//! memory overrun costs that one call: the instance is dropped and the next call instantiates a fresh one
+//! from the prepared `InstancePre`. Every output is validated before it is used; a failure holds that one
+//! group, and never falls back to another name.
+
+mod bindings;
+mod runtime;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use bindings::naming::writeback::plugin::{host, types};
+use bindings::naming::{NamingPolicy, NamingPolicyPre};
+use bindings::transform::exports::writeback::plugin::transform::Verdict;
+use bindings::transform::{Transformer, TransformerPre};
+pub use runtime::{CallLimits, PluginEngine, Sandbox};
+
+use crate::config::PluginsConfig;
+use crate::model::{GroupKind, GroupPolicy, PolicyGroup, Transformed};
+use crate::naming::{self, Placement};
+
+/// A plugin that could not be loaded or did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot start the plugin engine: {0}")]
+    Engine(String),
+    #[error("cannot read plugin {path}: {cause}")]
+    Read { path: PathBuf, cause: String },
+    #[error("plugin {path} is not a valid WebAssembly component: {cause}")]
+    Compile { path: PathBuf, cause: String },
+    #[error("plugin {path} does not implement the {world} world: {cause}")]
+    World { path: PathBuf, world: &'static str, cause: String },
+    #[error("plugin {plugin} ran past its {limit_ms} ms limit and was stopped")]
+    Timeout { plugin: String, limit_ms: u128 },
+    #[error("plugin {plugin} went over its memory limit of {limit_mib} MiB and was stopped")]
+    Memory { plugin: String, limit_mib: usize },
+    #[error("plugin {plugin} failed: {cause}")]
+    Trap { plugin: String, cause: String },
+}
+
+/// Attributes a transform may never write: they carry identity, membership, type or security.
+pub const FORBIDDEN_ATTRIBUTES: &[&str] = &[
+    "member",
+    "objectClass",
+    "groupType",
+    "adminDescription",
+    "sAMAccountName",
+    "nTSecurityDescriptor",
+    "cn",
+    "name",
+    "distinguishedName",
+    "objectGUID",
+    "objectSid",
+    "msDS-ExternalDirectoryObjectId",
+];
+
+/// Attributes a transform may write unless the tenant configures its own list.
+pub const DEFAULT_TRANSFORM_ATTRIBUTES: &[&str] = &[
+    "description",
+    "displayName",
+    "info",
+    "mail",
+    "mailNickname",
+    "proxyAddresses",
+    "department",
+    "company",
+    "extensionAttribute1",
+    "extensionAttribute2",
+    "extensionAttribute3",
+    "extensionAttribute4",
+    "extensionAttribute5",
+    "extensionAttribute6",
+    "extensionAttribute7",
+    "extensionAttribute8",
+    "extensionAttribute9",
+    "extensionAttribute10",
+    "extensionAttribute11",
+    "extensionAttribute12",
+    "extensionAttribute13",
+    "extensionAttribute14",
+    "extensionAttribute15",
+];
+
+/// Runs `f`, which may call plugins, off the async reactor. WASI's synchronous bindings block on the
+/// ambient tokio runtime, which a reactor thread may not do; `block_in_place` hands the thread over first.
+/// On a current-thread runtime (tests) a scoped thread without a runtime context does the work instead.
+pub fn off_reactor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(f).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => f(),
+    }
+}
+
+/// What instantiating a prepared plugin yields.
+trait Prepared {
+    type Bindings;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Self::Bindings>;
+}
+
+impl Prepared for NamingPolicyPre<Sandbox> {
+    type Bindings = NamingPolicy;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<NamingPolicy> {
+        NamingPolicyPre::instantiate(self, store)
+    }
+}
+
+impl Prepared for TransformerPre<Sandbox> {
+    type Bindings = Transformer;
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Transformer> {
+        TransformerPre::instantiate(self, store)
+    }
+}
+
+/// One loaded plugin and its warm instance.
+struct Plugin<P: Prepared> {
+    name: Arc<str>,
+    pre: P,
+    engine: wasmtime::Engine,
+    config: Arc<BTreeMap<String, String>>,
+    limits: CallLimits,
+    warm: Option<(Store<Sandbox>, P::Bindings)>,
+}
+
+impl<P: Prepared> Plugin<P> {
+    /// Calls into the plugin with a fresh deadline; a failure drops the instance.
+    fn call<R>(&mut self, f: impl FnOnce(&P::Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+        if self.warm.is_none() {
+            let mut store = Sandbox::store(&self.engine, self.name.clone(), self.config.clone(), self.limits);
+            runtime::arm_deadline(&mut store, self.limits.timeout);
+            let bindings = self.pre.instantiate(&mut store).map_err(|e| self.classify(e))?;
+            self.warm = Some((store, bindings));
+        }
+        let (store, bindings) = self.warm.as_mut().expect("instantiated above");
+        runtime::arm_deadline(store, self.limits.timeout);
+        let result = f(bindings, store);
+        let recycle = store.data_mut().forward_output();
+        match result {
+            Ok(value) => {
+                if recycle {
+                    self.warm = None;
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                self.warm = None;
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    fn classify(&self, error: wasmtime::Error) -> PluginError {
+        let plugin = self.name.to_string();
+        if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+            return PluginError::Timeout { plugin, limit_ms: self.limits.timeout.as_millis() };
+        }
+        let text = format!("{error:#}");
+        // A refused memory.grow has no trap code of its own; its message names the memory limit.
+        if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+            return PluginError::Memory { plugin, limit_mib: self.limits.memory_bytes >> 20 };
+        }
+        PluginError::Trap { plugin, cause: text.lines().next().unwrap_or_default().to_string() }
+    }
+}
+
+fn plugin_name(path: &Path) -> Arc<str> {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()).into()
+}
+
+/// The plugins of one tenant: an optional naming policy and a chain of transforms.
+pub struct TenantPlugins {
+    naming: Option<Plugin<NamingPolicyPre<Sandbox>>>,
+    transforms: Vec<Plugin<TransformerPre<Sandbox>>>,
+    allowed_attributes: BTreeSet<String>,
+}
+
+impl TenantPlugins {
+    /// Loads (and compiles or takes from the cache) every plugin the tenant configures.
+    pub fn load(engine: &PluginEngine, config: &PluginsConfig) -> Result<TenantPlugins, PluginError> {
+        let settings = Arc::new(config.config.clone());
+        let limits = CallLimits { timeout: config.timeout, memory_bytes: config.memory_limit_mib << 20 };
+        let linker = engine.linker()?;
+        let prepare = |path: &Path, world: &'static str| {
+            let component = engine.load(path)?;
+            linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") })
+        };
+        let plugin = |path: &Path| (plugin_name(path), engine.engine().clone(), settings.clone(), limits);
+        let naming = match &config.naming {
+            Some(path) => {
+                let pre = NamingPolicyPre::new(prepare(path, "naming-policy")?)
+                    .map_err(|e| PluginError::World { path: path.clone(), world: "naming-policy", cause: format!("{e:#}") })?;
+                let (name, engine, config, limits) = plugin(path);
+                Some(Plugin { name, pre, engine, config, limits, warm: None })
+            }
+            None => None,
+        };
+        let mut transforms = Vec::new();
+        for path in &config.transforms {
+            let pre = TransformerPre::new(prepare(path, "transformer")?)
+                .map_err(|e| PluginError::World { path: path.clone(), world: "transformer", cause: format!("{e:#}") })?;
+            let (name, engine, config, limits) = plugin(path);
+            transforms.push(Plugin { name, pre, engine, config, limits, warm: None });
+        }
+        let allowed_attributes = config
+            .transform_attributes
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TRANSFORM_ATTRIBUTES.iter().map(|s| s.to_string()).collect())
+            .into_iter()
+            .map(|a| a.to_lowercase())
+            .collect();
+        Ok(TenantPlugins { naming, transforms, allowed_attributes })
+    }
+
+    /// Whether any plugin is configured.
+    pub fn is_empty(&self) -> bool {
+        self.naming.is_none() && self.transforms.is_empty()
+    }
+}
+
+fn wit_group(group: &PolicyGroup) -> types::Group {
+    types::Group {
+        id: group.id.to_string(),
+        display_name: group.display_name.to_string(),
+        description: group.description.map(str::to_string),
+        mail_nickname: group.mail_nickname.map(str::to_string),
+        mail: group.mail.map(str::to_string),
+        kind: if group.unified { types::GroupKind::Microsoft365 } else { types::GroupKind::Security },
+        target_type: match group.kind {
+            GroupKind::Security => types::OnpremGroupType::UniversalSecurity,
+            GroupKind::Distribution => types::OnpremGroupType::UniversalDistribution,
+            GroupKind::MailEnabledSecurity => types::OnpremGroupType::UniversalMailEnabledSecurity,
+        },
+    }
+}
+
+impl GroupPolicy for TenantPlugins {
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String> {
+        let Some(plugin) = self.naming.as_mut() else {
+            return naming::default_placement(group.id, Some(group.display_name)).map_err(|e| e.to_string());
+        };
+        let input = wit_group(group);
+        let name = plugin.name.clone();
+        let answer = plugin
+            .call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))
+            .map_err(|e| e.to_string())?;
+        let placement = answer.map_err(|reason| format!("naming plugin {name} refused the group: {reason}"))?;
+        Ok(Placement { cn: placement.cn, sam_account_name: placement.sam_account_name, ou: placement.ou })
+    }
+
+    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
+        let input = wit_group(group);
+        for plugin in &mut self.transforms {
+            let offered: Vec<types::Attribute> =
+                attributes.iter().map(|(name, values)| types::Attribute { name: name.clone(), values: values.clone() }).collect();
+            let name = plugin.name.clone();
+            let answer = plugin
+                .call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))
+                .map_err(|e| e.to_string())?;
+            match answer.map_err(|reason| format!("transform {name} failed: {reason}"))? {
+                Verdict::Exclude(reason) => return Ok(Transformed::Exclude(format!("excluded by {name}: {reason}"))),
+                Verdict::Write(changes) => apply_changes(&name, &self.allowed_attributes, attributes, changes)?,
+            }
+        }
+        Ok(Transformed::Write)
+    }
+}
+
+/// Applies a transform's attribute changes after checking each name against the allow-list.
+fn apply_changes(
+    plugin: &str,
+    allowed: &BTreeSet<String>,
+    attributes: &mut BTreeMap<String, Vec<String>>,
+    changes: Vec<types::Attribute>,
+) -> Result<(), String> {
+    for change in &changes {
+        if !allowed.contains(&change.name.to_lowercase()) {
+            return Err(format!("transform {plugin} tried to write {:?}, which is not in the allowed attributes", change.name));
+        }
+    }
+    for change in changes {
+        // Keep the agent's spelling of a known attribute so the planner compares like with like.
+        let key = attributes.keys().find(|k| k.eq_ignore_ascii_case(&change.name)).cloned().unwrap_or(change.name);
+        attributes.insert(key, change.values);
+    }
+    Ok(())
+}
+
+impl host::Host for Sandbox {
+    fn log(&mut self, level: host::Level, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            host::Level::Debug => tracing::debug!(plugin, "{message}"),
+            host::Level::Info => tracing::info!(plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}"),
+            host::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+impl types::Host for Sandbox {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transforms_may_only_write_allowed_attributes() {
+        let allowed: BTreeSet<String> = ["info".to_string(), "description".to_string()].into();
+        let mut attrs = BTreeMap::from([("description".to_string(), vec!["d".to_string()])]);
+        let change = |name: &str| vec![types::Attribute { name: name.into(), values: vec!["x".into()] }];
+        apply_changes("p", &allowed, &mut attrs, change("Info")).unwrap();
+        assert_eq!(attrs["Info"], ["x"]);
+        apply_changes("p", &allowed, &mut attrs, change("DESCRIPTION")).unwrap();
+        assert_eq!(attrs["description"], ["x"], "the agent's spelling is kept");
+        let err = apply_changes("p", &allowed, &mut attrs, change("member")).unwrap_err();
+        assert!(err.contains("\"member\""), "{err}");
+    }
+
+    #[test]
+    fn forbidden_attributes_are_not_allowed_by_default() {
+        for name in FORBIDDEN_ATTRIBUTES {
+            assert!(!DEFAULT_TRANSFORM_ATTRIBUTES.iter().any(|a| a.eq_ignore_ascii_case(name)), "{name}");
+        }
+    }
+}

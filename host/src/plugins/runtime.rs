@@ -1,0 +1,227 @@
+//! The sandbox every plugin call runs in: one wasmtime engine per agent, a compile cache, and stores with
+//! WASI linked but nothing granted, a memory limit and a wall-clock deadline.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::PluginError;
+
+/// How often the epoch advances; a call's deadline is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Guest stdout and stderr are collected in memory and logged after each call.
+const OUTPUT_CAPACITY: usize = 1 << 20;
+/// Past this much collected output the instance is recycled, so the pipes never fill up.
+const OUTPUT_RECYCLE: usize = OUTPUT_CAPACITY / 2;
+
+/// Resource limits of each plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock time one call may run.
+    pub timeout: Duration,
+    /// Bytes of linear memory one instance may hold.
+    pub memory_bytes: usize,
+}
+
+/// The engine shared by every plugin of the agent, and where compiled plugins are cached.
+#[derive(Clone)]
+pub struct PluginEngine {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl PluginEngine {
+    /// Creates the engine and starts its epoch ticker. `cache_dir` keeps precompiled artifacts.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<PluginEngine, PluginError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+        start_ticker(&engine);
+        Ok(PluginEngine { engine, cache_dir })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads a component: from the cache when this engine compiled the same bytes before, else compiled
+    /// now and cached.
+    pub fn load(&self, path: &Path) -> Result<Component, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
+        let Some(cache) = self.cache_path(&bytes) else {
+            return self.compile(path, &bytes);
+        };
+        if cache.exists() {
+            // SAFETY: the cache directory lies inside the agent's 0700 state directory and only ever holds
+            // artifacts this agent produced with an engine of the same compatibility hash (part of the name).
+            match unsafe { Component::deserialize_file(&self.engine, &cache) } {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(cache = %cache.display(), "ignoring an unusable compiled plugin: {e}"),
+            }
+        }
+        let component = self.compile(path, &bytes)?;
+        if let Err(e) = self.store_artifact(&component, &cache) {
+            tracing::warn!(cache = %cache.display(), "cannot cache the compiled plugin: {e}");
+        }
+        Ok(component)
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        Component::from_binary(&self.engine, bytes)
+            .map_err(|e| PluginError::Compile { path: path.to_path_buf(), cause: format!("{e:#}") })
+    }
+
+    fn store_artifact(&self, component: &Component, cache: &Path) -> std::io::Result<()> {
+        let serialized = component.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(dir) = cache.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = cache.with_extension("tmp");
+        std::fs::write(&tmp, serialized)?;
+        std::fs::rename(tmp, cache)
+    }
+
+    /// The cache file for these bytes: keyed by their content and the engine's compatibility hash.
+    fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let content = sha256_hex(bytes);
+        Some(dir.join(format!("{content}-{:016x}.cwasm", engine_hash.finish())))
+    }
+
+    /// A linker with WASI p2 (nothing granted) and the host interface.
+    pub(super) fn linker(&self) -> Result<Linker<Sandbox>, PluginError> {
+        let mut linker = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
+        super::bindings::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        Ok(linker)
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Advances the engine's epoch until the engine is dropped; deadlines are measured against it.
+fn start_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("plugin-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the plugin deadline thread ({e}); plugin calls will fail at once");
+    }
+}
+
+/// The per-store data of a plugin instance.
+pub struct Sandbox {
+    pub(super) plugin: Arc<str>,
+    pub(super) config: Arc<BTreeMap<String, String>>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    logged: (usize, usize),
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl Sandbox {
+    /// A store for one instance: no preopened directories, no environment, no network, no inherited stdio.
+    pub(super) fn store(
+        engine: &Engine,
+        plugin: Arc<str>,
+        config: Arc<BTreeMap<String, String>>,
+        limits: CallLimits,
+    ) -> Store<Sandbox> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build();
+        let sandbox = Sandbox {
+            plugin,
+            config,
+            wasi,
+            table: ResourceTable::new(),
+            limits: store_limits,
+            stdout,
+            stderr,
+            logged: (0, 0),
+        };
+        let mut store = Store::new(engine, sandbox);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    /// Sends what the guest printed since the last call to the agent's log, tagged with the plugin's name.
+    /// Returns whether so much was printed that the instance should be recycled.
+    pub(super) fn forward_output(&mut self) -> bool {
+        let out = self.stdout.contents();
+        let err = self.stderr.contents();
+        log_lines(&self.plugin, "stdout", &out[self.logged.0.min(out.len())..]);
+        log_lines(&self.plugin, "stderr", &err[self.logged.1.min(err.len())..]);
+        self.logged = (out.len(), err.len());
+        out.len() + err.len() > OUTPUT_RECYCLE
+    }
+}
+
+fn log_lines(plugin: &str, stream: &str, bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines().filter(|l| !l.trim().is_empty()) {
+        tracing::info!(plugin, stream, "{line}");
+    }
+}
+
+/// Sets the call's deadline in epoch ticks.
+pub(super) fn arm_deadline(store: &mut Store<Sandbox>, timeout: Duration) {
+    let ticks = (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_is_stable_hex() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn cache_key_names_content_and_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = PluginEngine::new(Some(dir.path().to_path_buf())).unwrap();
+        let a = engine.cache_path(b"one").unwrap();
+        let b = engine.cache_path(b"two").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, engine.cache_path(b"one").unwrap());
+        assert!(a.to_string_lossy().ends_with(".cwasm"));
+    }
+}

@@ -1,0 +1,200 @@
+//! The agent's built-in naming rules as plain Rust, for the naming plugins to build on.
+//!
+//! This mirrors `host/src/naming.rs` (`default_placement` and `validate`) step by step: the CN follows
+//! Microsoft's cloud sync (`Left(Trim(displayName), 51) + "_" + last 12 of objectId`) and the sAMAccountName is
+//! `G_` and the last 18 letters or digits of the object id, lower-cased. Errors are plain strings, because that
+//! is what a plugin hands back through WIT; the texts differ from the agent's, the cases where they occur do not.
+//! `plugins/cloud-sync-naming/tests/builtin.rs` checks the two against each other on a corpus.
+
+/// Windows AD caps `cn` at 64 characters.
+pub const MAX_CN: usize = 64;
+/// The pre-Windows 2000 logon name limit.
+pub const MAX_SAM: usize = 20;
+/// How many characters of the trimmed display name the cloud sync CN keeps.
+pub const CN_NAME_CHARS: usize = 51;
+/// How many trailing characters of the object id end the CN.
+pub const CN_ID_CHARS: usize = 12;
+/// How many trailing letters and digits of the object id the sAMAccountName keeps.
+pub const SAM_ID_CHARS: usize = 18;
+/// Characters AD refuses in a sAMAccountName (besides control characters).
+pub const SAM_ILLEGAL: &str = "\"/\\[]:;|=,+*?<>";
+
+/// Where and under which names a group lives (the WIT `placement` record, without the WIT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub cn: String,
+    pub sam_account_name: String,
+    /// Full DN of the parent OU; `None` means the tenant's target OU.
+    pub ou: Option<String>,
+}
+
+/// The display name as the CN uses it: trimmed, not blank, free of control characters (anywhere, also past the
+/// part the CN keeps).
+pub fn usable_display_name(display_name: &str) -> Result<&str, String> {
+    let name = display_name.trim();
+    if name.is_empty() {
+        return Err("the group has no display name".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the display name contains a control character, which AD does not allow in a CN".into());
+    }
+    Ok(name)
+}
+
+/// The ASCII letters and digits of the object id; there must be at least 12.
+pub fn id_alphanumerics(id: &str) -> Result<Vec<char>, String> {
+    let chars: Vec<char> = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    if chars.len() < CN_ID_CHARS {
+        return Err(format!("the object id {id:?} has too few letters or digits to derive names from"));
+    }
+    Ok(chars)
+}
+
+/// The last `n` characters of `s` (all of it when shorter).
+pub fn last_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().rev().nth(n.saturating_sub(1)) {
+        Some((at, _)) if n > 0 => &s[at..],
+        _ if n == 0 => "",
+        _ => s,
+    }
+}
+
+/// The first `n` characters of `s` (all of it when shorter).
+pub fn first_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}
+
+/// The cloud sync CN: the trimmed display name cut to 51 characters, trailing whitespace of the cut removed,
+/// `_`, the last 12 characters of the id.
+pub fn cloud_sync_cn(id: &str, display_name: &str) -> Result<String, String> {
+    tagged_cn(id, display_name, CN_NAME_CHARS, "")
+}
+
+/// A cloud sync style CN with a tag before the `_`: the trimmed display name cut to `name_chars` characters,
+/// trailing whitespace of the cut removed, then `tag`, `_` and the last 12 characters of the id. Checks the
+/// display name and the id exactly as the built-in policy does.
+pub fn tagged_cn(id: &str, display_name: &str, name_chars: usize, tag: &str) -> Result<String, String> {
+    let name = usable_display_name(display_name)?;
+    id_alphanumerics(id)?;
+    let cut = first_chars(name, name_chars).trim_end();
+    Ok(format!("{cut}{tag}_{}", last_chars(id, CN_ID_CHARS)))
+}
+
+/// The id-derived sAMAccountName: `G_` and the last 18 ASCII letters or digits of the id, lower-cased.
+pub fn id_sam(id: &str) -> Result<String, String> {
+    let chars = id_alphanumerics(id)?;
+    let tail: String = chars[chars.len().saturating_sub(SAM_ID_CHARS)..].iter().collect();
+    Ok(format!("G_{}", tail.to_ascii_lowercase()))
+}
+
+/// The agent's default placement: cloud sync CN, id-derived sAMAccountName, the tenant's target OU.
+pub fn default_placement(id: &str, display_name: &str) -> Result<Placement, String> {
+    let placement = Placement { cn: cloud_sync_cn(id, display_name)?, sam_account_name: id_sam(id)?, ou: None };
+    validate(&placement)?;
+    Ok(placement)
+}
+
+/// The rules Windows AD enforces on names (and Samba does not); the agent applies the same to every plugin's
+/// answer.
+pub fn validate(placement: &Placement) -> Result<(), String> {
+    let cn = &placement.cn;
+    if cn.trim().is_empty() {
+        return Err("CN is empty".into());
+    }
+    let len = cn.chars().count();
+    if len > MAX_CN {
+        return Err(format!("CN {cn:?} is {len} characters; AD allows at most {MAX_CN}"));
+    }
+    if cn.chars().any(char::is_control) {
+        return Err(format!("CN {cn:?} contains a control character"));
+    }
+    validate_sam(&placement.sam_account_name)
+}
+
+/// Is `c` refused in a sAMAccountName?
+pub fn is_illegal_sam_char(c: char) -> bool {
+    c.is_control() || SAM_ILLEGAL.contains(c)
+}
+
+/// The sAMAccountName rules: not empty, at most 20 characters, none of `"/\[]:;|=,+*?<>` or control
+/// characters, no trailing period.
+pub fn validate_sam(sam: &str) -> Result<(), String> {
+    let why = if sam.is_empty() {
+        "it is empty"
+    } else if sam.chars().count() > MAX_SAM {
+        "it is longer than 20 characters"
+    } else if sam.chars().any(is_illegal_sam_char) {
+        "it contains one of \"/\\[]:;|=,+*?<> or a control character"
+    } else if sam.ends_with('.') {
+        "it ends with a period"
+    } else {
+        return Ok(());
+    };
+    Err(format!("sAMAccountName {sam:?} is not valid: {why}"))
+}
+
+/// Does `text` start with `prefix`, ignoring case? Compares character by character, each lower-cased.
+pub fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    let mut text = text.chars();
+    prefix.chars().all(|p| text.next().is_some_and(|t| same_ignoring_case(t, p)))
+}
+
+/// Are two characters equal when both are lower-cased?
+pub fn same_ignoring_case(a: char, b: char) -> bool {
+    a == b || a.to_lowercase().eq(b.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718";
+
+    #[test]
+    fn char_cuts_never_split_a_character() {
+        assert_eq!(last_chars("abcdé", 2), "dé");
+        assert_eq!(last_chars("ab", 5), "ab");
+        assert_eq!(last_chars("ab", 0), "");
+        assert_eq!(last_chars("", 3), "");
+        assert_eq!(first_chars("ééé", 2), "éé");
+        assert_eq!(first_chars("ab", 5), "ab");
+        assert_eq!(first_chars("ab", 0), "");
+    }
+
+    #[test]
+    fn default_placement_follows_cloud_sync() {
+        let p = default_placement(ID, "  Finance Team  ").unwrap();
+        assert_eq!(p.cn, "Finance Team_c3d4e5f60718");
+        assert_eq!(p.sam_account_name, "G_9fa1b2c3d4e5f60718");
+        assert_eq!(p.ou, None);
+    }
+
+    #[test]
+    fn tagged_cn_cuts_the_name_to_make_room() {
+        let cn = tagged_cn(ID, &"x".repeat(80), 46, " (v2)").unwrap();
+        assert_eq!(cn, format!("{} (v2)_c3d4e5f60718", "x".repeat(46)));
+        assert_eq!(cn.chars().count(), MAX_CN);
+    }
+
+    #[test]
+    fn sam_rules() {
+        assert!(validate_sam("ok name@x").is_ok());
+        assert!(validate_sam("").is_err());
+        assert!(validate_sam(&"a".repeat(21)).is_err());
+        assert!(validate_sam(&"é".repeat(20)).is_ok());
+        assert!(validate_sam("bad*name").is_err());
+        assert!(validate_sam("tab\tname").is_err());
+        assert!(validate_sam("trailing.").is_err());
+    }
+
+    #[test]
+    fn prefixes_ignore_case_character_by_character() {
+        assert!(starts_with_ignore_case("fin-Budget", "FIN-"));
+        assert!(starts_with_ignore_case("ÄRZTE-Team", "ärzte-"));
+        assert!(!starts_with_ignore_case("FI", "FIN-"));
+        assert!(starts_with_ignore_case("anything", ""));
+    }
+}
