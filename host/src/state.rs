@@ -515,6 +515,27 @@ impl TenantState {
         Ok(())
     }
 
+    /// Marks every group as needing a directory apply (the naming or transform policy changed).
+    pub fn mark_all_dirty(&self) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for id in self.group_ids()? {
+            batch.insert(key("d", &[&id]), vec![]);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The fingerprint of the policy the groups were last planned with.
+    pub fn policy_fingerprint(&self) -> Result<Option<String>, StateError> {
+        Ok(self.tree.get(b"c\0policy")?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the fingerprint of the policy in use.
+    pub fn set_policy_fingerprint(&self, fingerprint: &str) -> Result<(), StateError> {
+        self.tree.insert(b"c\0policy", fingerprint.as_bytes())?;
+        Ok(())
+    }
+
     /// Marks a group's directory changes as applied.
     pub fn clear_dirty(&self, id: &str) -> Result<(), StateError> {
         self.tree.remove(key("d", &[id]))?;

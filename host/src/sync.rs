@@ -120,6 +120,7 @@ impl TenantSync<'_> {
         self.graph.authenticate().await?;
         self.read_round(Resource::Users, &mut report).await?;
         self.read_round(Resource::Groups, &mut report).await?;
+        self.replan_if_policy_changed()?;
         if self.stop.is_set() {
             report.stopped = true;
             return Ok(report);
@@ -137,6 +138,21 @@ impl TenantSync<'_> {
         report.status.last_cycle = now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         Ok(report)
+    }
+
+    /// A new plugin version or new plugin settings can change every group's name, place or attributes,
+    /// so every group is planned again. The first cycle of a fresh state plans every group anyway.
+    fn replan_if_policy_changed(&self) -> Result<(), StateError> {
+        let current = crate::plugins::fingerprint(&self.config.plugins);
+        let previous = self.state.policy_fingerprint()?;
+        if previous.as_deref() != Some(current.as_str()) {
+            if previous.is_some() {
+                tracing::info!(tenant = %self.config.name, "the plugins or their settings changed; planning every group again");
+                self.state.mark_all_dirty()?;
+            }
+            self.state.set_policy_fingerprint(&current)?;
+        }
+        Ok(())
     }
 
     /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync.
@@ -400,7 +416,9 @@ impl TenantSync<'_> {
 
     /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
     fn checkpoint(&self, ids: &BTreeSet<String>, plan: &Plan, failed: &HashMap<String, String>, snapshot: &Snapshot) -> Result<(), StateError> {
-        let held: BTreeSet<&str> = plan.held_deletes.iter().map(|d| d.group_id.as_str()).collect();
+        // Held deletes and renames stay pending, so they are planned again until they are allowed.
+        let held: BTreeSet<&str> =
+            plan.held_deletes.iter().map(|d| d.group_id.as_str()).chain(plan.held_renames.iter().map(Op::group_id)).collect();
         let deleted: BTreeSet<&str> = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
         for id in ids {
             if failed.contains_key(id) || held.contains(id.as_str()) {

@@ -46,6 +46,8 @@ pub struct Env {
     pub config_path: PathBuf,
     /// Extra lines appended to the `[[tenant]]` table (before `[tenant.directory]`).
     tenant_extra: String,
+    /// Extra text at the end of the config (for example a `[tenant.plugins]` table).
+    tail: String,
 }
 
 impl Env {
@@ -61,7 +63,7 @@ impl Env {
         let sim = GraphSim::start(sim_config)?;
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("writeback.toml");
-        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new() };
+        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new(), tail: String::new() };
         env.write_config()?;
         Ok(env)
     }
@@ -71,6 +73,20 @@ impl Env {
         self.tenant_extra.push_str(lines);
         self.tenant_extra.push('\n');
         self.write_config()
+    }
+
+    /// Appends text to the end of the config (after `[tenant.directory]`) and rewrites it.
+    pub fn append_config(&mut self, text: &str) -> Result<()> {
+        self.tail.push_str(text);
+        self.tail.push('\n');
+        self.write_config()
+    }
+
+    /// The `[[tenant]]` block of this world's config, for combining several worlds into one agent.
+    pub fn tenant_block(&self, name: &str) -> Result<String> {
+        let text = std::fs::read_to_string(&self.config_path)?;
+        let block = text.split_once("[[tenant]]").context("config has no tenant")?.1;
+        Ok(format!("[[tenant]]{}", block.replacen("name = \"contoso\"", &format!("name = \"{name}\""), 1)))
     }
 
     /// The state directory the config names.
@@ -101,7 +117,7 @@ bind_dn = "{bind_dn}"
 password_file = "{password}"
 ca_file = "{ca}"
 target_ou = "{ou}"
-"#,
+{tail}"#,
             state = self.state_dir().display(),
             tenant_id = self.sim.config().tenant_id,
             client_id = self.sim.config().client_id,
@@ -113,6 +129,7 @@ target_ou = "{ou}"
             password = info.admin_password_file.display(),
             ca = info.ca_file.display(),
             ou = toml_escape(&self.ou.groups_dn),
+            tail = self.tail,
         );
         std::fs::write(&self.config_path, text)?;
         Ok(())
@@ -169,7 +186,8 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn toml_escape(value: &str) -> String {
+/// A TOML basic-string body for `value`.
+pub fn toml_escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
@@ -267,4 +285,14 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plugin component built by `plugins/build.sh`, by crate name (`cloud_sync_naming`, `spin`, …).
+pub fn plugin_wasm(name: &str) -> Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("tests crate has no parent")?;
+    let path = workspace.join("target/wasm/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    if !path.exists() {
+        bail!("{} is missing; build the plugins with plugins/build.sh", path.display());
+    }
+    Ok(path)
 }

@@ -357,16 +357,22 @@ async fn a_lost_state_directory_costs_a_resync_not_duplicates() -> anyhow::Resul
         env.sim.add_group(enabled_group(id, "Kept", &[&u1])).unwrap();
     }
     env.sync(&[]).await?;
+    let survivors: Vec<_> = env.groups().await?.into_iter().filter(|g| g.admin_description != Some(format!("Group_{}", ids[0]))).collect();
     let before: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();
+    let mut usns = Vec::new();
+    for g in &survivors {
+        usns.push(env.dc.subtree_usn(&g.dn).await?);
+    }
     // While the state is gone, one group is hard-deleted in the cloud.
     std::fs::remove_dir_all(env.state_dir())?;
     env.sim.hard_delete_group(&ids[0]).unwrap();
-    let usn = env.dc.subtree_usn(&env.ou.dn).await?;
     env.sync(&["--full"]).await?;
     let after = env.groups().await?;
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.iter().all(|g| before.contains(&g.guid)), "nothing was recreated");
     assert!(env.group(&ids[0]).await?.is_none(), "the orphan whose cloud group is gone was deleted");
-    assert_eq!(env.dc.subtree_usn(&env.ou.dn).await?, usn, "the surviving groups were not rewritten");
+    for (g, usn) in survivors.iter().zip(usns) {
+        assert_eq!(env.dc.subtree_usn(&g.dn).await?, usn, "{} was rewritten", g.dn);
+    }
     Ok(())
 }

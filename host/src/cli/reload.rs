@@ -1,11 +1,8 @@
 //! Hot reload of a tenant's plugins in the daemon: when a plugin file changes, or on SIGHUP, the new
 //! version is loaded and run over the tenant's current groups, and used only if every output is valid.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use sha2::Digest;
 
 use crate::config::PluginsConfig;
 use crate::model::SchemaSupport;
@@ -37,15 +34,14 @@ impl Trigger {
     }
 }
 
-/// The content of a tenant's plugin files, to notice when one is replaced.
+/// The content of a tenant's plugin files and settings, to notice when a file is replaced.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, Option<Vec<u8>>)>);
+pub struct Fingerprint(String);
 
 impl Fingerprint {
-    /// Hashes every plugin file the config names; an unreadable file hashes as `None`.
+    /// The fingerprint of what the config names now.
     pub fn of(config: &PluginsConfig) -> Fingerprint {
-        let paths = config.naming.iter().chain(&config.transforms);
-        Fingerprint(paths.map(|p| (p.clone(), std::fs::read(p).ok().map(|b| sha2::Sha256::digest(b).to_vec()))).collect())
+        Fingerprint(crate::plugins::fingerprint(config))
     }
 }
 

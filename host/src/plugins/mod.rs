@@ -101,6 +101,20 @@ pub fn off_reactor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// A digest of everything that decides a tenant's placements and attributes: each plugin file's content
+/// and the plugin settings. When it changes, every group must be planned again.
+pub fn fingerprint(config: &crate::config::PluginsConfig) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for path in config.naming.iter().chain(&config.transforms) {
+        hash.update(path.to_string_lossy().as_bytes());
+        // An unreadable file hashes as empty: the cycle that loads it reports the cause.
+        hash.update(sha2::Sha256::digest(std::fs::read(path).unwrap_or_default()));
+    }
+    hash.update(format!("{:?}{:?}{:?}", config.config, config.allowed_ous, config.transform_attributes).as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What instantiating a prepared plugin yields.
 trait Prepared {
     type Bindings;
@@ -163,12 +177,19 @@ impl<P: Prepared> Plugin<P> {
         if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
             return PluginError::Timeout { plugin, limit_ms: self.limits.timeout.as_millis() };
         }
+        if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            let cause = match trap {
+                wasmtime::Trap::UnreachableCodeReached => format!("{trap} (a panic; the plugin's message is in the log)"),
+                other => other.to_string(),
+            };
+            return PluginError::Trap { plugin, cause };
+        }
         let text = format!("{error:#}");
         // A refused memory.grow has no trap code of its own; its message names the memory limit.
         if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
             return PluginError::Memory { plugin, limit_mib: self.limits.memory_bytes >> 20 };
         }
-        PluginError::Trap { plugin, cause: text.lines().next().unwrap_or_default().to_string() }
+        PluginError::Trap { plugin, cause: text.split_whitespace().collect::<Vec<_>>().join(" ") }
     }
 }
 

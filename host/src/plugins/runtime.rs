@@ -60,10 +60,12 @@ impl PluginEngine {
         let Some(cache) = self.cache_path(&bytes) else {
             return self.compile(path, &bytes);
         };
-        if cache.exists() {
+        // Read into memory rather than mapped: a mapped file truncated by someone else would crash the agent.
+        if let Ok(artifact) = std::fs::read(&cache) {
             // SAFETY: the cache directory lies inside the agent's 0700 state directory and only ever holds
-            // artifacts this agent produced with an engine of the same compatibility hash (part of the name).
-            match unsafe { Component::deserialize_file(&self.engine, &cache) } {
+            // artifacts this agent produced with an engine of the same compatibility hash (part of the name);
+            // a damaged one fails wasmtime's header and compatibility checks and is recompiled below.
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
                 Ok(component) => return Ok(component),
                 Err(e) => tracing::warn!(cache = %cache.display(), "ignoring an unusable compiled plugin: {e}"),
             }

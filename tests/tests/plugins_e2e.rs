@@ -1,0 +1,195 @@
+//! Plugins end to end: the real binary with tenant plugins against the Graph simulator and the Samba DC.
+
+use std::time::Duration;
+
+use writeback_tests::e2e::{Env, new_id, plugin_wasm, text, toml_escape, writeback_bin};
+use writeback_tests::graphsim::{Group, WritebackConfiguration};
+
+fn enabled(id: &str, name: &str) -> Group {
+    let mut g = Group::security(id, name);
+    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    g
+}
+
+fn wasm(name: &str) -> String {
+    toml_escape(&plugin_wasm(name).unwrap().display().to_string())
+}
+
+#[tokio::test]
+async fn department_routing_and_provenance_notes_land_in_ad() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-route").await?;
+    let finance = env.dc.create_ou(&env.ou.groups_dn, "Finance").await?;
+    env.append_config(&format!(
+        "[tenant.plugins]\nnaming = \"{}\"\ntransforms = [\"{}\"]\n[tenant.plugins.config]\nprefixes = \"FIN-\"\n\"ou.FIN-\" = \"{}\"\nexclude = \"scratch*\"\nnote = \"Entra group {{id}}\"\n",
+        wasm("department_ou"),
+        wasm("provenance_note"),
+        toml_escape(&finance)
+    ))?;
+    let (payroll, marketing, scratch) = (new_id(), new_id(), new_id());
+    let mut g = enabled(&payroll, "FIN-Payroll");
+    g.mail_nickname = Some("fin-payroll".into());
+    env.sim.add_group(g).unwrap();
+    env.sim.add_group(enabled(&marketing, "Marketing")).unwrap();
+    env.sim.add_group(enabled(&scratch, "Scratch space")).unwrap();
+    env.sync(&[]).await?;
+
+    let routed = env.group(&payroll).await?.expect("routed group written");
+    assert!(writeback::dn::same(&writeback::dn::parent(&routed.dn).unwrap(), &finance), "{}", routed.dn);
+    assert_eq!(routed.sam, "fin-payroll");
+    let info = env.dc.entry(&routed.dn, &["info"]).await?.unwrap();
+    assert_eq!(writeback_tests::dc::first_value(&info, "info"), Some(format!("Entra group {payroll}").as_str()));
+    let default = env.group(&marketing).await?.expect("unrouted group written");
+    assert!(writeback::dn::same(&writeback::dn::parent(&default.dn).unwrap(), &env.ou.groups_dn));
+    assert!(env.group(&scratch).await?.is_none(), "the excluded group is not written");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {scratch}: excluded by provenance_note")), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_plugin_holds_one_group_and_the_others_go_on() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-fail").await?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("panics")))?;
+    let (bad, good) = (new_id(), new_id());
+    env.sim.add_group(enabled(&bad, "boom")).unwrap();
+    env.sim.add_group(enabled(&good, "Fine")).unwrap();
+    let output = env.sync(&[]).await?;
+    assert!(env.group(&good).await?.is_some());
+    assert!(env.group(&bad).await?.is_none(), "nothing of the failed group is written, under no other name");
+    assert_eq!(env.groups().await?.len(), 1);
+    assert!(text(&output.stderr).contains("panicked"), "the plugin's panic message reaches the log");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {bad}: plugin panics failed")), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn placements_outside_the_allowed_ous_are_held() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-escape").await?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("escape_ou")))?;
+    let id = new_id();
+    env.sim.add_group(enabled(&id, "Escapee")).unwrap();
+    env.sync(&[]).await?;
+    assert!(env.groups().await?.is_empty());
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("is outside the target OU and every allowed_ous entry"), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_output_reaches_the_log_tagged_with_its_name() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-chatty").await?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("chatty")))?;
+    env.sim.add_group(enabled(&new_id(), "Talkative")).unwrap();
+    let stderr = text(&env.sync(&[]).await?.stderr);
+    for line in ["chatty-stdout", "chatty-stderr", "chatty-log"] {
+        let found = stderr.lines().find(|l| l.contains(line)).unwrap_or_else(|| panic!("{line} missing: {stderr}"));
+        assert!(found.contains("plugin=\"chatty\""), "{found}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn renames_by_a_new_plugin_version_over_the_threshold_are_held() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-rename").await?;
+    env.tenant_settings("rename_threshold = 1")?;
+    let ids = [new_id(), new_id()];
+    for (i, id) in ids.iter().enumerate() {
+        env.sim.add_group(enabled(id, &format!("Team {i}"))).unwrap();
+    }
+    env.sync(&[]).await?;
+    let before: Vec<String> = env.groups().await?.into_iter().map(|g| g.cn).collect();
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("suffix_v2")))?;
+
+    // No --full: a changed plugin makes the next cycle plan every group again.
+    let plan = text(&env.run(&["plan"]).await?.stdout);
+    assert_eq!(plan.matches("held (more renames than rename_threshold): rename").count(), 2, "{plan}");
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("2 renames or moves held"), "{}", text(&output.stderr));
+    let unchanged: Vec<String> = env.groups().await?.into_iter().map(|g| g.cn).collect();
+    assert_eq!(unchanged, before);
+
+    env.sync(&["--allow-renames"]).await?;
+    for (i, id) in ids.iter().enumerate() {
+        let group = env.group(id).await?.unwrap();
+        assert!(group.cn.starts_with(&format!("Team {i} (v2)_")), "{}", group.cn);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_tenants_use_different_naming_plugins_in_one_agent() -> anyhow::Result<()> {
+    let mut first = Env::new("plug-tenant-a").await?;
+    let mut second = Env::new("plug-tenant-b").await?;
+    first.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("cloud_sync_naming")))?;
+    second.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("suffix_v2")))?;
+    let (a, b) = (new_id(), new_id());
+    first.sim.add_group(enabled(&a, "Alpha")).unwrap();
+    second.sim.add_group(enabled(&b, "Beta")).unwrap();
+    // One agent, both tenants: the first world's [agent] table and both [[tenant]] blocks.
+    let config = std::fs::read_to_string(&first.config_path)?;
+    let agent = config.split("[[tenant]]").next().unwrap().to_string();
+    let combined = format!("{agent}{}\n{}", first.tenant_block("alpha")?, second.tenant_block("beta")?);
+    let path = first.dir.path().join("two-tenants.toml");
+    std::fs::write(&path, combined)?;
+    let mut command = std::process::Command::new(writeback_bin()?);
+    command.arg("--config").arg(&path).args(["sync", "--once"]);
+    // Off the test's runtime: the simulators answer on it.
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(first.group(&a).await?.unwrap().cn.starts_with("Alpha_"));
+    assert!(second.group(&b).await?.unwrap().cn.starts_with("Beta (v2)_"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plugin_replaced_during_run_is_checked_before_it_is_used() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-reload").await?;
+    let live = env.dir.path().join("naming.wasm");
+    std::fs::copy(plugin_wasm("cloud_sync_naming")?, &live)?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
+    let first = new_id();
+    env.sim.add_group(enabled(&first, "Before")).unwrap();
+    let daemon = env.start_daemon()?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&first).await?.is_some()) }).await?;
+
+    // A broken file is refused, the agent goes on with the version it has.
+    std::fs::write(&live, b"\0asm this is not a component")?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("keeping the current plugins")) }).await?;
+    let second = new_id();
+    env.sim.add_group(enabled(&second, "During")).unwrap();
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&second).await?.is_some_and(|g| g.cn.starts_with("During_"))) }).await?;
+
+    // A version whose output is invalid for the current groups is refused too.
+    std::fs::copy(plugin_wasm("escape_ou")?, &live)?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("gives invalid output for group")) }).await?;
+
+    // A valid new version is switched to on SIGHUP as well as on change, and renames the groups.
+    std::fs::copy(plugin_wasm("suffix_v2")?, &live)?;
+    daemon.signal(rustix::process::Signal::HUP)?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&first).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_"))) }).await?;
+    assert!(env.daemon_log().contains("switched to the new plugin version"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::Result<()> {
+    // These runs need no simulator, so blocking the test's runtime is harmless.
+    let check = |plugin: &str, extra: &[&str]| {
+        let mut command = std::process::Command::new(writeback_bin().unwrap());
+        command.args(["plugin", "check"]).arg(plugin_wasm(plugin).unwrap()).args(extra);
+        command.output().unwrap()
+    };
+    let good = check("cloud_sync_naming", &["--group", r#"{"id":"6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60","displayName":"Finance"}"#]);
+    assert!(good.status.success(), "{}", text(&good.stderr));
+    assert!(text(&good.stdout).contains(r#"valid    "Finance": cn="Finance_1b2c3d4e5f60""#), "{}", text(&good.stdout));
+    let bad = check("bad_names", &[]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stdout).contains("INVALID"), "{}", text(&bad.stdout));
+    let transform = check("provenance_note", &["--config", "exclude=Mark*"]);
+    assert!(transform.status.success());
+    let out = text(&transform.stdout);
+    assert!(out.contains("(transformer)") && out.contains("excluded \"Marketing\"") && out.contains("info: Managed by writeback"), "{out}");
+    Ok(())
+}
