@@ -243,6 +243,16 @@ impl TenantPlugins {
         Ok(TenantPlugins { naming, transforms, allowed_attributes })
     }
 
+    /// Forgets the warm instances; the next calls instantiate afresh (for measuring that cost).
+    pub fn drop_instances(&mut self) {
+        if let Some(naming) = &mut self.naming {
+            naming.warm = None;
+        }
+        for transform in &mut self.transforms {
+            transform.warm = None;
+        }
+    }
+
     /// Whether any plugin is configured.
     pub fn is_empty(&self) -> bool {
         self.naming.is_none() && self.transforms.is_empty()
