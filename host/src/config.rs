@@ -76,6 +76,13 @@ pub struct TenantConfig {
     /// Timeout for one Graph or token request.
     #[serde(with = "humantime_serde", default = "defaults::graph_timeout")]
     pub graph_timeout: Duration,
+    /// Groups (DNs) treated as protected besides those carrying adminCount=1: no member is added to a
+    /// managed group nested in one of them.
+    #[serde(default)]
+    pub protected_groups: Vec<String>,
+    /// Cloud ids of managed groups that may gain members although they are nested in a protected group.
+    #[serde(default)]
+    pub allow_protected_groups: Vec<String>,
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -135,6 +142,9 @@ pub struct DirectoryConfig {
     pub target_ou: String,
     #[serde(with = "humantime_serde", default = "defaults::ldap_timeout")]
     pub timeout: Duration,
+    /// Accept any DC certificate. For a lab only: anyone on the path can then impersonate the DC.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// Every default in one place, so the README and the code cannot drift apart.
@@ -202,6 +212,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
+        warn_if_world_readable(path, "the config file");
         Self::parse(&text, path)
     }
 
@@ -276,6 +287,11 @@ impl TenantConfig {
         check_http_url(name, "login_url", &self.login_url)?;
         check_http_url(name, "graph_url", &self.graph_url)?;
         one_secret_source(name, "client_secret", &self.client_secret_file, &self.client_secret_env)?;
+        for dn in &self.protected_groups {
+            if crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty()) {
+                return Err(ConfigError::Invalid(format!("tenant {name}: protected_groups entry {dn:?} is not a distinguished name")));
+            }
+        }
         self.directory.validate(name)?;
         self.plugins.validate(name)
     }
@@ -409,10 +425,23 @@ fn one_secret_source(
     }
 }
 
+/// Other users of the machine should not read the agent's settings or secrets; say so once per read.
+fn warn_if_world_readable(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(path = %path.display(), "{what} is readable by every user of this machine; run chmod o-rwx on it");
+    }
+}
+
 fn read_secret(what: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Secret, ConfigError> {
     let value = match (file, env) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .map_err(|cause| ConfigError::SecretFile { what: what.into(), path: path.clone(), cause })?,
+        (Some(path), _) => {
+            warn_if_world_readable(path, what);
+            std::fs::read_to_string(path)
+                .map_err(|cause| ConfigError::SecretFile { what: what.into(), path: path.clone(), cause })?
+        }
         (None, Some(var)) => std::env::var(var)
             .map_err(|_| ConfigError::SecretEnv { what: what.into(), var: var.clone() })?,
         (None, None) => return Err(ConfigError::Invalid(format!("{what} is not configured"))),

@@ -17,6 +17,8 @@ pub const UNIVERSAL_DISTRIBUTION: i32 = 8;
 pub const DOMAIN_LOCAL_FLAG: i32 = 0x4;
 /// Longest description written; longer text is cut.
 pub const MAX_DESCRIPTION: usize = 448;
+/// AD's limit (rangeUpper) for displayName; longer text is cut rather than refused by the DC.
+pub const MAX_DISPLAY_NAME: usize = 256;
 
 /// What kind of AD group a cloud group becomes. Always universal scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +272,8 @@ fn attributes(
     attrs.insert("sAMAccountName".into(), vec![placement.sam_account_name.clone()]);
     attrs.insert("groupType".into(), vec![kind.group_type().to_string()]);
     attrs.insert("adminDescription".into(), vec![anchor_value(&group.id)]);
-    attrs.insert("displayName".into(), one(group.display_name.clone()));
+    let display_name = group.display_name.as_ref().map(|d| d.chars().take(MAX_DISPLAY_NAME).collect());
+    attrs.insert("displayName".into(), one(display_name));
     let description = group.description.as_ref().map(|d| d.chars().take(MAX_DESCRIPTION).collect());
     attrs.insert("description".into(), one(description));
     attrs.insert("mail".into(), if mail { one(group.mail.clone()) } else { vec![] });

@@ -244,6 +244,22 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
     out
 }
 
+/// Takes the member adds at the given op indices out of the plan, reporting each value as a skipped member
+/// with the given reason.
+pub fn withhold_adds(plan: &mut Plan, withheld: &[(usize, String)]) {
+    for (index, reason) in withheld.iter().rev() {
+        if let Op::AddMembers { group_id, values, .. } = plan.ops.remove(*index) {
+            for value in values {
+                let member_id = match value {
+                    MemberValue::Dn(dn) => dn,
+                    MemberValue::NewGroup(id) => id,
+                };
+                plan.skipped.push(SkippedMember { group_id: group_id.clone(), member_id, reason: reason.clone() });
+            }
+        }
+    }
+}
+
 fn create(desired: &DesiredGroup) -> Op {
     let mut attributes = vec![("objectClass".to_string(), vec!["group".to_string()])];
     attributes.extend(desired.attributes.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())));
@@ -516,6 +532,17 @@ mod tests {
         assert!(held.ops.iter().all(|op| matches!(op, Op::Modify { .. })), "{:?}", held.ops);
         let allowed = plan(&intents, &snap, PlanOptions { allow_renames: true, ..strict });
         assert_eq!(allowed.ops.iter().filter(|op| matches!(op, Op::Rename { .. })).count(), 3);
+    }
+
+    #[test]
+    fn withheld_adds_become_skipped_members() {
+        let mut snap = snapshot_with_users(&["S-1"]);
+        snap.managed.insert("g".into(), existing("g", "G", &[]));
+        let mut plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1")])))]), &snap, OPTS);
+        assert_eq!(plan.ops.len(), 1);
+        withhold_adds(&mut plan, &[(0, "protected".into())]);
+        assert!(plan.ops.is_empty());
+        assert_eq!(plan.skipped, [SkippedMember { group_id: "g".into(), member_id: "CN=S-1,CN=Users,DC=corp".into(), reason: "protected".into() }]);
     }
 
     #[test]

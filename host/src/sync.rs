@@ -11,7 +11,7 @@ use crate::directory::{ApplyError, Applied, Directory, DirectoryError};
 use crate::graph::delta::{self, NextLink, Removal};
 use crate::graph::{GraphClient, GraphError};
 use crate::model::{self, DesiredMember, GroupPolicy, Intent, ModelSettings, SchemaSupport, SkippedMember};
-use crate::plan::{self, Op, Plan, PlanOptions, Snapshot};
+use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Snapshot};
 use crate::state::{Anchor, AuditRecord, Cursor, GroupProblems, Resource, StateError, Store, TenantState};
 use crate::status::{GroupProblem, TenantStatus};
 
@@ -277,7 +277,8 @@ impl TenantSync<'_> {
             rename_threshold: self.config.rename_threshold,
             allow_renames: options.allow_renames,
         };
-        let plan = plan::plan(&intents, &snapshot, plan_options);
+        let mut plan = plan::plan(&intents, &snapshot, plan_options);
+        self.withhold_protected_adds(directory, &mut plan, &snapshot).await?;
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.status.held_deletes = plan.held_deletes.clone();
         report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
@@ -289,6 +290,30 @@ impl TenantSync<'_> {
         self.checkpoint(&ids, &plan, &failed, &snapshot)?;
         self.record_problems(&ids, &plan, &report.status)?;
         self.store.flush().await?;
+        Ok(())
+    }
+
+    /// A member added to a group nested in a protected group (adminCount=1, or listed in
+    /// `protected_groups`) would gain that group's rights, so such adds are withheld unless the tenant
+    /// allows the group in `allow_protected_groups`. Only groups with planned adds are looked at.
+    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot) -> Result<(), SyncError> {
+        let deny = &self.config.protected_groups;
+        let mut withheld = Vec::new();
+        for (index, op) in plan.ops.iter().enumerate() {
+            let Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } = op else { continue };
+            if self.config.allow_protected_groups.contains(group_id) {
+                continue;
+            }
+            let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
+            let listed = deny.iter().any(|d| dn::same(d, group_dn));
+            let protecting = if marked || listed { Some(group_dn.clone()) } else { directory.protecting_group(group_dn, deny).await? };
+            if let Some(protected) = protecting {
+                withheld.push((index, format!(
+                    "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
+                )));
+            }
+        }
+        plan::withhold_adds(plan, &withheld);
         Ok(())
     }
 

@@ -132,6 +132,10 @@ target_ou = "{ou}"
             tail = self.tail,
         );
         std::fs::write(&self.config_path, text)?;
+        // As an admin would: settings and secrets readable by their owner only.
+        for path in [&self.config_path, &secret] {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
         Ok(())
     }
 

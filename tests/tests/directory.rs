@@ -15,6 +15,7 @@ fn config(dc: &TestDc, url: &str, target_ou: &str) -> DirectoryConfig {
         ca_file: Some(info.ca_file.clone()),
         target_ou: target_ou.into(),
         timeout: std::time::Duration::from_secs(10),
+        insecure_skip_verify: false,
     }
 }
 

@@ -76,6 +76,7 @@ fn describe_rc(rc: u32, text: &str) -> String {
         16 => "no such attribute",
         19 => "constraint violation",
         20 => "value already exists",
+        21 => "invalid attribute syntax",
         32 => "no such object",
         34 => "invalid DN syntax",
         49 => "invalid credentials",
@@ -217,10 +218,58 @@ fn tls_config(config: &DirectoryConfig) -> Result<rustls::ClientConfig, Director
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| DirectoryError::Tls { url: config.url.clone(), cause: e.to_string() })?;
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+    let mut tls = builder.with_root_certificates(roots).with_no_client_auth();
+    if config.insecure_skip_verify {
+        tracing::warn!(
+            url = %config.url,
+            "INSECURE: insecure_skip_verify is set, so the DC's certificate is NOT verified; anyone on the network path can impersonate the DC and read the bind password. Use it in a lab only."
+        );
+        tls.dangerous().set_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)));
+    }
+    Ok(tls)
+}
+
+/// The verifier behind `insecure_skip_verify`: accepts any certificate, but still checks that the handshake
+/// is signed by the key in it, so the session keys are not trivially forged.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Sorts a connection failure into "cannot reach" and "TLS refused", with the innermost cause.

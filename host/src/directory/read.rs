@@ -31,6 +31,7 @@ const GROUP_ATTRS: &[&str] = &[
     "mailNickname",
     "proxyAddresses",
     "msDS-ExternalDirectoryObjectId",
+    "adminCount",
     "member",
 ];
 
@@ -199,6 +200,19 @@ impl Directory {
             }
         }
         Ok((Vec::new(), None))
+    }
+
+    /// A protected group that `group_dn` is nested in, directly or through other groups: one carrying
+    /// adminCount=1 (as AD's protected groups and their nested members do) or listed in `deny`. A member
+    /// added to `group_dn` would gain that group's rights.
+    pub async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError> {
+        let listed: String = deny.iter().map(|dn| format!("(distinguishedName={})", ldap_escape(dn.as_str()))).collect();
+        let filter = format!(
+            "(&(objectClass=group)(|(adminCount=1){listed})(member:1.2.840.113556.1.4.1941:={}))",
+            ldap_escape(group_dn)
+        );
+        let found = self.paged_search(&filter, &["1.1"]).await?;
+        Ok(found.into_iter().next().map(|e| parse_extended_dn(&e.dn).dn))
     }
 
     /// The principals the given SIDs name, by upper-case SID. Unknown SIDs are simply absent.
