@@ -240,21 +240,18 @@ fn sid_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 /// Decodes a filter value made only of `\xx` escapes (lower-case hex); `None` for anything else.
 fn decode_escapes(filter: &str) -> Option<Vec<u8>> {
+    let hex = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
     let bytes = filter.as_bytes();
     if bytes.len() % 3 != 0 {
         return None;
     }
     bytes
         .chunks(3)
-        .map(|c| {
-            let hex = |b: u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
-            (c[0] == b'\\' && hex(c[1]) && hex(c[2])).then(|| u8::from_str_radix(&filter_hex(c), 16).ok())?
+        .map(|c| match c {
+            [b'\\', high, low] if hex(high) && hex(low) => u8::from_str_radix(std::str::from_utf8(&c[1..]).ok()?, 16).ok(),
+            _ => None,
         })
         .collect()
-}
-
-fn filter_hex(chunk: &[u8]) -> String {
-    String::from_utf8_lossy(&chunk[1..]).into_owned()
 }
 
 proptest! {
@@ -873,7 +870,7 @@ fn pages(groups: &'static [&'static str]) -> impl Strategy<Value = Vec<Vec<(&'st
 fn expected_members_of(pages: &[Vec<(&'static str, Vec<Change>)>]) -> BTreeMap<&'static str, BTreeMap<String, MemberKind>> {
     let mut groups: BTreeMap<&str, BTreeMap<String, MemberKind>> = BTreeMap::new();
     for (group, changes) in pages.iter().flatten() {
-        let members = groups.entry(group).or_default();
+        let members = groups.entry(*group).or_default();
         for c in changes {
             if c.removed {
                 members.remove(c.member);
