@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// Time between full reconciles (drift repair) in `run`.
     #[serde(with = "humantime_serde", default = "defaults::reconcile_interval")]
     pub reconcile_interval: Duration,
+    /// Where `run` serves `/metrics` and `/healthz`; off when absent.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `[[tenant]]`: one Entra ID tenant and the AD domain it writes to.
@@ -59,6 +61,11 @@ pub struct TenantConfig {
     pub client_secret_file: Option<PathBuf>,
     /// Name of an environment variable holding the client secret, as an alternative to the file.
     pub client_secret_env: Option<String>,
+    /// PEM certificate registered on the app: certificate authentication instead of a secret, with
+    /// `client_key_file`.
+    pub client_certificate_file: Option<PathBuf>,
+    /// PEM private key of `client_certificate_file` (PKCS#8, or PKCS#1 RSA).
+    pub client_key_file: Option<PathBuf>,
     #[serde(default = "defaults::login_url")]
     pub login_url: String,
     #[serde(default = "defaults::graph_url")]
@@ -207,6 +214,24 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How the tenant's app proves its identity to Entra ID, as read from the configured sources.
+#[derive(Debug, Clone)]
+pub enum ClientCredential {
+    /// A client secret.
+    Secret(Secret),
+    /// A certificate registered on the app and its private key, both still PEM.
+    Certificate(CertificateFiles),
+}
+
+/// The files of a certificate credential and what they hold; the key is a [`Secret`].
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
+    pub certificate_file: PathBuf,
+    pub certificate_pem: Vec<u8>,
+    pub key_file: PathBuf,
+    pub key_pem: Secret,
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -286,7 +311,7 @@ impl TenantConfig {
         }
         check_http_url(name, "login_url", &self.login_url)?;
         check_http_url(name, "graph_url", &self.graph_url)?;
-        one_secret_source(name, "client_secret", &self.client_secret_file, &self.client_secret_env)?;
+        self.one_client_credential()?;
         for dn in &self.protected_groups {
             if crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty()) {
                 return Err(ConfigError::Invalid(format!("tenant {name}: protected_groups entry {dn:?} is not a distinguished name")));
@@ -294,6 +319,59 @@ impl TenantConfig {
         }
         self.directory.validate(name)?;
         self.plugins.validate(name)
+    }
+
+    /// Exactly one way for the app to prove itself: a secret (file or variable) or a certificate with its key.
+    fn one_client_credential(&self) -> Result<(), ConfigError> {
+        let name = &self.name;
+        match (&self.client_certificate_file, &self.client_key_file) {
+            (Some(_), None) => Err(ConfigError::Invalid(format!(
+                "tenant {name}: client_certificate_file is set but client_key_file is not; certificate authentication needs both"
+            ))),
+            (None, Some(_)) => Err(ConfigError::Invalid(format!(
+                "tenant {name}: client_key_file is set but client_certificate_file is not; certificate authentication needs both"
+            ))),
+            (Some(_), Some(_)) => {
+                let secrets: Vec<&str> = [
+                    ("client_secret_file", self.client_secret_file.is_some()),
+                    ("client_secret_env", self.client_secret_env.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(field, set)| set.then_some(field))
+                .collect();
+                if secrets.is_empty() {
+                    return Ok(());
+                }
+                Err(ConfigError::Invalid(format!(
+                    "tenant {name}: set either client_certificate_file with client_key_file or {}, not both",
+                    secrets.join(" and ")
+                )))
+            }
+            (None, None) if self.client_secret_file.is_none() && self.client_secret_env.is_none() => {
+                Err(ConfigError::Invalid(format!(
+                    "tenant {name}: the client credential is missing; set client_secret_file (or client_secret_env), \
+                     or client_certificate_file and client_key_file"
+                )))
+            }
+            (None, None) => one_secret_source(name, "client_secret", &self.client_secret_file, &self.client_secret_env),
+        }
+    }
+
+    /// Reads the configured client credential: the secret, or the certificate and its private key.
+    pub fn client_credential(&self) -> Result<ClientCredential, ConfigError> {
+        let (Some(certificate_file), Some(key_file)) = (&self.client_certificate_file, &self.client_key_file) else {
+            return self.client_secret().map(ClientCredential::Secret);
+        };
+        let what = format!("tenant {} client certificate", self.name);
+        let certificate_pem = std::fs::read(certificate_file)
+            .map_err(|cause| ConfigError::SecretFile { what, path: certificate_file.clone(), cause })?;
+        let key_pem = read_secret(&format!("tenant {} client key", self.name), &Some(key_file.clone()), &None)?;
+        Ok(ClientCredential::Certificate(CertificateFiles {
+            certificate_file: certificate_file.clone(),
+            certificate_pem,
+            key_file: key_file.clone(),
+            key_pem,
+        }))
     }
 
     /// Reads the client secret from its file or environment variable.
@@ -518,6 +596,84 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let text = GOOD.replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/a\"\nclient_secret_env = \"X\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("either client_secret_file or client_secret_env"), "{err}");
+    }
+
+    fn with_client_credential(lines: &str) -> String {
+        GOOD.replace("client_secret_file = \"/tmp/secret\"\n", lines)
+    }
+
+    #[test]
+    fn a_certificate_with_its_key_is_a_credential() {
+        let text = with_client_credential("client_certificate_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n");
+        let tenant = &parse(&text).unwrap().tenants[0];
+        assert_eq!(tenant.client_certificate_file.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(tenant.client_key_file.as_deref(), Some(Path::new("/k.pem")));
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key_and_the_other_way_round() {
+        let err = parse(&with_client_credential("client_certificate_file = \"/c.pem\"\n")).unwrap_err().to_string();
+        assert!(err.contains("client_certificate_file is set but client_key_file is not"), "{err}");
+        let err = parse(&with_client_credential("client_key_file = \"/k.pem\"\n")).unwrap_err().to_string();
+        assert!(err.contains("client_key_file is set but client_certificate_file is not"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_and_a_secret_are_refused_together() {
+        let text = GOOD.replace(
+            "client_secret_file = \"/tmp/secret\"\n",
+            "client_secret_file = \"/s\"\nclient_secret_env = \"S\"\nclient_certificate_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("set either client_certificate_file with client_key_file or client_secret_file and client_secret_env, not both"),
+            "{err}"
+        );
+        let text = with_client_credential("client_secret_env = \"S\"\nclient_certificate_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("or client_secret_env, not both"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_client_credential_names_every_field() {
+        let err = parse(&with_client_credential("")).unwrap_err().to_string();
+        for field in ["client_secret_file", "client_secret_env", "client_certificate_file", "client_key_file"] {
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn the_certificate_credential_is_read_and_its_key_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (certificate, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&certificate, "CERTIFICATE TEXT\n").unwrap();
+        std::fs::write(&key, "KEY TEXT\n").unwrap();
+        let text = with_client_credential(&format!(
+            "client_certificate_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            certificate.display(),
+            key.display()
+        ));
+        let config = parse(&text).unwrap();
+        let ClientCredential::Certificate(files) = config.tenants[0].client_credential().unwrap() else {
+            panic!("a certificate credential was expected");
+        };
+        assert_eq!(files.certificate_pem, b"CERTIFICATE TEXT\n");
+        assert_eq!(files.key_pem.expose(), "KEY TEXT");
+        assert!(!format!("{files:?}").contains("KEY TEXT"));
+        std::fs::remove_file(&key).unwrap();
+        let err = config.tenants[0].client_credential().unwrap_err().to_string();
+        assert!(err.contains("client key") && err.contains(&key.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_secret_is_still_a_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        let text = with_client_credential(&format!("client_secret_file = \"{}\"\n", path.display()));
+        let credential = parse(&text).unwrap().tenants[0].client_credential().unwrap();
+        assert!(matches!(credential, ClientCredential::Secret(s) if s.expose() == "hunter2"));
     }
 
     #[test]

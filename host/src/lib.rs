@@ -16,3 +16,4 @@ pub mod directory;
 pub mod status;
 pub mod sync;
 pub mod plugins;
+pub mod metrics;

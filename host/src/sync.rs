@@ -392,6 +392,7 @@ impl TenantSync<'_> {
             }
             let result = directory.apply(op, &created).await;
             self.audit(op, &result)?;
+            self.count_operation(op, &result);
             match result {
                 Ok(Applied::Created { guid, sid, dn }) => {
                     report.status.writes += 1;
@@ -421,6 +422,17 @@ impl TenantSync<'_> {
             }
         }
         Ok(failed)
+    }
+
+    fn count_operation(&self, op: &Op, result: &Result<Applied, ApplyError>) {
+        let (kind, _, _) = plan::describe(op);
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ApplyError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        let labels = crate::metrics::DirectoryLabels { tenant: self.config.name.clone(), kind: kind.into(), outcome: outcome.into() };
+        crate::metrics::global().directory_operations.get_or_create(&labels).inc();
     }
 
     fn audit(&self, op: &Op, result: &Result<Applied, ApplyError>) -> Result<(), StateError> {

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status`, `reset-state` and
 //! `plugin check`.
 
+mod audit;
 mod plugin_check;
 mod reload;
 
@@ -83,6 +84,18 @@ pub enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Print the audit log of directory writes as JSON lines.
+    Audit {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only records since this time (2026-11-22T10:00:00Z) or this long ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records of this cloud group id.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -114,6 +127,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Plan { tenant, full } => plan(&config, tenant.as_deref(), full).await,
         Command::Status { tenant } => status(&config, tenant.as_deref()),
         Command::ResetState { tenant } => reset_state(&config, &tenant),
+        Command::Audit { tenant, since, group } => {
+            let since = since.as_deref().map(audit::parse_since).transpose()?;
+            audit::print(&config, &selected(&config, tenant.as_deref())?, &audit::Filter { since, group })
+        }
     }
 }
 
@@ -157,12 +174,13 @@ fn policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Result<Box<dy
 }
 
 fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag, engine: Option<&PluginEngine>) -> Result<TenantSync<'a>> {
-    let secret = tenant.client_secret()?;
+    let credential = tenant.client_credential()?;
+    let graph = GraphClient::new(tenant, credential).with_context(|| format!("tenant {}", tenant.name))?;
     Ok(TenantSync {
         config: tenant,
         store: store.clone(),
         state: store.tenant(&tenant.name)?,
-        graph: GraphClient::new(tenant, secret)?,
+        graph,
         stop: stop.clone(),
         policy: std::sync::Mutex::new(policy(tenant, engine)?),
     })
@@ -197,6 +215,8 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
 async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions) -> Result<CycleReport> {
     let started = Instant::now();
     let result = sync.cycle(options).await;
+    let status_for_metrics = result.as_ref().map(|r| &r.status).map_err(|e| e.to_string());
+    crate::metrics::global().record_cycle(&sync.config.name, status_for_metrics, started.elapsed().as_secs_f64());
     let status = match &result {
         Ok(report) => report.status.clone(),
         Err(e) => {
@@ -301,6 +321,9 @@ async fn daemon(config: &Config) -> Result<()> {
     let stop = StopFlag::default();
     watch_signals(stop.clone());
     let engine = plugin_engine(config)?;
+    if let Some(addr) = config.agent.metrics_addr {
+        crate::metrics::serve(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     let reload = reload::Trigger::watch_sighup();
     let syncs: Vec<TenantSync> =
         config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref())).collect::<Result<_>>()?;

@@ -13,8 +13,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{Secret, TenantConfig};
-use auth::{Credentials, TokenCache};
+use crate::config::{ClientCredential, TenantConfig};
+use auth::{Credential, Credentials, TokenCache};
 pub use delta::{NextLink, Page};
 
 /// A Graph request that did not succeed. Messages name the request and the cause; they never carry tokens.
@@ -22,6 +22,8 @@ pub use delta::{NextLink, Page};
 pub enum GraphError {
     #[error("token request failed with HTTP {status}: {code}: {description}")]
     Token { status: u16, code: String, description: String },
+    #[error(transparent)]
+    Credential(#[from] auth::CredentialError),
     #[error("cannot reach {url}: {cause}")]
     Network { url: String, cause: String },
     #[error("Graph answered HTTP {status} for {path}: {code}: {message}")]
@@ -102,8 +104,9 @@ enum Outcome {
 }
 
 impl GraphClient {
-    /// Builds a client for `tenant` with its client secret.
-    pub fn new(tenant: &TenantConfig, client_secret: Secret) -> Result<Self, GraphError> {
+    /// Builds a client for `tenant` with its client secret or certificate.
+    pub fn new(tenant: &TenantConfig, credential: ClientCredential) -> Result<Self, GraphError> {
+        let credential = Credential::load(credential)?;
         let http = reqwest::Client::builder()
             .timeout(tenant.graph_timeout)
             .connect_timeout(tenant.graph_timeout.min(Duration::from_secs(10)))
@@ -113,7 +116,7 @@ impl GraphClient {
         let credentials = Credentials {
             token_url: format!("{}/{}/oauth2/v2.0/token", tenant.login_base(), tenant.tenant_id),
             client_id: tenant.client_id.clone(),
-            client_secret,
+            credential,
             scope: format!("{}/.default", tenant.graph_base()),
         };
         Ok(GraphClient {

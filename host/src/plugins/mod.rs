@@ -157,6 +157,9 @@ impl<P: Prepared> Plugin<P> {
         let (store, bindings) = self.warm.as_mut().expect("instantiated above");
         runtime::arm_deadline(store, self.limits.timeout);
         let result = f(bindings, store);
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        let labels = crate::metrics::PluginLabels { plugin: self.name.to_string(), outcome: outcome.into() };
+        crate::metrics::global().plugin_calls.get_or_create(&labels).inc();
         let recycle = store.data_mut().forward_output();
         match result {
             Ok(value) => {

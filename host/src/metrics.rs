@@ -1,0 +1,252 @@
+//! Prometheus metrics and the health check, served on `[agent] metrics_addr` when it is set.
+//!
+//! The metrics live in one process-wide registry, so that every layer can count what it does without a
+//! handle being threaded through it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+/// Labels of a finished cycle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CycleLabels {
+    pub tenant: String,
+    pub outcome: String,
+}
+
+/// Labels of a directory operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectoryLabels {
+    pub tenant: String,
+    pub kind: String,
+    pub outcome: String,
+}
+
+/// Labels of a count of groups in one state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupStateLabels {
+    pub tenant: String,
+    pub state: String,
+}
+
+/// Labels of skipped members.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    pub tenant: String,
+    pub reason: String,
+}
+
+/// Labels of a plugin call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+    pub outcome: String,
+}
+
+/// Labels of a Graph request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GraphLabels {
+    pub tenant: String,
+    pub status: String,
+}
+
+/// Builds the cycle-duration histograms: 10 ms to about 40 minutes.
+#[derive(Clone)]
+pub struct CycleBuckets;
+
+impl MetricConstructor<Histogram> for CycleBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.01, 2.0, 18))
+    }
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub cycles: Family<CycleLabels, Counter>,
+    pub cycle_seconds: Family<TenantLabel, Histogram, CycleBuckets>,
+    pub graph_requests: Family<GraphLabels, Counter>,
+    pub graph_throttled: Family<TenantLabel, Counter>,
+    pub directory_operations: Family<DirectoryLabels, Counter>,
+    pub groups: Family<GroupStateLabels, Gauge>,
+    pub members_skipped: Family<SkipLabels, Gauge>,
+    pub plugin_calls: Family<PluginLabels, Counter>,
+    /// Tenants whose last cycle failed, with the cause.
+    failing: Mutex<BTreeMap<String, String>>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("writeback");
+        let metrics = Metrics {
+            cycles: Family::default(),
+            cycle_seconds: Family::new_with_constructor(CycleBuckets),
+            graph_requests: Family::default(),
+            graph_throttled: Family::default(),
+            directory_operations: Family::default(),
+            groups: Family::default(),
+            members_skipped: Family::default(),
+            plugin_calls: Family::default(),
+            failing: Mutex::new(BTreeMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register("cycles", "Sync cycles by outcome", metrics.cycles.clone());
+        registry.register("cycle_duration_seconds", "Duration of sync cycles", metrics.cycle_seconds.clone());
+        registry.register("graph_requests", "Graph and token requests by HTTP status (0: no answer)", metrics.graph_requests.clone());
+        registry.register("graph_throttled", "Graph answers asking the agent to wait (429, 503 with Retry-After)", metrics.graph_throttled.clone());
+        registry.register("directory_operations", "Directory writes by kind and outcome", metrics.directory_operations.clone());
+        registry.register("groups", "Groups by state: managed, held, excluded, conflict, pending", metrics.groups.clone());
+        registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
+        registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    /// Records a finished cycle of `tenant`: its outcome, duration and the group and member counts.
+    pub fn record_cycle(&self, tenant: &str, status: Result<&crate::status::TenantStatus, String>, seconds: f64) {
+        let outcome = if status.is_ok() { "ok" } else { "failed" };
+        self.cycles.get_or_create(&CycleLabels { tenant: tenant.into(), outcome: outcome.into() }).inc();
+        self.cycle_seconds.get_or_create(&TenantLabel { tenant: tenant.into() }).observe(seconds);
+        let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        match status {
+            Ok(status) => {
+                failing.remove(tenant);
+                self.record_groups(tenant, status);
+            }
+            Err(cause) => {
+                failing.insert(tenant.to_string(), cause);
+            }
+        }
+    }
+
+    fn record_groups(&self, tenant: &str, status: &crate::status::TenantStatus) {
+        let set = |state: &str, value: usize| {
+            self.groups.get_or_create(&GroupStateLabels { tenant: tenant.into(), state: state.into() }).set(value as i64);
+        };
+        set("managed", status.managed_groups);
+        set("held", status.held_groups.len());
+        set("excluded", status.excluded.len());
+        set("conflict", status.conflicts.len());
+        set("pending", status.pending_groups);
+        let mut reasons: BTreeMap<&str, i64> = REASON_CLASSES.iter().map(|r| (*r, 0)).collect();
+        for skipped in &status.skipped_members {
+            *reasons.entry(reason_class(&skipped.reason)).or_default() += 1;
+        }
+        for (reason, count) in reasons {
+            self.members_skipped.get_or_create(&SkipLabels { tenant: tenant.into(), reason: reason.into() }).set(count);
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// `None` when healthy, else why not.
+    pub fn unhealthy(&self) -> Option<String> {
+        let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing.is_empty() {
+            return None;
+        }
+        Some(failing.iter().map(|(tenant, cause)| format!("tenant {tenant}: last cycle failed: {cause}\n")).collect())
+    }
+}
+
+/// Every value `reason_class` gives, so that a reason that no longer occurs is reported as 0.
+const REASON_CLASSES: &[&str] = &[
+    "cloud_only_user",
+    "unresolved_sid",
+    "domain_local_group",
+    "protected_group",
+    "nested_group_not_written",
+    "unsupported_member_type",
+    "unknown_member",
+    "other",
+];
+
+/// A short, bounded label for a skip reason (the full reasons carry SIDs and DNs).
+fn reason_class(reason: &str) -> &'static str {
+    match reason {
+        r if r.starts_with("cloud-only user") => "cloud_only_user",
+        r if r.contains("names no object") => "unresolved_sid",
+        r if r.contains("local group") => "domain_local_group",
+        r if r.contains("protected group") => "protected_group",
+        r if r.contains("nested") => "nested_group_not_written",
+        r if r.contains("cannot be a member") => "unsupported_member_type",
+        r if r.contains("not known") => "unknown_member",
+        _ => "other",
+    }
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    let app = axum::Router::new()
+        .route("/metrics", get(|| async { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], global().encode()) }))
+        .route(
+            "/healthz",
+            get(|| async {
+                match global().unhealthy() {
+                    None => (StatusCode::OK, "ok\n".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the metrics server stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_and_health_are_recorded() {
+        let metrics = Metrics::new();
+        let status = crate::status::TenantStatus { managed_groups: 3, ..Default::default() };
+        metrics.record_cycle("a", Ok(&status), 0.5);
+        assert_eq!(metrics.unhealthy(), None);
+        metrics.record_cycle("b", Err("cannot reach the DC".into()), 1.0);
+        assert!(metrics.unhealthy().unwrap().contains("tenant b: last cycle failed: cannot reach the DC"));
+        let text = metrics.encode();
+        assert!(text.contains(r#"writeback_cycles_total{tenant="a",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"writeback_groups{tenant="a",state="managed"} 3"#), "{text}");
+        metrics.record_cycle("b", Ok(&status), 0.1);
+        assert_eq!(metrics.unhealthy(), None);
+    }
+
+    #[test]
+    fn skip_reasons_are_bounded_labels() {
+        assert_eq!(reason_class("cloud-only user (no on-premises SID)"), "cloud_only_user");
+        assert_eq!(reason_class("SID S-1-5-21-1 names no object in the domain"), "unresolved_sid");
+        assert_eq!(reason_class("A universal group cannot have a local group as a member"), "domain_local_group");
+    }
+}

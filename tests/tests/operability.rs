@@ -1,0 +1,83 @@
+//! What operators use: the metrics endpoint and health check, and the audit log as JSON lines.
+
+use std::time::Duration;
+
+use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::graphsim::{Fault, FaultKind, FaultTarget, Group, MemberRef, WritebackConfiguration};
+
+fn enabled(id: &str, name: &str, members: &[&str]) -> Group {
+    let mut g = Group::security(id, name);
+    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
+    g
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The value of one sample line of the metrics text, if present.
+fn sample(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Result<()> {
+    let env = Env::new("metrics").await?;
+    let port = free_port()?;
+    env.edit_config(|t| t.replace("interval = \"1s\"", &format!("interval = \"1s\"\nmetrics_addr = \"127.0.0.1:{port}\"")))?;
+    let (u1, _) = env.synced_user("metrics-u1").await?;
+    let cloud_only = new_id();
+    env.sim.add_user(writeback_tests::graphsim::User::cloud(cloud_only.clone(), "c@contoso.com")).unwrap();
+    env.sim.add_group(enabled(&new_id(), "Measured", &[&u1, &cloud_only])).unwrap();
+    let _daemon = env.start_daemon()?;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let scrape = || async { Ok::<_, anyhow::Error>(http.get(format!("{base}/metrics")).send().await?.text().await?) };
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#)).is_some_and(|v| v >= 1.0))
+    })
+    .await?;
+    let metrics = scrape().await?;
+    assert_eq!(sample(&metrics, r#"writeback_directory_operations_total{tenant="contoso",kind="create",outcome="ok"}"#), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, r#"writeback_groups{tenant="contoso",state="managed"}"#), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#), Some(1.0), "{metrics}");
+    assert!(metrics.contains("writeback_cycle_duration_seconds_bucket"), "{metrics}");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
+
+    // Graph refuses the token twice in a row: the cycle fails and the health check says so.
+    for _ in 0..2 {
+        env.sim.inject(Fault { target: FaultTarget::GroupsDelta, kind: FaultKind::Status401 });
+    }
+    env.eventually(Duration::from_secs(20), || async { Ok(http.get(format!("{base}/healthz")).send().await?.status() == 503) }).await?;
+    let why = http.get(format!("{base}/healthz")).send().await?.text().await?;
+    assert!(why.contains("tenant contoso: last cycle failed") && why.contains("401"), "{why}");
+    // The next good cycle makes it healthy again.
+    env.eventually(Duration::from_secs(20), || async { Ok(http.get(format!("{base}/healthz")).send().await?.status() == 200) }).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_audit_log_prints_as_filtered_json_lines() -> anyhow::Result<()> {
+    let env = Env::new("audit").await?;
+    let (u1, _) = env.synced_user("audit-u1").await?;
+    let (a, b) = (new_id(), new_id());
+    env.sim.add_group(enabled(&a, "Audited A", &[&u1])).unwrap();
+    env.sim.add_group(enabled(&b, "Audited B", &[])).unwrap();
+    env.sync(&[]).await?;
+    let output = env.run(&["audit"]).await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let records: Vec<serde_json::Value> = text(&output.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let ops: Vec<(&str, &str)> =
+        records.iter().map(|r| (r["group_id"].as_str().unwrap(), r["operation"].as_str().unwrap())).collect();
+    assert!(ops.contains(&(a.as_str(), "create")) && ops.contains(&(a.as_str(), "add-members")) && ops.contains(&(b.as_str(), "create")), "{ops:?}");
+    assert!(records.iter().all(|r| r["outcome"] == "ok" && r["tenant"] == "contoso" && r["time"].as_u64().is_some()));
+
+    let only_b = text(&env.run(&["audit", "--group", &b]).await?.stdout);
+    assert_eq!(only_b.lines().count(), 1, "{only_b}");
+    assert_eq!(text(&env.run(&["audit", "--since", "1h"]).await?.stdout).lines().count(), records.len());
+    assert_eq!(text(&env.run(&["audit", "--since", "2999-01-01T00:00:00Z"]).await?.stdout).lines().count(), 0);
+    let bad = env.run(&["audit", "--since", "soon"]).await?;
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--since"));
+    Ok(())
+}
