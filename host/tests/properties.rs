@@ -454,9 +454,10 @@ fn typed_value(kind: Kind) -> BoxedStrategy<Value> {
     }
 }
 
-/// A property's value: mostly of the right type, sometimes anything.
+/// A property's value: mostly of the right type (so that whole entries are often well-typed), sometimes
+/// anything.
 fn property_value(kind: Kind) -> BoxedStrategy<Value> {
-    prop_oneof![3 => typed_value(kind), 1 => json_value()].boxed()
+    prop_oneof![7 => typed_value(kind), 1 => json_value()].boxed()
 }
 
 /// Each property of `props` absent or present with a [`property_value`].
@@ -702,7 +703,7 @@ fn check_entry<T: PartialEq + std::fmt::Debug>(
 }
 
 proptest! {
-    #![proptest_config(cases(1000))]
+    #![proptest_config(cases(2000))]
 
     /// Any bytes: no panic, and the outcome is the contract's.
     #[test]
@@ -922,7 +923,7 @@ fn check_members(
 }
 
 proptest! {
-    #![proptest_config(cases(256))]
+    #![proptest_config(cases(512))]
 
     /// One group's history, split into random entries and pages: merging leaves exactly the members it
     /// implies, and replaying any suffix of the pages (as after a crash before the cursor moved on, or a
@@ -952,4 +953,40 @@ proptest! {
         merge(&state, &pages, 0)?;
         check_members(&state, GROUP_IDS, &expected)?;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Bugs the properties found, kept as minimal regression tests until host/src is fixed
+// ---------------------------------------------------------------------------------------------------------
+
+/// Found by `same_compares_by_meaning`: `rdn_equal` checks that every pair of one RDN occurs in the other
+/// and that the counts match, which is not set equality when an RDN repeats a pair. So `CN=a+CN=a` is "the
+/// same" as `CN=a+CN=b`, but not the other way round.
+#[test]
+#[ignore = "bug in dn::same: RDNs that repeat a pair compare unequal one way and equal the other"]
+fn regression_same_is_symmetric_with_repeated_avas() {
+    let (repeated, mixed) = ("CN=a+CN=a,DC=x", "CN=a+CN=b,DC=x");
+    assert!(!dn::same(mixed, repeated));
+    assert!(!dn::same(repeated, mixed), "{repeated} is not the same entry as {mixed}");
+}
+
+/// Found by `merged_members_follow_the_history` and `groups_keep_their_own_members` once ids may hold a
+/// NUL: state keys join their parts with NUL (`m\0<group>\0<member>`), so member `m` of group `g\0x`
+/// has the very key of member `x\0m` of group `g`. Graph's ids are GUIDs, but `parse_group` accepts any
+/// non-blank string. The same collision lets `purge_group` and a full round's member reset of `g` delete
+/// the members of `g\0x`.
+#[test]
+#[ignore = "bug in state keys: an id holding a NUL shows up as another group's member"]
+fn regression_nul_in_ids_mixes_keys() {
+    let state = Store::temporary().unwrap().tenant("t").unwrap();
+    let entry = delta::parse_group(&json!({
+        "id": "g\0x",
+        "members@delta": [{ "@odata.type": "#microsoft.graph.user", "id": "m" }],
+    }))
+    .unwrap();
+    state.merge_group_page(&[entry], &cursor(0)).unwrap();
+    assert_eq!(state.members("g\0x").unwrap(), [("m".to_string(), MemberKind::User)]);
+    assert_eq!(state.members("g").unwrap(), Vec::new(), "group g never had a member");
+    state.purge_group("g").unwrap();
+    assert_eq!(state.members("g\0x").unwrap(), [("m".to_string(), MemberKind::User)], "purging g spares g\\0x");
 }

@@ -81,3 +81,28 @@ async fn the_audit_log_prints_as_filtered_json_lines() -> anyhow::Result<()> {
     assert!(!bad.status.success() && text(&bad.stderr).contains("--since"));
     Ok(())
 }
+
+#[tokio::test]
+async fn doctor_passes_a_good_setup_and_names_the_fix_for_a_broken_one() -> anyhow::Result<()> {
+    let env = Env::new("doctor").await?;
+    let good = env.run(&["doctor"]).await?;
+    let out = text(&good.stdout);
+    assert!(good.status.success(), "{out}{}", text(&good.stderr));
+    for check in ["token request", "Graph group read", "Graph user read", "LDAPS connection, certificate and bind", "schema", "rights in the target OU"] {
+        assert!(out.lines().any(|l| l.trim_start().starts_with("pass") && l.contains(check)), "{check} missing:\n{out}");
+    }
+    assert!(env.groups().await?.is_empty(), "the probe group was deleted again");
+
+    let wrong = env.dir.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password")?;
+    let original = env.dc.info().admin_password_file.display().to_string();
+    env.edit_config(|t| t.replace(&original, &wrong.display().to_string()))?;
+    let broken = env.run(&["doctor"]).await?;
+    let out = text(&broken.stdout);
+    assert!(!broken.status.success());
+    let line = out.lines().find(|l| l.contains("FAIL") && l.contains("LDAPS connection")).unwrap_or_default();
+    assert!(line.contains("invalid credentials") && line.contains("fix:"), "{out}");
+    assert!(out.lines().any(|l| l.contains("pass") && l.contains("token request")), "Graph checks still run: {out}");
+    assert!(!out.contains("not-the-password"));
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! `plugin check`.
 
 mod audit;
+mod doctor;
 mod plugin_check;
 mod reload;
 
@@ -96,6 +97,12 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Check each tenant's setup: credentials, Graph permissions, LDAPS, bind, rights and schema.
+    Doctor {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -127,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Plan { tenant, full } => plan(&config, tenant.as_deref(), full).await,
         Command::Status { tenant } => status(&config, tenant.as_deref()),
         Command::ResetState { tenant } => reset_state(&config, &tenant),
+        Command::Doctor { tenant } => doctor::run(&config, &selected(&config, tenant.as_deref())?).await,
         Command::Audit { tenant, since, group } => {
             let since = since.as_deref().map(audit::parse_since).transpose()?;
             audit::print(&config, &selected(&config, tenant.as_deref())?, &audit::Filter { since, group })

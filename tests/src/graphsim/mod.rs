@@ -36,6 +36,7 @@ pub use model::{
     DEVICE_TYPE, Fixture, GROUP_TYPE, Group, GroupPatch, MEMBER_TYPES, MemberRef, ORG_CONTACT_TYPE,
     SERVICE_PRINCIPAL_TYPE, USER_TYPE, User, UserPatch, WritebackConfiguration,
 };
+pub use oauth::TokenRequest;
 pub use routes::RequestRecord;
 pub use tenant::{DeleteOutcome, TenantError};
 
@@ -52,7 +53,8 @@ pub struct SimConfig {
     pub client_id: String,
     /// Client secret the token endpoint accepts.
     pub client_secret: String,
-    /// PEM certificate for `client_assertion` logins; None refuses them.
+    /// PEM certificate registered on the app for `client_assertion` logins
+    /// (RS256 JWTs naming it by `x5t#S256` or `x5t`); None refuses them.
     pub client_cert_pem: Option<String>,
     /// `expires_in` of issued tokens.
     pub token_lifetime_secs: u64,
