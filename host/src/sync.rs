@@ -39,6 +39,9 @@ pub struct CycleOptions {
     pub allow_renames: bool,
     /// Plan only: write nothing to the directory.
     pub dry_run: bool,
+    /// Skip the directory when no group needs planning (the daemon's quiet cycles); a one-shot `sync`
+    /// always connects, so that it also proves the directory settings.
+    pub lazy_directory: bool,
 }
 
 /// Set when the agent should stop after the current write.
@@ -125,11 +128,15 @@ impl TenantSync<'_> {
             report.stopped = true;
             return Ok(report);
         }
-        let password = self.config.directory.password(&self.config.name)?;
-        let mut directory = Directory::connect(&self.config.directory, &password).await?;
-        let result = self.reconcile(&mut directory, options, &mut report).await;
-        directory.close().await;
-        result?;
+        // A quiet daemon cycle has nothing to plan, so it does not even connect to the DC.
+        let quiet = options.lazy_directory && !options.full && self.state.dirty()?.is_empty();
+        if !quiet {
+            let password = self.config.directory.password(&self.config.name)?;
+            let mut directory = Directory::connect(&self.config.directory, &password).await?;
+            let result = self.reconcile(&mut directory, options, &mut report).await;
+            directory.close().await;
+            result?;
+        }
         if !options.dry_run {
             self.load_problems(&mut report.status)?;
         }

@@ -352,7 +352,7 @@ async fn daemon(config: &Config) -> Result<()> {
             if let Some(engine) = &engine {
                 reload::reload_if_changed(sync, engine, fingerprint, hangup);
             }
-            let options = CycleOptions { full, ..Default::default() };
+            let options = CycleOptions { full, lazy_directory: true, ..Default::default() };
             if let Err(e) = run_cycle(config, sync, options).await {
                 tracing::error!(tenant = %sync.config.name, "cycle failed: {e:#}");
             }
