@@ -127,7 +127,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             if !once {
                 bail!("`sync` needs --once (use `run` for the daemon)");
             }
-            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, allow_renames, dry_run: false }).await
+            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, allow_renames, ..Default::default() }).await
         }
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Run => daemon(&config).await,
