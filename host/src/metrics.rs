@@ -83,6 +83,7 @@ pub struct Metrics {
     pub graph_requests: Family<GraphLabels, Counter>,
     pub graph_throttled: Family<TenantLabel, Counter>,
     pub directory_operations: Family<DirectoryLabels, Counter>,
+    pub directory_connections: Family<TenantLabel, Counter>,
     pub groups: Family<GroupStateLabels, Gauge>,
     pub members_skipped: Family<SkipLabels, Gauge>,
     pub plugin_calls: Family<PluginLabels, Counter>,
@@ -99,6 +100,7 @@ impl Metrics {
             graph_requests: Family::default(),
             graph_throttled: Family::default(),
             directory_operations: Family::default(),
+            directory_connections: Family::default(),
             groups: Family::default(),
             members_skipped: Family::default(),
             plugin_calls: Family::default(),
@@ -110,6 +112,7 @@ impl Metrics {
         registry.register("graph_requests", "Graph and token requests by HTTP status (0: no answer)", metrics.graph_requests.clone());
         registry.register("graph_throttled", "Graph answers asking the agent to wait (429, 503 with Retry-After)", metrics.graph_throttled.clone());
         registry.register("directory_operations", "Directory writes by kind and outcome", metrics.directory_operations.clone());
+        registry.register("directory_connections", "LDAP connections opened (quiet cycles open none)", metrics.directory_connections.clone());
         registry.register("groups", "Groups by state: managed, held, excluded, conflict, pending", metrics.groups.clone());
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
         registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());

@@ -133,6 +133,7 @@ impl TenantSync<'_> {
         if !quiet {
             let password = self.config.directory.password(&self.config.name)?;
             let mut directory = Directory::connect(&self.config.directory, &password).await?;
+            crate::metrics::global().directory_connections.get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() }).inc();
             let result = self.reconcile(&mut directory, options, &mut report).await;
             directory.close().await;
             result?;

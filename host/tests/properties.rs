@@ -78,7 +78,8 @@ fn render_hex(rdns: &[Vec<Ava>]) -> String {
 /// Strings for the parser: arbitrary text, DN-like text full of random backslash sequences, valid DNs, and
 /// valid DNs with a special character inserted somewhere.
 fn dn_text() -> impl Strategy<Value = String> {
-    let dn_like = "( ?[a-zA-Z0-9.-]{0,4} ?= ?([^\\\\,;+]|\\\\[0-9a-fA-F]{0,2}|\\\\[^0-9a-fA-F]|[ #\"]){0,6}[,;+]?){0,4}";
+    let dn_like =
+        "( ?[a-zA-Z0-9.-]{0,4} ?= ?([^\\\\,;+]|\\\\[0-9a-fA-F]{0,2}|\\\\[^0-9a-fA-F]|[ #\"]){0,6}[,;+]?){0,4}";
     let specials = &['\\', ',', '+', ';', '=', ' ', '#', '"', '\0', 'é'][..];
     prop_oneof![
         any::<String>(),
@@ -242,13 +243,15 @@ fn sid_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn decode_escapes(filter: &str) -> Option<Vec<u8>> {
     let hex = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
     let bytes = filter.as_bytes();
-    if bytes.len() % 3 != 0 {
+    if !bytes.len().is_multiple_of(3) {
         return None;
     }
     bytes
         .chunks(3)
         .map(|c| match c {
-            [b'\\', high, low] if hex(high) && hex(low) => u8::from_str_radix(std::str::from_utf8(&c[1..]).ok()?, 16).ok(),
+            [b'\\', high, low] if hex(high) && hex(low) => {
+                u8::from_str_radix(std::str::from_utf8(&c[1..]).ok()?, 16).ok()
+            }
             _ => None,
         })
         .collect()
@@ -315,7 +318,8 @@ fn json_key() -> impl Strategy<Value = String> {
 /// Short strings, the link and type values the parsers look for among them.
 fn json_string() -> impl Strategy<Value = String> {
     prop_oneof![
-        select(&["", " ", "deleted", "changed", "#microsoft.graph.user", "https://graph/next"][..]).prop_map(str::to_string),
+        select(&["", " ", "deleted", "changed", "#microsoft.graph.user", "https://graph/next"][..])
+            .prop_map(str::to_string),
         "[a-zA-Z0-9 \\-\\x00é名]{0,12}",
         any::<String>(),
     ]
@@ -634,7 +638,9 @@ fn expected_group(map: &Map<String, Value>, id: String) -> Result<GroupEntry, Ve
     let (writeback_enabled, writeback_group_type) = match map.get("writebackConfiguration") {
         None => (Field::Absent, Field::Absent),
         Some(Value::Null) => (Field::Null, Field::Null),
-        Some(Value::Object(config)) => (r.boolean(Some(config), "isEnabled"), r.string(Some(config), "onPremisesGroupType")),
+        Some(Value::Object(config)) => {
+            (r.boolean(Some(config), "isEnabled"), r.string(Some(config), "onPremisesGroupType"))
+        }
         Some(_) => {
             r.bad.push("writebackConfiguration");
             (Field::Absent, Field::Absent)
@@ -694,7 +700,8 @@ fn check_entry<T: PartialEq + std::fmt::Debug>(
     match (got, expected(id)) {
         (Ok(entry), Ok(want)) => prop_assert_eq!(entry, want),
         (Err(err), Err(bad)) => {
-            let named = err.0.strip_prefix(&prefix).is_some_and(|rest| bad.iter().any(|p| rest.starts_with(&format!("{p} "))));
+            let names_one = |rest: &str| bad.iter().any(|p| rest.starts_with(&format!("{p} ")));
+            let named = err.0.strip_prefix(&prefix).is_some_and(names_one);
             prop_assert!(named, "error {:?} names none of {:?}", err.0, bad);
         }
         (got, want) => prop_assert!(false, "got {:?}, expected {:?}", got, want),
@@ -833,6 +840,9 @@ const MEMBER_IDS: &[&str] = &["u1", "U1", "u10", "u1 ", "a b", "x,y", "ü", "名
 /// Group ids for the multi-group property; one is a prefix of another.
 const GROUP_IDS: &[&str] = &["g", "g1", "h"];
 
+/// Delta pages of group entries: each entry a group id and its membership changes.
+type Pages = Vec<Vec<(&'static str, Vec<Change>)>>;
+
 /// One change of a group's membership.
 #[derive(Debug, Clone)]
 struct Change {
@@ -863,12 +873,12 @@ fn entry(group: &str, changes: &[Change]) -> GroupEntry {
 }
 
 /// Pages of entries, each entry a group id and its changes; the flattened changes are the history.
-fn pages(groups: &'static [&'static str]) -> impl Strategy<Value = Vec<Vec<(&'static str, Vec<Change>)>>> {
+fn pages(groups: &'static [&'static str]) -> impl Strategy<Value = Pages> {
     vec(vec((select(groups), vec(change(), 0..5)), 1..4), 1..5)
 }
 
 /// The members the history implies for each group: the last change per member wins.
-fn expected_members_of(pages: &[Vec<(&'static str, Vec<Change>)>]) -> BTreeMap<&'static str, BTreeMap<String, MemberKind>> {
+fn expected_members_of(pages: &Pages) -> BTreeMap<&'static str, BTreeMap<String, MemberKind>> {
     let mut groups: BTreeMap<&str, BTreeMap<String, MemberKind>> = BTreeMap::new();
     for (group, changes) in pages.iter().flatten() {
         let members = groups.entry(*group).or_default();
@@ -888,7 +898,7 @@ fn cursor(page: usize) -> Cursor {
 }
 
 /// Merges `pages[from..]`, each with its own cursor, checking the stats each merge reports.
-fn merge(state: &TenantState, pages: &[Vec<(&'static str, Vec<Change>)>], from: usize) -> Result<(), TestCaseError> {
+fn merge(state: &TenantState, pages: &Pages, from: usize) -> Result<(), TestCaseError> {
     for (i, page) in pages.iter().enumerate().skip(from) {
         let entries: Vec<GroupEntry> = page.iter().map(|(group, changes)| entry(group, changes)).collect();
         let stats = state.merge_group_page(&entries, &cursor(i)).unwrap();

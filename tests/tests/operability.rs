@@ -45,6 +45,15 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     assert!(metrics.contains("writeback_cycle_duration_seconds_bucket"), "{metrics}");
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
 
+    // Quiet cycles (nothing changed in the cloud) do not even connect to the DC.
+    let connections = sample(&metrics, r#"writeback_directory_connections_total{tenant="contoso"}"#);
+    let cycles = sample(&metrics, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#).unwrap();
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#)).is_some_and(|v| v >= cycles + 2.0))
+    })
+    .await?;
+    assert_eq!(sample(&scrape().await?, r#"writeback_directory_connections_total{tenant="contoso"}"#), connections);
+
     // Graph refuses the token twice in a row: the cycle fails and the health check says so.
     for _ in 0..2 {
         env.sim.inject(Fault { target: FaultTarget::GroupsDelta, kind: FaultKind::Status401 });

@@ -61,6 +61,7 @@ fn file_mode_check(checks: &mut Vec<Check>, what: &str, path: Option<&std::path:
 
 async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
     file_mode_check(checks, "client secret file", tenant.client_secret_file.as_deref());
+    file_mode_check(checks, "client key file", tenant.client_key_file.as_deref());
     let credential = match tenant.client_credential() {
         Ok(credential) => credential,
         Err(e) => return checks.push(Check::fail("client credential", e, "set a client secret or a certificate and key")),
