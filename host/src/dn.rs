@@ -132,11 +132,14 @@ fn rdns_equal(a: &[Vec<Ava>], b: &[Vec<Ava>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| rdn_equal(x, y))
 }
 
+/// RDNs are equal when they hold the same attribute-value pairs, in any order, counted with repeats.
 fn rdn_equal(a: &[Ava], b: &[Ava]) -> bool {
-    a.len() == b.len()
-        && a.iter().all(|x| {
-            b.iter().any(|y| x.attr.eq_ignore_ascii_case(&y.attr) && fold(&x.value) == fold(&y.value))
-        })
+    let folded = |rdn: &[Ava]| {
+        let mut pairs: Vec<(String, String)> = rdn.iter().map(|ava| (ava.attr.to_ascii_lowercase(), fold(&ava.value))).collect();
+        pairs.sort();
+        pairs
+    };
+    a.len() == b.len() && folded(a) == folded(b)
 }
 
 /// Case folding as the directory does it for names (Unicode lower case, so `Ü` equals `ü`).

@@ -106,7 +106,12 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
     for (id, name) in ids.iter().zip(names) {
         env.sim.add_group(enabled(id, name, &[])).unwrap();
     }
-    let outside_before = env.dc.groups_under(&env.dc.info().base_dn).await?.len();
+    let base = env.dc.info().base_dn.clone();
+    let well_known = [format!("CN=Domain Admins,CN=Users,{base}"), format!("CN=Administrators,CN=Builtin,{base}"), format!("CN=krbtgt,CN=Users,{base}")];
+    let mut usn_before = Vec::new();
+    for dn in &well_known {
+        usn_before.push(env.dc.subtree_usn(dn).await?);
+    }
     env.sync(&[]).await?;
     let status = text(&env.run(&["status"]).await?.stdout);
     for (id, name) in ids.iter().zip(names) {
@@ -126,8 +131,16 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
     }
     let written = env.groups().await?.len();
     assert_eq!(written, names.iter().filter(|n| !n.chars().any(char::is_control)).count());
-    // Nothing outside the test's OU changed: only the written groups are new in the domain.
-    assert_eq!(env.dc.groups_under(&env.dc.info().base_dn).await?.len(), outside_before + written);
+    // The well-known objects whose names the groups borrow are untouched, and none of the groups landed
+    // outside the test's OU.
+    for (dn, usn) in well_known.iter().zip(usn_before) {
+        assert_eq!(env.dc.subtree_usn(dn).await?, usn, "{dn} was modified");
+    }
+    let anchors: HashSet<String> = ids.iter().map(|id| format!("Group_{id}")).collect();
+    let everywhere = env.dc.groups_under(&base).await?;
+    let ours: Vec<_> = everywhere.iter().filter(|g| g.admin_description.as_ref().is_some_and(|a| anchors.contains(a))).collect();
+    assert_eq!(ours.len(), written);
+    assert!(ours.iter().all(|g| writeback::dn::is_within(&g.dn, &env.ou.groups_dn)));
     Ok(())
 }
 

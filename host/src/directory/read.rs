@@ -77,7 +77,8 @@ pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
     if high == "*" {
         return Some(None);
     }
-    Some(Some(high.parse::<usize>().ok()? + 1))
+    // A range ending at usize::MAX has nothing after it.
+    Some(high.parse::<usize>().ok()?.checked_add(1))
 }
 
 impl Directory {
@@ -168,7 +169,8 @@ impl Directory {
             while let Some(start) = next {
                 let (chunk, following) = self.member_range(entry_dn, start).await?;
                 values.extend(chunk);
-                next = following;
+                // A DC that answered a range not past the one asked for would otherwise be asked forever.
+                next = following.filter(|&n| n > start);
             }
         }
         Ok(values
@@ -264,6 +266,7 @@ mod tests {
         assert_eq!(next_range_start("Member;Range=1500-*"), Some(None));
         assert_eq!(next_range_start("member"), None);
         assert_eq!(next_range_start("member;range=0-x"), None);
+        assert_eq!(next_range_start(&format!("member;range=0-{}", usize::MAX)), Some(None));
         assert_eq!(next_range_start("description"), None);
     }
 }

@@ -199,7 +199,8 @@ pub fn parse_group(entry: &Value) -> Result<GroupEntry, EntryError> {
         writeback_enabled: writeback.0,
         writeback_group_type: writeback.1,
     };
-    Ok(GroupEntry { removed: removal(map), members: member_changes(map), fields, id })
+    let members = member_changes(map).map_err(bad)?;
+    Ok(GroupEntry { removed: removal(map), members, fields, id })
 }
 
 /// Parses one user entry.
@@ -216,10 +217,15 @@ pub fn parse_user(entry: &Value) -> Result<UserEntry, EntryError> {
     Ok(UserEntry { removed: removal(map), fields, id })
 }
 
+/// Graph's ids are GUIDs; an id with a control character is malformed (and NUL separates state keys).
+fn usable_id(id: &str) -> bool {
+    !id.trim().is_empty() && !id.chars().any(char::is_control)
+}
+
 fn entry_id(map: &Map<String, Value>) -> Result<String, EntryError> {
     match map.get("id") {
-        Some(Value::String(id)) if !id.trim().is_empty() => Ok(id.clone()),
-        Some(_) => Err(EntryError("entry has an id that is not a non-empty string".into())),
+        Some(Value::String(id)) if usable_id(id) => Ok(id.clone()),
+        Some(_) => Err(EntryError("entry has an id that is not a non-empty string without control characters".into())),
         None => Err(EntryError("entry has no id".into())),
     }
 }
@@ -233,21 +239,22 @@ fn removal(map: &Map<String, Value>) -> Option<Removal> {
     }
 }
 
-fn member_changes(map: &Map<String, Value>) -> Vec<MemberChange> {
+/// The membership changes of an entry. Items without an id are ignored; an id with a control character
+/// makes the whole entry malformed rather than silently dropping that one change.
+fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, EntryError> {
     let Some(Value::Array(items)) = map.get("members@delta") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    items
-        .iter()
-        .filter_map(|item| {
-            let id = item.get("id")?.as_str()?.to_string();
-            if id.trim().is_empty() {
-                return None;
-            }
-            let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
-            Some(MemberChange { id, kind, removed: item.get("@removed").is_some() })
-        })
-        .collect()
+    let mut changes = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(id) = item.get("id").and_then(Value::as_str).filter(|id| !id.trim().is_empty()) else { continue };
+        if !usable_id(id) {
+            return Err(EntryError("members@delta holds an id with a control character".into()));
+        }
+        let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
+        changes.push(MemberChange { id: id.to_string(), kind, removed: item.get("@removed").is_some() });
+    }
+    Ok(changes)
 }
 
 fn writeback_fields(map: &Map<String, Value>) -> Result<(Field<bool>, Field<String>), EntryError> {
