@@ -113,7 +113,7 @@ impl Metrics {
         registry.register("graph_throttled", "Graph answers asking the agent to wait (429, 503 with Retry-After)", metrics.graph_throttled.clone());
         registry.register("directory_operations", "Directory writes by kind and outcome", metrics.directory_operations.clone());
         registry.register("directory_connections", "LDAP connections opened (quiet cycles open none)", metrics.directory_connections.clone());
-        registry.register("groups", "Groups by state: managed, held, excluded, conflict, pending", metrics.groups.clone());
+        registry.register("groups", "Groups by state: managed, held, quarantined, excluded, conflict, pending", metrics.groups.clone());
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
         registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());
         Metrics { registry, ..metrics }
@@ -141,7 +141,9 @@ impl Metrics {
             self.groups.get_or_create(&GroupStateLabels { tenant: tenant.into(), state: state.into() }).set(value as i64);
         };
         set("managed", status.managed_groups);
-        set("held", status.held_groups.len());
+        let quarantined = status.held_groups.iter().filter(|h| h.reason.starts_with(crate::sync::QUARANTINED)).count();
+        set("held", status.held_groups.len() - quarantined);
+        set("quarantined", quarantined);
         set("excluded", status.excluded.len());
         set("conflict", status.conflicts.len());
         set("pending", status.pending_groups);

@@ -127,12 +127,19 @@ pub struct GroupProblems {
     /// Why a transform keeps the group out of AD.
     #[serde(default)]
     pub excluded: Option<String>,
+    /// Cycles in a row in which applying the group failed.
+    #[serde(default)]
+    pub failures: u32,
 }
 
 impl GroupProblems {
     /// Whether there is nothing to report.
     pub fn is_empty(&self) -> bool {
-        self.skipped_members.is_empty() && self.conflict.is_none() && self.held.is_none() && self.excluded.is_none()
+        self.skipped_members.is_empty()
+            && self.conflict.is_none()
+            && self.held.is_none()
+            && self.excluded.is_none()
+            && self.failures == 0
     }
 }
 
@@ -585,6 +592,11 @@ impl TenantState {
             self.tree.insert(key("p", &[id]), encode(problems))?;
         }
         Ok(())
+    }
+
+    /// One group's recorded problems.
+    pub fn problems_of(&self, id: &str) -> Result<Option<GroupProblems>, StateError> {
+        self.get(&key("p", &[id]))
     }
 
     /// Every group's current problems.

@@ -96,7 +96,8 @@ impl CycleReport {
                 s.held_renames.len()
             ));
         }
-        let failed: Vec<_> = s.held_groups.iter().filter(|p| p.reason.starts_with("apply failed")).collect();
+        let failed: Vec<_> =
+            s.held_groups.iter().filter(|p| p.reason.starts_with(APPLY_FAILED) || p.reason.starts_with(QUARANTINED)).collect();
         failed.first().map(|first| format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason))
     }
 }
@@ -423,7 +424,7 @@ impl TenantSync<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
-                    let reason = format!("apply failed: {e}");
+                    let reason = format!("{APPLY_FAILED}: {e}");
                     report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
                     failed.insert(op.group_id().to_string(), reason);
                 }
@@ -511,10 +512,31 @@ impl TenantSync<'_> {
             }
         }
         let purged: BTreeSet<&str> = plan.gone.iter().map(String::as_str).collect();
-        for (id, p) in problems {
-            if !purged.contains(id) && self.state.group(id)?.is_some() {
-                self.state.set_problems(id, &p)?;
+        for (id, mut p) in problems {
+            if purged.contains(id) || self.state.group(id)?.is_none() {
+                continue;
             }
+            self.count_failures(id, &mut p)?;
+            self.state.set_problems(id, &p)?;
+        }
+        Ok(())
+    }
+
+    /// A group whose apply keeps failing is quarantined: it leaves the pending set, so quiet cycles stop
+    /// retrying it, until it changes in the cloud or a full reconcile plans it again.
+    fn count_failures(&self, id: &str, problems: &mut GroupProblems) -> Result<(), StateError> {
+        let failed = problems.held.as_deref().is_some_and(|h| h.starts_with(APPLY_FAILED));
+        if !failed {
+            return Ok(());
+        }
+        problems.failures = self.state.problems_of(id)?.map_or(0, |p| p.failures) + 1;
+        if problems.failures >= QUARANTINE_AFTER {
+            let reason = problems.held.take().unwrap_or_default();
+            problems.held = Some(format!(
+                "{QUARANTINED} after {} failed attempts; retried when the group changes or at the next full reconcile: {reason}",
+                problems.failures
+            ));
+            self.state.clear_dirty(id)?;
         }
         Ok(())
     }
@@ -542,6 +564,13 @@ impl TenantSync<'_> {
         Ok(())
     }
 }
+
+/// How the reason of a group whose apply failed starts.
+const APPLY_FAILED: &str = "apply failed";
+/// How the reason of a quarantined group starts.
+pub const QUARANTINED: &str = "quarantined";
+/// Failed cycles in a row after which a group is quarantined.
+pub const QUARANTINE_AFTER: u32 = 3;
 
 /// The groups to look up by anchor: the planned ones and the cloud groups they list as members.
 fn lookup_ids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
