@@ -178,6 +178,7 @@ impl Store {
             name: name.to_string(),
             tree: self.db.open_tree(format!("tenant/{name}"))?,
             audit: self.db.open_tree(format!("audit/{name}"))?,
+            journal: self.db.open_tree(format!("journal/{name}"))?,
             db: self.db.clone(),
         })
     }
@@ -214,6 +215,8 @@ pub struct TenantState {
     name: String,
     tree: sled::Tree,
     audit: sled::Tree,
+    /// Writes sent or about to be sent whose outcome is not filed yet.
+    journal: sled::Tree,
     db: sled::Db,
 }
 
@@ -616,6 +619,53 @@ impl TenantState {
         Ok(())
     }
 
+    /// Records writes about to be sent. The caller flushes before sending them, so that a crash between a
+    /// write and its audit record still leaves the write accounted for. Returns one key per record.
+    pub fn journal(&self, records: &[AuditRecord]) -> Result<Vec<u64>, StateError> {
+        let mut keys = Vec::with_capacity(records.len());
+        let mut batch = sled::Batch::default();
+        for record in records {
+            let key = self.db.generate_id()?;
+            batch.insert(&key.to_be_bytes(), encode(record));
+            keys.push(key);
+        }
+        self.journal.apply_batch(batch)?;
+        Ok(keys)
+    }
+
+    /// Files a journaled write's outcome in the audit log, in one transaction with removing its intent.
+    pub fn settle(&self, key: u64, outcome: Option<&AuditRecord>) -> Result<(), StateError> {
+        use sled::Transactional;
+        let encoded = outcome.map(encode);
+        (&self.audit, &self.journal)
+            .transaction(|(audit, journal)| {
+                if let Some(record) = &encoded {
+                    audit.insert(&key.to_be_bytes(), record.clone())?;
+                }
+                journal.remove(&key.to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StateError::Store(e),
+                sled::transaction::TransactionError::Abort(()) => StateError::Store(sled::Error::Unsupported("transaction aborted".into())),
+            })
+    }
+
+    /// Files the intents a crash left behind as writes whose outcome is unknown; the cycle that follows
+    /// reads the directory, so whatever they did is reconciled. Returns how many there were.
+    pub fn file_interrupted(&self) -> Result<usize, StateError> {
+        let mut filed = 0;
+        for item in self.journal.iter() {
+            let (k, v) = item?;
+            let mut record: AuditRecord = self.decode(&k, &v)?;
+            record.outcome = "interrupted: the agent stopped before the outcome was recorded; the next cycle reconciled it".into();
+            let key = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            self.settle(key, Some(&record))?;
+            filed += 1;
+        }
+        Ok(filed)
+    }
+
     /// The audit log, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StateError> {
         let mut records = Vec::new();
@@ -773,6 +823,28 @@ mod tests {
         assert_eq!(s.group("g").unwrap().unwrap().removed, Some(Removal::Changed));
         s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"back"}])), &cursor(false)).unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().removed, None);
+    }
+
+    #[test]
+    fn journaled_writes_are_settled_or_filed_as_interrupted() {
+        let s = state();
+        let record = |op: &str| AuditRecord {
+            time: 1,
+            tenant: "t".into(),
+            group_id: "g".into(),
+            operation: op.into(),
+            dn: "CN=g".into(),
+            detail: String::new(),
+            outcome: "pending".into(),
+        };
+        let keys = s.journal(&[record("create"), record("add-members"), record("delete")]).unwrap();
+        s.settle(keys[0], Some(&AuditRecord { outcome: "ok".into(), ..record("create") })).unwrap();
+        s.settle(keys[2], None).unwrap();
+        assert_eq!(s.file_interrupted().unwrap(), 1);
+        let log = s.audit_log().unwrap();
+        let outcomes: Vec<_> = log.iter().map(|r| (r.operation.as_str(), r.outcome.starts_with("interrupted"))).collect();
+        assert_eq!(outcomes, [("create", false), ("add-members", true)]);
+        assert_eq!(s.file_interrupted().unwrap(), 0, "filed once");
     }
 
     #[test]

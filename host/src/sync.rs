@@ -121,6 +121,10 @@ impl TenantSync<'_> {
     pub async fn cycle(&self, options: CycleOptions) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
         report.status.full = options.full;
+        let interrupted = self.state.file_interrupted()?;
+        if interrupted > 0 {
+            tracing::warn!(tenant = %self.config.name, writes = interrupted, "the last run stopped during writes; they are in the audit log as interrupted and are reconciled now");
+        }
         self.graph.authenticate().await?;
         self.read_round(Resource::Users, &mut report).await?;
         self.read_round(Resource::Groups, &mut report).await?;
@@ -390,47 +394,77 @@ impl TenantSync<'_> {
     async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
         let mut created: HashMap<String, String> = HashMap::new();
         let mut failed: HashMap<String, String> = HashMap::new();
-        for op in &plan.ops {
-            if self.stop.is_set() {
-                report.stopped = true;
-                failed.insert(op.group_id().to_string(), "stopped before this write".into());
-                continue;
-            }
-            if failed.contains_key(op.group_id()) {
-                continue;
-            }
-            let result = directory.apply(op, &created).await;
-            self.audit(op, &result)?;
-            self.count_operation(op, &result);
-            match result {
-                Ok(Applied::Created { guid, sid, dn }) => {
-                    report.status.writes += 1;
-                    self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
-                    created.insert(op.group_id().to_string(), dn);
-                }
-                Ok(Applied::Moved { dn }) => {
-                    report.status.writes += 1;
-                    if let Some(mut anchor) = self.state.anchor(op.group_id())? {
-                        anchor.dn = dn;
-                        self.state.set_anchor(op.group_id(), &anchor)?;
+        for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
+            // The intents are durable before any of these writes is sent: a crash cannot hide a write.
+            let keys = self.state.journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
+            self.store.flush().await?;
+            let mut journaled = chunk.iter().zip(keys);
+            while let Some((op, key)) = journaled.next() {
+                if let Err(e) = self.apply_one(directory, op, key, &mut created, &mut failed, report).await {
+                    // The cycle stops here; the writes journaled after this one were never sent.
+                    for (_, unsent) in journaled {
+                        self.state.settle(unsent, None)?;
                     }
-                }
-                Ok(Applied::Done) => report.status.writes += 1,
-                Err(ApplyError::Directory(e)) => return Err(e.into()),
-                Err(e @ ApplyError::Conflict { .. }) => {
-                    tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
-                    report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
-                    failed.insert(op.group_id().to_string(), e.to_string());
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
-                    let reason = format!("{APPLY_FAILED}: {e}");
-                    report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
-                    failed.insert(op.group_id().to_string(), reason);
+                    return Err(e);
                 }
             }
         }
         Ok(failed)
+    }
+
+    /// Applies one journaled operation and files its outcome.
+    async fn apply_one(
+        &self,
+        directory: &mut Directory,
+        op: &Op,
+        key: u64,
+        created: &mut HashMap<String, String>,
+        failed: &mut HashMap<String, String>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        if self.stop.is_set() {
+            report.stopped = true;
+            failed.insert(op.group_id().to_string(), "stopped before this write".into());
+        }
+        if failed.contains_key(op.group_id()) {
+            self.state.settle(key, None)?;
+            return Ok(());
+        }
+        let result = directory.apply(op, created).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.state.settle(key, Some(&self.audit_record(op, outcome)))?;
+        self.count_operation(op, &result);
+        match result {
+            Ok(Applied::Created { guid, sid, dn }) => {
+                report.status.writes += 1;
+                self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
+                created.insert(op.group_id().to_string(), dn);
+            }
+            Ok(Applied::Moved { dn }) => {
+                report.status.writes += 1;
+                if let Some(mut anchor) = self.state.anchor(op.group_id())? {
+                    anchor.dn = dn;
+                    self.state.set_anchor(op.group_id(), &anchor)?;
+                }
+            }
+            Ok(Applied::Done) => report.status.writes += 1,
+            Err(ApplyError::Directory(e)) => return Err(e.into()),
+            Err(e @ ApplyError::Conflict { .. }) => {
+                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
+                report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
+                failed.insert(op.group_id().to_string(), e.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
+                let reason = format!("{APPLY_FAILED}: {e}");
+                report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
+                failed.insert(op.group_id().to_string(), reason);
+            }
+        }
+        Ok(())
     }
 
     fn count_operation(&self, op: &Op, result: &Result<Applied, ApplyError>) {
@@ -444,20 +478,17 @@ impl TenantSync<'_> {
         crate::metrics::global().directory_operations.get_or_create(&labels).inc();
     }
 
-    fn audit(&self, op: &Op, result: &Result<Applied, ApplyError>) -> Result<(), StateError> {
+    fn audit_record(&self, op: &Op, outcome: String) -> AuditRecord {
         let (operation, dn, detail) = plan::describe(op);
-        self.state.audit(&AuditRecord {
+        AuditRecord {
             time: now(),
             tenant: self.config.name.clone(),
             group_id: op.group_id().to_string(),
             operation: operation.to_string(),
             dn,
             detail,
-            outcome: match result {
-                Ok(_) => "ok".into(),
-                Err(e) => e.to_string(),
-            },
-        })
+            outcome,
+        }
     }
 
     /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
@@ -564,6 +595,9 @@ impl TenantSync<'_> {
         Ok(())
     }
 }
+
+/// How many writes are journaled (and flushed) at a time before they are sent.
+const JOURNAL_CHUNK: usize = 64;
 
 /// How the reason of a group whose apply failed starts.
 const APPLY_FAILED: &str = "apply failed";
