@@ -1,0 +1,105 @@
+//! Phase 1: the initial sync of a tenant against the raw floor, `ldapadd` of the same groups with the same
+//! members into another fresh OU of the same DC, over the same LDAPS, as the same account.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use writeback::dn;
+use writeback::naming::default_placement;
+
+use crate::Sizes;
+use crate::directory;
+use crate::measure::human;
+use crate::world::World;
+
+/// What phase 1 measured.
+#[derive(Debug, Clone)]
+pub struct Initial {
+    pub groups: usize,
+    pub memberships: usize,
+    pub users: usize,
+    /// Creating the users in AD by LDIF (set-up, not part of either figure).
+    pub users_setup: Duration,
+    /// `writeback sync --once` into the empty OU.
+    pub sync_wall: Duration,
+    pub sync_cpu: Duration,
+    /// `ldapadd -f` of the same groups with their members.
+    pub raw: Duration,
+}
+
+impl Initial {
+    /// Agent time over raw floor.
+    pub fn ratio(&self) -> f64 {
+        self.sync_wall.as_secs_f64() / self.raw.as_secs_f64().max(f64::EPSILON)
+    }
+}
+
+/// Builds the tenant, syncs it once, checks the result, then times the raw floor.
+pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
+    println!("creating {} users in AD (ldapadd) and in the simulator …", sizes.users);
+    let users_setup = world.add_users(sizes.users).await?;
+    println!("  users created in {}", human(users_setup));
+    world.add_groups(sizes.groups, sizes.memberships)?;
+    println!("tenant: {} groups, {} memberships over {} synced users", sizes.groups, sizes.memberships, sizes.users);
+
+    let sync = world.sync().await.context("initial sync")?;
+    println!("writeback sync --once (initial): {} wall, {} CPU", human(sync.wall), human(sync.cpu));
+    verify(world, sizes).await?;
+
+    let raw = raw_floor(world).await?;
+    let figures = Initial {
+        groups: sizes.groups,
+        memberships: sizes.memberships,
+        users: sizes.users,
+        users_setup,
+        sync_wall: sync.wall,
+        sync_cpu: sync.cpu,
+        raw,
+    };
+    println!("ldapadd -f (raw floor, same groups and members): {}", human(raw));
+    println!("ratio agent / raw floor: {:.2}× (target ≤ 1.3×)", figures.ratio());
+    Ok(figures)
+}
+
+/// Every group is in AD with exactly its members.
+async fn verify(world: &World, sizes: &Sizes) -> Result<()> {
+    let ad = world.ad_groups().await?;
+    let members: usize = ad.values().map(|g| g.members.len()).sum();
+    if ad.len() != sizes.groups || members != sizes.memberships {
+        bail!(
+            "the initial sync wrote {} groups with {members} member values; expected {} groups with {} values",
+            ad.len(),
+            sizes.groups,
+            sizes.memberships
+        );
+    }
+    println!("  verified: {} groups with {members} member values in AD", ad.len());
+    Ok(())
+}
+
+/// Writes the same groups (same CNs, attributes and members; a different anchor and sAMAccountName, since
+/// those must stay unique) as one LDIF into a fresh OU and times `ldapadd -f` of it.
+async fn raw_floor(world: &mut World) -> Result<Duration> {
+    let ou = world.new_ou("bench-raw").await?;
+    let user_dns: HashMap<&str, &str> = world.users.iter().map(|u| (u.id.as_str(), u.dn.as_str())).collect();
+    let mut ldif = String::new();
+    for group in &world.groups {
+        let placement = default_placement(&group.id, Some(&group.name)).with_context(|| format!("naming {}", group.name))?;
+        let sam = format!("R{}", &placement.sam_account_name[1..]);
+        ldif.push_str(&format!("dn: {}\n", dn::child(&placement.cn, &ou.groups_dn)));
+        ldif.push_str(&format!(
+            "objectClass: group\nsAMAccountName: {sam}\ngroupType: -2147483640\nadminDescription: RawFloor_{}\ndisplayName: {}\n",
+            group.id, group.name
+        ));
+        let cloud = world.env.sim.group(&group.id).with_context(|| format!("group {} vanished from the simulator", group.id))?;
+        for member in &cloud.members {
+            let user_dn = user_dns.get(member.id.as_str()).with_context(|| format!("member {} is not a bench user", member.id))?;
+            ldif.push_str(&format!("member: {user_dn}\n"));
+        }
+        ldif.push('\n');
+    }
+    let path = world.scratch().join("raw-floor.ldif");
+    std::fs::write(&path, ldif).with_context(|| format!("writing {}", path.display()))?;
+    directory::ldapadd(&world.env.dc, &path).await.context("the raw floor")
+}
