@@ -32,7 +32,7 @@ async fn kill_until_done(env: &Env, steps: impl Iterator<Item = u64>) -> Result<
             if child.try_wait()?.is_some() {
                 return Ok(kills);
             }
-            if env.dc.highest_committed_usn().await? >= start + step {
+            if env.dc.highest_committed_usn().await? >= start.saturating_add(step) {
                 child.kill()?;
                 child.wait()?;
                 kills += 1;

@@ -1,0 +1,186 @@
+//! `bench`: the writeback benchmark harness.
+//!
+//! ```sh
+//! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
+//! cargo run --release -p writeback-tests --bin bench -- [--quick]
+//! ```
+//!
+//! One run measures, against the shared Samba test DC (which runs with `ldb:nosync = true`) and the in-process
+//! Graph simulator, with the real release `writeback` binary:
+//! 1. the initial sync of a tenant against the raw floor (`ldapadd -f` of the same groups and members);
+//! 2. quiet cycles: Graph requests, directory writes and CPU of `sync --once` and of the daemon;
+//! 3. the latency of single membership changes through the daemon (2 s interval);
+//! 4. write minimality: operations issued against the minimum the changes need, and one change on a very
+//!    large group;
+//! 5. scale without a directory: the state and the planner alone (in a child process, `--scale-only`).
+//!
+//! It prints figures, not verdicts: nothing here asserts a timing. The OUs it creates are deleted at the end.
+
+mod directory;
+mod initial;
+mod latency;
+mod measure;
+mod minimal;
+mod quiet;
+mod report;
+mod scale;
+mod world;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::report::Figures;
+use crate::world::World;
+
+/// Benchmark the writeback agent against the test DC and the Graph simulator.
+#[derive(Debug, Parser)]
+#[command(name = "bench")]
+struct Args {
+    /// Small sizes (200 groups, 4,000 memberships, 500 users, …): a run of a few minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Seed of the random tenant and of the change mixes.
+    #[arg(long, default_value_t = 20_260_101)]
+    seed: u64,
+    /// Skip timing the HTTP simulator over the scale tenant (phase 5's comparison figure).
+    #[arg(long)]
+    no_simulator_feed: bool,
+    /// Internal: run only phase 5 in this process and print its figures as one JSON line.
+    #[arg(long, hide = true)]
+    scale_only: bool,
+}
+
+/// How big each phase is.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub groups: usize,
+    pub memberships: usize,
+    pub users: usize,
+    /// Quiet `sync --once` runs.
+    pub quiet_cycles: usize,
+    /// How long the settled daemon is watched.
+    pub daemon_window: Duration,
+    pub latency_changes: usize,
+    /// Groups the change mixes of phase 4 work on.
+    pub mix_groups: usize,
+    pub mix_rounds: usize,
+    /// Members of the large group of phase 4.
+    pub big_group: usize,
+    pub scale_groups: usize,
+    pub scale_memberships: usize,
+    pub scale_users: usize,
+}
+
+impl Sizes {
+    /// The sizes the performance issue asks for.
+    const FULL: Sizes = Sizes {
+        groups: 2_000,
+        memberships: 40_000,
+        users: 5_000,
+        quiet_cycles: 3,
+        daemon_window: Duration::from_secs(20),
+        latency_changes: 50,
+        mix_groups: 100,
+        mix_rounds: 5,
+        big_group: 50_000,
+        scale_groups: 100_000,
+        scale_memberships: 1_000_000,
+        scale_users: 100_000,
+    };
+
+    /// A tenth of it, for a run of a few minutes.
+    const QUICK: Sizes = Sizes {
+        groups: 200,
+        memberships: 4_000,
+        users: 500,
+        quiet_cycles: 3,
+        daemon_window: Duration::from_secs(10),
+        latency_changes: 10,
+        mix_groups: 50,
+        mix_rounds: 5,
+        big_group: 5_000,
+        scale_groups: 10_000,
+        scale_memberships: 100_000,
+        scale_users: 10_000,
+    };
+
+    fn new(quick: bool) -> Sizes {
+        if quick { Sizes::QUICK } else { Sizes::FULL }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // reqwest's rustls and ldap3's both link aws-lc-rs; name the process default so neither has to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bench: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<()> {
+    let sizes = Sizes::new(args.quick);
+    if args.scale_only {
+        let figures = scale::run(&sizes, args.seed, !args.no_simulator_feed).await?;
+        println!("{}", serde_json::to_string(&figures).context("serialising the scale figures")?);
+        return Ok(());
+    }
+    report::header(&sizes, args.quick, args.seed);
+    let mut world = World::create(args.seed).await?;
+    let measured = with_directory(&mut world, &sizes).await;
+    report::section("cleaning up the bench OUs");
+    let cleaned = world.cleanup().await;
+    let figures = measured?;
+    cleaned?;
+
+    report::section(&format!(
+        "5. scale without a directory: {} groups, {} memberships, {} users (state + planner, child process)",
+        sizes.scale_groups, sizes.scale_memberships, sizes.scale_users
+    ));
+    let scale = scale::in_child(args.quick, args.seed).await?;
+    report::scale(&scale);
+    report::summary(&Figures { scale: Some(scale), ..figures }, args.quick);
+    Ok(())
+}
+
+/// Phases 1 to 4, which need the DC. The scale figures are filled in later.
+async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
+    report::section(&format!(
+        "1. initial sync: {} groups, {} memberships, {} users, against raw ldapadd",
+        sizes.groups, sizes.memberships, sizes.users
+    ));
+    let initial = initial::run(world, sizes).await?;
+
+    report::section("2. no-change cycles");
+    println!("  (a one-shot sync always connects to the DC: 1 bind, the rootDSE and the schema searches)");
+    let one_shot = quiet::one_shot(world, sizes.quiet_cycles).await?;
+    let mut daemon = world.start_daemon()?;
+    quiet::wait_until_settled(world, &mut daemon, Duration::from_secs(600)).await?;
+    println!("  (the daemon skips the DC connection on quiet cycles; its interval is {} s)", world::DAEMON_INTERVAL.as_secs());
+    let daemon_quiet = quiet::daemon(world, &mut daemon, sizes.daemon_window).await?;
+
+    report::section(&format!("3. latency: {} single membership changes through the daemon", sizes.latency_changes));
+    let latency = latency::run(world, &mut daemon, sizes.latency_changes).await?;
+    daemon.stop().await?;
+
+    report::section(&format!(
+        "4. write minimality: {} rounds of random changes over {} groups, then a {}-member group",
+        sizes.mix_rounds, sizes.mix_groups, sizes.big_group
+    ));
+    let minimality = minimal::run(world, sizes).await?;
+    Ok(Figures { sizes: *sizes, initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None })
+}

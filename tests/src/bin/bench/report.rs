@@ -1,0 +1,208 @@
+//! Printing: the run's header, section titles, phase 5's figures and the final summary table (markdown), each
+//! figure next to its target and the anchors (Connect's 30-minute cycle, Cloud Sync's ~20 minutes, raw
+//! `ldapadd`).
+
+use std::time::Duration;
+
+use crate::Sizes;
+use crate::initial::Initial;
+use crate::latency::Latency;
+use crate::measure::{human, mb, mean, ms};
+use crate::minimal::Minimality;
+use crate::quiet::{DaemonQuiet, OneShot};
+use crate::scale::Scale;
+
+/// The target peak RSS of phase 5.
+const RSS_TARGET: u64 = 300_000_000;
+/// The target agent / raw floor ratio of phase 1.
+const RATIO_TARGET: f64 = 1.3;
+/// The target p99 latency of phase 3.
+const P99_TARGET: Duration = Duration::from_secs(3);
+
+/// Everything one run measured.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub sizes: Sizes,
+    pub initial: Initial,
+    pub one_shot: Vec<OneShot>,
+    pub daemon: DaemonQuiet,
+    pub latency: Latency,
+    pub minimality: Minimality,
+    pub scale: Option<Scale>,
+}
+
+/// What the run is, on what, with which caveats.
+pub fn header(sizes: &Sizes, quick: bool, seed: u64) {
+    println!("writeback bench ({}), seed {seed}", if quick { "--quick" } else { "full size" });
+    println!(
+        "machine: {} CPUs, {} memory; DC: the shared Samba test DC with ldb:nosync = true (no fsync: writes are faster than on a production DC)",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        mem_total().map_or_else(|| "unknown".into(), mb)
+    );
+    println!(
+        "sizes: {} groups / {} memberships / {} users; {} latency changes; {}-member large group; scale {} groups / {} memberships",
+        sizes.groups, sizes.memberships, sizes.users, sizes.latency_changes, sizes.big_group, sizes.scale_groups, sizes.scale_memberships
+    );
+}
+
+fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// A section title.
+pub fn section(title: &str) {
+    println!("\n==> {title}");
+}
+
+/// Phase 5's figures, as they come from the child process.
+pub fn scale(s: &Scale) {
+    println!("  fed as delta pages parsed with parse_page/parse_group (not through HTTP): {} ({} group pages)", human(s.feed), s.group_pages);
+    if let Some(sim) = s.simulator_feed {
+        println!("  the same feed through the real HTTP simulator (for comparison): {}", human(sim));
+    }
+    println!("  state on disk after the feed: {}", mb(s.state_bytes));
+    println!(
+        "  RSS after the feed {} (peak {}), after the intents {} (peak {}), at the end {} (peak {})",
+        mb(s.memory_after_feed.current),
+        mb(s.memory_after_feed.peak),
+        mb(s.memory_after_intents.current),
+        mb(s.memory_after_intents.peak),
+        mb(s.memory_end.current),
+        mb(s.memory_end.peak)
+    );
+    println!(
+        "  no-op full reconcile: intents {} + plan {} = {}; {} operations planned (expected 0), {} members skipped",
+        human(s.intents),
+        human(s.plan),
+        human(s.reconcile()),
+        s.planned_ops,
+        s.skipped_members
+    );
+}
+
+/// `yes`, `NO`, or `—` when there is no target.
+fn meets(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "—",
+    }
+}
+
+/// One table row.
+fn row(figure: &str, measured: String, target: &str, ok: Option<bool>, anchor: &str) {
+    println!("| {figure} | {measured} | {target} | {} | {anchor} |", meets(ok));
+}
+
+/// The final markdown table.
+pub fn summary(f: &Figures, quick: bool) {
+    section("summary");
+    println!();
+    println!(
+        "`bench/run{}` — Samba AD DC with `ldb:nosync = true`, loopback, {} CPUs.",
+        if quick { " --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!();
+    println!("| figure | measured | target | met | anchor |");
+    println!("|---|---|---|---|---|");
+    initial_rows(&f.initial);
+    quiet_rows(&f.one_shot, &f.daemon);
+    latency_rows(&f.latency);
+    minimality_rows(&f.minimality);
+    if let Some(scale) = &f.scale {
+        scale_rows(scale);
+    }
+}
+
+fn initial_rows(i: &Initial) {
+    row(
+        &format!("initial sync, {} groups / {} memberships / {} users (`sync --once`)", i.groups, i.memberships, i.users),
+        format!("{} (agent CPU {})", human(i.sync_wall), human(i.sync_cpu)),
+        "—",
+        None,
+        &format!("raw `ldapadd -f` of the same groups and members: {}", human(i.raw)),
+    );
+    row("initial sync / raw ldapadd", format!("{:.2}×", i.ratio()), "≤ 1.3×", Some(i.ratio() <= RATIO_TARGET), "raw `ldapadd`");
+}
+
+fn quiet_rows(one_shot: &[OneShot], d: &DaemonQuiet) {
+    let requests: Vec<String> = one_shot.iter().map(|c| c.graph_requests.to_string()).collect();
+    let writes: Vec<String> = one_shot.iter().map(|c| c.changed_objects.to_string()).collect();
+    let usn: Vec<String> = one_shot.iter().map(|c| format!("+{}", c.usn_global)).collect();
+    let cpu: Vec<Duration> = one_shot.iter().map(|c| c.cpu).collect();
+    let wall: Vec<Duration> = one_shot.iter().map(|c| c.wall).collect();
+    row("no-change `sync --once`: Graph requests per cycle (token excluded)", requests.join(", "), "—", None, "");
+    row(
+        "no-change `sync --once`: directory writes (objects changed in the OU; highestCommittedUSN)",
+        format!("{} ({})", writes.join(", "), usn.join(", ")),
+        "0",
+        Some(one_shot.iter().all(|c| c.changed_objects == 0)),
+        "",
+    );
+    row("no-change `sync --once`: CPU per cycle (process start, bind, rootDSE, schema)", format!("{} (wall {})", ms(mean(&cpu)), human(mean(&wall))), "—", None, "");
+    row(
+        &format!("daemon quiet cycle: CPU ({} cycles, /proc/pid/stat)", d.cycles),
+        ms(d.cpu_per_cycle),
+        "—",
+        None,
+        "Connect: one cycle per 30 min; Cloud Sync: ~20 min",
+    );
+    row(
+        "daemon quiet cycle: Graph requests; directory writes",
+        format!("{:.1}; {}", d.graph_requests_per_cycle, d.changed_objects),
+        "—; 0",
+        Some(d.changed_objects == 0),
+        "",
+    );
+}
+
+fn latency_rows(l: &Latency) {
+    row(
+        &format!("membership change → visible in AD, p50 / p99 ({} changes, 2 s interval)", l.samples.len()),
+        format!("{} / {}", human(l.p50()), human(l.p99())),
+        "p99 ≤ 3 s",
+        Some(l.p99() <= P99_TARGET),
+        "Connect: 30-min cycle; Cloud Sync: ~20 min",
+    );
+}
+
+fn minimality_rows(m: &Minimality) {
+    let ratio = m.operations() as f64 / m.minimum().max(1) as f64;
+    let floor = m.operations() as f64 / m.floor().max(1) as f64;
+    row(
+        &format!("write minimality, {} random rounds (operations / minimum)", m.rounds.len()),
+        format!("{:.2} ({} / {}; {} LDAP requests)", ratio, m.operations(), m.minimum(), m.requests()),
+        "1.0",
+        Some(m.operations() == m.minimum()),
+        &format!("strict LDAP floor (adds, removes and displayName in one modify): {:.2} ({} / {})", floor, m.operations(), m.floor()),
+    );
+    let big = &m.big;
+    row(
+        &format!("one member added to / removed from a {}-member group", big.members),
+        format!("{} / {} (cycles {} / {})", big.add.records.join(" "), big.remove.records.join(" "), human(big.add.wall), human(big.remove.wall)),
+        "one modify with one value each",
+        Some(big.add.exact && big.remove.exact),
+        &format!("initial write of that group: {}", human(big.initial)),
+    );
+}
+
+fn scale_rows(s: &Scale) {
+    row(
+        &format!("peak RSS, state + planner, {} groups / {} memberships", s.groups, s.memberships),
+        format!("{} (after the feed: {})", mb(s.memory_end.peak), mb(s.memory_after_feed.peak)),
+        "≤ 300 MB",
+        Some(s.memory_end.peak <= RSS_TARGET),
+        "",
+    );
+    row(
+        "no-op full reconcile without the directory (intents + plan)",
+        format!("{} ({} + {}; {} ops)", human(s.reconcile()), human(s.intents), human(s.plan), s.planned_ops),
+        "0 ops",
+        Some(s.planned_ops == 0),
+        "",
+    );
+    row("feeding the delta pages into the state", human(s.feed), "—", None, &s.simulator_feed.map_or(String::new(), |d| format!("through the HTTP simulator: {}", human(d))));
+}
