@@ -143,6 +143,25 @@ struct Plugin<P: Prepared> {
     config: Arc<BTreeMap<String, String>>,
     limits: CallLimits,
     warm: Option<(Store<Sandbox>, P::Bindings)>,
+    /// This plugin's call counters, looked up once rather than on every call.
+    calls: CallCounters,
+}
+
+/// The plugin-call counters of one plugin: successful and failed calls.
+#[derive(Clone)]
+struct CallCounters {
+    ok: prometheus_client::metrics::counter::Counter,
+    failed: prometheus_client::metrics::counter::Counter,
+}
+
+impl CallCounters {
+    fn of(plugin: &str) -> CallCounters {
+        let counter = |outcome: &str| {
+            let labels = crate::metrics::PluginLabels { plugin: plugin.to_string(), outcome: outcome.into() };
+            crate::metrics::global().plugin_calls.get_or_create(&labels).clone()
+        };
+        CallCounters { ok: counter("ok"), failed: counter("failed") }
+    }
 }
 
 impl<P: Prepared> Plugin<P> {
@@ -157,9 +176,7 @@ impl<P: Prepared> Plugin<P> {
         let (store, bindings) = self.warm.as_mut().expect("instantiated above");
         runtime::arm_deadline(store, self.limits.timeout);
         let result = f(bindings, store);
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        let labels = crate::metrics::PluginLabels { plugin: self.name.to_string(), outcome: outcome.into() };
-        crate::metrics::global().plugin_calls.get_or_create(&labels).inc();
+        if result.is_ok() { &self.calls.ok } else { &self.calls.failed }.inc();
         let recycle = store.data_mut().forward_output();
         match result {
             Ok(value) => {
@@ -225,7 +242,8 @@ impl TenantPlugins {
                 let pre = NamingPolicyPre::new(prepare(path, "naming-policy")?)
                     .map_err(|e| PluginError::World { path: path.clone(), world: "naming-policy", cause: format!("{e:#}") })?;
                 let (name, engine, config, limits) = plugin(path);
-                Some(Plugin { name, pre, engine, config, limits, warm: None })
+                let calls = CallCounters::of(&name);
+                Some(Plugin { name, pre, engine, config, limits, warm: None, calls })
             }
             None => None,
         };
@@ -234,7 +252,8 @@ impl TenantPlugins {
             let pre = TransformerPre::new(prepare(path, "transformer")?)
                 .map_err(|e| PluginError::World { path: path.clone(), world: "transformer", cause: format!("{e:#}") })?;
             let (name, engine, config, limits) = plugin(path);
-            transforms.push(Plugin { name, pre, engine, config, limits, warm: None });
+            let calls = CallCounters::of(&name);
+            transforms.push(Plugin { name, pre, engine, config, limits, warm: None, calls });
         }
         let allowed_attributes = config
             .transform_attributes

@@ -16,14 +16,24 @@
 //!
 //! It prints figures, not verdicts: nothing here asserts a timing. The OUs it creates are deleted at the end.
 
+// The crate root is this file, so its modules are named by path: they live in `bench/`.
+#[path = "bench/directory.rs"]
 mod directory;
+#[path = "bench/initial.rs"]
 mod initial;
+#[path = "bench/latency.rs"]
 mod latency;
+#[path = "bench/measure.rs"]
 mod measure;
+#[path = "bench/minimal.rs"]
 mod minimal;
+#[path = "bench/quiet.rs"]
 mod quiet;
+#[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scale.rs"]
 mod scale;
+#[path = "bench/world.rs"]
 mod world;
 
 use std::process::ExitCode;
