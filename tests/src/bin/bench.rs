@@ -192,5 +192,5 @@ async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
         sizes.mix_rounds, sizes.mix_groups, sizes.big_group
     ));
     let minimality = minimal::run(world, sizes).await?;
-    Ok(Figures { sizes: *sizes, initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None })
+    Ok(Figures { initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None })
 }

@@ -19,8 +19,6 @@ pub struct Initial {
     pub groups: usize,
     pub memberships: usize,
     pub users: usize,
-    /// Creating the users in AD by LDIF (set-up, not part of either figure).
-    pub users_setup: Duration,
     /// `writeback sync --once` into the empty OU.
     pub sync_wall: Duration,
     pub sync_cpu: Duration,
@@ -52,7 +50,6 @@ pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
         groups: sizes.groups,
         memberships: sizes.memberships,
         users: sizes.users,
-        users_setup,
         sync_wall: sync.wall,
         sync_cpu: sync.cpu,
         raw,

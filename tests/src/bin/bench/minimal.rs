@@ -88,7 +88,6 @@ pub struct OneChange {
 #[derive(Debug, Clone)]
 pub struct BigGroup {
     pub members: usize,
-    pub users_setup: Duration,
     pub initial: Duration,
     pub add: OneChange,
     pub remove: OneChange,
@@ -289,7 +288,7 @@ async fn big_group(world: &mut World, size: usize) -> Result<BigGroup> {
             human(change.wall)
         );
     }
-    Ok(BigGroup { members: size, users_setup, initial, add, remove })
+    Ok(BigGroup { members: size, initial, add, remove })
 }
 
 /// Makes one change in the simulator, syncs, and checks that the cycle wrote exactly one `operation` record

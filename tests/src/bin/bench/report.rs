@@ -22,7 +22,6 @@ const P99_TARGET: Duration = Duration::from_secs(3);
 /// Everything one run measured.
 #[derive(Debug, Clone)]
 pub struct Figures {
-    pub sizes: Sizes,
     pub initial: Initial,
     pub one_shot: Vec<OneShot>,
     pub daemon: DaemonQuiet,
@@ -144,7 +143,7 @@ fn quiet_rows(one_shot: &[OneShot], d: &DaemonQuiet) {
     );
     row("no-change `sync --once`: CPU per cycle (process start, bind, rootDSE, schema)", format!("{} (wall {})", ms(mean(&cpu)), human(mean(&wall))), "—", None, "");
     row(
-        &format!("daemon quiet cycle: CPU ({} cycles, /proc/pid/stat)", d.cycles),
+        &format!("daemon quiet cycle: CPU ({} cycles in {}, /proc/pid/stat)", d.cycles, human(d.window)),
         ms(d.cpu_per_cycle),
         "—",
         None,

@@ -28,7 +28,6 @@ pub struct BenchUser {
     pub id: String,
     /// AD DN, as the server spells it.
     pub dn: String,
-    pub sid: String,
 }
 
 /// A cloud group the bench created.
@@ -84,7 +83,7 @@ impl World {
             let id = new_id();
             let cloud = User::synced(id.clone(), format!("{}@contoso.com", user.sam), &user.sid, &user.sam);
             self.env.sim.add_user(cloud).with_context(|| format!("adding user {} to the simulator", user.sam))?;
-            self.users.push(BenchUser { id, dn: user.dn, sid: user.sid });
+            self.users.push(BenchUser { id, dn: user.dn });
         }
         Ok(elapsed)
     }

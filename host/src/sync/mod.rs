@@ -1,18 +1,22 @@
-//! One sync cycle for one tenant: read Graph's deltas into the state, build the desired model for the
-//! groups that need it, read the directory, plan, apply, and checkpoint.
+//! One sync cycle for one tenant: read Graph's deltas into the state ([`rounds`]), build the desired model for
+//! the groups that need it, read the directory, plan, apply and checkpoint ([`apply`]), and keep each group's
+//! problems for `status` ([`problems`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod apply;
+mod problems;
+mod rounds;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{ConfigError, TenantConfig};
 use crate::dn;
-use crate::directory::{ApplyError, Applied, Directory, DirectoryError};
-use crate::graph::delta::{self, NextLink, Removal};
+use crate::directory::{Directory, DirectoryError};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, DesiredMember, GroupPolicy, Intent, ModelSettings, SchemaSupport, SkippedMember};
+use crate::model::{self, DesiredMember, GroupPolicy, Intent, ModelSettings, SchemaSupport};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Snapshot};
-use crate::state::{Anchor, AuditRecord, Cursor, GroupProblems, Resource, StateError, Store, TenantState};
+use crate::state::{Resource, StateError, Store, TenantState};
 use crate::status::{GroupProblem, TenantStatus};
 
 /// Why a cycle stopped before its end.
@@ -168,99 +172,6 @@ impl TenantSync<'_> {
         Ok(())
     }
 
-    /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync.
-    async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
-        match self.read_pages(resource, report).await {
-            Err(SyncError::Graph(GraphError::ResyncRequired { .. })) => {
-                tracing::warn!(tenant = %self.config.name, ?resource, "Graph asked for a full resync; starting a full round");
-                self.state.drop_cursor(resource)?;
-                self.read_pages(resource, report).await
-            }
-            other => other,
-        }
-    }
-
-    async fn read_pages(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
-        let (mut link, full) = match self.state.cursor(resource)? {
-            None => (self.start_url(resource), true),
-            Some(c) if c.complete => {
-                self.finish_full_round(resource, &c).await?;
-                (c.link, false)
-            }
-            Some(c) => (c.link, c.full),
-        };
-        loop {
-            if self.stop.is_set() {
-                return Ok(());
-            }
-            let page = self.graph.delta_page(&link).await?;
-            let (next, complete) = match page.link {
-                NextLink::Next(next) => (next, false),
-                NextLink::Delta(delta) => (delta, true),
-            };
-            let cursor = Cursor { link: next.clone(), full, complete };
-            self.merge(resource, &page.entries, &cursor, report)?;
-            self.store.flush().await?;
-            if complete {
-                return self.finish_full_round(resource, &cursor).await;
-            }
-            link = next;
-        }
-    }
-
-    fn start_url(&self, resource: Resource) -> String {
-        match resource {
-            Resource::Groups => self.graph.groups_delta_start(),
-            Resource::Users => self.graph.users_delta_start(),
-        }
-    }
-
-    fn merge(&self, resource: Resource, entries: &[serde_json::Value], cursor: &Cursor, report: &mut CycleReport) -> Result<(), SyncError> {
-        let mut bad = Vec::new();
-        match resource {
-            Resource::Groups => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(|err| bad.push(err.0)).ok()).collect();
-                self.state.merge_group_page(&parsed, cursor)?;
-            }
-            Resource::Users => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(|err| bad.push(err.0)).ok()).collect();
-                self.state.merge_user_page(&parsed, cursor)?;
-            }
-        }
-        for reason in &bad {
-            tracing::warn!(tenant = %self.config.name, "skipped a Graph entry: {reason}");
-        }
-        report.status.bad_entries.extend(bad);
-        Ok(())
-    }
-
-    /// After a full round, objects it did not list are gone. A group counts as hard-deleted only when
-    /// Graph's deleted items do not hold it either.
-    async fn finish_full_round(&self, resource: Resource, cursor: &Cursor) -> Result<(), SyncError> {
-        if !(cursor.full && cursor.complete) {
-            return Ok(());
-        }
-        match resource {
-            Resource::Users => {
-                self.state.finish_full_user_round()?;
-            }
-            Resource::Groups => {
-                for id in self.state.groups_missing_from_full_round()? {
-                    let removal = if self.graph.in_deleted_items(&id).await? { Removal::Changed } else { Removal::Deleted };
-                    self.state.mark_removed(&id, removal)?;
-                }
-                self.state.clear_group_round_marks()?;
-            }
-        }
-        let done = Cursor { full: false, ..cursor.clone() };
-        match resource {
-            Resource::Groups => self.state.merge_group_page(&[], &done)?,
-            Resource::Users => self.state.merge_user_page(&[], &done)?,
-        };
-        self.store.flush().await?;
-        Ok(())
-    }
-
     /// Plans the groups that need it against the directory and applies the plan.
     async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
         let settings = self.model_settings(directory.schema.clone());
@@ -390,214 +301,7 @@ impl TenantSync<'_> {
         *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 
-    /// Applies the plan in order. Returns the groups whose operations failed (they stay dirty).
-    async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
-        let mut created: HashMap<String, String> = HashMap::new();
-        let mut failed: HashMap<String, String> = HashMap::new();
-        for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
-            // The intents are durable before any of these writes is sent: a crash cannot hide a write.
-            let keys = self.state.journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
-            self.store.flush().await?;
-            let mut journaled = chunk.iter().zip(keys);
-            while let Some((op, key)) = journaled.next() {
-                if let Err(e) = self.apply_one(directory, op, key, &mut created, &mut failed, report).await {
-                    // The cycle stops here; the writes journaled after this one were never sent.
-                    for (_, unsent) in journaled {
-                        self.state.settle(unsent, None)?;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(failed)
-    }
-
-    /// Applies one journaled operation and files its outcome.
-    async fn apply_one(
-        &self,
-        directory: &mut Directory,
-        op: &Op,
-        key: u64,
-        created: &mut HashMap<String, String>,
-        failed: &mut HashMap<String, String>,
-        report: &mut CycleReport,
-    ) -> Result<(), SyncError> {
-        if self.stop.is_set() {
-            report.stopped = true;
-            failed.insert(op.group_id().to_string(), "stopped before this write".into());
-        }
-        if failed.contains_key(op.group_id()) {
-            self.state.settle(key, None)?;
-            return Ok(());
-        }
-        let result = directory.apply(op, created).await;
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.to_string(),
-        };
-        self.state.settle(key, Some(&self.audit_record(op, outcome)))?;
-        self.count_operation(op, &result);
-        match result {
-            Ok(Applied::Created { guid, sid, dn }) => {
-                report.status.writes += 1;
-                self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
-                created.insert(op.group_id().to_string(), dn);
-            }
-            Ok(Applied::Moved { dn }) => {
-                report.status.writes += 1;
-                if let Some(mut anchor) = self.state.anchor(op.group_id())? {
-                    anchor.dn = dn;
-                    self.state.set_anchor(op.group_id(), &anchor)?;
-                }
-            }
-            Ok(Applied::Done) => report.status.writes += 1,
-            Err(ApplyError::Directory(e)) => return Err(e.into()),
-            Err(e @ ApplyError::Conflict { .. }) => {
-                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
-                report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
-                failed.insert(op.group_id().to_string(), e.to_string());
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
-                let reason = format!("{APPLY_FAILED}: {e}");
-                report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
-                failed.insert(op.group_id().to_string(), reason);
-            }
-        }
-        Ok(())
-    }
-
-    fn count_operation(&self, op: &Op, result: &Result<Applied, ApplyError>) {
-        let (kind, _, _) = plan::describe(op);
-        let outcome = match result {
-            Ok(_) => "ok",
-            Err(ApplyError::Conflict { .. }) => "conflict",
-            Err(_) => "failed",
-        };
-        let labels = crate::metrics::DirectoryLabels { tenant: self.config.name.clone(), kind: kind.into(), outcome: outcome.into() };
-        crate::metrics::global().directory_operations.get_or_create(&labels).inc();
-    }
-
-    fn audit_record(&self, op: &Op, outcome: String) -> AuditRecord {
-        let (operation, dn, detail) = plan::describe(op);
-        AuditRecord {
-            time: now(),
-            tenant: self.config.name.clone(),
-            group_id: op.group_id().to_string(),
-            operation: operation.to_string(),
-            dn,
-            detail,
-            outcome,
-        }
-    }
-
-    /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
-    fn checkpoint(&self, ids: &BTreeSet<String>, plan: &Plan, failed: &HashMap<String, String>, snapshot: &Snapshot) -> Result<(), StateError> {
-        // Held deletes and renames stay pending, so they are planned again until they are allowed.
-        let held: BTreeSet<&str> =
-            plan.held_deletes.iter().map(|d| d.group_id.as_str()).chain(plan.held_renames.iter().map(Op::group_id)).collect();
-        let deleted: BTreeSet<&str> = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
-        for id in ids {
-            if failed.contains_key(id) || held.contains(id.as_str()) {
-                continue;
-            }
-            if deleted.contains(id.as_str()) || plan.gone.contains(id) {
-                self.state.purge_group(id)?;
-                continue;
-            }
-            if let Some(group) = snapshot.managed.get(id) {
-                let anchor = Anchor { guid: group.guid.clone(), sid: group.sid.clone(), dn: group.dn.clone() };
-                if self.state.anchor(id)?.as_ref() != Some(&anchor) {
-                    self.state.set_anchor(id, &anchor)?;
-                }
-            }
-            self.state.clear_dirty(id)?;
-        }
-        Ok(())
-    }
 }
-
-impl TenantSync<'_> {
-    /// Stores what this cycle found wrong with each planned group, so `status` shows every group's
-    /// current problems and not only those of the groups the last cycle touched.
-    fn record_problems(&self, ids: &BTreeSet<String>, plan: &Plan, status: &TenantStatus) -> Result<(), StateError> {
-        let mut problems: BTreeMap<&str, GroupProblems> = ids.iter().map(|id| (id.as_str(), GroupProblems::default())).collect();
-        for s in &status.skipped_members {
-            if let Some(p) = problems.get_mut(s.group_id.as_str()) {
-                p.skipped_members.push((s.member_id.clone(), s.reason.clone()));
-            }
-        }
-        for c in &status.conflicts {
-            if let Some(p) = problems.get_mut(c.group_id.as_str()) {
-                p.conflict = Some(c.reason.clone());
-            }
-        }
-        for h in &status.held_groups {
-            if let Some(p) = problems.get_mut(h.group_id.as_str()) {
-                p.held = Some(h.reason.clone());
-            }
-        }
-        for e in &status.excluded {
-            if let Some(p) = problems.get_mut(e.group_id.as_str()) {
-                p.excluded = Some(e.reason.clone());
-            }
-        }
-        let purged: BTreeSet<&str> = plan.gone.iter().map(String::as_str).collect();
-        for (id, mut p) in problems {
-            if purged.contains(id) || self.state.group(id)?.is_none() {
-                continue;
-            }
-            self.count_failures(id, &mut p)?;
-            self.state.set_problems(id, &p)?;
-        }
-        Ok(())
-    }
-
-    /// A group whose apply keeps failing is quarantined: it leaves the pending set, so quiet cycles stop
-    /// retrying it, until it changes in the cloud or a full reconcile plans it again.
-    fn count_failures(&self, id: &str, problems: &mut GroupProblems) -> Result<(), StateError> {
-        let failed = problems.held.as_deref().is_some_and(|h| h.starts_with(APPLY_FAILED));
-        if !failed {
-            return Ok(());
-        }
-        problems.failures = self.state.problems_of(id)?.map_or(0, |p| p.failures) + 1;
-        if problems.failures >= QUARANTINE_AFTER {
-            let reason = problems.held.take().unwrap_or_default();
-            problems.held = Some(format!(
-                "{QUARANTINED} after {} failed attempts; retried when the group changes or at the next full reconcile: {reason}",
-                problems.failures
-            ));
-            self.state.clear_dirty(id)?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the cycle's own lists with every group's stored problems.
-    fn load_problems(&self, status: &mut TenantStatus) -> Result<(), StateError> {
-        status.skipped_members.clear();
-        status.conflicts.clear();
-        status.held_groups.clear();
-        status.excluded.clear();
-        for (id, p) in self.state.problems()? {
-            if let Some(reason) = p.excluded {
-                status.excluded.push(GroupProblem { group_id: id.clone(), reason });
-            }
-            for (member_id, reason) in p.skipped_members {
-                status.skipped_members.push(SkippedMember { group_id: id.clone(), member_id, reason });
-            }
-            if let Some(reason) = p.conflict {
-                status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
-            }
-            if let Some(reason) = p.held {
-                status.held_groups.push(GroupProblem { group_id: id.clone(), reason });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// How many writes are journaled (and flushed) at a time before they are sent.
-const JOURNAL_CHUNK: usize = 64;
 
 /// How the reason of a group whose apply failed starts.
 const APPLY_FAILED: &str = "apply failed";

@@ -1,0 +1,140 @@
+//! Applying a plan: every write journaled before it is sent, its outcome audited, and the checkpoint.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::{APPLY_FAILED, CycleReport, SyncError, TenantSync, now};
+use crate::directory::{ApplyError, Applied, Directory};
+use crate::plan::{self, Op, Plan, Snapshot};
+use crate::state::{Anchor, AuditRecord, StateError};
+use crate::status::GroupProblem;
+
+/// How many writes are journaled (and flushed) at a time before they are sent.
+const JOURNAL_CHUNK: usize = 64;
+
+impl TenantSync<'_> {
+    /// Applies the plan in order. Returns the groups whose operations failed (they stay dirty).
+    pub(super) async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
+        let mut created: HashMap<String, String> = HashMap::new();
+        let mut failed: HashMap<String, String> = HashMap::new();
+        for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
+            // The intents are durable before any of these writes is sent: a crash cannot hide a write.
+            let keys = self.state.journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
+            self.store.flush().await?;
+            let mut journaled = chunk.iter().zip(keys);
+            while let Some((op, key)) = journaled.next() {
+                if let Err(e) = self.apply_one(directory, op, key, &mut created, &mut failed, report).await {
+                    // The cycle stops here; the writes journaled after this one were never sent.
+                    for (_, unsent) in journaled {
+                        self.state.settle(unsent, None)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Applies one journaled operation and files its outcome.
+    pub(super) async fn apply_one(
+        &self,
+        directory: &mut Directory,
+        op: &Op,
+        key: u64,
+        created: &mut HashMap<String, String>,
+        failed: &mut HashMap<String, String>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        if self.stop.is_set() {
+            report.stopped = true;
+            failed.insert(op.group_id().to_string(), "stopped before this write".into());
+        }
+        if failed.contains_key(op.group_id()) {
+            self.state.settle(key, None)?;
+            return Ok(());
+        }
+        let result = directory.apply(op, created).await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.state.settle(key, Some(&self.audit_record(op, outcome)))?;
+        self.count_operation(op, &result);
+        match result {
+            Ok(Applied::Created { guid, sid, dn }) => {
+                report.status.writes += 1;
+                self.state.set_anchor(op.group_id(), &Anchor { guid, sid, dn: dn.clone() })?;
+                created.insert(op.group_id().to_string(), dn);
+            }
+            Ok(Applied::Moved { dn }) => {
+                report.status.writes += 1;
+                if let Some(mut anchor) = self.state.anchor(op.group_id())? {
+                    anchor.dn = dn;
+                    self.state.set_anchor(op.group_id(), &anchor)?;
+                }
+            }
+            Ok(Applied::Done) => report.status.writes += 1,
+            Err(ApplyError::Directory(e)) => return Err(e.into()),
+            Err(e @ ApplyError::Conflict { .. }) => {
+                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
+                report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
+                failed.insert(op.group_id().to_string(), e.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
+                let reason = format!("{APPLY_FAILED}: {e}");
+                report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
+                failed.insert(op.group_id().to_string(), reason);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn count_operation(&self, op: &Op, result: &Result<Applied, ApplyError>) {
+        let (kind, _, _) = plan::describe(op);
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(ApplyError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        let labels = crate::metrics::DirectoryLabels { tenant: self.config.name.clone(), kind: kind.into(), outcome: outcome.into() };
+        crate::metrics::global().directory_operations.get_or_create(&labels).inc();
+    }
+
+    pub(super) fn audit_record(&self, op: &Op, outcome: String) -> AuditRecord {
+        let (operation, dn, detail) = plan::describe(op);
+        AuditRecord {
+            time: now(),
+            tenant: self.config.name.clone(),
+            group_id: op.group_id().to_string(),
+            operation: operation.to_string(),
+            dn,
+            detail,
+            outcome,
+        }
+    }
+
+    /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
+    pub(super) fn checkpoint(&self, ids: &BTreeSet<String>, plan: &Plan, failed: &HashMap<String, String>, snapshot: &Snapshot) -> Result<(), StateError> {
+        // Held deletes and renames stay pending, so they are planned again until they are allowed.
+        let held: BTreeSet<&str> =
+            plan.held_deletes.iter().map(|d| d.group_id.as_str()).chain(plan.held_renames.iter().map(Op::group_id)).collect();
+        let deleted: BTreeSet<&str> = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
+        for id in ids {
+            if failed.contains_key(id) || held.contains(id.as_str()) {
+                continue;
+            }
+            if deleted.contains(id.as_str()) || plan.gone.contains(id) {
+                self.state.purge_group(id)?;
+                continue;
+            }
+            if let Some(group) = snapshot.managed.get(id) {
+                let anchor = Anchor { guid: group.guid.clone(), sid: group.sid.clone(), dn: group.dn.clone() };
+                if self.state.anchor(id)?.as_ref() != Some(&anchor) {
+                    self.state.set_anchor(id, &anchor)?;
+                }
+            }
+            self.state.clear_dirty(id)?;
+        }
+        Ok(())
+    }
+}
