@@ -160,10 +160,14 @@ impl Store {
     /// Opens (or creates, mode 0700) the state directory.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         create_private_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .open()
-            .map_err(|e| StateError::Open { path: dir.to_path_buf(), cause: e.to_string() })?;
+        let path = dir.join("db");
+        // A damaged database must give the admin the recovery, whatever sled does with it.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open());
+        let open_error = |cause: String| StateError::Open { path: dir.to_path_buf(), cause };
+        let db = match opened {
+            Ok(result) => result.map_err(|e| open_error(e.to_string()))?,
+            Err(_) => return Err(open_error("the database is damaged".into())),
+        };
         Ok(Store { db })
     }
 
