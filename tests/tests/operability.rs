@@ -115,3 +115,19 @@ async fn doctor_passes_a_good_setup_and_names_the_fix_for_a_broken_one() -> anyh
     assert!(!out.contains("not-the-password"));
     Ok(())
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_cycle_span() -> anyhow::Result<()> {
+    let env = Env::new("json-logs").await?;
+    env.sim.add_group(enabled(&new_id(), "Logged", &[])).unwrap();
+    let mut command = std::process::Command::new(writeback_tests::e2e::writeback_bin()?);
+    command.args(["--log-format", "json", "--config"]).arg(&env.config_path).args(["sync", "--once"]);
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines: Vec<serde_json::Value> = text(&output.stderr).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let finished = lines.iter().find(|l| l["fields"]["message"] == "cycle finished").expect("a cycle-finished line");
+    assert_eq!(finished["level"], "INFO");
+    let in_cycle = lines.iter().any(|l| l["span"]["name"] == "cycle" && l["span"]["tenant"] == "contoso");
+    assert!(in_cycle || lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["tenant"] == "contoso"))), "{lines:?}");
+    Ok(())
+}

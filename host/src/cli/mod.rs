@@ -222,7 +222,9 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
 /// Runs a cycle and records its status, successful or not.
 async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions) -> Result<CycleReport> {
     let started = Instant::now();
-    let result = sync.cycle(options).await;
+    // Every log line of the cycle carries its tenant and kind.
+    let span = tracing::info_span!("cycle", tenant = %sync.config.name, full = options.full);
+    let result = tracing::Instrument::instrument(sync.cycle(options), span).await;
     let status_for_metrics = result.as_ref().map(|r| &r.status).map_err(|e| e.to_string());
     crate::metrics::global().record_cycle(&sync.config.name, status_for_metrics, started.elapsed().as_secs_f64());
     let status = match &result {

@@ -154,6 +154,8 @@ impl TenantSync<'_> {
         report.status.managed_groups = self.state.managed_count();
         report.status.last_cycle = now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
+        let s = &report.status;
+        tracing::info!(writes = s.writes, managed = s.managed_groups, pending = s.pending_groups, held = s.held_groups.len(), "cycle applied");
         Ok(report)
     }
 
