@@ -43,6 +43,14 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     assert_eq!(sample(&metrics, r#"writeback_groups{tenant="contoso",state="managed"}"#), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#), Some(1.0), "{metrics}");
     assert!(metrics.contains("writeback_cycle_duration_seconds_bucket"), "{metrics}");
+    assert!(sample(&metrics, r#"writeback_graph_requests_total{tenant="contoso",status="200"}"#).is_some_and(|v| v >= 2.0), "{metrics}");
+
+    // A throttled Graph answer is counted.
+    env.sim.inject(Fault { target: FaultTarget::GroupsDelta, kind: FaultKind::Throttle429 { retry_after_secs: 0 } });
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_graph_throttled_total{tenant="contoso"}"#)).is_some_and(|v| v >= 1.0))
+    })
+    .await?;
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
 
     // Quiet cycles (nothing changed in the cloud) do not even connect to the DC.

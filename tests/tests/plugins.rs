@@ -89,7 +89,13 @@ fn a_panic_costs_one_call_and_a_fresh_instance_serves_the_next() {
 
 #[test]
 fn a_runaway_allocation_costs_one_call() {
-    let mut hog = plugins(Some("hog"), &[], &[]);
+    // A generous deadline, so that on a loaded machine it is the memory limit that stops the plugin.
+    let config = PluginsConfig {
+        naming: Some(plugin_wasm("hog").unwrap()),
+        timeout: Duration::from_secs(30),
+        ..PluginsConfig::default()
+    };
+    let mut hog = TenantPlugins::load(&PluginEngine::new(None).unwrap(), &config).unwrap();
     let err = hog.place(&group(ID, "Anything")).unwrap_err();
     assert!(err.contains("went over its memory limit of 64 MiB"), "{err}");
 }

@@ -80,6 +80,8 @@ impl Default for RetryPolicy {
 
 /// A Graph client for one tenant.
 pub struct GraphClient {
+    /// The tenant's name, for metrics and logs.
+    tenant: String,
     http: reqwest::Client,
     tokens: TokenCache,
     graph_base: String,
@@ -120,6 +122,7 @@ impl GraphClient {
             scope: format!("{}/.default", tenant.graph_base()),
         };
         Ok(GraphClient {
+            tenant: tenant.name.clone(),
             http,
             tokens: TokenCache::new(credentials),
             graph_base: tenant.graph_base().to_string(),
@@ -213,6 +216,7 @@ impl GraphClient {
         };
         let status = response.status();
         let retry_after = retry_after(&response);
+        self.count(status.as_u16(), retry_after.is_some());
         let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
@@ -222,6 +226,16 @@ impl GraphClient {
             }
         };
         classify(url, status, retry_after, location, body)
+    }
+
+    /// Counts a Graph answer; a 429, or any answer with Retry-After, is a throttle.
+    fn count(&self, status: u16, retry_after: bool) {
+        let metrics = crate::metrics::global();
+        let labels = crate::metrics::GraphLabels { tenant: self.tenant.clone(), status: status.to_string() };
+        metrics.graph_requests.get_or_create(&labels).inc();
+        if status == 429 || retry_after {
+            metrics.graph_throttled.get_or_create(&crate::metrics::TenantLabel { tenant: self.tenant.clone() }).inc();
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

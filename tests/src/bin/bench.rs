@@ -124,6 +124,10 @@ impl Sizes {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = locate_writeback() {
+        eprintln!("bench: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     // reqwest's rustls and ldap3's both link aws-lc-rs; name the process default so neither has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -140,6 +144,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Points the e2e helpers at the `writeback` binary next to this one (`target/release/writeback` for a release
+/// bench), unless `WRITEBACK_BIN` already names one. They look one directory higher by default, where test
+/// executables (`target/<profile>/deps/…`) live.
+fn locate_writeback() -> Result<()> {
+    if std::env::var_os("WRITEBACK_BIN").is_some() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let bin = exe.with_file_name("writeback");
+    if !bin.exists() {
+        anyhow::bail!("{} is missing; build it with `cargo build --release -p writeback`", bin.display());
+    }
+    // SAFETY: called first thing in main, before the async runtime or any other thread exists.
+    unsafe { std::env::set_var("WRITEBACK_BIN", &bin) };
+    Ok(())
 }
 
 async fn run(args: &Args) -> Result<()> {
