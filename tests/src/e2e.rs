@@ -300,3 +300,23 @@ pub fn plugin_wasm(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+impl Env {
+    /// Points the config at a CA that did not sign the DC's certificate (a fresh self-signed one).
+    pub fn trust_another_ca(&self) -> Result<()> {
+        let dir = self.dir.path();
+        let other = dir.join("other-ca.pem");
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=Some Other CA", "-keyout"])
+            .arg(dir.join("other.key"))
+            .arg("-out")
+            .arg(&other)
+            .output()?;
+        if !made.status.success() {
+            bail!("openssl could not make a CA: {}", text(&made.stderr));
+        }
+        let original = self.dc.info().ca_file.display().to_string();
+        self.edit_config(|t| t.replace(&original, &other.display().to_string()))
+    }
+}

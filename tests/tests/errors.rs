@@ -72,17 +72,7 @@ async fn a_missing_secret_file_is_named() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_ca_that_did_not_sign_the_dc_certificate_is_refused() -> anyhow::Result<()> {
     let env = Env::new("err-ca").await?;
-    let dir = env.dir.path();
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=Some Other CA", "-keyout"])
-        .arg(dir.join("other.key"))
-        .arg("-out")
-        .arg(dir.join("other-ca.pem"))
-        .output()?;
-    assert!(status.status.success(), "{}", text(&status.stderr));
-    let original = env.dc.info().ca_file.display().to_string();
-    env.edit_config(|t| t.replace(&original, &dir.join("other-ca.pem").display().to_string()))?;
+    env.trust_another_ca()?;
     let line = failing_sync(&env).await?;
     assert!(line.contains("TLS with ldaps://127.0.0.1:636 failed") && line.contains("UnknownIssuer"), "{line}");
     Ok(())

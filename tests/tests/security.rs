@@ -59,17 +59,7 @@ async fn members_are_not_added_to_groups_nested_in_protected_groups() -> anyhow:
 #[tokio::test]
 async fn insecure_skip_verify_connects_to_an_unknown_ca_and_says_so_loudly() -> anyhow::Result<()> {
     let env = Env::new("insecure").await?;
-    let other = env.dir.path().join("other-ca.pem");
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=Other"])
-        .arg("-keyout")
-        .arg(env.dir.path().join("other.key"))
-        .arg("-out")
-        .arg(&other)
-        .output()?;
-    assert!(made.status.success());
-    let original = env.dc.info().ca_file.display().to_string();
-    env.edit_config(|t| t.replace(&original, &other.display().to_string()))?;
+    env.trust_another_ca()?;
     assert!(!env.run(&["sync", "--once"]).await?.status.success(), "an unknown CA is refused by default");
     env.edit_config(|t| t.replace("target_ou = ", "insecure_skip_verify = true\ntarget_ou = "))?;
     let output = env.sync(&[]).await?;

@@ -22,8 +22,11 @@ pub struct Initial {
     /// `writeback sync --once` into the empty OU.
     pub sync_wall: Duration,
     pub sync_cpu: Duration,
-    /// `ldapadd -f` of the same groups with their members.
+    /// `ldapadd -f` of the same groups, each one add carrying its members.
     pub raw: Duration,
+    /// The same, written as the agent writes: every group added without members, then one modify per group
+    /// adding them.
+    pub raw_split: Duration,
 }
 
 impl Initial {
@@ -45,7 +48,10 @@ pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
     println!("writeback sync --once (initial): {} wall, {} CPU", human(sync.wall), human(sync.cpu));
     verify(world, sizes).await?;
 
-    let raw = raw_floor(world).await?;
+    let raw = raw_floor(world, Shape::OneAdd).await?;
+    println!("ldapadd -f (raw floor, same groups and members, one add each): {}", human(raw));
+    let raw_split = raw_floor(world, Shape::AddThenModify).await?;
+    println!("ldapadd -f (the same as adds without members, then one modify per group adding them): {}", human(raw_split));
     let figures = Initial {
         groups: sizes.groups,
         memberships: sizes.memberships,
@@ -53,8 +59,8 @@ pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
         sync_wall: sync.wall,
         sync_cpu: sync.cpu,
         raw,
+        raw_split,
     };
-    println!("ldapadd -f (raw floor, same groups and members): {}", human(raw));
     println!("ratio agent / raw floor: {:.2}× (target ≤ 1.3×)", figures.ratio());
     Ok(figures)
 }
@@ -75,28 +81,46 @@ async fn verify(world: &World, sizes: &Sizes) -> Result<()> {
     Ok(())
 }
 
+/// How the raw floor writes a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One add carrying the members: the fewest operations that write the groups.
+    OneAdd,
+    /// An add without members, then (after every add) one modify per group adding them, as the agent plans.
+    AddThenModify,
+}
+
 /// Writes the same groups (same CNs, attributes and members; a different anchor and sAMAccountName, since
 /// those must stay unique) as one LDIF into a fresh OU and times `ldapadd -f` of it.
-async fn raw_floor(world: &mut World) -> Result<Duration> {
-    let ou = world.new_ou("bench-raw").await?;
+async fn raw_floor(world: &mut World, shape: Shape) -> Result<Duration> {
+    let ou = world.new_ou(if shape == Shape::OneAdd { "bench-raw" } else { "bench-raw-split" }).await?;
     let user_dns: HashMap<&str, &str> = world.users.iter().map(|u| (u.id.as_str(), u.dn.as_str())).collect();
-    let mut ldif = String::new();
+    let mut adds = String::new();
+    let mut modifies = String::new();
     for group in &world.groups {
         let placement = default_placement(&group.id, Some(&group.name)).with_context(|| format!("naming {}", group.name))?;
         let sam = format!("R{}", &placement.sam_account_name[1..]);
-        ldif.push_str(&format!("dn: {}\n", dn::child(&placement.cn, &ou.groups_dn)));
-        ldif.push_str(&format!(
-            "objectClass: group\nsAMAccountName: {sam}\ngroupType: -2147483640\nadminDescription: RawFloor_{}\ndisplayName: {}\n",
+        let group_dn = dn::child(&placement.cn, &ou.groups_dn);
+        adds.push_str(&format!(
+            "dn: {group_dn}\nchangetype: add\nobjectClass: group\nsAMAccountName: {sam}\ngroupType: -2147483640\nadminDescription: RawFloor_{}\ndisplayName: {}\n",
             group.id, group.name
         ));
         let cloud = world.env.sim.group(&group.id).with_context(|| format!("group {} vanished from the simulator", group.id))?;
+        let mut members = String::new();
         for member in &cloud.members {
             let user_dn = user_dns.get(member.id.as_str()).with_context(|| format!("member {} is not a bench user", member.id))?;
-            ldif.push_str(&format!("member: {user_dn}\n"));
+            members.push_str(&format!("member: {user_dn}\n"));
         }
-        ldif.push('\n');
+        match shape {
+            Shape::OneAdd => adds.push_str(&members),
+            Shape::AddThenModify if !members.is_empty() => {
+                modifies.push_str(&format!("dn: {group_dn}\nchangetype: modify\nadd: member\n{members}-\n\n"));
+            }
+            Shape::AddThenModify => {}
+        }
+        adds.push('\n');
     }
     let path = world.scratch().join("raw-floor.ldif");
-    std::fs::write(&path, ldif).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, adds + &modifies).with_context(|| format!("writing {}", path.display()))?;
     directory::ldapadd(&world.env.dc, &path).await.context("the raw floor")
 }

@@ -172,10 +172,22 @@ impl World {
         Ok(ou)
     }
 
-    /// Deletes every OU the bench created, with everything in it.
+    /// Deletes every OU the bench created, with everything in it. The DC is shared, and another user may
+    /// restart it meanwhile, so a failed delete is tried again a few times. (An OU left behind is removed by
+    /// the next run, which deletes stale `bench-*` OUs first.)
     pub async fn cleanup(&self) -> Result<()> {
+        const ATTEMPTS: usize = 3;
         for dn in std::iter::once(&self.env.ou.dn).chain(&self.extra_ous) {
-            self.env.dc.delete_tree(dn).await.with_context(|| format!("deleting {dn}"))?;
+            for attempt in 1..=ATTEMPTS {
+                match self.env.dc.delete_tree(dn).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < ATTEMPTS => {
+                        eprintln!("bench: deleting {dn} failed ({e:#}); trying again");
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("deleting {dn}")),
+                }
+            }
         }
         Ok(())
     }
