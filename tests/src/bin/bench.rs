@@ -201,7 +201,10 @@ async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
     let one_shot = quiet::one_shot(world, sizes.quiet_cycles).await?;
     let mut daemon = world.start_daemon()?;
     quiet::wait_until_settled(world, &mut daemon, Duration::from_secs(600)).await?;
-    println!("  (the daemon skips the DC connection on quiet cycles; its interval is {} s)", world::DAEMON_INTERVAL.as_secs());
+    println!(
+        "  (the daemon skips the DC connection on quiet cycles; its interval is {} s)",
+        world::DAEMON_INTERVAL.as_secs()
+    );
     let daemon_quiet = quiet::daemon(world, &mut daemon, sizes.daemon_window).await?;
 
     report::section(&format!("3. latency: {} single membership changes through the daemon", sizes.latency_changes));

@@ -40,7 +40,12 @@ pub async fn ldap_tool(dc: &TestDc, tool: &str, args: &[&str]) -> Result<Duratio
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        bail!("{tool} {} failed ({}): {}", args.join(" "), output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" / "));
+        bail!(
+            "{tool} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
     }
     Ok(elapsed)
 }
@@ -66,7 +71,8 @@ pub async fn create_users(dc: &TestDc, ou_dn: &str, sams: &[String], scratch: &P
 /// The users named `sams` directly in `ou_dn`, in the order of `sams`.
 async fn read_users(dc: &TestDc, ou_dn: &str, sams: &[String]) -> Result<Vec<AdUser>> {
     let mut ldap = dc.admin().await?;
-    let entries = paged_search(&mut ldap, ou_dn, Scope::OneLevel, "(objectClass=user)", &["sAMAccountName", "objectSid"]).await?;
+    let entries =
+        paged_search(&mut ldap, ou_dn, Scope::OneLevel, "(objectClass=user)", &["sAMAccountName", "objectSid"]).await?;
     ldap.unbind().await.ok();
     let wanted: HashSet<&str> = sams.iter().map(String::as_str).collect();
     let mut found = HashMap::new();
@@ -85,7 +91,13 @@ async fn read_users(dc: &TestDc, ou_dn: &str, sams: &[String]) -> Result<Vec<AdU
 }
 
 /// A paged search (500 per page), so thousands of entries do not hit the server's size limit.
-pub async fn paged_search(ldap: &mut Ldap, base: &str, scope: Scope, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>> {
+pub async fn paged_search(
+    ldap: &mut Ldap,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: &[&str],
+) -> Result<Vec<SearchEntry>> {
     let attrs: Vec<String> = attrs.iter().map(ToString::to_string).collect();
     let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(500))];
     let context = || format!("searching {base} for {filter}");
@@ -101,8 +113,10 @@ pub async fn paged_search(ldap: &mut Ldap, base: &str, scope: Scope, filter: &st
 /// Whether the group at `group_dn` lists `member_dn` as a `member` value (one base search, equality match).
 pub async fn has_member(ldap: &mut Ldap, group_dn: &str, member_dn: &str) -> Result<bool> {
     let filter = format!("(member={})", ldap_escape(member_dn));
-    let SearchResult(entries, result) =
-        ldap.search(group_dn, Scope::Base, &filter, vec!["1.1"]).await.with_context(|| format!("searching {group_dn}"))?;
+    let SearchResult(entries, result) = ldap
+        .search(group_dn, Scope::Base, &filter, vec!["1.1"])
+        .await
+        .with_context(|| format!("searching {group_dn}"))?;
     result.success().with_context(|| format!("searching {group_dn} for member {member_dn}"))?;
     Ok(!entries.is_empty())
 }
@@ -118,7 +132,13 @@ pub async fn changed_since(dc: &TestDc, base: &str, usn: u64) -> Result<usize> {
 }
 
 /// Waits until `group_dn` lists `member_dn`, polling every `poll`; fails after `timeout`.
-pub async fn wait_for_member(ldap: &mut Ldap, group_dn: &str, member_dn: &str, poll: Duration, timeout: Duration) -> Result<()> {
+pub async fn wait_for_member(
+    ldap: &mut Ldap,
+    group_dn: &str,
+    member_dn: &str,
+    poll: Duration,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if has_member(ldap, group_dn, member_dn).await? {
@@ -135,4 +155,3 @@ pub async fn wait_for_member(ldap: &mut Ldap, group_dn: &str, member_dn: &str, p
 pub async fn close(mut ldap: Ldap) {
     let _: Result<(), _> = ldap.unbind().await;
 }
-

@@ -11,7 +11,8 @@ use writeback::naming::default_placement;
 use crate::Sizes;
 use crate::directory;
 use crate::measure::human;
-use crate::world::World;
+use crate::world::{World, last_line};
+use writeback_tests::e2e::text;
 
 /// What phase 1 measured.
 #[derive(Debug, Clone)]
@@ -19,6 +20,8 @@ pub struct Initial {
     pub groups: usize,
     pub memberships: usize,
     pub users: usize,
+    /// `writeback plan` before the sync: the same Graph reads, state merges and directory reads, no writes.
+    pub plan_wall: Duration,
     /// `writeback sync --once` into the empty OU.
     pub sync_wall: Duration,
     pub sync_cpu: Duration,
@@ -44,6 +47,14 @@ pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
     world.add_groups(sizes.groups, sizes.memberships)?;
     println!("tenant: {} groups, {} memberships over {} synced users", sizes.groups, sizes.memberships, sizes.users);
 
+    let plan = world.writeback(&["plan"]).await?;
+    if !plan.output.status.success() {
+        bail!("writeback plan failed: {}", last_line(&text(&plan.output.stderr)));
+    }
+    println!(
+        "writeback plan (dry run of the same cycle: Graph, state and directory reads, no writes): {} wall",
+        human(plan.wall)
+    );
     let sync = world.sync().await.context("initial sync")?;
     println!("writeback sync --once (initial): {} wall, {} CPU", human(sync.wall), human(sync.cpu));
     verify(world, sizes).await?;
@@ -51,11 +62,15 @@ pub async fn run(world: &mut World, sizes: &Sizes) -> Result<Initial> {
     let raw = raw_floor(world, Shape::OneAdd).await?;
     println!("ldapadd -f (raw floor, same groups and members, one add each): {}", human(raw));
     let raw_split = raw_floor(world, Shape::AddThenModify).await?;
-    println!("ldapadd -f (the same as adds without members, then one modify per group adding them): {}", human(raw_split));
+    println!(
+        "ldapadd -f (the same as adds without members, then one modify per group adding them): {}",
+        human(raw_split)
+    );
     let figures = Initial {
         groups: sizes.groups,
         memberships: sizes.memberships,
         users: sizes.users,
+        plan_wall: plan.wall,
         sync_wall: sync.wall,
         sync_cpu: sync.cpu,
         raw,
@@ -98,17 +113,25 @@ async fn raw_floor(world: &mut World, shape: Shape) -> Result<Duration> {
     let mut adds = String::new();
     let mut modifies = String::new();
     for group in &world.groups {
-        let placement = default_placement(&group.id, Some(&group.name)).with_context(|| format!("naming {}", group.name))?;
-        let sam = format!("R{}", &placement.sam_account_name[1..]);
+        let placement =
+            default_placement(&group.id, Some(&group.name)).with_context(|| format!("naming {}", group.name))?;
+        // sAMAccountName is unique in the domain: R_… and S_… instead of the agent's G_….
+        let sam = format!("{}{}", if shape == Shape::OneAdd { 'R' } else { 'S' }, &placement.sam_account_name[1..]);
         let group_dn = dn::child(&placement.cn, &ou.groups_dn);
         adds.push_str(&format!(
             "dn: {group_dn}\nchangetype: add\nobjectClass: group\nsAMAccountName: {sam}\ngroupType: -2147483640\nadminDescription: RawFloor_{}\ndisplayName: {}\n",
             group.id, group.name
         ));
-        let cloud = world.env.sim.group(&group.id).with_context(|| format!("group {} vanished from the simulator", group.id))?;
+        let cloud = world
+            .env
+            .sim
+            .group(&group.id)
+            .with_context(|| format!("group {} vanished from the simulator", group.id))?;
         let mut members = String::new();
         for member in &cloud.members {
-            let user_dn = user_dns.get(member.id.as_str()).with_context(|| format!("member {} is not a bench user", member.id))?;
+            let user_dn = user_dns
+                .get(member.id.as_str())
+                .with_context(|| format!("member {} is not a bench user", member.id))?;
             members.push_str(&format!("member: {user_dn}\n"));
         }
         match shape {

@@ -73,7 +73,8 @@ fn pick_new_membership(world: &mut World) -> Result<(String, usize)> {
     for _ in 0..1000 {
         let group = world.groups[world.rng.random_range(0..world.groups.len())].id.clone();
         let user = world.rng.random_range(0..world.users.len());
-        let cloud = world.env.sim.group(&group).with_context(|| format!("group {group} vanished from the simulator"))?;
+        let cloud =
+            world.env.sim.group(&group).with_context(|| format!("group {group} vanished from the simulator"))?;
         if !cloud.has_member(&world.users[user].id) {
             return Ok((group, user));
         }

@@ -62,7 +62,8 @@ pub struct Memory {
 pub fn memory() -> Result<Memory> {
     let text = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib = |name: &str| -> Result<u64> {
-        let line = text.lines().find(|l| l.starts_with(name)).with_context(|| format!("/proc/self/status has no {name}"))?;
+        let line =
+            text.lines().find(|l| l.starts_with(name)).with_context(|| format!("/proc/self/status has no {name}"))?;
         let value = line.split_whitespace().nth(1).with_context(|| format!("/proc/self/status: empty {name}"))?;
         Ok(value.parse::<u64>().with_context(|| format!("/proc/self/status: {name} {value:?}"))? * 1024)
     };

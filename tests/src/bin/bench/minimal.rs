@@ -158,7 +158,8 @@ async fn round(world: &mut World, working: &mut Vec<String>, mix: Mix, index: us
     for _ in 0..mix.removes {
         let group = working.choose(&mut world.rng).context("no groups left to change")?.clone();
         let cloud = world.env.sim.group(&group).with_context(|| format!("group {group} vanished"))?;
-        let old: Vec<&MemberRef> = cloud.members.iter().filter(|m| !added.contains(&(group.clone(), m.id.clone()))).collect();
+        let old: Vec<&MemberRef> =
+            cloud.members.iter().filter(|m| !added.contains(&(group.clone(), m.id.clone()))).collect();
         let Some(member) = old.choose(&mut world.rng) else { continue };
         world.env.sim.remove_members(&group, &[member.id.as_str()])?;
         touched.entry(group).or_default().removed = true;
@@ -253,7 +254,8 @@ async fn verify(world: &World, working_set: &[String], alive: &[String]) -> Resu
         }
         let entry = entry.with_context(|| format!("group {id} is missing from AD"))?;
         let cloud = world.env.sim.group(id).with_context(|| format!("group {id} vanished"))?;
-        let want: HashSet<&str> = cloud.members.iter().filter_map(|m| user_dns.get(m.id.as_str()).map(String::as_str)).collect();
+        let want: HashSet<&str> =
+            cloud.members.iter().filter_map(|m| user_dns.get(m.id.as_str()).map(String::as_str)).collect();
         let have: Vec<String> = entry.members.iter().map(|m| m.to_lowercase()).collect();
         let have: HashSet<&str> = have.iter().map(String::as_str).collect();
         if want != have || entry.display_name.as_deref() != Some(cloud.display_name.as_str()) {
@@ -276,9 +278,14 @@ async fn big_group(world: &mut World, size: usize) -> Result<BigGroup> {
     println!("  initial write of the {size}-member group: {}", human(initial));
 
     let spare = world.users[size].id.clone();
-    let add = one_change(world, "add-members", "+1:", || world.env.sim.add_members(&group.id, &[MemberRef::user(spare.clone())])).await?;
+    let add = one_change(world, "add-members", "+1:", || {
+        world.env.sim.add_members(&group.id, &[MemberRef::user(spare.clone())])
+    })
+    .await?;
     let first = world.users[0].id.clone();
-    let remove = one_change(world, "remove-members", "-1:", || world.env.sim.remove_members(&group.id, &[first.as_str()])).await?;
+    let remove =
+        one_change(world, "remove-members", "-1:", || world.env.sim.remove_members(&group.id, &[first.as_str()]))
+            .await?;
     for (what, change) in [("add one member", &add), ("remove one member", &remove)] {
         println!(
             "  {what}: {} → {} ({}; cycle {})",
@@ -307,6 +314,7 @@ async fn one_change<T>(
         && records[0].operation == operation
         && records[0].detail.starts_with(prefix)
         && records[0].outcome == "ok";
-    let records = records.iter().map(|r| format!("{} {}", r.operation, r.detail.split(' ').next().unwrap_or_default())).collect();
+    let records =
+        records.iter().map(|r| format!("{} {}", r.operation, r.detail.split(' ').next().unwrap_or_default())).collect();
     Ok(OneChange { wall: run.wall, records, exact })
 }

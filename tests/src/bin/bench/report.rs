@@ -40,7 +40,13 @@ pub fn header(sizes: &Sizes, quick: bool, seed: u64) {
     );
     println!(
         "sizes: {} groups / {} memberships / {} users; {} latency changes; {}-member large group; scale {} groups / {} memberships",
-        sizes.groups, sizes.memberships, sizes.users, sizes.latency_changes, sizes.big_group, sizes.scale_groups, sizes.scale_memberships
+        sizes.groups,
+        sizes.memberships,
+        sizes.users,
+        sizes.latency_changes,
+        sizes.big_group,
+        sizes.scale_groups,
+        sizes.scale_memberships
     );
 }
 
@@ -57,7 +63,11 @@ pub fn section(title: &str) {
 
 /// Phase 5's figures, as they come from the child process.
 pub fn scale(s: &Scale) {
-    println!("  fed as delta pages parsed with parse_page/parse_group (not through HTTP): {} ({} group pages)", human(s.feed), s.group_pages);
+    println!(
+        "  fed as delta pages parsed with parse_page/parse_group (not through HTTP): {} ({} group pages)",
+        human(s.feed),
+        s.group_pages
+    );
     if let Some(sim) = s.simulator_feed {
         println!("  the same feed through the real HTTP simulator (for comparison): {}", human(sim));
     }
@@ -118,8 +128,16 @@ pub fn summary(f: &Figures, quick: bool) {
 
 fn initial_rows(i: &Initial) {
     row(
-        &format!("initial sync, {} groups / {} memberships / {} users (`sync --once`)", i.groups, i.memberships, i.users),
-        format!("{} (agent CPU {})", human(i.sync_wall), human(i.sync_cpu)),
+        &format!(
+            "initial sync, {} groups / {} memberships / {} users (`sync --once`)",
+            i.groups, i.memberships, i.users
+        ),
+        format!(
+            "{} (agent CPU {}; a dry-run `plan` of it: {})",
+            human(i.sync_wall),
+            human(i.sync_cpu),
+            human(i.plan_wall)
+        ),
         "—",
         None,
         &format!(
@@ -128,7 +146,13 @@ fn initial_rows(i: &Initial) {
             human(i.raw_split)
         ),
     );
-    row("initial sync / raw ldapadd", format!("{:.2}×", i.ratio()), "≤ 1.3×", Some(i.ratio() <= RATIO_TARGET), "raw `ldapadd`");
+    row(
+        "initial sync / raw ldapadd",
+        format!("{:.2}×", i.ratio()),
+        "≤ 1.3×",
+        Some(i.ratio() <= RATIO_TARGET),
+        "raw `ldapadd`",
+    );
 }
 
 fn quiet_rows(one_shot: &[OneShot], d: &DaemonQuiet) {
@@ -145,7 +169,13 @@ fn quiet_rows(one_shot: &[OneShot], d: &DaemonQuiet) {
         Some(one_shot.iter().all(|c| c.changed_objects == 0)),
         "",
     );
-    row("no-change `sync --once`: CPU per cycle (process start, bind, rootDSE, schema)", format!("{} (wall {})", ms(mean(&cpu)), human(mean(&wall))), "—", None, "");
+    row(
+        "no-change `sync --once`: CPU per cycle (process start, bind, rootDSE, schema)",
+        format!("{} (wall {})", ms(mean(&cpu)), human(mean(&wall))),
+        "—",
+        None,
+        "",
+    );
     row(
         &format!("daemon quiet cycle: CPU ({} cycles in {}, /proc/pid/stat)", d.cycles, human(d.window)),
         ms(d.cpu_per_cycle),
@@ -180,12 +210,23 @@ fn minimality_rows(m: &Minimality) {
         format!("{:.2} ({} / {}; {} LDAP requests)", ratio, m.operations(), m.minimum(), m.requests()),
         "1.0",
         Some(m.operations() == m.minimum()),
-        &format!("strict LDAP floor (adds, removes and displayName in one modify): {:.2} ({} / {})", floor, m.operations(), m.floor()),
+        &format!(
+            "strict LDAP floor (adds, removes and displayName in one modify): {:.2} ({} / {})",
+            floor,
+            m.operations(),
+            m.floor()
+        ),
     );
     let big = &m.big;
     row(
         &format!("one member added to / removed from a {}-member group", big.members),
-        format!("{} / {} (cycles {} / {})", big.add.records.join(" "), big.remove.records.join(" "), human(big.add.wall), human(big.remove.wall)),
+        format!(
+            "{} / {} (cycles {} / {})",
+            big.add.records.join(" "),
+            big.remove.records.join(" "),
+            human(big.add.wall),
+            human(big.remove.wall)
+        ),
         "one modify with one value each",
         Some(big.add.exact && big.remove.exact),
         &format!("initial write of that group: {}", human(big.initial)),
@@ -207,5 +248,11 @@ fn scale_rows(s: &Scale) {
         Some(s.planned_ops == 0),
         "",
     );
-    row("feeding the delta pages into the state", human(s.feed), "—", None, &s.simulator_feed.map_or(String::new(), |d| format!("through the HTTP simulator: {}", human(d))));
+    row(
+        "feeding the delta pages into the state",
+        human(s.feed),
+        "—",
+        None,
+        &s.simulator_feed.map_or(String::new(), |d| format!("through the HTTP simulator: {}", human(d))),
+    );
 }

@@ -23,7 +23,7 @@ use writeback::graph::delta::{GROUP_SELECT, NextLink, USER_SELECT, parse_group, 
 use writeback::model::{self, BuiltinPolicy, DesiredMember, Intent, ModelSettings, SchemaSupport};
 use writeback::plan::{self, DirectoryGroup, DirectoryMember, PlanOptions, Principal, Snapshot};
 use writeback::state::{Cursor, Resource, Store, TenantState};
-use writeback_tests::graphsim::{Group, GraphSim, MemberRef, SimConfig, User, WritebackConfiguration};
+use writeback_tests::graphsim::{GraphSim, Group, MemberRef, SimConfig, User, WritebackConfiguration};
 
 use crate::Sizes;
 use crate::measure::{self, Memory, human, mb};
@@ -70,12 +70,16 @@ impl Scale {
 
 /// Runs phase 5 in this process. `with_simulator` also times the HTTP simulator over the same tenant.
 pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale> {
-    let tenant = Synthetic { groups: sizes.scale_groups, memberships: sizes.scale_memberships, users: sizes.scale_users, seed };
+    let tenant =
+        Synthetic { groups: sizes.scale_groups, memberships: sizes.scale_memberships, users: sizes.scale_users, seed };
     let dir = tempfile::tempdir().context("creating a state directory")?;
     let store = Store::open(&dir.path().join("state"))?;
     let state = store.tenant("scale")?;
 
-    eprintln!("scale: feeding {} users and {} groups with {} memberships …", tenant.users, tenant.groups, tenant.memberships);
+    eprintln!(
+        "scale: feeding {} users and {} groups with {} memberships …",
+        tenant.users, tenant.groups, tenant.memberships
+    );
     let started = Instant::now();
     feed_users(&store, &state, &tenant).await?;
     let group_pages = feed_groups(&store, &state, &tenant).await?;
@@ -95,12 +99,19 @@ pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale
     let intents_time = started.elapsed();
     let memory_after_intents = measure::memory()?;
     let snapshot = matching_snapshot(&intents, &tenant);
-    let options = PlanOptions { delete_threshold: 500, allow_deletes: false, rename_threshold: 500, allow_renames: false };
+    let options =
+        PlanOptions { delete_threshold: 500, allow_deletes: false, rename_threshold: 500, allow_renames: false };
     let started = Instant::now();
     let planned = plan::plan(&intents, &snapshot, options);
     let plan_time = started.elapsed();
     let memory_end = measure::memory()?;
-    eprintln!("scale: intents {}, plan {}, {} ops, peak RSS {}", human(intents_time), human(plan_time), planned.ops.len(), mb(memory_end.peak));
+    eprintln!(
+        "scale: intents {}, plan {}, {} ops, peak RSS {}",
+        human(intents_time),
+        human(plan_time),
+        planned.ops.len(),
+        mb(memory_end.peak)
+    );
     let (planned_ops, skipped_members) = (planned.ops.len(), planned.skipped.len());
     drop((planned, snapshot, intents, state, store));
 
@@ -205,8 +216,11 @@ impl Synthetic {
             "onPremisesSecurityIdentifier": null,
             "writebackConfiguration": { "isEnabled": true, "onPremisesGroupType": "universalSecurityGroup" },
         });
-        let members: Vec<Value> =
-            self.members(g).into_iter().map(|u| json!({ "@odata.type": "#microsoft.graph.user", "id": Self::user_id(u) })).collect();
+        let members: Vec<Value> = self
+            .members(g)
+            .into_iter()
+            .map(|u| json!({ "@odata.type": "#microsoft.graph.user", "id": Self::user_id(u) }))
+            .collect();
         if members.is_empty() {
             return vec![base];
         }
@@ -243,7 +257,8 @@ async fn merge_page(store: &Store, state: &TenantState, resource: Resource, body
     let cursor = Cursor { link: link.clone(), full: true, complete };
     match resource {
         Resource::Groups => {
-            let entries = page.entries.iter().map(parse_group).collect::<Result<Vec<_>, _>>().context("a group entry")?;
+            let entries =
+                page.entries.iter().map(parse_group).collect::<Result<Vec<_>, _>>().context("a group entry")?;
             state.merge_group_page(&entries, &cursor)?;
         }
         Resource::Users => {
@@ -284,7 +299,8 @@ async fn finish_round(store: &Store, state: &TenantState, resource: Resource, cu
 async fn feed_users(store: &Store, state: &TenantState, tenant: &Synthetic) -> Result<()> {
     let pages = tenant.users.div_ceil(PAGE_SIZE).max(1);
     for page in 0..pages {
-        let entries: Vec<Value> = (page * PAGE_SIZE..((page + 1) * PAGE_SIZE).min(tenant.users)).map(Synthetic::user_entry).collect();
+        let entries: Vec<Value> =
+            (page * PAGE_SIZE..((page + 1) * PAGE_SIZE).min(tenant.users)).map(Synthetic::user_entry).collect();
         merge_page(store, state, Resource::Users, &page_body(&entries, page, page + 1 == pages)?).await?;
     }
     Ok(())
@@ -325,8 +341,9 @@ fn intents(state: &TenantState, settings: &ModelSettings) -> Result<BTreeMap<Str
 
 /// A Snapshot in which every written group already exists exactly as intended, and every member SID resolves.
 fn matching_snapshot(intents: &BTreeMap<String, Intent>, tenant: &Synthetic) -> Snapshot {
-    let principals: HashMap<String, Principal> =
-        (0..tenant.users).map(|i| (Synthetic::user_sid(i), Principal { dn: Synthetic::user_dn(i), group_type: None })).collect();
+    let principals: HashMap<String, Principal> = (0..tenant.users)
+        .map(|i| (Synthetic::user_sid(i), Principal { dn: Synthetic::user_dn(i), group_type: None }))
+        .collect();
     let mut managed = HashMap::with_capacity(intents.len());
     for (n, (id, intent)) in intents.iter().enumerate() {
         let Intent::Write(desired) = intent else { continue };
@@ -367,7 +384,11 @@ fn dir_size(dir: &Path) -> Result<u64> {
 /// rounds read over loopback HTTP and merged into a fresh state.
 async fn feed_via_simulator(tenant: &Synthetic) -> Result<Duration> {
     eprintln!("scale: loading the same tenant into the HTTP simulator, for comparison …");
-    let sim = GraphSim::start(SimConfig { page_size: PAGE_SIZE, members_per_entry: MEMBERS_PER_ENTRY, ..SimConfig::default() })?;
+    let sim = GraphSim::start(SimConfig {
+        page_size: PAGE_SIZE,
+        members_per_entry: MEMBERS_PER_ENTRY,
+        ..SimConfig::default()
+    })?;
     for i in 0..tenant.users {
         let sam = format!("su{i:07}");
         sim.add_user(User::synced(Synthetic::user_id(i), format!("{sam}@contoso.com"), &Synthetic::user_sid(i), &sam))?;
@@ -375,7 +396,10 @@ async fn feed_via_simulator(tenant: &Synthetic) -> Result<Duration> {
     for g in 0..tenant.groups {
         let group = Group {
             members: tenant.members(g).into_iter().map(|u| MemberRef::user(Synthetic::user_id(u))).collect(),
-            writeback: Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalSecurityGroup".into()) }),
+            writeback: Some(WritebackConfiguration {
+                is_enabled: Some(true),
+                on_premises_group_type: Some("universalSecurityGroup".into()),
+            }),
             ..Group::security(Synthetic::group_id(g), format!("Scale Group {g:06}"))
         };
         sim.add_group(group)?;

@@ -63,7 +63,13 @@ impl World {
         let env = Env::with_sim("bench", sim).await.context("setting up the DC OU and the Graph simulator")?;
         let interval = format!("interval = \"{}s\"", DAEMON_INTERVAL.as_secs());
         env.edit_config(|text| text.replacen("interval = \"1s\"", &interval, 1))?;
-        Ok(World { env, users: Vec::new(), groups: Vec::new(), rng: StdRng::seed_from_u64(seed), extra_ous: Vec::new() })
+        Ok(World {
+            env,
+            users: Vec::new(),
+            groups: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+            extra_ous: Vec::new(),
+        })
     }
 
     /// A directory for the bench's own files (LDIF and the like).
