@@ -82,6 +82,17 @@ pub struct GroupEntry {
 /// Opens an LDAPS connection to the DC and simple-binds as `bind_dn`,
 /// verifying the server certificate against the test CA and the URL's host.
 pub(crate) async fn connect(info: &DcInfo, bind_dn: &str, password: &str) -> Result<Ldap> {
+    // The one samba process serves every test of the run; when it is busy, a connection can time out.
+    let mut attempt = 1;
+    loop {
+        match connect_once(info, bind_dn, password).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains(&format!("connecting to {}", info.url)) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn connect_once(info: &DcInfo, bind_dn: &str, password: &str) -> Result<Ldap> {
     let settings = LdapConnSettings::new()
         .set_conn_timeout(CONNECT_TIMEOUT)
         .set_config(tls_config(info)?);
