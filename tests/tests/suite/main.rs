@@ -1,0 +1,17 @@
+//! The integration suite, one binary so the agent and wasmtime are linked once rather than once per file.
+
+mod crash;
+mod daemon;
+mod dc_harness;
+mod directory;
+mod dist;
+mod errors;
+mod faults;
+mod graph_certificate;
+mod graph_protocol;
+mod operability;
+mod plugins;
+mod plugins_e2e;
+mod security;
+mod state_recovery;
+mod writeback_core;
