@@ -49,6 +49,23 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Where `run` serves `/metrics` and `/healthz`; off when absent.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// This agent's name in writer leases; the host name when absent. Agents sharing a tenant need distinct ids.
+    pub id: Option<String>,
+}
+
+/// `[tenant.lease]`: several agents share the tenant and only the lease holder writes. Without this table
+/// the agent writes unconditionally, so exactly one agent may serve the tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// How long a lease lasts without renewal; a dead holder's tenant moves after this.
+    #[serde(with = "humantime_serde", default = "defaults::lease_ttl")]
+    pub ttl: Duration,
+    /// How often the holder renews (and standbys look for a free lease).
+    #[serde(with = "humantime_serde", default = "defaults::lease_renew_every")]
+    pub renew_every: Duration,
+    /// The lease object's DN; `CN=writeback-lease,<target_ou>` when absent.
+    pub dn: Option<String>,
 }
 
 /// `[[tenant]]`: one Entra ID tenant and the AD domain it writes to.
@@ -93,6 +110,7 @@ pub struct TenantConfig {
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub plugins: PluginsConfig,
+    pub lease: Option<LeaseConfig>,
 }
 
 /// `[tenant.plugins]`: the tenant's WebAssembly naming policy and transforms.
@@ -191,6 +209,12 @@ pub mod defaults {
     pub fn ldap_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn lease_ttl() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn lease_renew_every() -> Duration {
+        Duration::from_secs(15)
+    }
 }
 
 /// A secret value that never shows itself in logs, errors or debug output.
@@ -269,6 +293,7 @@ impl Config {
             }
             tenant.validate()?;
         }
+        self.agent.validate()?;
         self.check_target_ous_apart()
     }
 
@@ -291,6 +316,54 @@ impl Config {
     /// The tenant called `name`.
     pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| t.name == name)
+    }
+}
+
+impl AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.id
+            && !valid_agent_id(id)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[agent] id {id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        Ok(())
+    }
+
+    /// This agent's id: the configured one, or the host name.
+    pub fn agent_id(&self) -> String {
+        if let Some(id) = &self.id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect();
+        if host.is_empty() { "writeback".into() } else { host }
+    }
+}
+
+fn valid_agent_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl LeaseConfig {
+    fn validate(&self, tenant: &str) -> Result<(), ConfigError> {
+        // The DC's clock has one-second steps and a standby takes over only after the expiry it reads, so the
+        // holder stops writing a margin before its ttl ends; the ttl must leave room for that and for renewals.
+        if self.ttl < Duration::from_secs(6) {
+            return Err(ConfigError::Invalid(format!("tenant {tenant}: lease ttl must be at least 6s")));
+        }
+        if self.renew_every.is_zero() || self.renew_every * 2 > self.ttl {
+            return Err(ConfigError::Invalid(format!(
+                "tenant {tenant}: lease renew_every must be more than 0s and at most half the ttl"
+            )));
+        }
+        if let Some(dn) = &self.dn
+            && crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty())
+        {
+            return Err(ConfigError::Invalid(format!("tenant {tenant}: lease dn {dn:?} is not a distinguished name")));
+        }
+        Ok(())
     }
 }
 
@@ -318,7 +391,16 @@ impl TenantConfig {
             }
         }
         self.directory.validate(name)?;
+        if let Some(lease) = &self.lease {
+            lease.validate(name)?;
+        }
         self.plugins.validate(name)
+    }
+
+    /// The DN of the tenant's lease object.
+    pub fn lease_dn(&self) -> Option<String> {
+        let lease = self.lease.as_ref()?;
+        Some(lease.dn.clone().unwrap_or_else(|| format!("CN=writeback-lease,{}", self.directory.target_ou)))
     }
 
     /// Exactly one way for the app to prove itself: a secret (file or variable) or a certificate with its key.

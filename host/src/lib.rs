@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod dn;
 pub mod graph;
+pub mod lease;
 pub mod model;
 pub mod naming;
 pub mod plan;

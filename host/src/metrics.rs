@@ -87,8 +87,12 @@ pub struct Metrics {
     pub groups: Family<GroupStateLabels, Gauge>,
     pub members_skipped: Family<SkipLabels, Gauge>,
     pub plugin_calls: Family<PluginLabels, Counter>,
+    pub lease_active: Family<TenantLabel, Gauge>,
+    pub lease_lost: Family<TenantLabel, Counter>,
     /// Tenants whose last cycle failed, with the cause.
     failing: Mutex<BTreeMap<String, String>>,
+    /// Tenants whose writer lease this agent lost without giving it up, until it holds one again.
+    lost_leases: Mutex<BTreeMap<String, String>>,
 }
 
 impl Metrics {
@@ -104,7 +108,10 @@ impl Metrics {
             groups: Family::default(),
             members_skipped: Family::default(),
             plugin_calls: Family::default(),
+            lease_active: Family::default(),
+            lease_lost: Family::default(),
             failing: Mutex::new(BTreeMap::new()),
+            lost_leases: Mutex::new(BTreeMap::new()),
             registry: Registry::default(),
         };
         registry.register("cycles", "Sync cycles by outcome", metrics.cycles.clone());
@@ -116,6 +123,8 @@ impl Metrics {
         registry.register("groups", "Groups by state: managed, held, quarantined, excluded, conflict, pending", metrics.groups.clone());
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
         registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());
+        registry.register("lease_active", "1 when this agent holds the tenant's writer lease (active), 0 when standby", metrics.lease_active.clone());
+        registry.register("lease_lost", "Writer leases lost without being released (expired or taken over)", metrics.lease_lost.clone());
         Metrics { registry, ..metrics }
     }
 
@@ -156,6 +165,21 @@ impl Metrics {
         }
     }
 
+    /// Records this agent's role for `tenant`; holding the lease again clears an earlier loss.
+    pub fn record_lease_role(&self, tenant: &str, active: bool) {
+        self.lease_active.get_or_create(&TenantLabel { tenant: tenant.into() }).set(i64::from(active));
+        if active {
+            self.lost_leases.lock().unwrap_or_else(PoisonError::into_inner).remove(tenant);
+        }
+    }
+
+    /// Records that this agent lost `tenant`'s lease without releasing it.
+    pub fn record_lease_lost(&self, tenant: &str, why: &str) {
+        self.lease_lost.get_or_create(&TenantLabel { tenant: tenant.into() }).inc();
+        self.lease_active.get_or_create(&TenantLabel { tenant: tenant.into() }).set(0);
+        self.lost_leases.lock().unwrap_or_else(PoisonError::into_inner).insert(tenant.to_string(), why.to_string());
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -167,10 +191,13 @@ impl Metrics {
     /// `None` when healthy, else why not.
     pub fn unhealthy(&self) -> Option<String> {
         let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        if failing.is_empty() {
+        let lost = self.lost_leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing.is_empty() && lost.is_empty() {
             return None;
         }
-        Some(failing.iter().map(|(tenant, cause)| format!("tenant {tenant}: last cycle failed: {cause}\n")).collect())
+        let failed = failing.iter().map(|(tenant, cause)| format!("tenant {tenant}: last cycle failed: {cause}\n"));
+        let lost = lost.iter().map(|(tenant, why)| format!("tenant {tenant}: writer lease lost: {why}\n"));
+        Some(failed.chain(lost).collect())
     }
 }
 
@@ -245,6 +272,20 @@ mod tests {
         assert!(text.contains(r#"writeback_cycles_total{tenant="a",outcome="ok"} 1"#), "{text}");
         assert!(text.contains(r#"writeback_groups{tenant="a",state="managed"} 3"#), "{text}");
         metrics.record_cycle("b", Ok(&status), 0.1);
+        assert_eq!(metrics.unhealthy(), None);
+    }
+
+    #[test]
+    fn a_lost_lease_is_unhealthy_until_the_lease_is_held_again() {
+        let metrics = Metrics::new();
+        metrics.record_lease_role("a", true);
+        assert!(metrics.encode().contains(r#"writeback_lease_active{tenant="a"} 1"#));
+        metrics.record_lease_lost("a", "another agent changed the lease first");
+        assert!(metrics.unhealthy().unwrap().contains("tenant a: writer lease lost: another agent changed the lease first"));
+        assert!(metrics.encode().contains(r#"writeback_lease_active{tenant="a"} 0"#));
+        metrics.record_lease_role("a", false);
+        assert!(metrics.unhealthy().is_some());
+        metrics.record_lease_role("a", true);
         assert_eq!(metrics.unhealthy(), None);
     }
 

@@ -42,6 +42,9 @@ pub struct TenantStatus {
     pub bad_entries: Vec<String>,
     /// Groups whose changes still await a directory apply.
     pub pending_groups: usize,
+    /// The tenant's writer lease, when several agents share the tenant.
+    #[serde(default)]
+    pub lease: Option<crate::lease::LeaseView>,
 }
 
 /// Every tenant's status.
@@ -88,6 +91,9 @@ impl TenantStatus {
         let _ = writeln!(out, "tenant {tenant}");
         let _ = writeln!(out, "  last cycle: {when} ({}) outcome: {}", if self.full { "full" } else { "delta" }, self.outcome);
         let _ = writeln!(out, "  managed groups: {}  writes: {}  pending: {}", self.managed_groups, self.writes, self.pending_groups);
+        if let Some(lease) = &self.lease {
+            let _ = writeln!(out, "  lease: {}", render_lease(lease));
+        }
         let _ = writeln!(out, "  members skipped: {}", self.skipped_members.len());
         for (reason, count) in count_by(&self.skipped_members, |s| s.reason.as_str()) {
             let _ = writeln!(out, "    {count} × {reason}");
@@ -102,6 +108,19 @@ impl TenantStatus {
         list(&mut out, "excluded groups", self.excluded.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
         out
+    }
+}
+
+fn render_lease(lease: &crate::lease::LeaseView) -> String {
+    let role = match lease.role {
+        crate::lease::Role::Active => "active (this agent writes)",
+        crate::lease::Role::Standby => "standby (this agent plans and writes nothing)",
+    };
+    let expires = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(lease.expires));
+    if lease.holder.is_empty() {
+        format!("{role}; free, epoch {}", lease.epoch)
+    } else {
+        format!("{role}; held by {}, epoch {}, expires {expires}", lease.holder, lease.epoch)
     }
 }
 
@@ -141,5 +160,9 @@ mod tests {
         let text = status.render("a");
         assert!(text.contains("1 × cloud-only user"), "{text}");
         assert!(text.contains("held deletes: 1"), "{text}");
+        assert!(!text.contains("lease:"), "{text}");
+        let lease = crate::lease::LeaseView { role: crate::lease::Role::Standby, holder: "agent-b".into(), epoch: 4, expires: 60 };
+        let text = TenantStatus { lease: Some(lease), ..status }.render("a");
+        assert!(text.contains("lease: standby (this agent plans and writes nothing); held by agent-b, epoch 4, expires 1970-01-01T00:01:00Z"), "{text}");
     }
 }

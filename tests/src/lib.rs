@@ -2,3 +2,4 @@
 pub mod dc;
 pub mod graphsim;
 pub mod e2e;
+pub mod agents;

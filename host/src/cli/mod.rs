@@ -1,5 +1,5 @@
-//! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status`, `reset-state` and
-//! `plugin check`.
+//! The command line: argument parsing and the commands `sync`, `run`, `plan`, `status`, `reset-state`,
+//! `lease release` and `plugin check`.
 
 mod audit;
 mod doctor;
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, TenantConfig};
 use crate::graph::GraphClient;
+use crate::lease::{Leases, Mode, Role, TenantLease};
 use crate::model::{BuiltinPolicy, GroupPolicy};
 use crate::plugins::{PluginEngine, TenantPlugins};
 use crate::state::Store;
@@ -106,6 +107,21 @@ pub enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The writer lease of tenants that several agents share.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+}
+
+/// `writeback lease …`
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Hand this agent's writer leases to a standby, for maintenance. A running daemon of this agent stops
+    /// writing before its next batch and does not take the lease back while another agent wants it.
+    Release {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 /// `writeback plugin …`
@@ -135,6 +151,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status { tenant } => status(&config, tenant.as_deref()),
         Command::ResetState { tenant } => reset_state(&config, &tenant),
         Command::Doctor { tenant } => doctor::run(&config, &selected(&config, tenant.as_deref())?).await,
+        Command::Lease(LeaseCommand::Release { tenant }) => lease_release(&config, tenant.as_deref()).await,
         Command::Audit { tenant, since, group } => {
             let since = since.as_deref().map(audit::parse_since).transpose()?;
             audit::print(&config, &selected(&config, tenant.as_deref())?, &audit::Filter { since, group })
@@ -181,7 +198,13 @@ fn policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Result<Box<dy
     }
 }
 
-fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag, engine: Option<&PluginEngine>) -> Result<TenantSync<'a>> {
+fn tenant_sync<'a>(
+    tenant: &'a TenantConfig,
+    store: &Store,
+    stop: &StopFlag,
+    engine: Option<&PluginEngine>,
+    leases: Option<&Leases>,
+) -> Result<TenantSync<'a>> {
     let credential = tenant.client_credential()?;
     let graph = GraphClient::new(tenant, credential).with_context(|| format!("tenant {}", tenant.name))?;
     Ok(TenantSync {
@@ -191,6 +214,7 @@ fn tenant_sync<'a>(tenant: &'a TenantConfig, store: &Store, stop: &StopFlag, eng
         graph,
         stop: stop.clone(),
         policy: std::sync::Mutex::new(policy(tenant, engine)?),
+        fence: leases.and_then(|l| l.tenant(&tenant.name)).map(|l| l.fence()),
     })
 }
 
@@ -199,10 +223,28 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
     let stop = StopFlag::default();
     watch_signals(stop.clone());
     let engine = plugin_engine(config)?;
+    let tenants = selected(config, tenant)?;
+    // A one-shot sync of a shared tenant takes the lease if it is free, keeps it for the cycle, and
+    // hands it back at the end.
+    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), tenants.iter().copied()));
+    if !leases.is_empty() {
+        leases.round(Mode::Claim).await;
+        tokio::spawn(leases.clone().run(Mode::Claim));
+    }
     let mut problems = Vec::new();
-    for tenant in selected(config, tenant)? {
-        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref())?;
-        match run_cycle(config, &sync, options).await {
+    for tenant in tenants {
+        let lease = leases.tenant(&tenant.name);
+        let mut options = options;
+        if let Some(lease) = &lease {
+            if lease.role() != Role::Active {
+                problems.push(format!("tenant {}: {}", tenant.name, held_elsewhere(lease)));
+                continue;
+            }
+            // The lease was just taken, so the directory is reconciled in full, as at every takeover.
+            options.full = true;
+        }
+        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref(), Some(&leases))?;
+        match run_cycle(config, &sync, options, lease.as_deref()).await {
             Ok(report) => {
                 println!("{}", summary(&tenant.name, &report));
                 if let Some(problem) = report.needs_attention() {
@@ -212,6 +254,7 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
             Err(e) => problems.push(format!("tenant {}: {e:#}", tenant.name)),
         }
     }
+    leases.shutdown().await;
     match problems.len() {
         0 => Ok(()),
         1 => bail!("{}", problems[0]),
@@ -219,15 +262,31 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
     }
 }
 
+fn held_elsewhere(lease: &TenantLease) -> String {
+    let view = lease.view();
+    if view.holder.is_empty() {
+        "the writer lease could not be taken (see the log); nothing was written".into()
+    } else {
+        format!(
+            "agent {} holds the writer lease (epoch {}), so this agent writes nothing; stop that agent or run `writeback lease release` there first",
+            view.holder, view.epoch
+        )
+    }
+}
+
 /// Runs a cycle and records its status, successful or not.
-async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions) -> Result<CycleReport> {
+async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions, lease: Option<&TenantLease>) -> Result<CycleReport> {
     let started = Instant::now();
+    if let Some(lease) = lease {
+        // The role shows in `status` as soon as it changes, not only after a takeover's long first cycle.
+        show_lease(config, &sync.config.name, lease.view());
+    }
     // Every log line of the cycle carries its tenant and kind.
     let span = tracing::info_span!("cycle", tenant = %sync.config.name, full = options.full);
     let result = tracing::Instrument::instrument(sync.cycle(options), span).await;
     let status_for_metrics = result.as_ref().map(|r| &r.status).map_err(|e| e.to_string());
     crate::metrics::global().record_cycle(&sync.config.name, status_for_metrics, started.elapsed().as_secs_f64());
-    let status = match &result {
+    let mut status = match &result {
         Ok(report) => report.status.clone(),
         Err(e) => {
             let mut status = StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(&sync.config.name).unwrap_or_default();
@@ -236,11 +295,22 @@ async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions
             status
         }
     };
+    status.lease = lease.map(TenantLease::view);
     if let Err(e) = StatusFile::record(&config.agent.state_dir, &sync.config.name, status) {
         tracing::warn!("cannot write status.json: {e}");
     }
     tracing::info!(tenant = %sync.config.name, elapsed_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "cycle finished");
     Ok(result?)
+}
+
+fn show_lease(config: &Config, tenant: &str, view: crate::lease::LeaseView) {
+    let mut status = StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(tenant).unwrap_or_default();
+    if status.lease.as_ref() != Some(&view) {
+        status.lease = Some(view);
+        if let Err(e) = StatusFile::record(&config.agent.state_dir, tenant, status) {
+            tracing::warn!("cannot write status.json: {e}");
+        }
+    }
 }
 
 fn summary(tenant: &str, report: &CycleReport) -> String {
@@ -265,7 +335,7 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         // The dry run reads Graph into a scratch copy, so the real cursor does not move.
         let scratch = Store::temporary()?;
         store.copy_tenant_to(&tenant.name, &scratch)?;
-        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref())?;
+        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref(), None)?;
         let options = CycleOptions { full, dry_run: true, ..Default::default() };
         let report = sync.cycle(options).await.with_context(|| format!("tenant {}", tenant.name))?;
         println!("tenant {}: {} changes", tenant.name, report.plan.len());
@@ -335,8 +405,15 @@ async fn daemon(config: &Config) -> Result<()> {
         crate::metrics::serve(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     let reload = reload::Trigger::watch_sighup();
+    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), &config.tenants));
+    if !leases.is_empty() {
+        // Know each tenant's role before the first cycle.
+        leases.round(Mode::Share).await;
+        tokio::spawn(leases.clone().run(Mode::Share));
+    }
     let syncs: Vec<TenantSync> =
-        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref())).collect::<Result<_>>()?;
+        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref(), Some(&leases))).collect::<Result<_>>()?;
+    let mut active: Vec<bool> = vec![false; syncs.len()];
     let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.
     let mut next_full = Instant::now();
@@ -347,23 +424,51 @@ async fn daemon(config: &Config) -> Result<()> {
             next_full = Instant::now() + config.agent.reconcile_interval;
         }
         let hangup = reload.take();
-        for (sync, fingerprint) in syncs.iter().zip(&mut watched) {
+        for ((sync, fingerprint), was_active) in syncs.iter().zip(&mut watched).zip(&mut active) {
             if stop.is_set() {
                 break;
             }
             if let Some(engine) = &engine {
                 reload::reload_if_changed(sync, engine, fingerprint, hangup);
             }
-            let options = CycleOptions { full, lazy_directory: true, ..Default::default() };
-            if let Err(e) = run_cycle(config, sync, options).await {
+            let lease = leases.tenant(&sync.config.name);
+            let role = lease.as_ref().map_or(Role::Active, |l| l.role());
+            // A new lease holder reconciles the whole directory first: the old holder may have stopped
+            // mid-cycle, and this agent's standby cycles planned but wrote nothing.
+            let takeover = lease.is_some() && role == Role::Active && !*was_active;
+            *was_active = role == Role::Active;
+            let options =
+                CycleOptions { full: full || takeover, lazy_directory: true, standby: role == Role::Standby, ..Default::default() };
+            if let Err(e) = run_cycle(config, sync, options, lease.as_deref()).await {
                 tracing::error!(tenant = %sync.config.name, "cycle failed: {e:#}");
             }
         }
-        wait(config.agent.interval, &stop).await;
+        tokio::select! {
+            _ = wait(config.agent.interval, &stop) => {}
+            _ = leases.changed() => {}
+        }
     }
+    leases.shutdown().await;
     store.flush().await?;
     tracing::info!("writeback stopped");
     Ok(())
+}
+
+/// `lease release`: hands over the leases this agent holds.
+async fn lease_release(config: &Config, tenant: Option<&str>) -> Result<()> {
+    let tenants = selected(config, tenant)?;
+    let leases = Leases::new(&config.agent.agent_id(), tenants.iter().copied());
+    if leases.is_empty() {
+        bail!("no selected tenant has a [tenant.lease] table, so there is no lease to release");
+    }
+    let mut failed = Vec::new();
+    for line in leases.release_all().await {
+        match line {
+            Ok(text) => println!("{text}"),
+            Err(text) => failed.push(text),
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { bail!("{}", failed.join(" / ")) }
 }
 
 /// Sleeps for `interval`, waking early when a stop is asked for.

@@ -4,6 +4,7 @@
 //! Plain-text binds are impossible by construction: `ldaps://` is TLS from the first byte and `ldap://` is
 //! always upgraded with StartTLS before the bind. The server certificate and host name are verified.
 
+mod lease;
 mod read;
 pub mod sid;
 mod write;
@@ -18,6 +19,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::config::{DirectoryConfig, Secret};
 use crate::model::SchemaSupport;
+pub use lease::LeaseObject;
 pub use write::{ApplyError, Applied};
 
 /// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).
@@ -37,6 +39,8 @@ pub enum DirectoryError {
     Transport { operation: String, cause: String },
     #[error("the DC's rootDSE has no {0}")]
     RootDse(&'static str),
+    #[error("tenant {tenant}: this agent no longer holds the writer lease (expired or taken over), so it stopped writing; the lease holder carries on")]
+    LeaseLost { tenant: String },
 }
 
 impl DirectoryError {
@@ -101,6 +105,8 @@ pub struct Directory {
     pub base_dn: String,
     /// Which optional attributes the schema has.
     pub schema: SchemaSupport,
+    /// When set, every write first checks that this agent still holds the tenant's writer lease.
+    fence: Option<crate::lease::Fence>,
 }
 
 impl Directory {
@@ -124,11 +130,21 @@ impl Directory {
                 message: describe_rc(bind.rc, &bind.text),
             });
         }
-        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default() };
+        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default(), fence: None };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
         directory.base_dn = base_dn;
         Ok(directory)
+    }
+
+    /// Makes every later write check `fence` first.
+    pub fn set_fence(&mut self, fence: crate::lease::Fence) {
+        self.fence = Some(fence);
+    }
+
+    /// Fails when a fence is set and no longer permits writes.
+    fn check_fence(&self) -> Result<(), DirectoryError> {
+        self.fence.as_ref().map_or(Ok(()), crate::lease::Fence::check)
     }
 
     /// Ends the session politely.

@@ -99,6 +99,7 @@ impl Directory {
             }
             Op::RemoveMembers { guid, values, .. } => self.change_members(&guid_dn(guid), values, false).await,
             Op::Delete { guid, .. } => {
+                self.check_fence()?;
                 let result = self.ldap.with_timeout(self.timeout).delete(&guid_dn(guid)).await;
                 match result.and_then(|r| r.success()) {
                     Ok(_) => Ok(Applied::Done),
@@ -111,6 +112,7 @@ impl Directory {
 
     async fn create(&mut self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
         let attrs: Vec<(&str, HashSet<&str>)> = attributes.iter().map(|(k, v)| (k.as_str(), set(v))).collect();
+        self.check_fence()?;
         self.ldap
             .with_timeout(self.timeout)
             .add(dn, attrs)
@@ -141,6 +143,7 @@ impl Directory {
 
     async fn rename(&mut self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
         let rdn = format!("CN={}", crate::dn::escape_value(new_cn));
+        self.check_fence()?;
         self.ldap
             .with_timeout(self.timeout)
             .modifydn(&guid_dn(guid), &rdn, true, Some(new_parent))
@@ -161,6 +164,7 @@ impl Directory {
                 AttributeChange::Clear(name) => Mod::Replace(name.as_str(), HashSet::new()),
             })
             .collect();
+        self.check_fence()?;
         self.ldap
             .with_timeout(self.timeout)
             .modify(&guid_dn(guid), mods)
@@ -195,6 +199,7 @@ impl Directory {
     async fn member_modify(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
         let values: HashSet<&str> = set(values);
         let change = if add { Mod::Add("member", values) } else { Mod::Delete("member", values) };
+        self.check_fence()?;
         self.ldap
             .with_timeout(self.timeout)
             .modify(target, vec![change])

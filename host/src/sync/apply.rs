@@ -17,6 +17,10 @@ impl TenantSync<'_> {
         let mut created: HashMap<String, String> = HashMap::new();
         let mut failed: HashMap<String, String> = HashMap::new();
         for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
+            // Another agent may have taken the lease over since the last batch (a pause, a release).
+            if let Some(fence) = &self.fence {
+                fence.confirm(directory).await?;
+            }
             // The intents are durable before any of these writes is sent: a crash cannot hide a write.
             let keys = self.state.journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
             self.store.flush().await?;

@@ -46,6 +46,9 @@ pub struct CycleOptions {
     /// Skip the directory when no group needs planning (the daemon's quiet cycles); a one-shot `sync`
     /// always connects, so that it also proves the directory settings.
     pub lazy_directory: bool,
+    /// Another agent holds the writer lease: follow Graph, plan against the directory only on full cycles,
+    /// write nothing. Pending groups stay pending for this agent's takeover reconcile.
+    pub standby: bool,
 }
 
 /// Set when the agent should stop after the current write.
@@ -114,6 +117,8 @@ pub struct TenantSync<'a> {
     pub graph: GraphClient,
     pub stop: StopFlag,
     pub policy: Mutex<Box<dyn GroupPolicy>>,
+    /// The tenant's writer lease fence, when several agents share the tenant.
+    pub fence: Option<crate::lease::Fence>,
 }
 
 fn now() -> u64 {
@@ -138,22 +143,28 @@ impl TenantSync<'_> {
             return Ok(report);
         }
         // A quiet daemon cycle has nothing to plan, so it does not even connect to the DC.
-        let quiet = options.lazy_directory && !options.full && self.state.dirty()?.is_empty();
+        let quiet = options.lazy_directory && !options.full && (options.standby || self.state.dirty()?.is_empty());
         if !quiet {
             let password = self.config.directory.password(&self.config.name)?;
             let mut directory = Directory::connect(&self.config.directory, &password).await?;
+            if let Some(fence) = &self.fence {
+                directory.set_fence(fence.clone());
+            }
             crate::metrics::global().directory_connections.get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() }).inc();
             let result = self.reconcile(&mut directory, options, &mut report).await;
             directory.close().await;
             result?;
         }
-        if !options.dry_run {
+        if !options.dry_run && !options.standby {
             self.load_problems(&mut report.status)?;
         }
         report.status.pending_groups = self.state.dirty()?.len();
         report.status.managed_groups = self.state.managed_count();
         report.status.last_cycle = now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
+        if options.standby {
+            report.status.outcome = format!("standby: another agent writes; {} groups pending here, {} changes planned", report.status.pending_groups, report.plan.len());
+        }
         let s = &report.status;
         tracing::info!(writes = s.writes, managed = s.managed_groups, pending = s.pending_groups, held = s.held_groups.len(), "cycle applied");
         Ok(report)
@@ -209,7 +220,7 @@ impl TenantSync<'_> {
         report.status.held_deletes = plan.held_deletes.clone();
         report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
         report.plan = plan.ops.clone();
-        if options.dry_run {
+        if options.dry_run || options.standby {
             return Ok(());
         }
         let failed = self.apply(directory, &plan, report).await?;

@@ -3,9 +3,11 @@
 mod crash;
 mod daemon;
 mod dc_harness;
+mod dc_restart;
 mod directory;
 mod dist;
 mod errors;
+mod failover;
 mod faults;
 mod graph_certificate;
 mod graph_protocol;

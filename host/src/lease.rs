@@ -1,0 +1,687 @@
+//! The writer lease: when several agents serve a tenant, only the holder of the tenant's lease writes to the
+//! directory; the others follow Graph and plan, like staging servers.
+//!
+//! The lease is one directory object per tenant. Its single-valued `adminDisplayName` holds
+//! `holder=<agent>;epoch=<n>;expires=<DC seconds>;token=<random>;released=<agent>`, and every take, renewal
+//! and release is one modify that deletes the old value and adds the new one, so it fails when another agent
+//! changed the value first (a compare-and-swap). Expiry is in the DC's clock, so agents on different hosts
+//! compare one clock. The holder fences itself on its own monotonic clock: it writes only until
+//! `renewal start + ttl − margin`, checked before every directory write, and it re-reads the lease before
+//! every batch of writes. Agents also keep a presence value in the object; from those each agent knows how
+//! many agents are alive and takes at most its fair share of tenants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DirectoryConfig, TenantConfig};
+use crate::directory::{Directory, DirectoryError, LeaseObject};
+
+/// The lease value as stored in the lease object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseValue {
+    /// The agent that holds the lease; empty when it is free.
+    pub holder: String,
+    /// Grows by one at every change of holder.
+    pub epoch: u64,
+    /// When the lease ends, in the DC's seconds since the Unix epoch.
+    pub expires: u64,
+    /// Random, so that no two values ever compare equal on the DC, which ignores case and spacing.
+    pub token: String,
+    /// The agent that released the lease, which lets others take it first.
+    pub released_by: String,
+}
+
+impl LeaseValue {
+    /// Parses a stored value; `None` when it is not one of ours.
+    pub fn parse(text: &str) -> Option<LeaseValue> {
+        let mut value = LeaseValue::default();
+        for field in text.split(';') {
+            let (key, v) = field.split_once('=')?;
+            match key {
+                "holder" => value.holder = v.to_string(),
+                "epoch" => value.epoch = v.parse().ok()?,
+                "expires" => value.expires = v.parse().ok()?,
+                "token" => value.token = v.to_string(),
+                "released" => value.released_by = v.to_string(),
+                _ => return None,
+            }
+        }
+        Some(value)
+    }
+
+    /// The stored form.
+    pub fn render(&self) -> String {
+        format!(
+            "holder={};epoch={};expires={};token={};released={}",
+            self.holder, self.epoch, self.expires, self.token, self.released_by
+        )
+    }
+
+    /// Whether no agent holds the lease at DC time `now`.
+    pub fn is_free(&self, now: u64) -> bool {
+        self.holder.is_empty() || self.expires <= now
+    }
+}
+
+/// Whether this agent writes for a tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Follows Graph and plans, writes nothing.
+    #[default]
+    Standby,
+    /// Holds the lease and writes.
+    Active,
+}
+
+/// What `status` shows about a tenant's lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub role: Role,
+    /// Who held the lease at the last look; empty when free.
+    pub holder: String,
+    pub epoch: u64,
+    /// DC seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// The holder's permission to write: until a monotonic deadline, for one epoch.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    tenant: Arc<str>,
+    agent: Arc<str>,
+    dn: Arc<str>,
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    epoch: u64,
+    deadline: Instant,
+}
+
+impl Fence {
+    fn new(tenant: &str, agent: &str, dn: &str) -> Fence {
+        Fence { tenant: tenant.into(), agent: agent.into(), dn: dn.into(), held: Arc::new(Mutex::new(None)) }
+    }
+
+    fn held(&self) -> Option<Held> {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this agent may write now.
+    pub fn permits(&self) -> bool {
+        self.held().is_some_and(|h| Instant::now() < h.deadline)
+    }
+
+    /// Fails unless this agent may write now. Called before every directory write.
+    pub fn check(&self) -> Result<(), DirectoryError> {
+        if self.permits() { Ok(()) } else { Err(DirectoryError::LeaseLost { tenant: self.tenant.to_string() }) }
+    }
+
+    /// Re-reads the lease and fails (revoking the fence) unless this agent still holds it in the same epoch.
+    /// Called before every batch of writes, so that a release or a takeover is seen within one batch.
+    pub async fn confirm(&self, directory: &mut Directory) -> Result<(), DirectoryError> {
+        self.check()?;
+        let object = directory.read_lease(&self.dn).await?;
+        let current = object.value.as_deref().and_then(LeaseValue::parse);
+        let ours = match (current, self.held()) {
+            (Some(value), Some(held)) => value.holder == *self.agent && value.epoch == held.epoch && !value.is_free(object.dc_time),
+            _ => false,
+        };
+        if !ours {
+            self.revoke();
+            return Err(DirectoryError::LeaseLost { tenant: self.tenant.to_string() });
+        }
+        Ok(())
+    }
+
+    fn hold(&self, epoch: u64, deadline: Instant) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(Held { epoch, deadline });
+    }
+
+    /// Stops writing at once. Returns whether this agent held the lease until now, even past its deadline
+    /// (a loss, unless it released the lease itself).
+    fn revoke(&self) -> bool {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).take().is_some()
+    }
+}
+
+/// How an agent decides which free leases to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The daemon: take at most a fair share of the tenants, hand surplus leases to agents that have fewer.
+    Share,
+    /// A one-shot sync: take every free lease it needs.
+    Claim,
+}
+
+/// One tenant's lease, as this agent sees and holds it.
+pub struct TenantLease {
+    tenant: String,
+    agent: String,
+    dn: String,
+    directory: DirectoryConfig,
+    ttl: Duration,
+    /// The holder stops writing this long before its lease ends: the DC's clock has one-second steps, and a
+    /// request takes time to arrive.
+    margin: Duration,
+    pub renew_every: Duration,
+    fence: Fence,
+    connection: tokio::sync::Mutex<Option<Directory>>,
+    /// This agent's presence value as last written.
+    presence: Mutex<Option<String>>,
+    view: Mutex<LeaseView>,
+    /// How many times this agent took the lease from another holder or from free.
+    takes: AtomicU64,
+    /// Set when this agent gave the lease up on purpose, so its end is not reported as a loss.
+    releasing: AtomicBool,
+}
+
+/// What one look at a lease object found.
+struct Observation {
+    started: Instant,
+    object: LeaseObject,
+    value: Option<LeaseValue>,
+    /// Agents whose presence is fresh.
+    live: BTreeSet<String>,
+}
+
+/// What to do with one lease after a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Take,
+    Renew,
+    Release,
+    Wait,
+}
+
+impl TenantLease {
+    fn new(agent: &str, tenant: &TenantConfig) -> Option<TenantLease> {
+        let config = tenant.lease.as_ref()?;
+        let dn = tenant.lease_dn()?;
+        Some(TenantLease {
+            tenant: tenant.name.clone(),
+            agent: agent.to_string(),
+            fence: Fence::new(&tenant.name, agent, &dn),
+            dn,
+            directory: tenant.directory.clone(),
+            ttl: config.ttl,
+            margin: (config.ttl / 5).max(Duration::from_secs(2)),
+            renew_every: config.renew_every,
+            connection: tokio::sync::Mutex::new(None),
+            presence: Mutex::new(None),
+            view: Mutex::new(LeaseView::default()),
+            takes: AtomicU64::new(0),
+            releasing: AtomicBool::new(false),
+        })
+    }
+
+    /// The tenant's name.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The fence the tenant's writes check.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// This agent's role now.
+    pub fn role(&self) -> Role {
+        if self.fence.permits() { Role::Active } else { Role::Standby }
+    }
+
+    /// The lease as last seen, with this agent's role now.
+    pub fn view(&self) -> LeaseView {
+        LeaseView { role: self.role(), ..self.view.lock().unwrap_or_else(PoisonError::into_inner).clone() }
+    }
+
+    /// How many times this agent has taken the lease.
+    pub fn takes(&self) -> u64 {
+        self.takes.load(Ordering::SeqCst)
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.ttl.as_secs().max(1)
+    }
+
+    async fn with_directory<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Directory) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let mut connection = self.connection.lock().await;
+        let not_connected = || DirectoryError::Connect { url: self.directory.url.clone(), cause: "not connected".into() };
+        if connection.is_none() {
+            let password = self.directory.password(&self.tenant).map_err(|e| DirectoryError::Connect { url: self.directory.url.clone(), cause: e.to_string() })?;
+            *connection = Some(Directory::connect(&self.directory, &password).await?);
+        }
+        let directory = connection.as_mut().ok_or_else(not_connected)?;
+        let result = work(directory).await;
+        if result.as_ref().is_err_and(DirectoryError::is_transient) {
+            // A dropped or restarted DC: connect afresh next time.
+            *connection = None;
+        }
+        result
+    }
+
+    /// Reads the lease object and refreshes this agent's presence in it.
+    async fn observe(&self) -> Result<Observation, DirectoryError> {
+        let started = Instant::now();
+        let object = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
+        self.refresh_presence(&object).await?;
+        let value = object.value.as_deref().and_then(LeaseValue::parse);
+        if object.value.is_some() && value.is_none() {
+            tracing::warn!(tenant = %self.tenant, dn = %self.dn, "the lease object holds a value writeback cannot read; treating the lease as free");
+        }
+        let live = live_agents(&object.presence, object.dc_time, self.ttl_secs());
+        if let Some(value) = &value {
+            let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+            let holder = if value.is_free(object.dc_time) { String::new() } else { value.holder.clone() };
+            *view = LeaseView { role: view.role, holder, epoch: value.epoch, expires: value.expires };
+        }
+        Ok(Observation { started, object, value, live })
+    }
+
+    /// Replaces this agent's presence value, and drops presence values that have been stale for long.
+    async fn refresh_presence(&self, object: &LeaseObject) -> Result<(), DirectoryError> {
+        let mine: Vec<&String> = object.presence.iter().filter(|p| presence_agent(p) == Some(self.agent.as_str())).collect();
+        let old = self.presence.lock().unwrap_or_else(PoisonError::into_inner).clone().filter(|o| mine.contains(&o)).or_else(|| mine.first().map(|p| (*p).clone()));
+        let new = format!("{} {}", self.agent, object.dc_time);
+        let stale: Vec<String> = object
+            .presence
+            .iter()
+            .filter(|p| Some(*p) != old.as_ref())
+            .filter(|p| presence_agent(p) == Some(self.agent.as_str()) || presence_time(p).is_none_or(|t| t + 10 * self.ttl_secs() < object.dc_time))
+            .cloned()
+            .collect();
+        self.with_directory(async |d| {
+            if d.swap_presence(&self.dn, old.as_deref(), &new).await? {
+                *self.presence.lock().unwrap_or_else(PoisonError::into_inner) = Some(new.clone());
+            }
+            for value in &stale {
+                // Best effort: another agent may have removed it first.
+                let _ = d.remove_presence(&self.dn, value).await;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Carries out `action` after the look `seen`.
+    async fn act(&self, action: Action, seen: &Observation) -> Result<(), DirectoryError> {
+        let now = seen.object.dc_time;
+        let old = seen.value.clone().unwrap_or_default();
+        let new = match action {
+            Action::Wait => {
+                if seen.value.as_ref().is_some_and(|v| v.holder != self.agent || v.is_free(now)) {
+                    self.lost("another agent holds the lease, or it expired");
+                }
+                return Ok(());
+            }
+            Action::Take | Action::Renew => LeaseValue {
+                holder: self.agent.clone(),
+                epoch: if action == Action::Take { old.epoch + 1 } else { old.epoch },
+                expires: now + self.ttl_secs(),
+                token: token(),
+                released_by: String::new(),
+            },
+            Action::Release => {
+                // Stop writing before anyone else may start.
+                self.releasing.store(true, Ordering::SeqCst);
+                self.fence.revoke();
+                LeaseValue { holder: String::new(), epoch: old.epoch, expires: now + self.ttl_secs(), token: token(), released_by: self.agent.clone() }
+            }
+        };
+        let rendered = new.render();
+        let swapped = match self.with_directory(async |d| d.swap_lease(&self.dn, seen.object.value.as_deref(), &rendered).await).await {
+            Ok(swapped) => swapped,
+            // The modify may have been applied before the connection dropped: look again.
+            Err(e) if e.is_transient() => {
+                let current = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
+                current.value.as_deref() == Some(rendered.as_str())
+            }
+            Err(e) => return Err(e),
+        };
+        match (action, swapped) {
+            (Action::Release, true) => {
+                tracing::info!(tenant = %self.tenant, epoch = new.epoch, "released the writer lease");
+            }
+            (Action::Release, false) => {}
+            (_, true) => {
+                if action == Action::Take {
+                    self.takes.fetch_add(1, Ordering::SeqCst);
+                    tracing::info!(tenant = %self.tenant, epoch = new.epoch, "took the writer lease; this agent now writes");
+                }
+                self.releasing.store(false, Ordering::SeqCst);
+                self.fence.hold(new.epoch, seen.started + self.ttl - self.margin);
+                let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+                *view = LeaseView { role: Role::Active, holder: self.agent.clone(), epoch: new.epoch, expires: new.expires };
+            }
+            (_, false) => self.lost("another agent changed the lease first"),
+        }
+        Ok(())
+    }
+
+    /// This agent no longer holds the lease; report it when it was not given up on purpose.
+    fn lost(&self, why: &str) {
+        let was_active = self.fence.revoke();
+        let released = self.releasing.load(Ordering::SeqCst);
+        if was_active && !released {
+            tracing::warn!(tenant = %self.tenant, "lost the writer lease: {why}; this agent stopped writing");
+            crate::metrics::global().record_lease_lost(&self.tenant, why);
+        }
+    }
+
+    /// Gives the lease up if this agent holds it.
+    async fn release(&self) -> Result<bool, DirectoryError> {
+        let seen = self.observe().await?;
+        if seen.value.as_ref().is_none_or(|v| v.holder != self.agent) {
+            return Ok(false);
+        }
+        self.act(Action::Release, &seen).await?;
+        Ok(true)
+    }
+}
+
+/// The agent's leases, one per tenant that has `[tenant.lease]`.
+pub struct Leases {
+    agent: String,
+    tenants: Vec<Arc<TenantLease>>,
+    /// Woken when this agent's role changes for some tenant, so the daemon does not wait out its interval.
+    changed: Arc<tokio::sync::Notify>,
+    shutdown: Arc<tokio::sync::Notify>,
+    stopping: AtomicBool,
+    /// One round at a time: a release on shutdown must not race a renewal.
+    round: tokio::sync::Mutex<()>,
+}
+
+impl Leases {
+    /// The leases of `tenants` for agent `agent`.
+    pub fn new<'a>(agent: &str, tenants: impl IntoIterator<Item = &'a TenantConfig>) -> Leases {
+        Leases {
+            agent: agent.to_string(),
+            tenants: tenants.into_iter().filter_map(|t| TenantLease::new(agent, t)).map(Arc::new).collect(),
+            changed: Arc::new(tokio::sync::Notify::new()),
+            shutdown: Arc::new(tokio::sync::Notify::new()),
+            stopping: AtomicBool::new(false),
+            round: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether no tenant uses a lease.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    /// The lease of `tenant`, if it has one.
+    pub fn tenant(&self, tenant: &str) -> Option<Arc<TenantLease>> {
+        self.tenants.iter().find(|t| t.tenant == tenant).cloned()
+    }
+
+    /// Resolves when a role changed since the last call.
+    pub async fn changed(&self) {
+        if self.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        self.changed.notified().await;
+    }
+
+    /// One look at every lease, then takes, renews, releases or waits on each.
+    pub async fn round(&self, mode: Mode) {
+        let _round = self.round.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let before: Vec<Role> = self.tenants.iter().map(|t| t.role()).collect();
+        let mut seen = Vec::with_capacity(self.tenants.len());
+        for lease in &self.tenants {
+            match lease.observe().await {
+                Ok(observation) => seen.push(Some(observation)),
+                Err(e) => {
+                    tracing::warn!(tenant = %lease.tenant, "cannot read the writer lease: {e}; this agent keeps writing only until its lease deadline");
+                    seen.push(None);
+                }
+            }
+        }
+        let mut plan = Share::new(&self.agent, &seen, mode, self.tenants.len());
+        for (lease, observation) in self.tenants.iter().zip(&seen) {
+            let Some(observation) = observation else { continue };
+            let action = plan.decide(observation, lease.ttl_secs());
+            if let Err(e) = lease.act(action, observation).await {
+                tracing::warn!(tenant = %lease.tenant, "writer lease {action:?} failed: {e}");
+            }
+        }
+        for (lease, before) in self.tenants.iter().zip(before) {
+            let role = lease.role();
+            crate::metrics::global().record_lease_role(&lease.tenant, role == Role::Active);
+            if role != before {
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Runs rounds every `renew_every` (the shortest of the tenants') until [`Leases::shutdown`].
+    pub async fn run(self: Arc<Self>, mode: Mode) {
+        let every = self.tenants.iter().map(|t| t.renew_every).min().unwrap_or(Duration::from_secs(15));
+        while !self.stopping.load(Ordering::SeqCst) {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => self.round(mode).await,
+                _ = self.shutdown.notified() => {}
+            }
+        }
+    }
+
+    /// Stops the rounds and releases every lease this agent holds, so that a standby takes over at once.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.notify_waiters();
+        let _round = self.round.lock().await;
+        for lease in &self.tenants {
+            if lease.role() == Role::Active
+                && let Err(e) = lease.release().await
+            {
+                tracing::warn!(tenant = %lease.tenant, "cannot release the writer lease: {e}; a standby takes over when it expires");
+            }
+        }
+    }
+
+    /// Releases the leases this agent holds (`lease release`), returning one line per tenant.
+    pub async fn release_all(&self) -> Vec<Result<String, String>> {
+        let mut lines = Vec::new();
+        for lease in &self.tenants {
+            lines.push(match lease.release().await {
+                Ok(true) => Ok(format!("tenant {}: released the writer lease; a standby takes over", lease.tenant)),
+                Ok(false) => {
+                    let view = lease.view();
+                    let holder = if view.holder.is_empty() { "nobody".to_string() } else { format!("agent {}", view.holder) };
+                    Ok(format!("tenant {}: this agent ({}) does not hold the writer lease; {holder} does", lease.tenant, self.agent))
+                }
+                Err(e) => Err(format!("tenant {}: cannot release the writer lease: {e}", lease.tenant)),
+            });
+        }
+        lines
+    }
+}
+
+/// The fair-share bookkeeping of one round.
+struct Share<'a> {
+    agent: &'a str,
+    mode: Mode,
+    /// Leases this agent holds (or is about to).
+    mine: usize,
+    /// The most leases one agent should hold.
+    cap: usize,
+    /// Unexpired leases per holder.
+    holders: BTreeMap<String, usize>,
+    live: BTreeSet<String>,
+    released: bool,
+}
+
+impl<'a> Share<'a> {
+    fn new(agent: &'a str, seen: &[Option<Observation>], mode: Mode, tenants: usize) -> Share<'a> {
+        let mut live: BTreeSet<String> = seen.iter().flatten().flat_map(|o| o.live.iter().cloned()).collect();
+        live.insert(agent.to_string());
+        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+        for observation in seen.iter().flatten() {
+            if let Some(value) = &observation.value
+                && !value.is_free(observation.object.dc_time)
+            {
+                *holders.entry(value.holder.clone()).or_default() += 1;
+            }
+        }
+        Share { agent, mode, mine: holders.get(agent).copied().unwrap_or(0), cap: tenants.div_ceil(live.len()), holders, live, released: false }
+    }
+
+    fn decide(&mut self, seen: &Observation, ttl: u64) -> Action {
+        let now = seen.object.dc_time;
+        let value = seen.value.clone().unwrap_or_default();
+        if value.holder == self.agent && !value.is_free(now) {
+            return if self.should_hand_over() {
+                self.released = true;
+                self.mine -= 1;
+                Action::Release
+            } else {
+                Action::Renew
+            };
+        }
+        if !value.is_free(now) {
+            return Action::Wait;
+        }
+        // A lease this agent released goes to the others first, for one ttl.
+        if value.released_by == self.agent && now < value.expires {
+            return Action::Wait;
+        }
+        // A lease nobody else took for a whole ttl after it ended is taken even beyond the fair share.
+        let unwanted = now >= value.expires + ttl;
+        if self.mode == Mode::Claim || self.mine < self.cap || unwanted {
+            self.mine += 1;
+            Action::Take
+        } else {
+            Action::Wait
+        }
+    }
+
+    /// A holder above its fair share hands one lease per round to a live agent below it.
+    fn should_hand_over(&self) -> bool {
+        self.mode == Mode::Share
+            && !self.released
+            && self.mine > self.cap
+            && self.live.iter().any(|a| a != self.agent && self.holders.get(a).copied().unwrap_or(0) < self.cap)
+    }
+}
+
+fn presence_agent(value: &str) -> Option<&str> {
+    value.split_once(' ').map(|(agent, _)| agent)
+}
+
+fn presence_time(value: &str) -> Option<u64> {
+    value.split_once(' ').and_then(|(_, t)| t.parse().ok())
+}
+
+/// Agents whose presence was refreshed within one ttl of `now`.
+fn live_agents(presence: &[String], now: u64, ttl: u64) -> BTreeSet<String> {
+    presence
+        .iter()
+        .filter(|p| presence_time(p).is_some_and(|t| t + ttl >= now))
+        .filter_map(|p| presence_agent(p).map(str::to_string))
+        .collect()
+}
+
+fn token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observation(value: Option<LeaseValue>, live: &[&str], now: u64) -> Observation {
+        Observation {
+            started: Instant::now(),
+            object: LeaseObject { value: value.as_ref().map(LeaseValue::render), presence: Vec::new(), dc_time: now },
+            value,
+            live: live.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn held(holder: &str, expires: u64) -> Option<LeaseValue> {
+        Some(LeaseValue { holder: holder.into(), epoch: 1, expires, token: "t".into(), released_by: String::new() })
+    }
+
+    #[test]
+    fn values_round_trip_and_foreign_values_are_refused() {
+        let value = LeaseValue { holder: "a1".into(), epoch: 7, expires: 100, token: "ff".into(), released_by: "a2".into() };
+        assert_eq!(LeaseValue::parse(&value.render()), Some(value));
+        assert_eq!(LeaseValue::parse("holder=a;epoch=x"), None);
+        assert_eq!(LeaseValue::parse("something else"), None);
+        assert_eq!(LeaseValue::parse("holder=a;colour=blue"), None);
+    }
+
+    #[test]
+    fn a_lease_is_free_when_empty_or_expired() {
+        assert!(LeaseValue::default().is_free(0));
+        assert!(!held("a", 10).unwrap().is_free(9));
+        assert!(held("a", 10).unwrap().is_free(10));
+    }
+
+    #[test]
+    fn two_agents_split_four_tenants_two_and_two() {
+        // Agent a holds all four; b is alive and holds none: a hands over exactly one per round.
+        let seen: Vec<Option<Observation>> = (0..4).map(|_| Some(observation(held("a", 100), &["a", "b"], 50))).collect();
+        let mut share = Share::new("a", &seen, Mode::Share, 4);
+        let actions: Vec<Action> = seen.iter().flatten().map(|o| share.decide(o, 10)).collect();
+        assert_eq!(actions, [Action::Release, Action::Renew, Action::Renew, Action::Renew]);
+        // b sees one free lease released by a, and three held by a: b is below its share and takes it.
+        let mut released = held("", 60).unwrap();
+        released.released_by = "a".into();
+        let seen = vec![Some(observation(Some(released.clone()), &["a", "b"], 50)), Some(observation(held("a", 100), &["a", "b"], 50))];
+        let mut share = Share::new("b", &seen, Mode::Share, 4);
+        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Take);
+        // a does not take back the lease it released while others may take it.
+        let mut share = Share::new("a", &seen, Mode::Share, 4);
+        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Wait);
+    }
+
+    #[test]
+    fn a_lone_survivor_takes_every_expired_lease() {
+        let seen: Vec<Option<Observation>> = (0..4).map(|_| Some(observation(held("dead", 40), &["b"], 50))).collect();
+        let mut share = Share::new("b", &seen, Mode::Share, 4);
+        let actions: Vec<Action> = seen.iter().flatten().map(|o| share.decide(o, 10)).collect();
+        assert_eq!(actions, [Action::Take; 4]);
+    }
+
+    #[test]
+    fn a_held_lease_is_left_alone_and_a_full_share_waits() {
+        let seen = vec![Some(observation(held("b", 100), &["a", "b"], 50)), Some(observation(None, &["a", "b"], 50))];
+        let mut share = Share::new("a", &seen, Mode::Share, 2);
+        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Wait);
+        assert_eq!(share.decide(seen[1].as_ref().unwrap(), 10), Action::Take);
+        // With its one share taken, a leaves the next free lease to b, unless nobody took it for a ttl.
+        let fresh = observation(held("", 45), &["a", "b"], 50);
+        assert_eq!(share.decide(&fresh, 10), Action::Wait);
+        let unwanted = observation(held("", 30), &["a", "b"], 50);
+        assert_eq!(share.decide(&unwanted, 10), Action::Take);
+    }
+
+    #[test]
+    fn presence_ages_out_after_one_ttl() {
+        let presence = vec!["a 100".to_string(), "b 85".to_string(), "garbage".to_string()];
+        assert_eq!(live_agents(&presence, 100, 10), BTreeSet::from(["a".to_string()]));
+        assert_eq!(live_agents(&presence, 95, 10), BTreeSet::from(["a".to_string(), "b".to_string()]));
+    }
+
+    #[test]
+    fn a_fence_permits_until_its_deadline_only() {
+        let fence = Fence::new("t", "a", "CN=l");
+        assert!(fence.check().is_err());
+        fence.hold(1, Instant::now() + Duration::from_secs(60));
+        assert!(fence.check().is_ok());
+        fence.hold(1, Instant::now());
+        assert!(fence.check().is_err());
+    }
+}
