@@ -180,6 +180,8 @@ pub struct TenantLease {
     takes: AtomicU64,
     /// Set when this agent gave the lease up on purpose, so its end is not reported as a loss.
     releasing: AtomicBool,
+    /// Why the last look or change failed, until one succeeds.
+    last_error: Mutex<Option<String>>,
 }
 
 /// What one look at a lease object found.
@@ -218,6 +220,7 @@ impl TenantLease {
             view: Mutex::new(LeaseView::default()),
             takes: AtomicU64::new(0),
             releasing: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -239,6 +242,15 @@ impl TenantLease {
     /// The lease as last seen, with this agent's role now.
     pub fn view(&self) -> LeaseView {
         LeaseView { role: self.role(), ..self.view.lock().unwrap_or_else(PoisonError::into_inner).clone() }
+    }
+
+    /// Why the last look at the lease or change to it failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn note(&self, result: Result<(), &DirectoryError>) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = result.err().map(ToString::to_string);
     }
 
     /// How many times this agent has taken the lease.
@@ -443,6 +455,7 @@ impl Leases {
             match lease.observe().await {
                 Ok(observation) => seen.push(Some(observation)),
                 Err(e) => {
+                    lease.note(Err(&e));
                     tracing::warn!(tenant = %lease.tenant, "cannot read the writer lease: {e}; this agent keeps writing only until its lease deadline");
                     seen.push(None);
                 }
@@ -452,7 +465,9 @@ impl Leases {
         for (lease, observation) in self.tenants.iter().zip(&seen) {
             let Some(observation) = observation else { continue };
             let action = plan.decide(observation, lease.ttl_secs());
-            if let Err(e) = lease.act(action, observation).await {
+            let result = lease.act(action, observation).await;
+            lease.note(result.as_ref().map(|_| ()));
+            if let Err(e) = result {
                 tracing::warn!(tenant = %lease.tenant, "writer lease {action:?} failed: {e}");
             }
         }
@@ -552,8 +567,8 @@ impl<'a> Share<'a> {
         if !value.is_free(now) {
             return Action::Wait;
         }
-        // A lease this agent released goes to the others first, for one ttl.
-        if value.released_by == self.agent && now < value.expires {
+        // A daemon leaves a lease it released to the others for one ttl; a one-shot run takes it at once.
+        if self.mode == Mode::Share && value.released_by == self.agent && now < value.expires {
             return Action::Wait;
         }
         // A lease nobody else took for a whole ttl after it ended is taken even beyond the fair share.
@@ -642,9 +657,11 @@ mod tests {
         let seen = vec![Some(observation(Some(released.clone()), &["a", "b"], 50)), Some(observation(held("a", 100), &["a", "b"], 50))];
         let mut share = Share::new("b", &seen, Mode::Share, 4);
         assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Take);
-        // a does not take back the lease it released while others may take it.
+        // a does not take back the lease it released while others may take it, unless it runs one-shot.
         let mut share = Share::new("a", &seen, Mode::Share, 4);
         assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Wait);
+        let mut share = Share::new("a", &seen, Mode::Claim, 4);
+        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Take);
     }
 
     #[test]

@@ -264,8 +264,10 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
 
 fn held_elsewhere(lease: &TenantLease) -> String {
     let view = lease.view();
-    if view.holder.is_empty() {
-        "the writer lease could not be taken (see the log); nothing was written".into()
+    if let Some(error) = lease.last_error() {
+        format!("the writer lease could not be taken, so nothing was written: {error}")
+    } else if view.holder.is_empty() {
+        "the writer lease is free but was left to another agent; nothing was written".into()
     } else {
         format!(
             "agent {} holds the writer lease (epoch {}), so this agent writes nothing; stop that agent or run `writeback lease release` there first",

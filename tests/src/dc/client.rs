@@ -273,6 +273,46 @@ impl TestDc {
         Ok(entry)
     }
 
+    /// Creates an enabled user `CN=<sam>,<ou_dn>` with `password`, to bind as a delegated, non-admin account.
+    pub async fn create_account(&self, ou_dn: &str, sam: &str, password: &str) -> Result<AdObject> {
+        let dn = format!("CN={},{ou_dn}", dn_escape(sam));
+        // AD takes a password only as the UTF-16LE bytes of the quoted text, and only over TLS.
+        let quoted: Vec<u8> = format!("\"{password}\"").encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![
+            (b"objectClass".to_vec(), HashSet::from([b"user".to_vec()])),
+            (b"sAMAccountName".to_vec(), HashSet::from([sam.as_bytes().to_vec()])),
+            (b"unicodePwd".to_vec(), HashSet::from([quoted])),
+            // A normal, enabled account.
+            (b"userAccountControl".to_vec(), HashSet::from([b"512".to_vec()])),
+        ];
+        let mut ldap = self.admin().await?;
+        ldap.add(&dn, attrs).await.and_then(LdapResult::success).with_context(|| format!("adding account {dn}"))?;
+        let entry = read_entry(&mut ldap, &dn, &["objectSid", "objectGUID"])
+            .await?
+            .with_context(|| format!("{dn} vanished right after it was added"))?;
+        ldap.unbind().await.ok();
+        Ok(AdObject { sid: sid_of(&entry)?, guid: guid_of(&entry)?, dn: entry.dn })
+    }
+
+    /// Adds the ACEs in `sddl` to the security descriptor of `object_dn`, through `samba-tool dsacl` on the
+    /// DC's own database (Samba offers no LDAP way to edit a descriptor as text).
+    pub fn grant(&self, object_dn: &str, sddl: &str) -> Result<()> {
+        let dc = &self.info().dir.join("dc");
+        let output = std::process::Command::new("samba-tool")
+            .args(["dsacl", "set", "-s"])
+            .arg(dc.join("etc/smb.conf"))
+            .arg("-H")
+            .arg(dc.join("private/sam.ldb"))
+            .arg(format!("--objectdn={object_dn}"))
+            .arg(format!("--sddl={sddl}"))
+            .output()
+            .context("running samba-tool dsacl set")?;
+        if !output.status.success() {
+            anyhow::bail!("samba-tool dsacl set on {object_dn} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+
     async fn add_and_read_back(
         &self,
         dn: &str,

@@ -11,6 +11,7 @@ mod failover;
 mod faults;
 mod graph_certificate;
 mod graph_protocol;
+mod least_privilege;
 mod operability;
 mod plugins;
 mod plugins_e2e;
