@@ -30,8 +30,8 @@ pub enum GraphError {
     Http { status: u16, path: String, code: String, message: String },
     #[error("Graph asks for a full resync (the delta token expired or is unknown)")]
     ResyncRequired { location: Option<String> },
-    #[error("Graph kept refusing {path} with HTTP {status} after {attempts} attempts")]
-    GaveUp { path: String, status: u16, attempts: u32 },
+    #[error("Graph kept failing {path} after {attempts} attempts; the last attempt: {cause}")]
+    GaveUp { path: String, cause: String, attempts: u32 },
     #[error("Graph returned a malformed page for {path}: {cause}")]
     MalformedPage { path: String, cause: delta::PageError },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
@@ -101,7 +101,8 @@ struct ErrorBody {
 
 enum Outcome {
     Done(Vec<u8>),
-    Retry { status: u16, wait: Option<Duration> },
+    /// `status` 0: no answer; `cause` says what happened, for the error when retries run out.
+    Retry { status: u16, wait: Option<Duration>, cause: String },
     Unauthorized,
 }
 
@@ -191,9 +192,9 @@ impl GraphClient {
                         message: "Graph refused a freshly issued token; check the app's permissions".into(),
                     });
                 }
-                Outcome::Retry { status, wait } => {
+                Outcome::Retry { status, wait, cause } => {
                     if attempt >= self.retry.attempts {
-                        return Err(GraphError::GaveUp { path: path_of(url), status, attempts: attempt });
+                        return Err(GraphError::GaveUp { path: path_of(url), cause, attempts: attempt });
                     }
                     let delay = wait.unwrap_or_else(|| self.backoff(attempt)).min(self.retry.max_delay);
                     tracing::warn!(status, delay_ms = delay.as_millis() as u64, path = %path_of(url), "Graph asked us to wait");
@@ -209,8 +210,9 @@ impl GraphClient {
         let response = match sent {
             Ok(response) => response,
             Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
-                tracing::warn!(path = %path_of(url), cause = %network_cause(&e), "Graph request failed; will retry");
-                return Ok(Outcome::Retry { status: 0, wait: None });
+                let cause = network_cause(&e);
+                tracing::warn!(path = %path_of(url), %cause, "Graph request failed; will retry");
+                return Ok(Outcome::Retry { status: 0, wait: None, cause });
             }
             Err(e) => return Err(GraphError::network(url, &e)),
         };
@@ -221,8 +223,9 @@ impl GraphClient {
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
             Err(e) => {
-                tracing::warn!(path = %path_of(url), cause = %network_cause(&e), "Graph response was cut off; will retry");
-                return Ok(Outcome::Retry { status: status.as_u16(), wait: None });
+                let cause = format!("the response was cut off: {}", network_cause(&e));
+                tracing::warn!(path = %path_of(url), %cause, "Graph response was cut off; will retry");
+                return Ok(Outcome::Retry { status: status.as_u16(), wait: None, cause });
             }
         };
         classify(url, status, retry_after, location, body)
@@ -264,7 +267,7 @@ fn classify(
         400 if matches!(code.as_str(), "syncStateNotFound" | "resyncRequired" | "syncStateInvalid") => {
             Err(GraphError::ResyncRequired { location })
         }
-        429 | 500 | 502 | 503 | 504 => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after }),
+        429 | 500 | 502 | 503 | 504 => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") }),
         other => Err(GraphError::Http { status: other, path: path_of(url), code, message }),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
-//! cargo run --release -p writeback-tests --bin bench -- [--quick]
+//! bench/run --failover-only    # phase 6 alone, a couple of minutes
+//! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
 //!
 //! One run measures, against the shared Samba test DC (which runs with `ldb:nosync = true`) and the in-process
@@ -12,13 +13,17 @@
 //! 3. the latency of single membership changes through the daemon (2 s interval);
 //! 4. write minimality: operations issued against the minimum the changes need, and one change on a very
 //!    large group;
-//! 5. scale without a directory: the state and the planner alone (in a child process, `--scale-only`).
+//! 5. scale without a directory: the state and the planner alone (in a child process, `--scale-only`);
+//! 6. failover between two agents sharing the tenant through the writer lease (a world of its own): kill of
+//!    the writer → the standby takes the lease and writes, and the writes and the gap of a `lease release`.
 //!
 //! It prints figures, not verdicts: nothing here asserts a timing. The OUs it creates are deleted at the end.
 
 // The crate root is this file, so its modules are named by path: they live in `bench/`.
 #[path = "bench/directory.rs"]
 mod directory;
+#[path = "bench/failover.rs"]
+mod failover;
 #[path = "bench/initial.rs"]
 mod initial;
 #[path = "bench/latency.rs"]
@@ -58,6 +63,9 @@ struct Args {
     /// Skip timing the HTTP simulator over the scale tenant (phase 5's comparison figure).
     #[arg(long)]
     no_simulator_feed: bool,
+    /// Run only phase 6 (failover between agents), skipping phases 1 to 5: a couple of minutes.
+    #[arg(long)]
+    failover_only: bool,
     /// Internal: run only phase 5 in this process and print its figures as one JSON line.
     #[arg(long, hide = true)]
     scale_only: bool,
@@ -82,6 +90,8 @@ pub struct Sizes {
     pub scale_groups: usize,
     pub scale_memberships: usize,
     pub scale_users: usize,
+    /// Kill takeovers and clean takeovers each, in phase 6.
+    pub failover_rounds: usize,
 }
 
 impl Sizes {
@@ -99,6 +109,7 @@ impl Sizes {
         scale_groups: 100_000,
         scale_memberships: 1_000_000,
         scale_users: 100_000,
+        failover_rounds: 5,
     };
 
     /// A tenth of it, for a run of a few minutes.
@@ -115,6 +126,7 @@ impl Sizes {
         scale_groups: 10_000,
         scale_memberships: 100_000,
         scale_users: 10_000,
+        failover_rounds: 2,
     };
 
     fn new(quick: bool) -> Sizes {
@@ -170,7 +182,12 @@ async fn run(args: &Args) -> Result<()> {
         println!("{}", serde_json::to_string(&figures).context("serialising the scale figures")?);
         return Ok(());
     }
-    report::header(&sizes, args.quick, args.seed);
+    report::header(&sizes, args.quick, args.failover_only, args.seed);
+    if args.failover_only {
+        let failover = failover_phase(&sizes).await?;
+        report::failover_summary(&failover, args.quick);
+        return Ok(());
+    }
     let mut world = World::create(args.seed).await?;
     let measured = with_directory(&mut world, &sizes).await;
     report::section("cleaning up the bench OUs");
@@ -184,11 +201,25 @@ async fn run(args: &Args) -> Result<()> {
     ));
     let scale = scale::in_child(args.quick, args.seed).await?;
     report::scale(&scale);
-    report::summary(&Figures { scale: Some(scale), ..figures }, args.quick);
+    let failover = failover_phase(&sizes).await?;
+    report::summary(&Figures { scale: Some(scale), failover: Some(failover), ..figures }, args.quick);
     Ok(())
 }
 
-/// Phases 1 to 4, which need the DC. The scale figures are filled in later.
+/// Phase 6, which makes and deletes its own OU.
+async fn failover_phase(sizes: &Sizes) -> Result<failover::Failover> {
+    report::section(&format!(
+        "6. failover: {} kill takeovers and {} clean takeovers between two agents (ttl {}, renew_every {}, interval {})",
+        sizes.failover_rounds,
+        sizes.failover_rounds,
+        failover::TTL,
+        failover::RENEW_EVERY,
+        failover::INTERVAL
+    ));
+    failover::run(sizes.failover_rounds).await
+}
+
+/// Phases 1 to 4, which need the DC and share the world. The scale and failover figures are filled in later.
 async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
     report::section(&format!(
         "1. initial sync: {} groups, {} memberships, {} users, against raw ldapadd",
@@ -216,5 +247,5 @@ async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
         sizes.mix_rounds, sizes.mix_groups, sizes.big_group
     ));
     let minimality = minimal::run(world, sizes).await?;
-    Ok(Figures { initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None })
+    Ok(Figures { initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None, failover: None })
 }

@@ -151,3 +151,40 @@ async fn a_no_change_cycle_reads_two_delta_links_and_writes_nothing() -> anyhow:
     assert_eq!(env.dc.subtree_usn(&env.ou.dn).await?, usn);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_response_slower_than_the_client_timeout_is_retried() -> anyhow::Result<()> {
+    let mut env = Env::new("slow-graph").await?;
+    env.tenant_settings("graph_timeout = \"1s\"")?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Slow", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Delay(std::time::Duration::from_secs(3))));
+    let output = env.sync(&[]).await?;
+    assert!(text(&output.stderr).contains("the request timed out"), "{}", text(&output.stderr));
+    // The simulator answered only after 3 s, past the 1 s timeout; the group is there, so it was asked again.
+    assert_eq!(env.sim.pending_faults(), 0);
+    assert!(env.group(&id).await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_graph_that_stays_slow_fails_the_cycle_in_one_line_and_loses_nothing() -> anyhow::Result<()> {
+    let mut env = Env::new("slow-graph-long").await?;
+    env.tenant_settings("graph_timeout = \"1s\"")?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Late", &[])).unwrap();
+    for _ in 0..8 {
+        env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Delay(std::time::Duration::from_secs(3))));
+    }
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out"), "last line {last:?} of:\n{stderr}");
+    assert!(env.group(&id).await?.is_none());
+    // Once Graph answers in time again, the next cycle writes the group: the cursor did not move past it.
+    env.sim.clear_faults();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    Ok(())
+}

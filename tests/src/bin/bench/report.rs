@@ -1,10 +1,11 @@
 //! Printing: the run's header, section titles, phase 5's figures and the final summary table (markdown), each
 //! figure next to its target and the anchors (Connect's 30-minute cycle, Cloud Sync's ~20 minutes, raw
-//! `ldapadd`).
+//! `ldapadd`, the lease's ttl).
 
 use std::time::Duration;
 
 use crate::Sizes;
+use crate::failover::{self, Failover};
 use crate::initial::Initial;
 use crate::latency::Latency;
 use crate::measure::{human, mb, mean, ms};
@@ -28,25 +29,42 @@ pub struct Figures {
     pub latency: Latency,
     pub minimality: Minimality,
     pub scale: Option<Scale>,
+    pub failover: Option<Failover>,
 }
 
 /// What the run is, on what, with which caveats.
-pub fn header(sizes: &Sizes, quick: bool, seed: u64) {
-    println!("writeback bench ({}), seed {seed}", if quick { "--quick" } else { "full size" });
+pub fn header(sizes: &Sizes, quick: bool, failover_only: bool, seed: u64) {
+    let mode = match (quick, failover_only) {
+        (false, false) => "full size",
+        (true, false) => "--quick",
+        (false, true) => "--failover-only",
+        (true, true) => "--quick --failover-only",
+    };
+    println!("writeback bench ({mode}), seed {seed}");
     println!(
         "machine: {} CPUs, {} memory; DC: the shared Samba test DC with ldb:nosync = true (no fsync: writes are faster than on a production DC)",
         std::thread::available_parallelism().map_or(0, usize::from),
         mem_total().map_or_else(|| "unknown".into(), mb)
     );
+    if failover_only {
+        println!(
+            "sizes: failover {} groups / {} users, {} rounds of each takeover",
+            failover::GROUPS,
+            failover::USERS,
+            sizes.failover_rounds
+        );
+        return;
+    }
     println!(
-        "sizes: {} groups / {} memberships / {} users; {} latency changes; {}-member large group; scale {} groups / {} memberships",
+        "sizes: {} groups / {} memberships / {} users; {} latency changes; {}-member large group; scale {} groups / {} memberships; failover {} rounds",
         sizes.groups,
         sizes.memberships,
         sizes.users,
         sizes.latency_changes,
         sizes.big_group,
         sizes.scale_groups,
-        sizes.scale_memberships
+        sizes.scale_memberships,
+        sizes.failover_rounds
     );
 }
 
@@ -107,16 +125,7 @@ fn row(figure: &str, measured: String, target: &str, ok: Option<bool>, anchor: &
 
 /// The final markdown table.
 pub fn summary(f: &Figures, quick: bool) {
-    section("summary");
-    println!();
-    println!(
-        "`bench/run{}` — Samba AD DC with `ldb:nosync = true`, loopback, {} CPUs.",
-        if quick { " --quick" } else { "" },
-        std::thread::available_parallelism().map_or(0, usize::from)
-    );
-    println!();
-    println!("| figure | measured | target | met | anchor |");
-    println!("|---|---|---|---|---|");
+    table(if quick { " --quick" } else { "" });
     initial_rows(&f.initial);
     quiet_rows(&f.one_shot, &f.daemon);
     latency_rows(&f.latency);
@@ -124,6 +133,28 @@ pub fn summary(f: &Figures, quick: bool) {
     if let Some(scale) = &f.scale {
         scale_rows(scale);
     }
+    if let Some(failover) = &f.failover {
+        failover_rows(failover);
+    }
+}
+
+/// The final markdown table of a `--failover-only` run: phase 6's rows alone.
+pub fn failover_summary(f: &Failover, quick: bool) {
+    table(if quick { " --quick --failover-only" } else { " --failover-only" });
+    failover_rows(f);
+}
+
+/// The summary's title, the line saying what ran where, and the table's head.
+fn table(arguments: &str) {
+    section("summary");
+    println!();
+    println!(
+        "`bench/run{arguments}` — Samba AD DC with `ldb:nosync = true`, loopback, {} CPUs.",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    println!();
+    println!("| figure | measured | target | met | anchor |");
+    println!("|---|---|---|---|---|");
 }
 
 fn initial_rows(i: &Initial) {
@@ -254,5 +285,43 @@ fn scale_rows(s: &Scale) {
         "—",
         None,
         &s.simulator_feed.map_or(String::new(), |d| format!("through the HTTP simulator: {}", human(d))),
+    );
+}
+
+fn failover_rows(f: &Failover) {
+    let settings = format!("ttl {}, renew_every {}, interval {}", failover::TTL, failover::RENEW_EVERY, failover::INTERVAL);
+    row(
+        &format!("writer SIGKILLed → standby took the lease, min / median / max ({} rounds; {settings})", f.kills.len()),
+        f.lease_taken().show(),
+        "—",
+        None,
+        "a dead holder's lease expires one ttl after its last renewal",
+    );
+    row(
+        "writer SIGKILLed → a change made right after it is in AD (the new holder's first write)",
+        f.first_write().show(),
+        "—",
+        None,
+        "the ttl plus the takeover's full reconcile",
+    );
+    let clean = f.releases.iter().all(|r| r.usn_delta == 0 && r.audit_writes == 0);
+    let usn: Vec<String> = f.releases.iter().map(|r| format!("+{}", r.usn_delta)).collect();
+    let audit: Vec<String> = f.releases.iter().map(|r| format!("+{}", r.audit_writes)).collect();
+    row(
+        &format!(
+            "`lease release` with nothing changing: writes by the new holder's takeover cycle ({} rounds; groups OU USN; audit)",
+            f.releases.len()
+        ),
+        format!("{}; {}", usn.join(", "), audit.join(", ")),
+        "0",
+        Some(clean),
+        "",
+    );
+    row(
+        "`lease release` finished → a change made right after it is in AD, min / median / max",
+        f.gap().show(),
+        "—",
+        None,
+        "without a release the standby waits out the ttl",
     );
 }
