@@ -6,9 +6,10 @@ set -euo pipefail
 
 # samba: the DC itself; samba-tool: provisioning (samba-ad-dc / python3-samba);
 # ldapsearch: handy for poking at the DC by hand; openssl: the test CA and
-# server certificate; systemd-analyze: checks the shipped systemd unit.
-required=(samba samba-tool ldapsearch openssl systemd-analyze)
-packages=(samba samba-ad-dc ldap-utils winbind openssl systemd)
+# server certificate; systemd-analyze: checks the shipped systemd unit; tmux: a
+# real terminal for the progress bar test.
+required=(samba samba-tool ldapsearch openssl systemd-analyze tmux)
+packages=(samba samba-ad-dc ldap-utils winbind openssl systemd tmux)
 
 # samba lives in /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/sbin:/sbin"

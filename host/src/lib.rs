@@ -17,4 +17,5 @@ pub mod directory;
 pub mod status;
 pub mod sync;
 pub mod plugins;
+pub mod progress;
 pub mod metrics;

@@ -17,6 +17,7 @@ use crate::graph::GraphClient;
 use crate::lease::{Leases, Mode, Role, TenantLease};
 use crate::model::{BuiltinPolicy, GroupPolicy};
 use crate::plugins::{PluginEngine, TenantPlugins};
+use crate::progress::Progress;
 use crate::state::Store;
 use crate::status::StatusFile;
 use crate::sync::{CycleOptions, CycleReport, StopFlag, TenantSync};
@@ -204,6 +205,7 @@ fn tenant_sync<'a>(
     stop: &StopFlag,
     engine: Option<&PluginEngine>,
     leases: Option<&Leases>,
+    progress: Progress,
 ) -> Result<TenantSync<'a>> {
     let credential = tenant.client_credential()?;
     let graph = GraphClient::new(tenant, credential).with_context(|| format!("tenant {}", tenant.name))?;
@@ -215,6 +217,7 @@ fn tenant_sync<'a>(
         stop: stop.clone(),
         policy: std::sync::Mutex::new(policy(tenant, engine)?),
         fence: leases.and_then(|l| l.tenant(&tenant.name)).map(|l| l.fence()),
+        progress,
     })
 }
 
@@ -243,7 +246,9 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
             // The lease was just taken, so the directory is reconciled in full, as at every takeover.
             options.full = true;
         }
-        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref(), Some(&leases))?;
+        // An admin running a sync by hand sees its progress; a full reconcile always shows the bar.
+        let progress = Progress::on_terminal(&tenant.name, options.full);
+        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref(), Some(&leases), progress)?;
         match run_cycle(config, &sync, options, lease.as_deref()).await {
             Ok(report) => {
                 println!("{}", summary(&tenant.name, &report));
@@ -286,6 +291,7 @@ async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions
     // Every log line of the cycle carries its tenant and kind.
     let span = tracing::info_span!("cycle", tenant = %sync.config.name, full = options.full);
     let result = tracing::Instrument::instrument(sync.cycle(options), span).await;
+    sync.progress.finish();
     let status_for_metrics = result.as_ref().map(|r| &r.status).map_err(|e| e.to_string());
     crate::metrics::global().record_cycle(&sync.config.name, status_for_metrics, started.elapsed().as_secs_f64());
     let mut status = match &result {
@@ -337,7 +343,7 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         // The dry run reads Graph into a scratch copy, so the real cursor does not move.
         let scratch = Store::temporary()?;
         store.copy_tenant_to(&tenant.name, &scratch)?;
-        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref(), None)?;
+        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref(), None, Progress::hidden())?;
         let options = CycleOptions { full, dry_run: true, ..Default::default() };
         let report = sync.cycle(options).await.with_context(|| format!("tenant {}", tenant.name))?;
         println!("tenant {}: {} changes", tenant.name, report.plan.len());
@@ -414,7 +420,7 @@ async fn daemon(config: &Config) -> Result<()> {
         tokio::spawn(leases.clone().run(Mode::Share));
     }
     let syncs: Vec<TenantSync> =
-        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref(), Some(&leases))).collect::<Result<_>>()?;
+        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref(), Some(&leases), Progress::hidden())).collect::<Result<_>>()?;
     let mut active: Vec<bool> = vec![false; syncs.len()];
     let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.

@@ -16,6 +16,7 @@ impl TenantSync<'_> {
     pub(super) async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
         let mut created: HashMap<String, String> = HashMap::new();
         let mut failed: HashMap<String, String> = HashMap::new();
+        self.progress.writing(plan.ops.len());
         for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
             // Another agent may have taken the lease over since the last batch (a pause, a release).
             if let Some(fence) = &self.fence {
@@ -26,7 +27,9 @@ impl TenantSync<'_> {
             self.store.flush().await?;
             let mut journaled = chunk.iter().zip(keys);
             while let Some((op, key)) = journaled.next() {
-                if let Err(e) = self.apply_one(directory, op, key, &mut created, &mut failed, report).await {
+                let applied = self.apply_one(directory, op, key, &mut created, &mut failed, report).await;
+                self.progress.wrote();
+                if let Err(e) = applied {
                     // The cycle stops here; the writes journaled after this one were never sent.
                     for (_, unsent) in journaled {
                         self.state.settle(unsent, None)?;

@@ -85,6 +85,9 @@ pub struct CycleReport {
     pub plan: Vec<Op>,
     /// Whether the cycle ended early because a stop was asked for.
     pub stopped: bool,
+    /// Group and user entries read from Graph in this cycle.
+    pub read_groups: usize,
+    pub read_users: usize,
 }
 
 impl CycleReport {
@@ -119,6 +122,8 @@ pub struct TenantSync<'a> {
     pub policy: Mutex<Box<dyn GroupPolicy>>,
     /// The tenant's writer lease fence, when several agents share the tenant.
     pub fence: Option<crate::lease::Fence>,
+    /// What an admin watching the terminal sees.
+    pub progress: crate::progress::Progress,
 }
 
 fn now() -> u64 {
@@ -203,6 +208,7 @@ impl TenantSync<'_> {
         } else {
             self.state.dirty()?.into_iter().collect()
         };
+        self.progress.planning(ids.len());
         let intents = self.intents(&ids, &settings, report).await?;
         if !options.full {
             snapshot.managed = directory.managed_groups(&lookup_ids(&intents)).await?;

@@ -59,16 +59,19 @@ impl TenantSync<'_> {
             Resource::Groups => {
                 let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(|err| bad.push(err.0)).ok()).collect();
                 self.state.merge_group_page(&parsed, cursor)?;
+                report.read_groups += parsed.len();
             }
             Resource::Users => {
                 let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(|err| bad.push(err.0)).ok()).collect();
                 self.state.merge_user_page(&parsed, cursor)?;
+                report.read_users += parsed.len();
             }
         }
         for reason in &bad {
             tracing::warn!(tenant = %self.config.name, "skipped a Graph entry: {reason}");
         }
         report.status.bad_entries.extend(bad);
+        self.progress.reading(report.read_groups, report.read_users);
         Ok(())
     }
 

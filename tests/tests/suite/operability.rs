@@ -139,3 +139,63 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_span() -> anyhow::Resu
     assert!(in_cycle || lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["tenant"] == "contoso"))), "{lines:?}");
     Ok(())
 }
+
+/// Whether `line` is the progress bar: counts and an ETA, which no log or summary line has.
+fn is_bar(line: &str) -> bool {
+    line.contains("/") && line.contains(" writes, ") && line.contains(" left")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_sync_on_a_terminal_shows_a_progress_bar_and_a_pipe_gets_none() -> anyhow::Result<()> {
+    let env = Env::new("progress").await?;
+    let (alice, _) = env.synced_user("progress-alice").await?;
+    for g in 0..400 {
+        let mut group = Group::security(&new_id(), &format!("Progress {g:03}"));
+        group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+        group.members = vec![MemberRef::user(&alice)];
+        env.sim.add_group(group).unwrap();
+    }
+    // A real terminal: tmux runs the sync in a pane, and the pane is read while the sync writes.
+    let session = format!("writeback-progress-{}", &new_id()[..8]);
+    let command = format!(
+        "{} --config {} sync --once; echo EXIT=$?; sleep 60",
+        writeback_tests::e2e::writeback_bin()?.display(),
+        env.config_path.display()
+    );
+    let started = std::process::Command::new("tmux")
+        .args(["new-session", "-d", "-x", "160", "-y", "40", "-s", &session, &command])
+        .status()?;
+    assert!(started.success(), "tmux could not start a session");
+    let mut seen_bar = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let screen = loop {
+        let capture = std::process::Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output()?;
+        let screen = text(&capture.stdout);
+        if seen_bar.is_none() {
+            seen_bar = screen.lines().find(|l| is_bar(l)).map(str::to_string);
+        }
+        if screen.contains("EXIT=") || std::time::Instant::now() > deadline {
+            break screen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = std::process::Command::new("tmux").args(["kill-session", "-t", &session]).status();
+    assert!(screen.contains("EXIT=0"), "the sync in the terminal failed:\n{screen}");
+    let bar = seen_bar.unwrap_or_else(|| panic!("no progress bar was drawn; last screen:\n{screen}"));
+    assert!(bar.contains("contoso: [") && bar.contains("/800 writes"), "{bar}");
+    assert!(!screen.lines().any(is_bar), "the bar is cleared at the end:\n{screen}");
+
+    // Output that is not a terminal gets log lines only, for as many writes.
+    for g in 0..150 {
+        let mut group = Group::security(&new_id(), &format!("Piped {g:03}"));
+        group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+        group.members = vec![MemberRef::user(&alice)];
+        env.sim.add_group(group).unwrap();
+    }
+    let piped = env.run(&["sync", "--once", "--full"]).await?;
+    assert!(text(&piped.stdout).contains(": 300 writes"), "{}", text(&piped.stdout));
+    assert!(piped.status.success());
+    let all = format!("{}{}", text(&piped.stdout), text(&piped.stderr));
+    assert!(!all.lines().any(is_bar) && !all.contains('\r'), "{all}");
+    Ok(())
+}
