@@ -192,11 +192,14 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
         let existing = snapshot.managed.get(id);
         match (intent, existing) {
             (Intent::Write(desired), None) => {
-                creates.push(create(desired));
                 let (adds, skipped) = member_diff(desired, None, snapshot, &creating);
                 out.skipped.extend(skipped);
-                if !adds.is_empty() {
-                    member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: adds });
+                // Members that exist already go into the create itself: one write instead of two. Groups
+                // created in this apply have no DN yet, so they are added once every create is done.
+                let (inline, later) = split_inline(adds);
+                creates.push(create(desired, inline));
+                if !later.is_empty() {
+                    member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: later });
                 }
             }
             (Intent::Write(desired), Some(current)) => {
@@ -260,9 +263,28 @@ pub fn withhold_adds(plan: &mut Plan, withheld: &[(usize, String)]) {
     }
 }
 
-fn create(desired: &DesiredGroup) -> Op {
+/// At most this many members are written inside a create; the rest follow as member adds, in chunks.
+pub const INLINE_MEMBERS: usize = 500;
+
+/// Splits a new group's member adds into the DNs its create can carry and the adds that must follow it.
+fn split_inline(adds: Vec<MemberValue>) -> (Vec<String>, Vec<MemberValue>) {
+    let mut inline = Vec::new();
+    let mut later = Vec::new();
+    for value in adds {
+        match value {
+            MemberValue::Dn(dn) if inline.len() < INLINE_MEMBERS => inline.push(dn),
+            other => later.push(other),
+        }
+    }
+    (inline, later)
+}
+
+fn create(desired: &DesiredGroup, members: Vec<String>) -> Op {
     let mut attributes = vec![("objectClass".to_string(), vec!["group".to_string()])];
     attributes.extend(desired.attributes.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())));
+    if !members.is_empty() {
+        attributes.push(("member".to_string(), members));
+    }
     Op::Create { group_id: desired.id.clone(), dn: dn::child(&desired.cn, &desired.parent_dn), attributes }
 }
 
@@ -426,14 +448,27 @@ mod tests {
     }
 
     #[test]
-    fn a_new_group_is_created_then_filled() {
+    fn a_new_group_is_created_with_its_members_in_one_write() {
         let snap = snapshot_with_users(&["S-1"]);
         let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1")])))]), &snap, OPTS);
-        assert_eq!(plan.ops.len(), 2);
+        assert_eq!(plan.ops.len(), 1, "{:?}", plan.ops);
         let Op::Create { dn, attributes, .. } = &plan.ops[0] else { panic!("create first") };
         assert_eq!(dn, &format!("CN=G,{OU}"));
         assert!(attributes.iter().all(|(k, v)| k != "description" && !v.is_empty()), "empty attributes are not sent");
-        assert_eq!(plan.ops[1], Op::AddMembers { group_id: "g".into(), target: GroupRef::New, values: vec![MemberValue::Dn("CN=S-1,CN=Users,DC=corp".into())] });
+        assert!(attributes.contains(&("member".to_string(), vec!["CN=S-1,CN=Users,DC=corp".to_string()])), "{attributes:?}");
+    }
+
+    #[test]
+    fn a_new_group_with_more_members_than_a_create_carries_gets_the_rest_as_adds() {
+        let sids: Vec<String> = (0..INLINE_MEMBERS + 3).map(|i| format!("S-{i}")).collect();
+        let snap = snapshot_with_users(&sids.iter().map(String::as_str).collect::<Vec<_>>());
+        let want = desired("g", "G", sids.iter().map(|s| user(s)).collect());
+        let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
+        let Op::Create { attributes, .. } = &plan.ops[0] else { panic!("create first") };
+        let inline = attributes.iter().find(|(k, _)| k == "member").map(|(_, v)| v.len());
+        assert_eq!(inline, Some(INLINE_MEMBERS));
+        let Op::AddMembers { target: GroupRef::New, values, .. } = &plan.ops[1] else { panic!("then adds: {:?}", plan.ops[1]) };
+        assert_eq!(values.len(), 3);
     }
 
     #[test]
