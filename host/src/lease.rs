@@ -324,16 +324,16 @@ impl TenantLease {
         .await
     }
 
-    /// Carries out `action` after the look `seen`.
-    async fn act(&self, action: Action, seen: &Observation) -> Result<(), DirectoryError> {
+    /// Carries out `action` after the look `seen`. Returns whether the lease value was changed.
+    async fn act(&self, action: Action, seen: &Observation) -> Result<bool, DirectoryError> {
         let now = seen.object.dc_time;
         let old = seen.value.clone().unwrap_or_default();
         let new = match action {
             Action::Wait => {
                 if seen.value.as_ref().is_some_and(|v| v.holder != self.agent || v.is_free(now)) {
-                    self.lost("another agent holds the lease, or it expired");
+                    self.lost("another agent holds the lease, or it expired", seen.value.as_ref());
                 }
-                return Ok(());
+                return Ok(false);
             }
             Action::Take | Action::Renew => LeaseValue {
                 holder: self.agent.clone(),
@@ -374,15 +374,21 @@ impl TenantLease {
                 let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
                 *view = LeaseView { role: Role::Active, holder: self.agent.clone(), epoch: new.epoch, expires: new.expires };
             }
-            (_, false) => self.lost("another agent changed the lease first"),
+            (_, false) => {
+                // Look at what won, so that a `lease release` run for this agent is not reported as a loss.
+                let current = self.with_directory(async |d| d.read_lease(&self.dn).await).await;
+                let current = current.ok().and_then(|o| o.value.as_deref().and_then(LeaseValue::parse));
+                self.lost("another agent changed the lease first", current.as_ref());
+            }
         }
-        Ok(())
+        Ok(swapped)
     }
 
     /// This agent no longer holds the lease; report it when it was not given up on purpose.
-    fn lost(&self, why: &str) {
+    fn lost(&self, why: &str, current: Option<&LeaseValue>) {
         let was_active = self.fence.revoke();
-        let released = self.releasing.load(Ordering::SeqCst);
+        let released_here = current.is_some_and(|v| v.holder.is_empty() && v.released_by == self.agent);
+        let released = self.releasing.load(Ordering::SeqCst) || released_here;
         if was_active && !released {
             tracing::warn!(tenant = %self.tenant, "lost the writer lease: {why}; this agent stopped writing");
             crate::metrics::global().record_lease_lost(&self.tenant, why);
@@ -390,13 +396,19 @@ impl TenantLease {
     }
 
     /// Gives the lease up if this agent holds it.
+    /// Gives the lease up if this agent holds it. A running daemon of this agent may renew between the look
+    /// and the swap, so the release looks again a few times.
     async fn release(&self) -> Result<bool, DirectoryError> {
-        let seen = self.observe().await?;
-        if seen.value.as_ref().is_none_or(|v| v.holder != self.agent) {
-            return Ok(false);
+        for _ in 0..5 {
+            let seen = self.observe().await?;
+            if seen.value.as_ref().is_none_or(|v| v.holder != self.agent || v.is_free(seen.object.dc_time)) {
+                return Ok(false);
+            }
+            if self.act(Action::Release, &seen).await? {
+                return Ok(true);
+            }
         }
-        self.act(Action::Release, &seen).await?;
-        Ok(true)
+        Err(DirectoryError::LeaseBusy { tenant: self.tenant.clone() })
     }
 }
 

@@ -41,6 +41,8 @@ pub enum DirectoryError {
     RootDse(&'static str),
     #[error("tenant {tenant}: this agent no longer holds the writer lease (expired or taken over), so it stopped writing; the lease holder carries on")]
     LeaseLost { tenant: String },
+    #[error("tenant {tenant}: the writer lease kept changing while it was being released; try again")]
+    LeaseBusy { tenant: String },
 }
 
 impl DirectoryError {

@@ -109,7 +109,10 @@ impl Spread {
 
 /// The settings the figures depend on, for the output.
 pub fn settings() -> String {
-    format!("ttl {TTL}, renew_every {RENEW_EVERY}, daemon interval {INTERVAL}; DC and logs polled every {} ms", POLL.as_millis())
+    format!(
+        "ttl {TTL}, renew_every {RENEW_EVERY}, daemon interval {INTERVAL}; DC and logs polled every {} ms",
+        POLL.as_millis()
+    )
 }
 
 /// Builds the phase's world, runs `rounds` kill takeovers and `rounds` clean takeovers, and deletes the world's
@@ -140,18 +143,15 @@ struct Pair<'a> {
 
 async fn measure(env: &Env, rounds: usize) -> Result<Failover> {
     let mut pair = Pair::create(env).await?;
-    println!(
-        "  {} groups, {} users; agents a1 and a2 on one tenant ({}); a1 started first",
-        GROUPS,
-        USERS,
-        settings()
-    );
+    println!("  {} groups, {} users; agents a1 and a2 on one tenant ({}); a1 started first", GROUPS, USERS, settings());
     println!("  a. kill takeover: SIGKILL the active agent, then one membership change");
     let mut kills = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         kills.push(pair.kill_round(round).await.with_context(|| format!("kill round {round}"))?);
     }
-    println!("  b. clean takeover: `lease release` on the active agent with nothing changing; then one more release and a change");
+    println!(
+        "  b. clean takeover: `lease release` on the active agent with nothing changing; then one more release and a change"
+    );
     let mut releases = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         releases.push(pair.release_round(round).await.with_context(|| format!("release round {round}"))?);
@@ -228,7 +228,8 @@ impl<'a> Pair<'a> {
             let group = &self.groups[self.cursor % self.groups.len()];
             // A step coprime with the user count walks through every user of a group over the rounds.
             let (user_id, user_dn) = &self.users[(self.cursor * 7) % self.users.len()];
-            let cloud = self.env.sim.group(group).with_context(|| format!("group {group} vanished from the simulator"))?;
+            let cloud =
+                self.env.sim.group(group).with_context(|| format!("group {group} vanished from the simulator"))?;
             if cloud.has_member(user_id) {
                 continue;
             }
@@ -253,10 +254,13 @@ impl<'a> Pair<'a> {
         let killed = Instant::now();
         let (group_dn, user_dn) = self.add_membership()?;
         let new_holder = &self.agents[standby];
-        let (taken, written) = tokio::join!(
-            async { wait_for_log(new_holder, took_before).await.map(|()| killed.elapsed()) },
-            async { directory::wait_for_member(&mut ldap, &group_dn, &user_dn, POLL, TIMEOUT).await.map(|()| killed.elapsed()) },
-        );
+        // Both clocks run at once: the lease is taken before the first write, which follows the takeover cycle.
+        let taken = async { wait_for_log(new_holder, took_before).await.map(|()| killed.elapsed()) };
+        let written = async {
+            directory::wait_for_member(&mut ldap, &group_dn, &user_dn, POLL, TIMEOUT).await?;
+            Ok::<_, anyhow::Error>(killed.elapsed())
+        };
+        let (taken, written) = tokio::join!(taken, written);
         directory::close(ldap).await;
         let kill = Kill {
             lease_taken: taken?,
@@ -318,7 +322,10 @@ impl<'a> Pair<'a> {
             release.usn_delta,
             release.audit_writes,
             human(release.gap),
-            if attempts > 1 { format!(" ({attempts} `lease release` runs were needed)") } else { String::new() }
+            match release.release_attempts {
+                1 => String::new(),
+                runs => format!(" ({runs} `lease release` runs were needed)"),
+            }
         );
         Ok(release)
     }
@@ -356,7 +363,8 @@ impl<'a> Pair<'a> {
     async fn lease_holder(&self) -> Result<String> {
         // Where `share_tenant` puts it: one level above the groups OU.
         let dn = format!("CN=writeback-lease,{}", self.env.ou.dn);
-        let entry = self.env.dc.entry(&dn, &["adminDisplayName"]).await?.with_context(|| format!("no lease object at {dn}"))?;
+        let entry =
+            self.env.dc.entry(&dn, &["adminDisplayName"]).await?.with_context(|| format!("no lease object at {dn}"))?;
         let value = first_value(&entry, "adminDisplayName").context("the lease object holds no lease value")?;
         Ok(LeaseValue::parse(value).with_context(|| format!("unreadable lease value {value:?}"))?.holder)
     }

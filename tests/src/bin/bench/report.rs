@@ -289,13 +289,17 @@ fn scale_rows(s: &Scale) {
 }
 
 fn failover_rows(f: &Failover) {
-    let settings = format!("ttl {}, renew_every {}, interval {}", failover::TTL, failover::RENEW_EVERY, failover::INTERVAL);
+    let settings =
+        format!("ttl {}, renew_every {}, interval {}", failover::TTL, failover::RENEW_EVERY, failover::INTERVAL);
     row(
-        &format!("writer SIGKILLed → standby took the lease, min / median / max ({} rounds; {settings})", f.kills.len()),
+        &format!(
+            "writer SIGKILLed → standby took the lease, min / median / max ({} rounds; {settings})",
+            f.kills.len()
+        ),
         f.lease_taken().show(),
         "—",
         None,
-        "a dead holder's lease expires one ttl after its last renewal",
+        "a dead holder's lease ends one ttl after its last renewal, up to renew_every before the kill",
     );
     row(
         "writer SIGKILLed → a change made right after it is in AD (the new holder's first write)",
