@@ -11,7 +11,7 @@ use writeback::lease::Role;
 use writeback::state::AuditRecord;
 use writeback::status::StatusFile;
 
-use crate::e2e::{Env, new_id, text, toml_escape, writeback_bin};
+use crate::e2e::{Env, new_id, spawn_daemon, text, toml_escape, writeback_bin};
 use crate::graphsim::{Group, MemberRef, WritebackConfiguration};
 
 /// Users per test world.
@@ -114,16 +114,7 @@ impl Agent {
 
     /// Starts `writeback run`; its log goes to `agent.log`.
     pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = Command::new(writeback_bin()?)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("run")
-            .env("WRITEBACK_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
+        self.child = Some(spawn_daemon(&self.config_path, &self.dir.join("agent.log"))?);
         Ok(())
     }
 

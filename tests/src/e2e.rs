@@ -217,6 +217,19 @@ impl Env {
     }
 }
 
+/// Starts `writeback --config CONFIG run` with its output in the file `log`.
+pub fn spawn_daemon(config: &Path, log: &Path) -> Result<std::process::Child> {
+    let log = std::fs::File::create(log)?;
+    Ok(Command::new(writeback_bin()?)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("WRITEBACK_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?)
+}
+
 /// A `writeback run` daemon, killed when dropped.
 pub struct Daemon {
     child: std::process::Child,
@@ -225,16 +238,7 @@ pub struct Daemon {
 impl Env {
     /// Starts `writeback run` in the background; its log goes to `daemon.log` in the test directory.
     pub fn start_daemon(&self) -> Result<Daemon> {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log"))?;
-        let child = Command::new(writeback_bin()?)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("run")
-            .env("WRITEBACK_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        Ok(Daemon { child })
+        Ok(Daemon { child: spawn_daemon(&self.config_path, &self.dir.path().join("daemon.log"))? })
     }
 
     /// The daemon's log so far.
