@@ -48,6 +48,8 @@ pub struct Env {
     tenant_extra: String,
     /// Extra text at the end of the config (for example a `[tenant.plugins]` table).
     tail: String,
+    /// Where the agent reaches the DC, when not directly (a fault proxy).
+    directory_url: Option<String>,
 }
 
 impl Env {
@@ -63,7 +65,7 @@ impl Env {
         let sim = GraphSim::start(sim_config)?;
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("writeback.toml");
-        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new(), tail: String::new() };
+        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new(), tail: String::new(), directory_url: None };
         env.write_config()?;
         Ok(env)
     }
@@ -72,6 +74,12 @@ impl Env {
     pub fn tenant_settings(&mut self, lines: &str) -> Result<()> {
         self.tenant_extra.push_str(lines);
         self.tenant_extra.push('\n');
+        self.write_config()
+    }
+
+    /// Points the agent at the DC through `url` (which must present the DC's certificate) and rewrites the config.
+    pub fn reach_directory_at(&mut self, url: &str) -> Result<()> {
+        self.directory_url = Some(url.to_string());
         self.write_config()
     }
 
@@ -124,7 +132,7 @@ target_ou = "{ou}"
             secret = secret.display(),
             base = self.sim.base_url(),
             extra = self.tenant_extra,
-            url = info.url,
+            url = self.directory_url.as_deref().unwrap_or(&info.url),
             bind_dn = info.admin_dn,
             password = info.admin_password_file.display(),
             ca = info.ca_file.display(),

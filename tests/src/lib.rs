@@ -3,3 +3,4 @@ pub mod dc;
 pub mod graphsim;
 pub mod e2e;
 pub mod agents;
+pub mod ldap_proxy;

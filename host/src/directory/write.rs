@@ -6,8 +6,9 @@
 //! control, so on exactly those results the values are retried one by one and those results count as done.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
-use ldap3::{LdapError, Mod, Scope, SearchEntry};
+use ldap3::{Ldap, LdapError, LdapResult, Mod, Scope, SearchEntry};
 
 use super::read::parse_extended_dn;
 use super::{Directory, DirectoryError, describe_rc, innermost};
@@ -15,6 +16,11 @@ use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
 
 /// How many member values one modify carries.
 const MEMBER_CHUNK: usize = 500;
+
+/// How long to wait before sending a write again after the DC answered busy (51) or unavailable (52).
+/// Those results mean the DC did not perform the request, so sending it again is safe. After the last
+/// delay the error ends the cycle, and a later cycle starts over from the directory's state.
+const BUSY_BACKOFF: [Duration; 3] = [Duration::from_millis(250), Duration::from_secs(1), Duration::from_secs(3)];
 
 /// What a successful operation produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +105,10 @@ impl Directory {
             }
             Op::RemoveMembers { guid, values, .. } => self.change_members(&guid_dn(guid), values, false).await,
             Op::Delete { guid, .. } => {
-                self.check_fence()?;
-                let result = self.ldap.with_timeout(self.timeout).delete(&guid_dn(guid)).await;
-                match result.and_then(|r| r.success()) {
-                    Ok(_) => Ok(Applied::Done),
-                    Err(LdapError::LdapResult { result }) if result.rc == 32 => Ok(Applied::Done),
-                    Err(e) => Err(ApplyError::from_ldap("delete", e)),
+                let (target, timeout) = (guid_dn(guid), self.timeout);
+                match self.send("delete", &target, async |ldap| ldap.with_timeout(timeout).delete(&target).await).await {
+                    Ok(()) | Err(ApplyError::Refused { code: 32, .. }) => Ok(Applied::Done),
+                    Err(e) => Err(e),
                 }
             }
         }
@@ -112,13 +116,10 @@ impl Directory {
 
     async fn create(&mut self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
         let attrs: Vec<(&str, HashSet<&str>)> = attributes.iter().map(|(k, v)| (k.as_str(), set(v))).collect();
-        self.check_fence()?;
-        self.ldap
-            .with_timeout(self.timeout)
-            .add(dn, attrs)
+        let timeout = self.timeout;
+        self.send("add", dn, async |ldap| ldap.with_timeout(timeout).add(dn, attrs.clone()).await)
             .await
-            .and_then(|r| r.success())
-            .map_err(|e| ApplyError::from_ldap("add", e).conflict_on(&[19, 68]))?;
+            .map_err(|e| e.conflict_on(&[19, 68]))?;
         self.read_back(dn).await
     }
 
@@ -143,13 +144,10 @@ impl Directory {
 
     async fn rename(&mut self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
         let rdn = format!("CN={}", crate::dn::escape_value(new_cn));
-        self.check_fence()?;
-        self.ldap
-            .with_timeout(self.timeout)
-            .modifydn(&guid_dn(guid), &rdn, true, Some(new_parent))
+        let (target, timeout) = (guid_dn(guid), self.timeout);
+        self.send("rename", &target, async |ldap| ldap.with_timeout(timeout).modifydn(&target, &rdn, true, Some(new_parent)).await)
             .await
-            .and_then(|r| r.success())
-            .map_err(|e| ApplyError::from_ldap("rename", e).conflict_on(&[68]))?;
+            .map_err(|e| e.conflict_on(&[68]))?;
         match self.read_back(&guid_dn(guid)).await? {
             Applied::Created { dn, .. } => Ok(Applied::Moved { dn }),
             other => Ok(other),
@@ -164,13 +162,10 @@ impl Directory {
                 AttributeChange::Clear(name) => Mod::Replace(name.as_str(), HashSet::new()),
             })
             .collect();
-        self.check_fence()?;
-        self.ldap
-            .with_timeout(self.timeout)
-            .modify(&guid_dn(guid), mods)
+        let (target, timeout) = (guid_dn(guid), self.timeout);
+        self.send("modify", &target, async |ldap| ldap.with_timeout(timeout).modify(&target, mods.clone()).await)
             .await
-            .and_then(|r| r.success())
-            .map_err(|e| ApplyError::from_ldap("modify", e).conflict_on(&[19, 68]))?;
+            .map_err(|e| e.conflict_on(&[19, 68]))?;
         Ok(Applied::Done)
     }
 
@@ -199,14 +194,35 @@ impl Directory {
     async fn member_modify(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
         let values: HashSet<&str> = set(values);
         let change = if add { Mod::Add("member", values) } else { Mod::Delete("member", values) };
-        self.check_fence()?;
-        self.ldap
-            .with_timeout(self.timeout)
-            .modify(target, vec![change])
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| ApplyError::from_ldap(if add { "add members" } else { "remove members" }, e))?;
+        let (operation, timeout) = (if add { "add members" } else { "remove members" }, self.timeout);
+        self.send(operation, target, async |ldap| ldap.with_timeout(timeout).modify(target, vec![change.clone()]).await).await?;
         Ok(Applied::Done)
+    }
+
+    /// Sends one write to `target` once the lease fence allows it, and sends it again, a bounded number of
+    /// times, while the DC answers busy or unavailable.
+    async fn send(
+        &mut self,
+        operation: &str,
+        target: &str,
+        mut request: impl AsyncFnMut(&mut Ldap) -> ldap3::result::Result<LdapResult>,
+    ) -> Result<(), ApplyError> {
+        let mut delays = BUSY_BACKOFF.iter();
+        loop {
+            self.check_fence()?;
+            match request(&mut self.ldap).await.and_then(|r| r.success()) {
+                Ok(_) => return Ok(()),
+                Err(LdapError::LdapResult { result }) if matches!(result.rc, 51 | 52) => {
+                    let Some(delay) = delays.next() else {
+                        return Err(ApplyError::from_ldap(operation, LdapError::LdapResult { result }));
+                    };
+                    let cause = describe_rc(result.rc, &result.text);
+                    tracing::warn!("LDAP {operation} of {target}: the DC answered {cause}; sending it again in {delay:?}");
+                    tokio::time::sleep(*delay).await;
+                }
+                Err(e) => return Err(ApplyError::from_ldap(operation, e)),
+            }
+        }
     }
 }
 

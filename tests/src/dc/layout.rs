@@ -89,6 +89,11 @@ impl Layout {
         self.dir.join("tls")
     }
 
+    /// The DC's certificate (PEM) and its private key.
+    pub(crate) fn tls_identity(&self) -> (PathBuf, PathBuf) {
+        (self.tls_dir().join("server.pem"), self.tls_dir().join("server.key"))
+    }
+
     /// samba-tool's `--targetdir`.
     pub(crate) fn target(&self) -> PathBuf {
         self.dir.join("dc")

@@ -155,6 +155,11 @@ impl TestDc {
         &self.info
     }
 
+    /// The DC's certificate and key files (PEM), for a test server that presents the DC's identity.
+    pub fn tls_identity(&self) -> Result<(PathBuf, PathBuf)> {
+        Ok(Layout::create(&self.info.dir)?.tls_identity())
+    }
+
     /// The Administrator's password.
     pub fn admin_password(&self) -> &str {
         &self.admin_password

@@ -147,7 +147,7 @@ fn apply_test_settings(layout: &Layout) -> Result<()> {
 
 /// The `[global]` settings the harness needs on top of what provisioning wrote.
 fn test_settings(layout: &Layout) -> Vec<(&'static str, String)> {
-    let tls = layout.tls_dir();
+    let (cert, key) = layout.tls_identity();
     vec![
         // LDAP only: the default list also binds 88/135/445/…, which fails
         // when a system samba or anything else holds those ports.
@@ -159,8 +159,8 @@ fn test_settings(layout: &Layout) -> Vec<(&'static str, String)> {
         ("interfaces", LISTEN_IP.to_owned()),
         ("bind interfaces only", "yes".to_owned()),
         ("tls enabled", "yes".to_owned()),
-        ("tls keyfile", tls.join("server.key").display().to_string()),
-        ("tls certfile", tls.join("server.pem").display().to_string()),
+        ("tls keyfile", key.display().to_string()),
+        ("tls certfile", cert.display().to_string()),
         ("tls cafile", layout.ca_file().display().to_string()),
         // --targetdir moves lock, state, cache and private dirs but not these
         // two, which would otherwise be shared with a system samba.

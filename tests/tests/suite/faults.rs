@@ -1,7 +1,10 @@
-//! Faults on the directory side: one bad group never blocks the others, and a group that keeps failing is
-//! quarantined with its reason.
+//! Faults on the directory side: one bad group never blocks the others, a group that keeps failing is
+//! quarantined with its reason, and busy, unavailable or vanished DCs (injected by a proxy) cost a retry,
+//! never a lost or doubled write.
 
+use writeback_tests::agents::{add_groups, converged, world};
 use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::ldap_proxy::{BUSY, Fault, FaultProxy, UNAVAILABLE};
 use writeback_tests::graphsim::{Group, GroupPatch, WritebackConfiguration};
 
 fn enabled(id: &str, name: &str) -> Group {
@@ -44,5 +47,71 @@ async fn a_group_that_keeps_failing_is_quarantined_and_the_others_go_on() -> any
     assert!(env.group(&bad).await?.is_some());
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(!status.contains("quarantined"), "{status}");
+    Ok(())
+}
+
+/// A world whose agent reaches the DC through a fault proxy, with `groups` groups waiting to be written.
+async fn proxied_world(name: &str, groups: usize) -> anyhow::Result<(Env, FaultProxy, Vec<(String, String)>)> {
+    let (mut env, users) = world(Env::new(name).await?, name).await?;
+    let proxy = FaultProxy::start(&env.dc)?;
+    env.reach_directory_at(proxy.url())?;
+    add_groups(&env, &users, name, groups);
+    Ok((env, proxy, users))
+}
+
+#[tokio::test]
+async fn a_busy_dc_is_asked_again_and_the_cycle_completes() -> anyhow::Result<()> {
+    let (env, proxy, users) = proxied_world("busy", 6).await?;
+    proxy.inject(2, 2, BUSY);
+    let output = env.sync(&[]).await?;
+    assert_eq!(proxy.injected(), 2);
+    assert!(text(&output.stderr).contains("the DC answered busy"), "{}", text(&output.stderr));
+    assert!(converged(&env, &users).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dc_that_stays_unavailable_ends_the_cycle_after_bounded_retries_and_nothing_is_lost() -> anyhow::Result<()> {
+    let (env, proxy, users) = proxied_world("unavailable", 6).await?;
+    proxy.inject(2, usize::MAX, UNAVAILABLE);
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    let cause = stderr.lines().last().unwrap_or_default();
+    assert!(cause.contains("unavailable") && cause.contains("LDAP result 52"), "one line naming the cause:\n{stderr}");
+    assert_eq!(proxy.injected(), 4, "the write was sent once and retried three times, then the cycle ended");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("unavailable"), "{status}");
+    assert_eq!(env.groups().await?.len(), 2, "the writes before the fault landed, none after it");
+    let audit = env.state_audit().await?;
+    assert!(audit.iter().any(|r| r.outcome.contains("unavailable")), "the failed write is audited");
+
+    // The fault clears: a delta cycle (the cursor did not move past the unwritten groups) finishes the job.
+    proxy.heal();
+    env.sync(&[]).await?;
+    assert!(converged(&env, &users).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_dropped_before_or_after_a_write_loses_nothing_and_duplicates_nothing() -> anyhow::Result<()> {
+    let (env, proxy, users) = proxied_world("dropped", 6).await?;
+    // The third write never reaches the DC.
+    proxy.inject(2, 1, Fault::Drop);
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success(), "a dropped connection ends the cycle");
+    assert_eq!(env.groups().await?.len(), 2);
+    // The DC performs the next write, but its answer is lost with the connection.
+    proxy.inject(0, 1, Fault::LoseAnswer);
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success(), "a lost answer ends the cycle");
+    let stderr = text(&output.stderr);
+    assert!(stderr.lines().last().unwrap_or_default().contains("LDAP add failed"), "{stderr}");
+    assert_eq!(env.groups().await?.len(), 3, "the write whose answer was lost happened");
+    // The next cycle finds that group by its anchor instead of creating it again (`converged` fails on a
+    // duplicate), and writes the rest.
+    env.sync(&[]).await?;
+    assert!(converged(&env, &users).await?);
+    assert_eq!(proxy.injected(), 2);
     Ok(())
 }

@@ -1,0 +1,351 @@
+//! An LDAPS proxy in front of the test DC that injects directory faults Samba cannot be made to produce on
+//! demand: a write answered busy (51) or unavailable (52), or the connection dropped at a chosen write,
+//! before or after the DC performed it.
+//!
+//! It terminates TLS with the DC's own certificate (so the agent verifies it exactly as it verifies the DC),
+//! opens its own TLS connection to the DC, and forwards whole LDAP messages both ways. Only the messages it
+//! is told to fault are answered by the proxy itself; everything else is the DC's real answer.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::dc::TestDc;
+
+/// What the proxy does to a faulted write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers it with this LDAP result code; the DC never sees the request.
+    Result(u8),
+    /// Closes the agent's connection without forwarding it.
+    Drop,
+    /// Forwards it, then closes the agent's connection in place of the DC's answer: the write happened, but
+    /// the agent cannot know.
+    LoseAnswer,
+}
+
+/// LDAP result code 51.
+pub const BUSY: Fault = Fault::Result(51);
+/// LDAP result code 52.
+pub const UNAVAILABLE: Fault = Fault::Result(52);
+
+/// Which writes to fault, counted across every connection through the proxy.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// Writes still to forward before faulting starts.
+    pass: usize,
+    /// Writes still to fault.
+    remaining: usize,
+    fault: Option<Fault>,
+    /// Writes faulted so far.
+    injected: usize,
+}
+
+impl Schedule {
+    /// The fault for the next write, if it is one to fault.
+    fn next_write(&mut self) -> Option<Fault> {
+        if self.pass > 0 {
+            self.pass -= 1;
+            return None;
+        }
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        self.injected += 1;
+        self.fault
+    }
+}
+
+/// A running proxy; it stops when dropped.
+pub struct FaultProxy {
+    url: String,
+    schedule: Arc<Mutex<Schedule>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of `dc`, forwarding everything until told otherwise.
+    pub fn start(dc: &TestDc) -> Result<FaultProxy> {
+        let (cert, key) = dc.tls_identity()?;
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(&cert, &key)?));
+        let connector = TlsConnector::from(Arc::new(client_config(&dc.info().ca_file)?));
+        let upstream: SocketAddr = dc.info().url.trim_start_matches("ldaps://").parse().context("parsing the DC's LDAPS address")?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the LDAP proxy")?;
+        listener.set_nonblocking(true)?;
+        let url = format!("ldaps://127.0.0.1:{}", listener.local_addr()?.port());
+        let schedule = Arc::new(Mutex::new(Schedule::default()));
+        let (stop, stopped) = oneshot::channel();
+        let relay = Relay { acceptor, connector, upstream, schedule: schedule.clone() };
+        // A runtime of its own, so the proxy serves whatever runtime flavour (or blocking call) the test uses.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("ldap-proxy".into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
+                tokio::select! {
+                    () = relay.accept_forever(listener) => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+        Ok(FaultProxy { url, schedule, stop: Some(stop) })
+    }
+
+    /// The `ldaps://` URL the agent should use instead of the DC's.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Forwards the next `pass` writes, then applies `fault` to the `count` writes after them.
+    pub fn inject(&self, pass: usize, count: usize, fault: Fault) {
+        let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        schedule.pass = pass;
+        schedule.remaining = count;
+        schedule.fault = Some(fault);
+    }
+
+    /// Stops faulting: every later write reaches the DC.
+    pub fn heal(&self) {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).remaining = 0;
+    }
+
+    /// How many writes have been faulted since the proxy started.
+    pub fn injected(&self) -> usize {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).injected
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+struct Relay {
+    acceptor: TlsAcceptor,
+    connector: TlsConnector,
+    upstream: SocketAddr,
+    schedule: Arc<Mutex<Schedule>>,
+}
+
+impl Relay {
+    async fn accept_forever(self, listener: TcpListener) {
+        let relay = Arc::new(self);
+        while let Ok((client, _)) = listener.accept().await {
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                if let Err(e) = relay.serve(client).await {
+                    tracing::debug!("ldap proxy connection ended: {e:#}");
+                }
+            });
+        }
+    }
+
+    async fn serve(&self, client: TcpStream) -> Result<()> {
+        let client = self.acceptor.accept(client).await.context("TLS with the agent")?;
+        let upstream = TcpStream::connect(self.upstream).await.context("connecting to the DC")?;
+        let upstream = self.connector.connect(ServerName::IpAddress(self.upstream.ip().into()), upstream).await.context("TLS with the DC")?;
+        let (mut from_client, to_client) = tokio::io::split(client);
+        let (mut from_dc, mut to_dc) = tokio::io::split(upstream);
+        let to_client = Arc::new(tokio::sync::Mutex::new(to_client));
+        // The message id whose answer is to be lost, with the connection, instead of delivered.
+        let lose: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let replies = {
+            let (to_client, lose) = (to_client.clone(), lose.clone());
+            tokio::spawn(async move {
+                while let Ok(Some(message)) = read_message(&mut from_dc).await {
+                    let mut to_client = to_client.lock().await;
+                    let lost = lose.lock().unwrap_or_else(|e| e.into_inner()).as_deref().is_some_and(|id| message_id(&message) == Some(id));
+                    if lost {
+                        let _ = to_client.shutdown().await;
+                        break;
+                    }
+                    if send(&mut *to_client, &message).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let outcome = async {
+            while let Some(message) = read_message(&mut from_client).await? {
+                let fault = match write_request(&message) {
+                    Some(request) => self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write().map(|f| (f, request)),
+                    None => None,
+                };
+                match fault {
+                    None => send(&mut to_dc, &message).await?,
+                    Some((Fault::Result(code), request)) => send(&mut *to_client.lock().await, &request.answer(code)).await?,
+                    Some((Fault::Drop, _)) => break,
+                    Some((Fault::LoseAnswer, request)) => {
+                        *lose.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.message_id);
+                        send(&mut to_dc, &message).await?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        replies.abort();
+        outcome
+    }
+}
+
+async fn send(stream: &mut (impl AsyncWrite + Unpin), message: &[u8]) -> std::io::Result<()> {
+    stream.write_all(message).await?;
+    stream.flush().await
+}
+
+/// Reads one whole BER-framed LDAP message; `None` at a clean end of stream.
+async fn read_message(stream: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>> {
+    let mut tag = [0u8; 1];
+    if stream.read(&mut tag).await? == 0 {
+        return Ok(None);
+    }
+    let mut message = vec![tag[0], stream.read_u8().await?];
+    let length = match message[1] {
+        short @ 0..0x80 => usize::from(short),
+        long => {
+            let mut bytes = vec![0u8; usize::from(long & 0x7f)];
+            if bytes.len() > 4 {
+                bail!("an LDAP message longer than 4 GB");
+            }
+            stream.read_exact(&mut bytes).await?;
+            message.extend_from_slice(&bytes);
+            bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+        }
+    };
+    let start = message.len();
+    message.resize(start + length, 0);
+    stream.read_exact(&mut message[start..]).await?;
+    Ok(Some(message))
+}
+
+/// A write request seen on the wire: its message id and the tag its response carries.
+struct WriteRequest {
+    message_id: Vec<u8>,
+    response_tag: u8,
+}
+
+impl WriteRequest {
+    /// The LDAP message answering this request with `code` and no matched DN.
+    fn answer(&self, code: u8) -> Vec<u8> {
+        let text = b"injected by the test proxy";
+        let mut result = vec![0x0a, 1, code, 0x04, 0];
+        result.extend(tlv(0x04, text));
+        let mut body = tlv(0x02, &self.message_id);
+        body.extend(tlv(self.response_tag, &result));
+        tlv(0x30, &body)
+    }
+}
+
+/// The body of an LDAP message: its message id's TLV, then the operation.
+fn body(message: &[u8]) -> Option<&[u8]> {
+    let header = if message.get(1)? & 0x80 == 0 { 2 } else { 2 + usize::from(message[1] & 0x7f) };
+    message.get(header..).filter(|body| body.first() == Some(&0x02))
+}
+
+/// The message id's content octets.
+fn message_id(message: &[u8]) -> Option<&[u8]> {
+    let body = body(message)?;
+    body.get(2..2 + usize::from(*body.get(1)?))
+}
+
+/// The write request in `message`, if it is one: add, modify, delete or modify DN.
+fn write_request(message: &[u8]) -> Option<WriteRequest> {
+    let message_id = message_id(message)?.to_vec();
+    let operation = body(message)?.get(2 + message_id.len())?;
+    let response_tag = match operation {
+        0x66 => 0x67, // modify
+        0x68 => 0x69, // add
+        0x4a => 0x6b, // delete (its request is primitive, its response constructed)
+        0x6c => 0x6d, // modify DN
+        _ => return None,
+    };
+    Some(WriteRequest { message_id, response_tag })
+}
+
+/// A BER tag-length-value with a definite length.
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match u8::try_from(value.len()) {
+        Ok(short) if short < 0x80 => out.push(short),
+        _ => {
+            let bytes = value.len().to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?)
+}
+
+fn client_config(ca: &Path) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(cert?)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_injected_answer_is_a_well_formed_response_to_the_request() {
+        // A modify request with message id 7 (the rest of the request does not matter to the proxy).
+        let modify = tlv(0x30, &[tlv(0x02, &[7]), tlv(0x66, &[0x04, 0])].concat());
+        let request = write_request(&modify).expect("a modify is a write");
+        let answer = request.answer(51);
+        let expected_result = [vec![0x0a, 1, 51, 0x04, 0], tlv(0x04, b"injected by the test proxy")].concat();
+        assert_eq!(answer, tlv(0x30, &[tlv(0x02, &[7]), tlv(0x67, &expected_result)].concat()));
+        let search = tlv(0x30, &[tlv(0x02, &[8]), tlv(0x63, &[0x04, 0])].concat());
+        assert!(write_request(&search).is_none(), "a search is not a write");
+    }
+
+    #[test]
+    fn long_lengths_use_the_long_form() {
+        let value = vec![0u8; 300];
+        assert_eq!(&tlv(0x04, &value)[..4], &[0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn faults_start_after_the_writes_that_pass_and_stop_after_the_count() {
+        let mut schedule = Schedule::default();
+        schedule.pass = 1;
+        schedule.remaining = 2;
+        schedule.fault = Some(BUSY);
+        let seen: Vec<_> = (0..4).map(|_| schedule.next_write()).collect();
+        assert_eq!(seen, [None, Some(BUSY), Some(BUSY), None]);
+        assert_eq!(schedule.injected, 2);
+    }
+}
