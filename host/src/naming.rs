@@ -77,7 +77,8 @@ fn validate_sam(sam: &str) -> Result<(), NamingError> {
     if sam.chars().count() > MAX_SAM {
         return bad("it is longer than 20 characters");
     }
-    if sam.chars().any(|c| c.is_control() || "\"/\\[]:;|=,+*?<>".contains(c)) {
+    let illegal = |c: char| c.is_control() || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>');
+    if sam.chars().any(illegal) {
         return bad("it contains one of \"/\\[]:;|=,+*?<> or a control character");
     }
     if sam.ends_with('.') {

@@ -41,13 +41,12 @@ pub fn usable_display_name(display_name: &str) -> Result<&str, String> {
     Ok(name)
 }
 
-/// The ASCII letters and digits of the object id; there must be at least 12.
-pub fn id_alphanumerics(id: &str) -> Result<Vec<char>, String> {
-    let chars: Vec<char> = id.chars().filter(char::is_ascii_alphanumeric).collect();
-    if chars.len() < CN_ID_CHARS {
+/// Checks that the object id has at least 12 ASCII letters or digits, the names derive from them.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.bytes().filter(u8::is_ascii_alphanumeric).count() < CN_ID_CHARS {
         return Err(format!("the object id {id:?} has too few letters or digits to derive names from"));
     }
-    Ok(chars)
+    Ok(())
 }
 
 /// The last `n` characters of `s` (all of it when shorter).
@@ -78,16 +77,31 @@ pub fn cloud_sync_cn(id: &str, display_name: &str) -> Result<String, String> {
 /// display name and the id exactly as the built-in policy does.
 pub fn tagged_cn(id: &str, display_name: &str, name_chars: usize, tag: &str) -> Result<String, String> {
     let name = usable_display_name(display_name)?;
-    id_alphanumerics(id)?;
+    check_id(id)?;
     let cut = first_chars(name, name_chars).trim_end();
-    Ok(format!("{cut}{tag}_{}", last_chars(id, CN_ID_CHARS)))
+    let last = last_chars(id, CN_ID_CHARS);
+    // Plain pushes rather than format!: names are made for every group on every cycle.
+    let mut cn = String::with_capacity(cut.len() + tag.len() + 1 + last.len());
+    for part in [cut, tag, "_", last] {
+        cn.push_str(part);
+    }
+    Ok(cn)
 }
 
 /// The id-derived sAMAccountName: `G_` and the last 18 ASCII letters or digits of the id, lower-cased.
 pub fn id_sam(id: &str) -> Result<String, String> {
-    let chars = id_alphanumerics(id)?;
-    let tail: String = chars[chars.len().saturating_sub(SAM_ID_CHARS)..].iter().collect();
-    Ok(format!("G_{}", tail.to_ascii_lowercase()))
+    check_id(id)?;
+    // Filled from the end, so that the id is read once and nothing is allocated but the name itself.
+    let mut tail = [0u8; SAM_ID_CHARS];
+    let mut start = SAM_ID_CHARS;
+    for b in id.bytes().rev().filter(u8::is_ascii_alphanumeric).take(SAM_ID_CHARS) {
+        start -= 1;
+        tail[start] = b.to_ascii_lowercase();
+    }
+    let mut sam = String::with_capacity(2 + SAM_ID_CHARS);
+    sam.push_str("G_");
+    sam.extend(tail[start..].iter().map(|b| char::from(*b)));
+    Ok(sam)
 }
 
 /// The agent's default placement: cloud sync CN, id-derived sAMAccountName, the tenant's target OU.
@@ -114,9 +128,10 @@ pub fn validate(placement: &Placement) -> Result<(), String> {
     validate_sam(&placement.sam_account_name)
 }
 
-/// Is `c` refused in a sAMAccountName?
+/// Is `c` refused in a sAMAccountName? (The characters of [`SAM_ILLEGAL`], matched without a search per
+/// character.)
 pub fn is_illegal_sam_char(c: char) -> bool {
-    c.is_control() || SAM_ILLEGAL.contains(c)
+    c.is_control() || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>')
 }
 
 /// The sAMAccountName rules: not empty, at most 20 characters, none of `"/\[]:;|=,+*?<>` or control
@@ -177,6 +192,22 @@ mod tests {
         let cn = tagged_cn(ID, &"x".repeat(80), 46, " (v2)").unwrap();
         assert_eq!(cn, format!("{} (v2)_c3d4e5f60718", "x".repeat(46)));
         assert_eq!(cn.chars().count(), MAX_CN);
+    }
+
+    #[test]
+    fn the_illegal_sam_characters_are_exactly_the_documented_ones() {
+        let matched: String = (' '..='~').filter(|c| is_illegal_sam_char(*c)).collect();
+        let mut documented: Vec<char> = SAM_ILLEGAL.chars().collect();
+        documented.sort();
+        assert_eq!(matched, documented.into_iter().collect::<String>());
+        assert!(is_illegal_sam_char('\u{7}'));
+    }
+
+    #[test]
+    fn ids_need_twelve_letters_or_digits() {
+        assert!(check_id(ID).is_ok());
+        assert!(check_id("abc-def-ghi-jk").is_err());
+        assert_eq!(id_sam("ab-CD-ef-12-34-56-78-90-12-34").unwrap(), "G_cdef12345678901234");
     }
 
     #[test]
