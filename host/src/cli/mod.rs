@@ -199,11 +199,22 @@ fn policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Result<Box<dy
     }
 }
 
+/// The daemon's policy for a tenant. Plugins that do not load hold every group of that one tenant, with the
+/// cause in `status`, instead of stopping the agent and every other tenant; a fixed file is picked up by the
+/// hot reload.
+fn daemon_policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Box<dyn GroupPolicy> {
+    policy(tenant, engine).unwrap_or_else(|e| {
+        let reason = format!("the tenant's plugins did not load: {}", e.root_cause());
+        tracing::error!(tenant = %tenant.name, "{reason}; every group of this tenant is held until a fixed plugin is loaded");
+        Box::new(crate::plugins::Unloaded(reason))
+    })
+}
+
 fn tenant_sync<'a>(
     tenant: &'a TenantConfig,
     store: &Store,
     stop: &StopFlag,
-    engine: Option<&PluginEngine>,
+    policy: Box<dyn GroupPolicy>,
     leases: Option<&Leases>,
     progress: Progress,
 ) -> Result<TenantSync<'a>> {
@@ -215,7 +226,7 @@ fn tenant_sync<'a>(
         state: store.tenant(&tenant.name)?,
         graph,
         stop: stop.clone(),
-        policy: std::sync::Mutex::new(policy(tenant, engine)?),
+        policy: std::sync::Mutex::new(policy),
         fence: leases.and_then(|l| l.tenant(&tenant.name)).map(|l| l.fence()),
         progress,
     })
@@ -248,7 +259,7 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
         }
         // An admin running a sync by hand sees its progress; a full reconcile always shows the bar.
         let progress = Progress::on_terminal(&tenant.name, options.full);
-        let sync = tenant_sync(tenant, &store, &stop, engine.as_ref(), Some(&leases), progress)?;
+        let sync = tenant_sync(tenant, &store, &stop, policy(tenant, engine.as_ref())?, Some(&leases), progress)?;
         match run_cycle(config, &sync, options, lease.as_deref()).await {
             Ok(report) => {
                 println!("{}", summary(&tenant.name, &report));
@@ -343,7 +354,7 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         // The dry run reads Graph into a scratch copy, so the real cursor does not move.
         let scratch = Store::temporary()?;
         store.copy_tenant_to(&tenant.name, &scratch)?;
-        let sync = tenant_sync(tenant, &scratch, &stop, engine.as_ref(), None, Progress::hidden())?;
+        let sync = tenant_sync(tenant, &scratch, &stop, policy(tenant, engine.as_ref())?, None, Progress::hidden())?;
         let options = CycleOptions { full, dry_run: true, ..Default::default() };
         let report = sync.cycle(options).await.with_context(|| format!("tenant {}", tenant.name))?;
         println!("tenant {}: {} changes", tenant.name, report.plan.len());
@@ -419,8 +430,11 @@ async fn daemon(config: &Config) -> Result<()> {
         leases.round(Mode::Share).await;
         tokio::spawn(leases.clone().run(Mode::Share));
     }
-    let syncs: Vec<TenantSync> =
-        config.tenants.iter().map(|t| tenant_sync(t, &store, &stop, engine.as_ref(), Some(&leases), Progress::hidden())).collect::<Result<_>>()?;
+    let syncs: Vec<TenantSync> = config
+        .tenants
+        .iter()
+        .map(|t| tenant_sync(t, &store, &stop, daemon_policy(t, engine.as_ref()), Some(&leases), Progress::hidden()))
+        .collect::<Result<_>>()?;
     let mut active: Vec<bool> = vec![false; syncs.len()];
     let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.

@@ -281,6 +281,20 @@ impl TenantPlugins {
     }
 }
 
+/// The policy of a tenant whose plugins did not load: every group is held with this reason, so nothing of the
+/// tenant is written (and nothing renamed with another naming) until plugins that load replace it.
+pub struct Unloaded(pub String);
+
+impl GroupPolicy for Unloaded {
+    fn place(&mut self, _: &PolicyGroup) -> Result<Placement, String> {
+        Err(self.0.clone())
+    }
+
+    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
+        Err(self.0.clone())
+    }
+}
+
 fn wit_group(group: &PolicyGroup) -> types::Group {
     types::Group {
         id: group.id.to_string(),

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use writeback_tests::agents::{Agent, until};
 use writeback_tests::e2e::{Env, new_id, plugin_wasm, text, toml_escape, writeback_bin};
 use writeback_tests::graphsim::{Group, WritebackConfiguration};
 
@@ -192,4 +193,34 @@ async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::R
     let out = text(&transform.stdout);
     assert!(out.contains("(transformer)") && out.contains("excluded \"Marketing\"") && out.contains("info: Managed by writeback"), "{out}");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_whose_plugin_does_not_load_is_held_while_the_other_tenants_run() -> anyhow::Result<()> {
+    let mut broken = Env::new("plug-unloaded-a").await?;
+    let healthy = Env::new("plug-unloaded-b").await?;
+    let live = broken.dir.path().join("naming.wasm");
+    std::fs::write(&live, b"\0asm this is not a component")?;
+    broken.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
+    let (a, b) = (new_id(), new_id());
+    broken.sim.add_group(enabled(&a, "Alpha")).unwrap();
+    healthy.sim.add_group(enabled(&b, "Beta")).unwrap();
+    let tenants = format!("{}\n{}", broken.tenant_block("alpha")?, healthy.tenant_block("beta")?);
+    let mut agent = Agent::new(broken.dir.path(), "agent", &tenants)?;
+    agent.start()?;
+
+    // The agent runs on: the other tenant is written, and this one's group is held with the cause.
+    let held = |agent: &Agent| {
+        let status = writeback::status::StatusFile::load(&agent.dir.join("state")).ok()?;
+        status.tenants.get("alpha")?.held_groups.iter().find(|p| p.group_id == a).map(|p| p.reason.clone())
+    };
+    until(&[&agent], Duration::from_secs(30), async || Ok(healthy.group(&b).await?.is_some() && held(&agent).is_some())).await?;
+    let reason = held(&agent).unwrap_or_default();
+    assert!(reason.contains("did not load") && reason.contains("not a valid WebAssembly component"), "{reason}");
+    assert!(broken.group(&a).await?.is_none(), "nothing of the tenant is written under another naming");
+
+    // A fixed file is loaded by the hot reload, and the held group is written.
+    std::fs::copy(plugin_wasm("cloud_sync_naming")?, &live)?;
+    until(&[&agent], Duration::from_secs(30), async || Ok(broken.group(&a).await?.is_some())).await?;
+    agent.stop().await
 }
