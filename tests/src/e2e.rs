@@ -44,6 +44,8 @@ pub struct Env {
     pub sim: GraphSim,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// Extra lines appended to the `[agent]` table.
+    agent_extra: String,
     /// Extra lines appended to the `[[tenant]]` table (before `[tenant.directory]`).
     tenant_extra: String,
     /// Extra text at the end of the config (for example a `[tenant.plugins]` table).
@@ -65,9 +67,16 @@ impl Env {
         let sim = GraphSim::start(sim_config)?;
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("writeback.toml");
-        let env = Env { dc, ou, sim, dir, config_path, tenant_extra: String::new(), tail: String::new(), directory_url: None };
+        let env = Env { dc, ou, sim, dir, config_path, agent_extra: String::new(), tenant_extra: String::new(), tail: String::new(), directory_url: None };
         env.write_config()?;
         Ok(env)
+    }
+
+    /// Adds lines to the agent table (for example `reconcile_interval = "2s"`) and rewrites the config.
+    pub fn agent_settings(&mut self, lines: &str) -> Result<()> {
+        self.agent_extra.push_str(lines);
+        self.agent_extra.push('\n');
+        self.write_config()
     }
 
     /// Adds lines to the tenant table (for example `delete_threshold = 2`) and rewrites the config.
@@ -110,7 +119,7 @@ impl Env {
             r#"[agent]
 state_dir = "{state}"
 interval = "1s"
-
+{agent_extra}
 [[tenant]]
 name = "contoso"
 tenant_id = "{tenant_id}"
@@ -131,6 +140,7 @@ target_ou = "{ou}"
             client_id = self.sim.config().client_id,
             secret = secret.display(),
             base = self.sim.base_url(),
+            agent_extra = self.agent_extra,
             extra = self.tenant_extra,
             url = self.directory_url.as_deref().unwrap_or(&info.url),
             bind_dn = info.admin_dn,

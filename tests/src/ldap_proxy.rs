@@ -1,6 +1,7 @@
 //! An LDAPS proxy in front of the test DC that injects directory faults Samba cannot be made to produce on
 //! demand: a write answered busy (51) or unavailable (52), or the connection dropped at a chosen write,
-//! before or after the DC performed it.
+//! before or after the DC performed it. It can also answer as Windows AD does for large groups, with
+//! `member` cut into ranges (`member;range=0-1499`), which Samba never does unasked.
 //!
 //! It terminates TLS with the DC's own certificate (so the agent verifies it exactly as it verifies the DC),
 //! opens its own TLS connection to the DC, and forwards whole LDAP messages both ways. Only the messages it
@@ -47,6 +48,10 @@ struct Schedule {
     fault: Option<Fault>,
     /// Writes faulted so far.
     injected: usize,
+    /// Return at most this many `member` values per search entry, as a `member;range=0-{n-1}` attribute.
+    member_range: Option<usize>,
+    /// Search entries whose members were cut into a range so far.
+    ranged: usize,
 }
 
 impl Schedule {
@@ -117,6 +122,18 @@ impl FaultProxy {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner()).remaining = 0;
     }
 
+    /// From now on, search entries with more than `size` `member` values carry only the first `size` of them,
+    /// as `member;range=0-{size-1}`, as Windows AD answers for groups larger than its MaxValRange. The DC
+    /// itself answers the follow-up `member;range={size}-*` reads.
+    pub fn split_members(&self, size: usize) {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).member_range = Some(size.max(1));
+    }
+
+    /// How many search entries had their members cut into a range.
+    pub fn ranged(&self) -> usize {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).ranged
+    }
+
     /// How many writes have been faulted since the proxy started.
     pub fn injected(&self) -> usize {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner()).injected
@@ -161,7 +178,7 @@ impl Relay {
         // The message id whose answer is to be lost, with the connection, instead of delivered.
         let lose: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let replies = {
-            let (to_client, lose) = (to_client.clone(), lose.clone());
+            let (to_client, lose, schedule) = (to_client.clone(), lose.clone(), self.schedule.clone());
             tokio::spawn(async move {
                 while let Ok(Some(message)) = read_message(&mut from_dc).await {
                     let mut to_client = to_client.lock().await;
@@ -170,6 +187,14 @@ impl Relay {
                         let _ = to_client.shutdown().await;
                         break;
                     }
+                    let range = schedule.lock().unwrap_or_else(|e| e.into_inner()).member_range;
+                    let message = match range.and_then(|size| cut_members(&message, size)) {
+                        Some(cut) => {
+                            schedule.lock().unwrap_or_else(|e| e.into_inner()).ranged += 1;
+                            cut
+                        }
+                        None => message,
+                    };
                     if send(&mut *to_client, &message).await.is_err() {
                         break;
                     }
@@ -274,6 +299,62 @@ fn write_request(message: &[u8]) -> Option<WriteRequest> {
     Some(WriteRequest { message_id, response_tag })
 }
 
+/// One BER element at the start of `bytes`: its tag, its contents and what follows it.
+fn split_tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *bytes.first()?;
+    let first = *bytes.get(1)?;
+    let (length, header) = if first & 0x80 == 0 {
+        (usize::from(first), 2)
+    } else {
+        let count = usize::from(first & 0x7f);
+        let length = bytes.get(2..2 + count)?.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        (length, 2 + count)
+    };
+    let contents = bytes.get(header..header + length)?;
+    Some((tag, contents, &bytes[header + length..]))
+}
+
+/// `message` with its `member` values cut to the first `size`, renamed `member;range=0-{size-1}`, when it is
+/// a search result entry with more values than that; `None` otherwise.
+fn cut_members(message: &[u8], size: usize) -> Option<Vec<u8>> {
+    let (0x30, body, _) = split_tlv(message)? else { return None };
+    let (0x02, id, rest) = split_tlv(body)? else { return None };
+    let (0x64, entry, controls) = split_tlv(rest)? else { return None };
+    let (0x04, name, attributes) = split_tlv(entry)? else { return None };
+    let (0x30, mut list, _) = split_tlv(attributes)? else { return None };
+    let mut rebuilt = Vec::new();
+    let mut cut = false;
+    while !list.is_empty() {
+        let (0x30, attribute, next) = split_tlv(list)? else { return None };
+        list = next;
+        let (0x04, kind, values) = split_tlv(attribute)? else { return None };
+        let (0x31, mut set, _) = split_tlv(values)? else { return None };
+        let mut kept = Vec::new();
+        let mut count = 0;
+        while !set.is_empty() {
+            let (tag, value, next) = split_tlv(set)?;
+            set = next;
+            if count < size {
+                kept.extend(tlv(tag, value));
+            }
+            count += 1;
+        }
+        if kind.eq_ignore_ascii_case(b"member") && count > size {
+            cut = true;
+            let ranged = format!("member;range=0-{}", size - 1);
+            rebuilt.extend(tlv(0x30, &[tlv(0x04, ranged.as_bytes()), tlv(0x31, &kept)].concat()));
+        } else {
+            rebuilt.extend(tlv(0x30, attribute));
+        }
+    }
+    if !cut {
+        return None;
+    }
+    let entry = [tlv(0x04, name), tlv(0x30, &rebuilt)].concat();
+    let body = [tlv(0x02, id), tlv(0x64, &entry), controls.to_vec()].concat();
+    Some(tlv(0x30, &body))
+}
+
 /// A BER tag-length-value with a definite length.
 fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
@@ -330,6 +411,25 @@ mod tests {
         assert_eq!(answer, tlv(0x30, &[tlv(0x02, &[7]), tlv(0x67, &expected_result)].concat()));
         let search = tlv(0x30, &[tlv(0x02, &[8]), tlv(0x63, &[0x04, 0])].concat());
         assert!(write_request(&search).is_none(), "a search is not a write");
+    }
+
+    #[test]
+    fn member_values_past_the_range_size_are_cut_into_a_first_range() {
+        let attribute = |name: &str, values: &[&str]| {
+            let set: Vec<u8> = values.iter().flat_map(|v| tlv(0x04, v.as_bytes())).collect();
+            tlv(0x30, &[tlv(0x04, name.as_bytes()), tlv(0x31, &set)].concat())
+        };
+        let entry = |attributes: Vec<u8>| {
+            let entry = [tlv(0x04, b"CN=g,DC=x"), tlv(0x30, &attributes)].concat();
+            tlv(0x30, &[tlv(0x02, &[9]), tlv(0x64, &entry)].concat())
+        };
+        let cn = attribute("cn", &["g"]);
+        let full = entry([cn.clone(), attribute("member", &["a", "b", "c"])].concat());
+        let cut = cut_members(&full, 2).expect("three members exceed a range of two");
+        assert_eq!(cut, entry([cn.clone(), attribute("member;range=0-1", &["a", "b"])].concat()));
+        assert!(cut_members(&full, 3).is_none(), "a group within the range size is left whole");
+        let search_done = tlv(0x30, &[tlv(0x02, &[9]), tlv(0x65, &[0x0a, 1, 0, 0x04, 0, 0x04, 0])].concat());
+        assert!(cut_members(&search_done, 1).is_none());
     }
 
     #[test]

@@ -132,7 +132,11 @@ fn now() -> u64 {
 
 impl TenantSync<'_> {
     /// Runs one cycle.
-    pub async fn cycle(&self, options: CycleOptions) -> Result<CycleReport, SyncError> {
+    pub async fn cycle(&self, mut options: CycleOptions) -> Result<CycleReport, SyncError> {
+        // A state without a groups cursor is new or was lost, and one in a full round is resyncing: groups it
+        // does not know may still be in the directory (and gone from the cloud), and only a full reconcile
+        // finds them.
+        options.full |= self.state.cursor(Resource::Groups)?.is_none_or(|cursor| cursor.full);
         let mut report = CycleReport::default();
         report.status.full = options.full;
         let interrupted = self.state.file_interrupted()?;

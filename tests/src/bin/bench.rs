@@ -66,6 +66,10 @@ struct Args {
     /// Run only phase 6 (failover between agents), skipping phases 1 to 5: a couple of minutes.
     #[arg(long)]
     failover_only: bool,
+    /// Run only the large-group part of phase 4 (a 50,000-member group, one change each way). Creating its
+    /// users takes most of the time.
+    #[arg(long)]
+    big_group_only: bool,
     /// Internal: run only phase 5 in this process and print its figures as one JSON line.
     #[arg(long, hide = true)]
     scale_only: bool,
@@ -189,6 +193,14 @@ async fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let mut world = World::create(args.seed).await?;
+    if args.big_group_only {
+        report::section(&format!("4. write minimality: a {}-member group", sizes.big_group));
+        let measured = minimal::big_group(&mut world, sizes.big_group).await;
+        report::section("cleaning up the bench OUs");
+        let cleaned = world.cleanup().await;
+        measured?;
+        return cleaned;
+    }
     let measured = with_directory(&mut world, &sizes).await;
     report::section("cleaning up the bench OUs");
     let cleaned = world.cleanup().await;

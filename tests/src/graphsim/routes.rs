@@ -37,7 +37,11 @@ pub struct RequestRecord {
 
 /// All routes, with Graph's behaviour on everything outside `/_sim/`.
 pub(crate) fn router(sim: Arc<Simulator>) -> Router {
-    let mut graph_routes = Router::new().route("/{tenant}/oauth2/v2.0/token", post(oauth::token));
+    // In Azure the login and Graph hosts differ; serving the token endpoint under `/login` as well lets a
+    // test give `login_url` and `graph_url` different values.
+    let mut graph_routes = Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(oauth::token))
+        .route("/login/{tenant}/oauth2/v2.0/token", post(oauth::token));
     for version in ["beta", "v1.0"] {
         graph_routes = graph_routes
             .route(

@@ -115,3 +115,37 @@ async fn a_connection_dropped_before_or_after_a_write_loses_nothing_and_duplicat
     assert_eq!(proxy.injected(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn members_answered_in_ranges_as_windows_ad_does_are_read_whole() -> anyhow::Result<()> {
+    let mut env = Env::new("ranged").await?;
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(env.synced_user(&format!("ranged-u{i}")).await?.0);
+    }
+    let id = new_id();
+    let mut g = enabled(&id, "Ranged");
+    g.members = users[..5].iter().map(writeback_tests::graphsim::MemberRef::user).collect();
+    env.sim.add_group(g).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&id).await?.unwrap().members.len(), 5);
+
+    // The agent must see all five members it wrote, to add exactly the sixth; seeing only the first range
+    // it would add members the group already has.
+    let proxy = FaultProxy::start(&env.dc)?;
+    env.reach_directory_at(proxy.url())?;
+    proxy.split_members(2);
+    env.sim.add_members(&id, &[writeback_tests::graphsim::MemberRef::user(&users[5])]).unwrap();
+    let before = env.state_audit().await?.len();
+    env.sync(&[]).await?;
+
+    assert_eq!(proxy.ranged(), 1, "the group was answered in ranges");
+    let audit = env.state_audit().await?;
+    let writes: Vec<_> = audit[before..].iter().filter(|r| r.group_id == id).collect();
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].operation, "add-members");
+    assert!(writes[0].detail.starts_with("+1: "), "{writes:#?}");
+    assert_eq!(writes[0].outcome, "ok");
+    assert_eq!(env.group(&id).await?.unwrap().members.len(), 6);
+    Ok(())
+}

@@ -188,3 +188,101 @@ async fn a_graph_that_stays_slow_fails_the_cycle_in_one_line_and_loses_nothing()
     assert!(env.group(&id).await?.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn tokens_come_from_the_login_url_for_the_graph_scope_and_each_delta_from_its_version() -> anyhow::Result<()> {
+    let env = Env::new("endpoints").await?;
+    let base = env.sim.base_url().to_string();
+    env.edit_config(|text| text.replacen(&format!("login_url = \"{base}\""), &format!("login_url = \"{base}/login\""), 1))?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Endpoints", &[])).unwrap();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    let requests = env.sim.requests();
+    let tenant = &env.sim.config().tenant_id;
+    let tokens: Vec<_> = requests.iter().filter(|r| r.endpoint == Endpoint::Token).collect();
+    assert!(!tokens.is_empty());
+    // The simulator refuses a scope other than `{graph_url}/.default`, so an issued token proves the scope.
+    for token in tokens {
+        assert_eq!(token.path, format!("/login/{tenant}/oauth2/v2.0/token"));
+        assert_eq!(token.status, Some(200));
+    }
+    let paths = |endpoint: Endpoint| requests.iter().filter(move |r| r.endpoint == endpoint).map(|r| r.path.as_str());
+    assert!(paths(Endpoint::GroupsDelta).all(|p| p == "/beta/groups/delta"), "{requests:?}");
+    assert!(paths(Endpoint::UsersDelta).all(|p| p == "/v1.0/users/delta"), "{requests:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sync_state_not_found_and_resync_required_restart_the_round() -> anyhow::Result<()> {
+    let env = Env::new("resync-signals").await?;
+    env.sync(&[]).await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "After the resync", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::SyncStateNotFound));
+    env.sim.inject(fault(FaultTarget::UsersDelta, FaultKind::ResyncRequired));
+    env.sim.clear_requests();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    assert_eq!(env.sim.pending_faults(), 0);
+    for endpoint in [Endpoint::GroupsDelta, Endpoint::UsersDelta] {
+        let asked: Vec<_> = env.sim.requests().into_iter().filter(|r| r.endpoint == endpoint).collect();
+        assert_eq!(asked[0].status, Some(400), "{asked:?}");
+        // The next request starts a new round: no cursor of the old one.
+        let next = asked[1].query.as_deref().unwrap_or_default();
+        assert!(!next.contains("deltatoken") && !next.contains("skiptoken"), "{asked:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_round_cut_off_after_some_pages_resumes_from_the_last_page_read() -> anyhow::Result<()> {
+    use std::time::Duration;
+    let env = Env::with_sim("resume", SimConfig { page_size: 1, ..SimConfig::default() }).await?;
+    let ids: Vec<String> = (0..4).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        env.sim.add_group(enabled_group(id, &format!("Paged {i}"), &[])).unwrap();
+    }
+    // Two pages pass untouched; the third is cut off.
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Delay(Duration::ZERO)));
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Delay(Duration::ZERO)));
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::MalformedBody));
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let first: Vec<_> = env.sim.requests().into_iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).collect();
+    assert_eq!(first.len(), 3, "{first:?}");
+
+    env.sim.clear_requests();
+    env.sync(&[]).await?;
+    let resumed: Vec<_> = env.sim.requests().into_iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).collect();
+    // The third page is asked again, by the link the second page gave, not the round from its start.
+    assert_eq!(resumed[0].query, first[2].query, "{resumed:?}");
+    assert!(resumed[0].query.as_deref().unwrap_or_default().contains("skiptoken"), "{resumed:?}");
+    for id in &ids {
+        assert!(env.group(id).await?.is_some(), "group {id} from the pages before the cut is written");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn throttling_that_does_not_end_fails_the_cycle_after_bounded_retries() -> anyhow::Result<()> {
+    let env = Env::new("throttle-long").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Throttled for long", &[])).unwrap();
+    for _ in 0..20 {
+        env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Throttle429 { retry_after_secs: 0 }));
+    }
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("429"), "{stderr}");
+    let asked = env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).count();
+    assert_eq!(asked, 6, "six attempts, as documented");
+    assert_eq!(env.sim.pending_faults(), 20 - asked);
+    env.sim.clear_faults();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some(), "nothing was lost");
+    Ok(())
+}

@@ -85,6 +85,65 @@ async fn scope_types_names_and_members_are_written() -> anyhow::Result<()> {
     let status = text(&status.stdout);
     assert!(status.contains("1 × cloud-only user (no on-premises SID)"), "{status}");
     assert!(status.contains(&format!("group {security} member {bob}")), "{status}");
+    let last = status.lines().find(|l| l.trim_start().starts_with("last cycle:")).unwrap_or_default();
+    assert!(last.contains("(delta) outcome: ok") && !last.contains("never"), "{status}");
+    assert!(status.contains("managed groups: 3 "), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn group_types_descriptions_and_the_m365_default_follow_the_cloud_and_the_tenant() -> anyhow::Result<()> {
+    let mut env = Env::new("types").await?;
+    env.tenant_settings("m365_default_writeback = false")?;
+    let unified_default = new_id();
+    env.sim.add_group(Group::unified(&unified_default, "M365 left to the default", "m365default")).unwrap();
+    let unified_on = new_id();
+    let mut g = Group::unified(&unified_on, "M365 turned on", "m365on");
+    g.writeback = writeback(Some(true), None);
+    env.sim.add_group(g).unwrap();
+    let distribution = new_id();
+    let mut g = Group::security(&distribution, "As distribution");
+    g.writeback = writeback(Some(true), Some("universalDistributionGroup"));
+    env.sim.add_group(g).unwrap();
+    let security = new_id();
+    let mut g = Group::unified(&security, "M365 as security", "m365sec");
+    g.writeback = writeback(Some(true), Some("universalSecurityGroup"));
+    g.description = Some("é".repeat(300) + &"x".repeat(300));
+    env.sim.add_group(g).unwrap();
+
+    env.sync(&[]).await?;
+    let groups = env.groups().await?;
+    assert!(find(&groups, &unified_default).is_none(), "m365_default_writeback = false leaves it out");
+    assert_eq!(find(&groups, &unified_on).expect("explicitly enabled").group_type, 8);
+    assert_eq!(find(&groups, &distribution).expect("written").group_type, 8);
+    let sec = find(&groups, &security).expect("written");
+    assert_eq!(sec.group_type, -2147483640);
+    let description = sec.description.as_deref().unwrap_or_default();
+    assert_eq!(description.chars().count(), 448, "cut to 448 characters, not bytes");
+    assert!(("é".repeat(300) + &"x".repeat(300)).starts_with(description));
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenant_limits_a_one_shot_sync_to_the_named_tenant() -> anyhow::Result<()> {
+    let env = Env::new("tenant-a").await?;
+    let other = Env::new("tenant-b").await?;
+    let mut config = std::fs::read_to_string(&env.config_path)?;
+    config.push_str(&other.tenant_block("fabrikam")?);
+    std::fs::write(&env.config_path, config)?;
+    let (mine, theirs) = (new_id(), new_id());
+    env.sim.add_group(enabled_group(&mine, "Contoso only", &[])).unwrap();
+    other.sim.add_group(enabled_group(&theirs, "Fabrikam only", &[])).unwrap();
+
+    env.sync(&["--tenant", "fabrikam"]).await?;
+    assert!(other.group(&theirs).await?.is_some());
+    assert!(env.group(&mine).await?.is_none(), "contoso was not synced");
+    assert_eq!(env.sim.requests().len(), 0, "contoso's Graph was not asked");
+    env.sync(&["--tenant", "contoso"]).await?;
+    assert!(env.group(&mine).await?.is_some());
+    let unknown = env.run(&["sync", "--once", "--tenant", "nobody"]).await?;
+    assert!(!unknown.status.success());
+    assert!(text(&unknown.stderr).contains("nobody"), "{}", text(&unknown.stderr));
     Ok(())
 }
 
@@ -366,7 +425,8 @@ async fn a_lost_state_directory_costs_a_resync_not_duplicates() -> anyhow::Resul
     // While the state is gone, one group is hard-deleted in the cloud.
     std::fs::remove_dir_all(env.state_dir())?;
     env.sim.hard_delete_group(&ids[0]).unwrap();
-    env.sync(&["--full"]).await?;
+    // A plain sync: an empty state makes the first cycle a full reconcile by itself.
+    env.sync(&[]).await?;
     let after = env.groups().await?;
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.iter().all(|g| before.contains(&g.guid)), "nothing was recreated");

@@ -267,7 +267,7 @@ async fn verify(world: &World, working_set: &[String], alive: &[String]) -> Resu
 }
 
 /// A group of `size` members, written once, then one member added and one removed, each in its own cycle.
-async fn big_group(world: &mut World, size: usize) -> Result<BigGroup> {
+pub async fn big_group(world: &mut World, size: usize) -> Result<BigGroup> {
     let missing = (size + 1).saturating_sub(world.users.len());
     println!("creating {missing} more users for a {size}-member group …");
     let users_setup = world.add_users(missing).await?;
