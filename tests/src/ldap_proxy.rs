@@ -148,6 +148,82 @@ impl Drop for FaultProxy {
     }
 }
 
+/// A plain-LDAP server that refuses StartTLS, as a DC without a certificate does, and counts the binds it is
+/// offered anyway: a client that binds after the refusal would send its password in clear text.
+pub struct NoStartTls {
+    url: String,
+    binds: Arc<Mutex<usize>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl NoStartTls {
+    /// Starts the server on a free loopback port.
+    pub fn start() -> Result<NoStartTls> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the plain LDAP server")?;
+        listener.set_nonblocking(true)?;
+        let url = format!("ldap://127.0.0.1:{}", listener.local_addr()?.port());
+        let binds = Arc::new(Mutex::new(0));
+        let (stop, stopped) = oneshot::channel();
+        let counted = binds.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("ldap-no-starttls".into()).spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
+                let serve = async {
+                    while let Ok((client, _)) = listener.accept().await {
+                        tokio::spawn(refuse_starttls(client, counted.clone()));
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+        Ok(NoStartTls { url, binds, stop: Some(stop) })
+    }
+
+    /// The `ldap://` URL of the server.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// How many bind requests arrived.
+    pub fn binds(&self) -> usize {
+        *self.binds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for NoStartTls {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Answers every extended request (StartTLS) with protocolError, as RFC 4511 asks of a server that does not
+/// support it, and every bind with success, to tempt a client into binding in clear text.
+async fn refuse_starttls(mut client: TcpStream, binds: Arc<Mutex<usize>>) {
+    while let Ok(Some(message)) = read_message(&mut client).await {
+        let Some(id) = message_id(&message).map(<[u8]>::to_vec) else { return };
+        let operation = body(&message).and_then(|b| b.get(2 + id.len())).copied();
+        let response_tag = match operation {
+            Some(0x77) => 0x78,
+            Some(0x60) => {
+                *binds.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                0x61
+            }
+            _ => return,
+        };
+        let code = if response_tag == 0x78 { 2 } else { 0 };
+        let answer = WriteRequest { message_id: id, response_tag }.answer(code);
+        if send(&mut client, &answer).await.is_err() {
+            return;
+        }
+    }
+}
+
 struct Relay {
     acceptor: TlsAcceptor,
     connector: TlsConnector,

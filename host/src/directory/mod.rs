@@ -29,6 +29,8 @@ pub enum DirectoryError {
     CaFile { path: String, cause: String },
     #[error("cannot connect to {url}: {cause}")]
     Connect { url: String, cause: String },
+    #[error("the DC at {url} refused StartTLS ({cause}); writeback never binds without TLS: enable TLS on the DC or use an ldaps:// URL")]
+    StartTls { url: String, cause: String },
     #[error("TLS with {url} failed: {cause}; check ca_file and that the URL's host name is in the DC's certificate")]
     Tls { url: String, cause: String },
     #[error("bind as {dn} failed: {message} (LDAP result {code}); check bind_dn and the password")]
@@ -119,9 +121,13 @@ impl Directory {
             .set_conn_timeout(config.timeout)
             .set_config(Arc::new(tls_config(config)?))
             .set_starttls(url.starts_with("ldap://"));
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url)
-            .await
-            .map_err(|e| connect_error(&url, e))?;
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(|e| match e {
+            // On an ldap:// URL, the only operation before the bind is the StartTLS request.
+            LdapError::LdapResult { .. } if url.starts_with("ldap://") => {
+                DirectoryError::StartTls { url: url.clone(), cause: innermost(&e) }
+            }
+            e => connect_error(&url, e),
+        })?;
         ldap3::drive!(conn);
         ldap.with_timeout(config.timeout);
         let bind = ldap.simple_bind(&config.bind_dn, password.expose()).await.map_err(|e| connect_error(&url, e))?;

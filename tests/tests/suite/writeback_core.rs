@@ -314,6 +314,26 @@ async fn a_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() ->
 }
 
 #[tokio::test]
+async fn a_sam_account_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() -> anyhow::Result<()> {
+    let env = Env::new("sam-conflict").await?;
+    let (taken, free) = (new_id(), new_id());
+    let sam = writeback::naming::default_placement(&taken, Some("Sam taken"))?.sam_account_name;
+    // Elsewhere in the domain, under another name: only the sAMAccountName collides.
+    let squatter = env.dc.create_group(&env.ou.users_dn, &sam, writeback_tests::dc::GLOBAL_SECURITY).await?;
+    let usn = env.dc.subtree_usn(&squatter.dn).await?;
+    env.sim.add_group(enabled_group(&taken, "Sam taken", &[])).unwrap();
+    env.sim.add_group(enabled_group(&free, "Sam free", &[])).unwrap();
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(text(&output.stdout).contains("1 conflicts"), "{}\n{}", text(&output.stdout), text(&output.stderr));
+    assert!(env.group(&free).await?.is_some(), "the other group is written");
+    assert!(env.group(&taken).await?.is_none());
+    assert_eq!(env.dc.subtree_usn(&squatter.dn).await?, usn, "the foreign object is left alone");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {taken}:")), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn full_sync_repairs_drift_in_attributes_members_and_ou() -> anyhow::Result<()> {
     use ldap3::Mod;
     use std::collections::HashSet;
