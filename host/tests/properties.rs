@@ -628,9 +628,10 @@ fn expected_members(map: &Map<String, Value>) -> Vec<MemberChange> {
         .collect()
 }
 
-/// An id Graph could send: non-blank and free of control characters (which would also break state keys).
+/// An id Graph could send: non-blank, at most 255 bytes (the state's limit) and free of control characters
+/// (which would also break state keys).
 fn usable_id(id: &str) -> bool {
-    !id.trim().is_empty() && !id.chars().any(char::is_control)
+    !id.trim().is_empty() && id.len() <= 255 && !id.chars().any(char::is_control)
 }
 
 /// The entry's id when it is usable.
@@ -638,7 +639,7 @@ fn entry_id(map: &Map<String, Value>) -> Option<String> {
     map.get("id").and_then(Value::as_str).filter(|id| usable_id(id)).map(str::to_string)
 }
 
-/// Whether `members@delta` names a member by an id with a control character, which refuses the entry.
+/// Whether `members@delta` names a member by an id too long or with a control character, which refuses the entry.
 fn bad_member_id(map: &Map<String, Value>) -> bool {
     let Some(Value::Array(items)) = map.get("members@delta") else { return false };
     items.iter().any(|item| item.get("id").and_then(Value::as_str).is_some_and(|id| !id.trim().is_empty() && !usable_id(id)))

@@ -217,15 +217,19 @@ pub fn parse_user(entry: &Value) -> Result<UserEntry, EntryError> {
     Ok(UserEntry { removed: removal(map), fields, id })
 }
 
-/// Graph's ids are GUIDs; an id with a control character is malformed (and NUL separates state keys).
+/// The longest id accepted; Graph's ids are 36-character GUIDs, and the state stores ids of at most 255 bytes.
+const MAX_ID_BYTES: usize = 255;
+
+/// Graph's ids are GUIDs; an id with a control character (NUL separates state keys) or longer than
+/// [`MAX_ID_BYTES`] is malformed.
 fn usable_id(id: &str) -> bool {
-    !id.trim().is_empty() && !id.chars().any(char::is_control)
+    !id.trim().is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
 }
 
 fn entry_id(map: &Map<String, Value>) -> Result<String, EntryError> {
     match map.get("id") {
         Some(Value::String(id)) if usable_id(id) => Ok(id.clone()),
-        Some(_) => Err(EntryError("entry has an id that is not a non-empty string without control characters".into())),
+        Some(_) => Err(EntryError("entry has an id that is not a non-empty string of at most 255 bytes without control characters".into())),
         None => Err(EntryError("entry has no id".into())),
     }
 }
@@ -249,7 +253,7 @@ fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, EntryEr
     for item in items {
         let Some(id) = item.get("id").and_then(Value::as_str).filter(|id| !id.trim().is_empty()) else { continue };
         if !usable_id(id) {
-            return Err(EntryError("members@delta holds an id with a control character".into()));
+            return Err(EntryError("members@delta holds an id longer than 255 bytes or with a control character".into()));
         }
         let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
         changes.push(MemberChange { id: id.to_string(), kind, removed: item.get("@removed").is_some() });

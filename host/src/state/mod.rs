@@ -6,7 +6,9 @@
 //! and the directory apply loses nothing: the dirty marks survive, and a group leaves the dirty set only
 //! after its directory changes were applied. Everything here can be rebuilt from Graph and the directory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod members;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -180,15 +182,17 @@ impl Store {
         Ok(Store { db: sled::Config::new().temporary(true).open()? })
     }
 
-    /// The state of one tenant.
+    /// The state of one tenant. A state of an older layout is cleared first: a full resync rebuilds it.
     pub fn tenant(&self, name: &str) -> Result<TenantState, StateError> {
-        Ok(TenantState {
+        let state = TenantState {
             name: name.to_string(),
             tree: self.db.open_tree(format!("tenant/{name}"))?,
             audit: self.db.open_tree(format!("audit/{name}"))?,
             journal: self.db.open_tree(format!("journal/{name}"))?,
             db: self.db.clone(),
-        })
+        };
+        state.check_layout()?;
+        Ok(state)
     }
 
     /// Makes every write so far durable.
@@ -218,6 +222,11 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// The key and value that name how a tenant's tree is laid out. Layout 1 (no key) kept one key per
+/// membership; layout 2 keeps one member-list value per group and one group-list value per member.
+const LAYOUT_KEY: &[u8] = b"c\0layout";
+const LAYOUT: &[u8] = b"2";
+
 /// One tenant's slice of the store.
 pub struct TenantState {
     name: String,
@@ -243,40 +252,46 @@ fn key_tail(k: &[u8], prefix_len: usize) -> String {
     String::from_utf8_lossy(&k[prefix_len..]).into_owned()
 }
 
-fn kind_byte(kind: MemberKind) -> u8 {
-    match kind {
-        MemberKind::User => b'u',
-        MemberKind::Group => b'g',
-        MemberKind::Device => b'd',
-        MemberKind::ServicePrincipal => b's',
-        MemberKind::OrgContact => b'c',
-        MemberKind::Other => b'o',
-    }
-}
-
-fn byte_kind(byte: Option<&u8>) -> MemberKind {
-    match byte {
-        Some(b'u') => MemberKind::User,
-        Some(b'g') => MemberKind::Group,
-        Some(b'd') => MemberKind::Device,
-        Some(b's') => MemberKind::ServicePrincipal,
-        Some(b'c') => MemberKind::OrgContact,
-        _ => MemberKind::Other,
-    }
-}
-
 /// Pending writes of one page, applied as one atomic batch. Reads see the page's own earlier writes.
 struct PageWrites<'a> {
     state: &'a TenantState,
     batch: sled::Batch,
     groups: HashMap<String, CloudGroup>,
     users: HashMap<String, Option<CloudUser>>,
+    /// Member lists the page changed, by group.
+    members: HashMap<String, BTreeMap<String, MemberKind>>,
+    /// Group lists the page changed, by member.
+    parents: HashMap<String, BTreeSet<String>>,
     cleared: HashSet<String>,
 }
 
 impl<'a> PageWrites<'a> {
     fn new(state: &'a TenantState) -> Self {
-        PageWrites { state, batch: sled::Batch::default(), groups: HashMap::new(), users: HashMap::new(), cleared: HashSet::new() }
+        PageWrites {
+            state,
+            batch: sled::Batch::default(),
+            groups: HashMap::new(),
+            users: HashMap::new(),
+            members: HashMap::new(),
+            parents: HashMap::new(),
+            cleared: HashSet::new(),
+        }
+    }
+
+    fn members_of(&mut self, group: &str) -> Result<&mut BTreeMap<String, MemberKind>, StateError> {
+        if !self.members.contains_key(group) {
+            let stored = self.state.member_list(group)?;
+            self.members.insert(group.to_string(), stored);
+        }
+        Ok(self.members.get_mut(group).expect("inserted above"))
+    }
+
+    fn parents_of(&mut self, member: &str) -> Result<&mut BTreeSet<String>, StateError> {
+        if !self.parents.contains_key(member) {
+            let stored = self.state.parent_list(member)?;
+            self.parents.insert(member.to_string(), stored);
+        }
+        Ok(self.parents.get_mut(member).expect("inserted above"))
     }
 
     fn group(&mut self, id: &str) -> Result<&mut CloudGroup, StateError> {
@@ -287,14 +302,16 @@ impl<'a> PageWrites<'a> {
         Ok(self.groups.get_mut(id).expect("inserted above"))
     }
 
-    fn put_member(&mut self, group: &str, member: &str, kind: MemberKind) {
-        self.batch.insert(key("m", &[group, member]), vec![kind_byte(kind)]);
-        self.batch.insert(key("r", &[member, group]), vec![]);
+    fn put_member(&mut self, group: &str, member: &str, kind: MemberKind) -> Result<(), StateError> {
+        self.members_of(group)?.insert(member.to_string(), kind);
+        self.parents_of(member)?.insert(group.to_string());
+        Ok(())
     }
 
-    fn drop_member(&mut self, group: &str, member: &str) {
-        self.batch.remove(key("m", &[group, member]));
-        self.batch.remove(key("r", &[member, group]));
+    fn drop_member(&mut self, group: &str, member: &str) -> Result<(), StateError> {
+        self.members_of(group)?.remove(member);
+        self.parents_of(member)?.remove(group);
+        Ok(())
     }
 
     /// In a full round the first entry of a group starts its member list afresh, so that members removed
@@ -303,8 +320,9 @@ impl<'a> PageWrites<'a> {
         if !self.cleared.insert(group.to_string()) || self.state.tree.contains_key(key("s", &[group]))? {
             return Ok(());
         }
-        for (member, _) in self.state.members(group)? {
-            self.drop_member(group, &member);
+        let members: Vec<String> = std::mem::take(self.members_of(group)?).into_keys().collect();
+        for member in members {
+            self.parents_of(&member)?.remove(group);
         }
         self.batch.insert(key("s", &[group]), vec![]);
         Ok(())
@@ -324,9 +342,23 @@ impl<'a> PageWrites<'a> {
                 None => self.batch.remove(key("u", &[id])),
             }
         }
+        for (group, list) in &self.members {
+            put_or_remove(&mut self.batch, key("m", &[group]), (!list.is_empty()).then(|| members::encode_members(list)));
+        }
+        for (member, list) in &self.parents {
+            put_or_remove(&mut self.batch, key("r", &[member]), (!list.is_empty()).then(|| members::encode_ids(list)));
+        }
         self.batch.insert(resource.key(), encode(cursor));
         self.state.tree.apply_batch(self.batch)?;
         Ok(())
+    }
+}
+
+/// Stores `value` under `k`, or removes `k` when there is none (an empty list is not kept).
+fn put_or_remove(batch: &mut sled::Batch, k: Vec<u8>, value: Option<Vec<u8>>) {
+    match value {
+        Some(value) => batch.insert(k, value),
+        None => batch.remove(k),
     }
 }
 
@@ -340,12 +372,43 @@ impl TenantState {
         &self.name
     }
 
+    /// Clears a state written in another layout (or none), so that the next cycle resyncs in full.
+    fn check_layout(&self) -> Result<(), StateError> {
+        if self.tree.get(LAYOUT_KEY)?.as_deref() == Some(LAYOUT) {
+            return Ok(());
+        }
+        if !self.tree.is_empty() {
+            tracing::warn!(tenant = %self.name, "the state was written in an older layout; it is cleared, and a full resync rebuilds it");
+            self.tree.clear()?;
+        }
+        self.tree.insert(LAYOUT_KEY, LAYOUT)?;
+        Ok(())
+    }
+
+    fn corrupt(&self, k: &[u8], cause: impl ToString) -> StateError {
+        StateError::Corrupt { tenant: self.name.clone(), key: String::from_utf8_lossy(k).replace('\0', "/"), cause: cause.to_string() }
+    }
+
+    /// A group's stored member list.
+    fn member_list(&self, group: &str) -> Result<BTreeMap<String, MemberKind>, StateError> {
+        let k = key("m", &[group]);
+        match self.tree.get(&k)? {
+            Some(bytes) => members::decode_members(&bytes).ok_or_else(|| self.corrupt(&k, "not a member list")),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    /// The stored list of groups that list `member`.
+    fn parent_list(&self, member: &str) -> Result<BTreeSet<String>, StateError> {
+        let k = key("r", &[member]);
+        match self.tree.get(&k)? {
+            Some(bytes) => members::decode_ids(&bytes).ok_or_else(|| self.corrupt(&k, "not a group list")),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
     fn decode<T: for<'de> Deserialize<'de>>(&self, k: &[u8], bytes: &[u8]) -> Result<T, StateError> {
-        serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
-            tenant: self.name.clone(),
-            key: String::from_utf8_lossy(k).replace('\0', "/"),
-            cause: e.to_string(),
-        })
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt(k, e))
     }
 
     fn get<T: for<'de> Deserialize<'de>>(&self, k: &[u8]) -> Result<Option<T>, StateError> {
@@ -379,9 +442,9 @@ impl TenantState {
             apply_group_entry(writes.group(&entry.id)?, entry);
             for change in &entry.members {
                 if change.removed {
-                    writes.drop_member(&entry.id, &change.id);
+                    writes.drop_member(&entry.id, &change.id)?;
                 } else {
-                    writes.put_member(&entry.id, &change.id, change.kind);
+                    writes.put_member(&entry.id, &change.id, change.kind)?;
                 }
             }
             writes.mark_dirty(&entry.id);
@@ -497,25 +560,14 @@ impl TenantState {
         self.tree.scan_prefix(b"a\0").count()
     }
 
-    /// The members of a group with their kinds.
+    /// The members of a group with their kinds, in id order.
     pub fn members(&self, group: &str) -> Result<Vec<(String, MemberKind)>, StateError> {
-        let prefix = key("m", &[group, ""]);
-        let mut members = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            members.push((key_tail(&k, prefix.len()), byte_kind(v.first())));
-        }
-        Ok(members)
+        Ok(self.member_list(group)?.into_iter().collect())
     }
 
-    /// The groups that list `member`.
+    /// The groups that list `member`, in id order.
     pub fn groups_containing(&self, member: &str) -> Result<Vec<String>, StateError> {
-        let prefix = key("r", &[member, ""]);
-        let mut groups = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            groups.push(key_tail(&item?.0, prefix.len()));
-        }
-        Ok(groups)
+        Ok(self.parent_list(member)?.into_iter().collect())
     }
 
     /// Groups whose directory changes are not applied yet.
@@ -584,11 +636,12 @@ impl TenantState {
     /// Forgets a group entirely, after its hard delete was applied.
     pub fn purge_group(&self, id: &str) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
-        for (member, _) in self.members(id)? {
-            batch.remove(key("m", &[id, &member]));
-            batch.remove(key("r", &[&member, id]));
+        for member in self.member_list(id)?.into_keys() {
+            let mut parents = self.parent_list(&member)?;
+            parents.remove(id);
+            put_or_remove(&mut batch, key("r", &[&member]), (!parents.is_empty()).then(|| members::encode_ids(&parents)));
         }
-        for kind in ["g", "a", "d", "s", "p"] {
+        for kind in ["g", "a", "d", "s", "p", "m"] {
             batch.remove(key(kind, &[id]));
         }
         self.tree.apply_batch(batch)?;
@@ -687,6 +740,7 @@ impl TenantState {
     /// Deletes everything this tenant's state holds except the audit log; the next cycle resyncs in full.
     pub fn reset(&self) -> Result<(), StateError> {
         self.tree.clear()?;
+        self.tree.insert(LAYOUT_KEY, LAYOUT)?;
         Ok(())
     }
 }
@@ -822,6 +876,36 @@ mod tests {
         s.clear_dirty("parent").unwrap();
         s.merge_group_page(&group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])), &cursor(false)).unwrap();
         assert_eq!(s.dirty().unwrap(), ["child", "parent"]);
+    }
+
+    #[test]
+    fn a_state_of_an_older_layout_is_cleared_for_a_full_resync() {
+        let store = Store::temporary().unwrap();
+        let tree = store.db.open_tree("tenant/t").unwrap();
+        // Layout 1 kept one key per membership and no layout key.
+        tree.insert(b"m\0g\0u1", vec![b'u']).unwrap();
+        tree.insert(b"c\0groups", encode(&cursor(false))).unwrap();
+        let s = store.tenant("t").unwrap();
+        assert_eq!(s.cursor(Resource::Groups).unwrap(), None, "the next cycle resyncs in full");
+        assert!(s.members("g").unwrap().is_empty());
+        let page = group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
+        s.merge_group_page(&page, &cursor(false)).unwrap();
+        s.reset().unwrap();
+        s.merge_group_page(&page, &cursor(false)).unwrap();
+        let reopened = store.tenant("t").unwrap();
+        assert_eq!(reopened.members("g").unwrap(), [("u1".to_string(), MemberKind::User)], "a current layout is kept, also after a reset");
+    }
+
+    #[test]
+    fn purging_a_group_forgets_it_as_a_parent_only() {
+        let s = state();
+        let users = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":users(&["u1","u2"])},{"id":"h","members@delta":users(&["u1"])}])), &cursor(false)).unwrap();
+        s.purge_group("g").unwrap();
+        assert!(s.members("g").unwrap().is_empty());
+        assert_eq!(s.groups_containing("u1").unwrap(), ["h"]);
+        assert!(s.groups_containing("u2").unwrap().is_empty());
+        assert_eq!(s.members("h").unwrap().len(), 1);
     }
 
     #[test]
