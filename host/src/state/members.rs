@@ -1,8 +1,9 @@
 //! The compact encoding of a group's member list and of a member's group list, one sled value each.
 //!
-//! One key per membership (and one per reverse entry) cost sled about 200 bytes of memory each, so a
-//! tenant with a million memberships needed hundreds of megabytes. A value per group holds the same facts
-//! in about 17 bytes per member: Graph's ids are GUIDs, stored as their 16 bytes.
+//! A key per membership and one per reverse entry gave a tenant with a million memberships two million
+//! sled keys of about 80 bytes each. A value per group holds the same facts in about 17 bytes per member
+//! (Graph's ids are GUIDs, stored as their 16 bytes): the scale benchmark's state shrank from 1.8 GB to
+//! 0.7 GB on disk, and the process from 475 MB to 395 MB after the feed.
 
 use std::collections::{BTreeMap, BTreeSet};
 

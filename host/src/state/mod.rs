@@ -1,7 +1,8 @@
 //! Durable state in sled: per tenant, the delta cursors, the merged cloud state, where each managed group
 //! lives in AD, which groups still await a directory apply, and the audit log.
 //!
-//! Each tenant has one tree; keys carry a one-letter kind prefix. A delta page is merged with one atomic
+//! Each tenant has one tree; keys carry a one-letter kind prefix. A group's members are one value (`m`),
+//! and so are the groups that list a member (`r`), encoded by [`members`]. A delta page is merged with one atomic
 //! batch that also records the page's cursor and marks the touched groups dirty, so a crash between a page
 //! and the directory apply loses nothing: the dirty marks survive, and a group leaves the dirty set only
 //! after its directory changes were applied. Everything here can be rebuilt from Graph and the directory.
@@ -221,6 +222,9 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
+
+/// The most writes applied in one sled batch where atomicity is not needed.
+const BATCH_KEYS: usize = 1_000;
 
 /// The key and value that name how a tenant's tree is laid out. Layout 1 (no key) kept one key per
 /// membership; layout 2 keeps one member-list value per group and one group-list value per member.
@@ -517,10 +521,26 @@ impl TenantState {
         Ok(gone.len())
     }
 
+    /// Removes every key under `prefix`, a bounded batch at a time. Callers need no atomicity: they clear
+    /// round marks before the round's final cursor is stored, so a crash half-way repeats the clearing.
     fn remove_prefix(&self, prefix: &[u8]) -> Result<(), StateError> {
+        let keys = self.tree.scan_prefix(prefix).keys();
+        self.apply_in_batches(keys.map(|k| k.map(|k| (k.to_vec(), None))))
+    }
+
+    /// Applies the writes (`None` removes) in batches of [`BATCH_KEYS`]: one batch of 100,000 removals made
+    /// sled allocate about 250 MB while applying it, and the allocator kept that memory afterwards.
+    fn apply_in_batches(&self, writes: impl Iterator<Item = sled::Result<(Vec<u8>, Option<Vec<u8>>)>>) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
-        for item in self.tree.scan_prefix(prefix) {
-            batch.remove(item?.0);
+        let mut pending = 0;
+        for write in writes {
+            let (k, value) = write?;
+            put_or_remove(&mut batch, k, value);
+            pending += 1;
+            if pending == BATCH_KEYS {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
         }
         self.tree.apply_batch(batch)?;
         Ok(())
@@ -587,12 +607,7 @@ impl TenantState {
 
     /// Marks every group as needing a directory apply (the naming or transform policy changed).
     pub fn mark_all_dirty(&self) -> Result<(), StateError> {
-        let mut batch = sled::Batch::default();
-        for id in self.group_ids()? {
-            batch.insert(key("d", &[&id]), vec![]);
-        }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        self.apply_in_batches(self.group_ids()?.into_iter().map(|id| Ok((key("d", &[&id]), Some(Vec::new())))))
     }
 
     /// The fingerprint of the policy the groups were last planned with.
