@@ -78,7 +78,7 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
     let initial_kills = kill_until_done(&env, steps(12, 24)).await?;
 
     // Delta changes of every kind.
-    for (g, id) in ids.iter().enumerate().take(60) {
+    for (g, id) in ids.iter().enumerate().take(100) {
         match g % 4 {
             0 => env.sim.add_members(id, &[MemberRef::user(&users[(g + 101) % USERS].0)]).map(|_| ()),
             1 => env.sim.remove_members(id, &[env.sim.group(id).unwrap().members[0].id.clone()]).map(|_| ()),
