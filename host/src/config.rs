@@ -97,6 +97,10 @@ pub struct TenantConfig {
     /// More renames and moves than this in one cycle are held until `sync --once --allow-renames`.
     #[serde(default = "defaults::rename_threshold")]
     pub rename_threshold: usize,
+    /// Groups planned, read and written together. A full reconcile holds this many groups at a time, so it
+    /// bounds memory; fewer means more directory searches.
+    #[serde(default = "defaults::reconcile_batch")]
+    pub reconcile_batch: usize,
     /// Timeout for one Graph or token request.
     #[serde(with = "humantime_serde", default = "defaults::graph_timeout")]
     pub graph_timeout: Duration,
@@ -196,6 +200,9 @@ pub mod defaults {
     }
     pub fn rename_threshold() -> usize {
         500
+    }
+    pub fn reconcile_batch() -> usize {
+        1000
     }
     pub fn plugin_timeout() -> Duration {
         Duration::from_millis(100)
@@ -384,6 +391,9 @@ impl TenantConfig {
         }
         check_http_url(name, "login_url", &self.login_url)?;
         check_http_url(name, "graph_url", &self.graph_url)?;
+        if self.reconcile_batch == 0 {
+            return Err(ConfigError::Invalid(format!("tenant {name}: reconcile_batch must be at least 1")));
+        }
         self.one_client_credential()?;
         for dn in &self.protected_groups {
             if crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty()) {

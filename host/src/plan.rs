@@ -161,6 +161,8 @@ pub struct Plan {
     pub held_renames: Vec<Op>,
     /// Groups whose deletes were applied or that need no directory object: their state can be purged.
     pub gone: Vec<String>,
+    /// Groups with a nested member group that a later batch creates (see [`plan_batch`]).
+    pub waiting: Vec<String>,
 }
 
 /// Plan options.
@@ -176,13 +178,23 @@ pub struct PlanOptions {
 /// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
 pub const LOCAL_MEMBER_REFUSED: &str = "A universal group cannot have a local group as a member";
 
-/// Diffs the intents against the snapshot.
+/// Diffs the intents against the snapshot, holding deletes and renames beyond the thresholds.
 pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: PlanOptions) -> Plan {
+    let mut out = plan_batch(intents, snapshot, &|_| false);
+    hold_over_thresholds(&mut out, options);
+    out
+}
+
+/// Diffs one batch of intents against the snapshot, holding nothing back. A nested member group that is
+/// not in the directory yet but that `later` says a later batch plans is not skipped: its parent is listed
+/// in [`Plan::waiting`], to be planned again once that batch has created it.
+pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later: &dyn Fn(&str) -> bool) -> Plan {
     let creating: HashSet<&str> = intents
         .iter()
         .filter(|(id, intent)| matches!(intent, Intent::Write(_)) && !snapshot.managed.contains_key(*id))
         .map(|(id, _)| id.as_str())
         .collect();
+    let nested = NestedGroups { creating: &creating, later };
     let mut out = Plan::default();
     let mut creates = Vec::new();
     let mut updates = Vec::new();
@@ -192,11 +204,14 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
         let existing = snapshot.managed.get(id);
         match (intent, existing) {
             (Intent::Write(desired), None) => {
-                let (adds, skipped) = member_diff(desired, None, snapshot, &creating);
-                out.skipped.extend(skipped);
+                let diff = member_diff(desired, None, snapshot, &nested);
+                out.skipped.extend(diff.skipped);
+                if diff.waiting {
+                    out.waiting.push(id.clone());
+                }
                 // Members that exist already go into the create itself: one write instead of two. Groups
                 // created in this apply have no DN yet, so they are added once every create is done.
-                let (inline, later) = split_inline(adds);
+                let (inline, later) = split_inline(diff.adds);
                 creates.push(create(desired, inline));
                 if !later.is_empty() {
                     member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: later });
@@ -205,11 +220,14 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
             (Intent::Write(desired), Some(current)) => {
                 updates.extend(rename(desired, current));
                 updates.extend(modify(desired, current));
-                let (adds, skipped) = member_diff(desired, Some(current), snapshot, &creating);
-                out.skipped.extend(skipped);
+                let diff = member_diff(desired, Some(current), snapshot, &nested);
+                out.skipped.extend(diff.skipped);
+                if diff.waiting {
+                    out.waiting.push(id.clone());
+                }
                 let target = GroupRef::Existing { guid: current.guid.clone(), dn: current.dn.clone() };
-                if !adds.is_empty() {
-                    member_ops.push(Op::AddMembers { group_id: id.clone(), target, values: adds });
+                if !diff.adds.is_empty() {
+                    member_ops.push(Op::AddMembers { group_id: id.clone(), target, values: diff.adds });
                 }
                 let removes = member_removals(desired, current, snapshot);
                 if !removes.is_empty() {
@@ -228,23 +246,28 @@ pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: Pl
             (Intent::Leave(_) | Intent::Refuse(_) | Intent::Exclude(_), _) => {}
         }
     }
-    if deletes.len() > options.delete_threshold && !options.allow_deletes {
-        out.held_deletes = deletes
-            .drain(..)
-            .map(|op| match op {
-                Op::Delete { group_id, dn, .. } => HeldDelete { group_id, dn },
-                _ => unreachable!("only deletes are held"),
-            })
-            .collect();
-    }
-    let renames = updates.iter().filter(|op| matches!(op, Op::Rename { .. })).count();
-    if renames > options.rename_threshold && !options.allow_renames {
-        let (held, kept): (Vec<Op>, Vec<Op>) = updates.into_iter().partition(|op| matches!(op, Op::Rename { .. }));
-        out.held_renames = held;
-        updates = kept;
-    }
     out.ops = creates.into_iter().chain(updates).chain(member_ops).chain(deletes).collect();
     out
+}
+
+/// Moves the plan's deletes to [`Plan::held_deletes`] when there are more than the delete threshold, and its
+/// renames and moves to [`Plan::held_renames`] when there are more than the rename threshold, unless allowed.
+pub fn hold_over_thresholds(plan: &mut Plan, options: PlanOptions) {
+    let is_delete = |op: &Op| matches!(op, Op::Delete { .. });
+    let is_rename = |op: &Op| matches!(op, Op::Rename { .. });
+    if plan.ops.iter().filter(|op| is_delete(op)).count() > options.delete_threshold && !options.allow_deletes {
+        let (held, kept): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops).into_iter().partition(is_delete);
+        plan.ops = kept;
+        plan.held_deletes.extend(held.into_iter().filter_map(|op| match op {
+            Op::Delete { group_id, dn, .. } => Some(HeldDelete { group_id, dn }),
+            _ => None,
+        }));
+    }
+    if plan.ops.iter().filter(|op| is_rename(op)).count() > options.rename_threshold && !options.allow_renames {
+        let (held, kept): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops).into_iter().partition(is_rename);
+        plan.ops = kept;
+        plan.held_renames.extend(held);
+    }
 }
 
 /// Takes the member adds at the given op indices out of the plan, reporting each value as a skipped member
@@ -343,18 +366,27 @@ fn member_sid<'a>(member: &'a DesiredMember, snapshot: &'a Snapshot) -> Option<S
     }
 }
 
+/// Where nested member groups that are not in the directory yet will come from.
+struct NestedGroups<'a> {
+    /// Created by this plan.
+    creating: &'a HashSet<&'a str>,
+    /// Planned by a later batch of the same reconcile.
+    later: &'a dyn Fn(&str) -> bool,
+}
+
+/// A group's member adds, the members that cannot be written, and whether a member waits for a later batch.
+struct MemberDiff {
+    adds: Vec<MemberValue>,
+    skipped: Vec<SkippedMember>,
+    waiting: bool,
+}
+
 /// Member values to add, and the members that cannot be written.
-fn member_diff(
-    desired: &DesiredGroup,
-    current: Option<&DirectoryGroup>,
-    snapshot: &Snapshot,
-    creating: &HashSet<&str>,
-) -> (Vec<MemberValue>, Vec<SkippedMember>) {
+fn member_diff(desired: &DesiredGroup, current: Option<&DirectoryGroup>, snapshot: &Snapshot, nested: &NestedGroups) -> MemberDiff {
     let present: HashSet<String> = current
         .map(|c| c.members.iter().filter_map(|m| m.sid.as_ref().map(|s| s.to_uppercase())).collect())
         .unwrap_or_default();
-    let mut adds = Vec::new();
-    let mut skipped = Vec::new();
+    let mut diff = MemberDiff { adds: Vec::new(), skipped: Vec::new(), waiting: false };
     let skip = |member_id: &str, reason: String| SkippedMember {
         group_id: desired.id.clone(),
         member_id: member_id.to_string(),
@@ -363,22 +395,23 @@ fn member_diff(
     for member in &desired.members {
         match member {
             DesiredMember::Sid { member_id, sid } => match snapshot.principals.get(&sid.to_uppercase()) {
-                None => skipped.push(skip(member_id, format!("SID {sid} names no object in the domain"))),
+                None => diff.skipped.push(skip(member_id, format!("SID {sid} names no object in the domain"))),
                 Some(p) if p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0) => {
-                    skipped.push(skip(member_id, LOCAL_MEMBER_REFUSED.to_string()));
+                    diff.skipped.push(skip(member_id, LOCAL_MEMBER_REFUSED.to_string()));
                 }
                 Some(_) if present.contains(&sid.to_uppercase()) => {}
-                Some(p) => adds.push(MemberValue::Dn(p.dn.clone())),
+                Some(p) => diff.adds.push(MemberValue::Dn(p.dn.clone())),
             },
             DesiredMember::CloudGroup { member_id } => match snapshot.managed.get(member_id) {
                 Some(g) if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
-                Some(g) => adds.push(MemberValue::Dn(g.dn.clone())),
-                None if creating.contains(member_id.as_str()) => adds.push(MemberValue::NewGroup(member_id.clone())),
-                None => skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into())),
+                Some(g) => diff.adds.push(MemberValue::Dn(g.dn.clone())),
+                None if nested.creating.contains(member_id.as_str()) => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
+                None if (nested.later)(member_id) => diff.waiting = true,
+                None => diff.skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into())),
             },
         }
     }
-    (adds, skipped)
+    diff
 }
 
 /// Current member values that the desired model does not list (including refused and unknown ones).
@@ -390,7 +423,7 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
             DesiredMember::Sid { sid, .. } => snapshot
                 .principals
                 .get(&sid.to_uppercase())
-                .is_some_and(|p| !p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0)),
+                .is_some_and(|p| p.group_type.is_none_or(|t| t & DOMAIN_LOCAL_FLAG == 0)),
             DesiredMember::CloudGroup { .. } => true,
         })
         .filter_map(|m| member_sid(m, snapshot))
@@ -529,6 +562,18 @@ mod tests {
         let plan = plan(&intents(vec![("a", Intent::Write(parent)), ("b", Intent::Write(child))]), &snap, OPTS);
         assert!(matches!(plan.ops[0], Op::Create { .. }) && matches!(plan.ops[1], Op::Create { .. }));
         assert_eq!(plan.ops[2], Op::AddMembers { group_id: "a".into(), target: GroupRef::New, values: vec![MemberValue::NewGroup("b".into())] });
+    }
+
+    #[test]
+    fn a_nested_group_that_a_later_batch_creates_makes_its_parent_wait() {
+        let parent = || intents(vec![("a", Intent::Write(desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "z".into() }])))]);
+        let batch = plan_batch(&parent(), &Snapshot::default(), &|id| id == "z");
+        assert_eq!(batch.waiting, ["a"]);
+        assert!(batch.skipped.is_empty(), "{:?}", batch.skipped);
+        assert!(matches!(batch.ops[..], [Op::Create { .. }]), "{:?}", batch.ops);
+        let alone = plan_batch(&parent(), &Snapshot::default(), &|_| false);
+        assert!(alone.waiting.is_empty());
+        assert_eq!(alone.skipped.len(), 1, "a nested group no batch plans is skipped");
     }
 
     #[test]

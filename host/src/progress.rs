@@ -3,7 +3,7 @@
 //! pipes and services see plain log lines only.
 
 use std::io::{IsTerminal, Write};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -51,12 +51,29 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     /// Show the write bar even for few writes (a full reconcile).
     always: bool,
+    tally: Arc<Mutex<Tally>>,
+}
+
+/// What the bar's estimate of the total writes is made from: groups are planned a batch at a time, so the
+/// writes of the groups not planned yet are guessed from those planned so far.
+#[derive(Debug, Default)]
+struct Tally {
+    groups: usize,
+    groups_planned: usize,
+    writes_planned: usize,
+}
+
+impl Tally {
+    fn estimate(&self) -> usize {
+        let left = self.groups.saturating_sub(self.groups_planned);
+        self.writes_planned + self.writes_planned * left / self.groups_planned.max(1)
+    }
 }
 
 impl Progress {
     /// Draws nothing.
     pub fn hidden() -> Progress {
-        Progress { bar: None, always: false }
+        Progress { bar: None, always: false, tally: Arc::default() }
     }
 
     /// Draws on stderr when it is a terminal, labelled with `tenant`. `always`: show the write bar however
@@ -74,7 +91,7 @@ impl Progress {
         let bar = ProgressBar::with_draw_target(None, target).with_prefix(tenant.to_string());
         bar.set_style(ProgressStyle::with_template("{prefix}: {spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress { bar: Some(bar), always }
+        Progress { bar: Some(bar), always, tally: Arc::default() }
     }
 
     /// Graph has delivered `groups` group and `users` user entries so far.
@@ -84,26 +101,33 @@ impl Progress {
         }
     }
 
-    /// The directory is being read and the plan computed.
+    /// `groups` groups are about to be planned against the directory, a batch at a time.
     pub fn planning(&self, groups: usize) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("planning {groups} groups against the directory"));
-        }
+        let Some(bar) = &self.bar else { return };
+        *self.tally.lock().unwrap_or_else(PoisonError::into_inner) = Tally { groups, ..Tally::default() };
+        bar.set_message(format!("planning {groups} groups against the directory"));
     }
 
-    /// `total` writes are about to be applied.
-    pub fn writing(&self, total: usize) {
+    /// A batch of `groups` groups was planned with `writes` writes, which are about to be applied.
+    pub fn planned(&self, groups: usize, writes: usize) {
         let Some(bar) = &self.bar else { return };
-        if total < BAR_FROM && !self.always {
-            bar.finish_and_clear();
-            return;
+        let estimate = {
+            let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+            tally.groups_planned += groups;
+            tally.writes_planned += writes;
+            tally.estimate()
+        };
+        if bar.length().is_none() {
+            if estimate < BAR_FROM && !self.always {
+                return;
+            }
+            let style = ProgressStyle::with_template("{prefix}: [{bar:40}] {pos}/{len} writes, {per_sec}, {eta} left")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.set_position(0);
         }
-        let style = ProgressStyle::with_template("{prefix}: [{bar:40}] {pos}/{len} writes, {per_sec}, {eta} left")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
-        bar.set_length(total as u64);
-        bar.set_position(0);
+        bar.set_length(estimate as u64);
     }
 
     /// One more write is done.
@@ -127,20 +151,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bar_counts_writes_and_a_short_run_gets_none() {
+    fn the_bar_counts_writes_and_estimates_the_batches_not_planned_yet() {
         let progress = Progress::on(ProgressDrawTarget::hidden(), "t", false);
         progress.reading(5, 7);
-        progress.writing(250);
+        progress.planning(4_000);
+        progress.planned(1_000, 250);
         for _ in 0..3 {
             progress.wrote();
         }
         let bar = progress.bar.as_ref().unwrap();
-        assert_eq!((bar.position(), bar.length()), (3, Some(250)));
+        assert_eq!((bar.position(), bar.length()), (3, Some(1_000)), "250 writes per 1,000 groups, 4,000 groups");
+        progress.planned(1_000, 750);
+        assert_eq!(bar.length(), Some(2_000), "now 500 per 1,000 groups");
         let short = Progress::on(ProgressDrawTarget::hidden(), "t", false);
-        short.writing(5);
-        assert!(short.bar.as_ref().unwrap().is_finished());
+        short.planning(10);
+        short.planned(10, 5);
+        assert_eq!(short.bar.as_ref().unwrap().length(), None, "a short run keeps its spinner");
         let full = Progress::on(ProgressDrawTarget::hidden(), "t", true);
-        full.writing(5);
+        full.planning(10);
+        full.planned(10, 5);
         assert_eq!(full.bar.as_ref().unwrap().length(), Some(5));
         assert!(Progress::hidden().bar.is_none());
     }

@@ -91,11 +91,17 @@ impl Directory {
         Ok(found)
     }
 
-    /// Every managed group in the domain (full reconcile).
-    pub async fn all_managed_groups(&mut self) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
-        let mut found = HashMap::new();
-        self.collect_managed("(&(objectClass=group)(adminDescription=Group_*))", &mut found).await?;
-        Ok(found)
+    /// The cloud id and DN of every managed group in the domain, without attributes or members: a full
+    /// reconcile walks this index in batches instead of holding every group at once.
+    pub async fn managed_index(&mut self) -> Result<Vec<(String, String)>, DirectoryError> {
+        let entries = self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let id = entry.attrs.get("adminDescription")?.first()?.strip_prefix("Group_")?.to_string();
+                Some((id, parse_extended_dn(&entry.dn).dn))
+            })
+            .collect())
     }
 
     async fn collect_managed(
@@ -220,21 +226,35 @@ impl Directory {
     /// The principals the given SIDs name, by upper-case SID. Unknown SIDs are simply absent.
     pub async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
         let mut found = HashMap::new();
-        let valid: Vec<(String, String)> =
-            sids.iter().filter_map(|s| sid::filter_value(s).map(|f| (s.to_uppercase(), f))).collect();
+        let valid: Vec<String> = sids.iter().filter_map(|s| sid::filter_value(s)).collect();
         for chunk in valid.chunks(FILTER_CHUNK) {
-            let values: String = chunk.iter().map(|(_, f)| format!("(objectSid={f})")).collect();
-            let filter = format!("(|{values})");
-            for entry in self.paged_search(&filter, &["objectSid", "groupType"]).await? {
-                let Some(sid) = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|b| sid::to_string(b))
-                else {
-                    continue;
-                };
-                let group_type = entry.attrs.get("groupType").and_then(|v| v.first()).and_then(|t| t.parse().ok());
-                found.insert(sid.to_uppercase(), Principal { dn: parse_extended_dn(&entry.dn).dn, group_type });
-            }
+            let values: String = chunk.iter().map(|f| format!("(objectSid={f})")).collect();
+            self.collect_principals(&format!("(|{values})"), &mut found).await?;
         }
         Ok(found)
+    }
+
+    /// The groups that are members of any of `group_dns`, as principals by upper-case SID: the group type
+    /// of members already present, which their extended DNs do not tell.
+    pub async fn member_groups(&mut self, group_dns: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let mut found = HashMap::new();
+        for chunk in group_dns.chunks(FILTER_CHUNK) {
+            let values: String = chunk.iter().map(|dn| format!("(memberOf={})", ldap_escape(dn.as_str()))).collect();
+            let filter = format!("(&(objectClass=group)(|{values}))");
+            self.collect_principals(&filter, &mut found).await?;
+        }
+        Ok(found)
+    }
+
+    async fn collect_principals(&mut self, filter: &str, found: &mut HashMap<String, Principal>) -> Result<(), DirectoryError> {
+        for entry in self.paged_search(filter, &["objectSid", "groupType"]).await? {
+            let Some(sid) = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|b| sid::to_string(b)) else {
+                continue;
+            };
+            let group_type = entry.attrs.get("groupType").and_then(|v| v.first()).and_then(|t| t.parse().ok());
+            found.insert(sid.to_uppercase(), Principal { dn: parse_extended_dn(&entry.dn).dn, group_type });
+        }
+        Ok(())
     }
 }
 

@@ -12,11 +12,16 @@ use crate::status::GroupProblem;
 const JOURNAL_CHUNK: usize = 64;
 
 impl TenantSync<'_> {
-    /// Applies the plan in order. Returns the groups whose operations failed (they stay dirty).
-    pub(super) async fn apply(&self, directory: &mut Directory, plan: &Plan, report: &mut CycleReport) -> Result<HashMap<String, String>, SyncError> {
+    /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay dirty). The
+    /// operations of groups already in `failed` are skipped.
+    pub(super) async fn apply(
+        &self,
+        directory: &mut Directory,
+        plan: &Plan,
+        failed: &mut HashMap<String, String>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let mut created: HashMap<String, String> = HashMap::new();
-        let mut failed: HashMap<String, String> = HashMap::new();
-        self.progress.writing(plan.ops.len());
         for chunk in plan.ops.chunks(JOURNAL_CHUNK) {
             // Another agent may have taken the lease over since the last batch (a pause, a release).
             if let Some(fence) = &self.fence {
@@ -27,7 +32,7 @@ impl TenantSync<'_> {
             self.store.flush().await?;
             let mut journaled = chunk.iter().zip(keys);
             while let Some((op, key)) = journaled.next() {
-                let applied = self.apply_one(directory, op, key, &mut created, &mut failed, report).await;
+                let applied = self.apply_one(directory, op, key, &mut created, failed, report).await;
                 self.progress.wrote();
                 if let Err(e) = applied {
                     // The cycle stops here; the writes journaled after this one were never sent.
@@ -38,7 +43,7 @@ impl TenantSync<'_> {
                 }
             }
         }
-        Ok(failed)
+        Ok(())
     }
 
     /// Applies one journaled operation and files its outcome.
@@ -120,8 +125,16 @@ impl TenantSync<'_> {
         }
     }
 
-    /// Marks applied groups clean, forgets deleted ones, and records where managed groups live.
-    pub(super) fn checkpoint(&self, ids: &BTreeSet<String>, plan: &Plan, failed: &HashMap<String, String>, snapshot: &Snapshot) -> Result<(), StateError> {
+    /// Marks applied groups clean, forgets deleted ones, and records where managed groups live. Groups in
+    /// `unsettled` still have writes to come later in the cycle, so they stay pending.
+    pub(super) fn checkpoint(
+        &self,
+        ids: &BTreeSet<String>,
+        plan: &Plan,
+        failed: &HashMap<String, String>,
+        snapshot: &Snapshot,
+        unsettled: &BTreeSet<String>,
+    ) -> Result<(), StateError> {
         // Held deletes and renames stay pending, so they are planned again until they are allowed.
         let held: BTreeSet<&str> =
             plan.held_deletes.iter().map(|d| d.group_id.as_str()).chain(plan.held_renames.iter().map(Op::group_id)).collect();
@@ -140,7 +153,9 @@ impl TenantSync<'_> {
                     self.state.set_anchor(id, &anchor)?;
                 }
             }
-            self.state.clear_dirty(id)?;
+            if !unsettled.contains(id) {
+                self.state.clear_dirty(id)?;
+            }
         }
         Ok(())
     }

@@ -1,23 +1,22 @@
-//! One sync cycle for one tenant: read Graph's deltas into the state ([`rounds`]), build the desired model for
-//! the groups that need it, read the directory, plan, apply and checkpoint ([`apply`]), and keep each group's
-//! problems for `status` ([`problems`]).
+//! One sync cycle for one tenant: read Graph's deltas into the state ([`rounds`]), then, a batch of groups at
+//! a time ([`reconcile`]), build the desired model, read the directory, plan, apply and checkpoint
+//! ([`apply`]), and keep each group's problems for `status` ([`problems`]).
 
 mod apply;
 mod problems;
+mod reconcile;
 mod rounds;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{ConfigError, TenantConfig};
-use crate::dn;
 use crate::directory::{Directory, DirectoryError};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, DesiredMember, GroupPolicy, Intent, ModelSettings, SchemaSupport};
-use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Snapshot};
+use crate::model::{self, GroupPolicy, ModelSettings, SchemaSupport};
+use crate::plan::Op;
 use crate::state::{Resource, StateError, Store, TenantState};
-use crate::status::{GroupProblem, TenantStatus};
+use crate::status::TenantStatus;
 
 /// Why a cycle stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -194,106 +193,6 @@ impl TenantSync<'_> {
         Ok(())
     }
 
-    /// Plans the groups that need it against the directory and applies the plan.
-    async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
-        let settings = self.model_settings(directory.schema.clone());
-        let mut snapshot = Snapshot::default();
-        let ids: BTreeSet<String> = if options.full {
-            let known: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
-            // An anchored group the state does not know is ours only inside our target OU; elsewhere it
-            // may belong to another tenant writing to the same domain.
-            snapshot.managed = directory
-                .all_managed_groups()
-                .await?
-                .into_iter()
-                .filter(|(id, group)| known.contains(id) || dn::is_within(&group.dn, &settings.target_ou))
-                .collect();
-            known.into_iter().chain(snapshot.managed.keys().cloned()).collect()
-        } else {
-            self.state.dirty()?.into_iter().collect()
-        };
-        self.progress.planning(ids.len());
-        let intents = self.intents(&ids, &settings, report).await?;
-        if !options.full {
-            snapshot.managed = directory.managed_groups(&lookup_ids(&intents)).await?;
-        }
-        snapshot.principals = directory.principals(&member_sids(&intents)).await?;
-        let plan_options = PlanOptions {
-            delete_threshold: self.config.delete_threshold,
-            allow_deletes: options.allow_deletes,
-            rename_threshold: self.config.rename_threshold,
-            allow_renames: options.allow_renames,
-        };
-        let mut plan = plan::plan(&intents, &snapshot, plan_options);
-        self.withhold_protected_adds(directory, &mut plan, &snapshot).await?;
-        report.status.skipped_members.extend(plan.skipped.iter().cloned());
-        report.status.held_deletes = plan.held_deletes.clone();
-        report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
-        report.plan = plan.ops.clone();
-        if options.dry_run || options.standby {
-            return Ok(());
-        }
-        let failed = self.apply(directory, &plan, report).await?;
-        self.checkpoint(&ids, &plan, &failed, &snapshot)?;
-        self.record_problems(&ids, &plan, &report.status)?;
-        self.store.flush().await?;
-        Ok(())
-    }
-
-    /// A member added to a group nested in a protected group (adminCount=1, or listed in
-    /// `protected_groups`) would gain that group's rights, so such adds are withheld unless the tenant
-    /// allows the group in `allow_protected_groups`. Only groups with planned adds are looked at.
-    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot) -> Result<(), SyncError> {
-        let deny = &self.config.protected_groups;
-        let mut withheld = Vec::new();
-        for (index, op) in plan.ops.iter().enumerate() {
-            let Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } = op else { continue };
-            if self.config.allow_protected_groups.contains(group_id) {
-                continue;
-            }
-            let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
-            let listed = deny.iter().any(|d| dn::same(d, group_dn));
-            let protecting = if marked || listed { Some(group_dn.clone()) } else { directory.protecting_group(group_dn, deny).await? };
-            if let Some(protected) = protecting {
-                withheld.push((index, format!(
-                    "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
-                )));
-            }
-        }
-        plan::withhold_adds(plan, &withheld);
-        Ok(())
-    }
-
-    /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
-    async fn intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
-        let mut intents = crate::plugins::off_reactor(|| self.known_intents(ids, settings, report))?;
-        // Known to the directory only: the state was lost or the delete was never recorded.
-        let orphans: Vec<&String> = ids.iter().filter(|id| !intents.contains_key(*id)).collect();
-        for id in orphans {
-            let intent = if self.graph.in_deleted_items(id).await? { Intent::Leave("soft-deleted in Entra ID".into()) } else { Intent::Delete };
-            intents.insert(id.clone(), intent);
-        }
-        Ok(intents)
-    }
-
-    /// Intents of the groups the state knows, through the tenant's policy (plugins run here).
-    fn known_intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
-        let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut intents = BTreeMap::new();
-        for id in ids {
-            let Some(group) = self.state.group(id)? else { continue };
-            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.as_mut())?;
-            report.status.skipped_members.extend(skipped);
-            match &intent {
-                Intent::Refuse(reason) => report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
-                Intent::Exclude(reason) => report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
-                _ => {}
-            }
-            intents.insert(id.clone(), intent);
-        }
-        Ok(intents)
-    }
-
     /// Runs a candidate policy over every group the tenant writes, as `plan` would, without writing.
     /// `Err` names the first group whose output is invalid; the candidate must not be used then.
     pub fn check_policy(&self, candidate: &mut dyn GroupPolicy, settings: &ModelSettings) -> Result<usize, String> {
@@ -323,7 +222,6 @@ impl TenantSync<'_> {
     pub fn replace_policy(&self, policy: Box<dyn GroupPolicy>) {
         *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
     }
-
 }
 
 /// How the reason of a group whose apply failed starts.
@@ -332,33 +230,3 @@ const APPLY_FAILED: &str = "apply failed";
 pub const QUARANTINED: &str = "quarantined";
 /// Failed cycles in a row after which a group is quarantined.
 pub const QUARANTINE_AFTER: u32 = 3;
-
-/// The groups to look up by anchor: the planned ones and the cloud groups they list as members.
-fn lookup_ids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
-    let mut ids: BTreeSet<String> = intents.keys().cloned().collect();
-    for intent in intents.values() {
-        if let Intent::Write(desired) = intent {
-            for member in &desired.members {
-                if let DesiredMember::CloudGroup { member_id } = member {
-                    ids.insert(member_id.clone());
-                }
-            }
-        }
-    }
-    ids.into_iter().collect()
-}
-
-/// Every SID the planned groups name as members.
-fn member_sids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
-    let mut sids = BTreeSet::new();
-    for intent in intents.values() {
-        if let Intent::Write(desired) = intent {
-            for member in &desired.members {
-                if let DesiredMember::Sid { sid, .. } = member {
-                    sids.insert(sid.to_uppercase());
-                }
-            }
-        }
-    }
-    sids.into_iter().collect()
-}

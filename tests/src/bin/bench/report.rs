@@ -91,11 +91,12 @@ pub fn scale(s: &Scale) {
     }
     println!("  state on disk after the feed: {}", mb(s.state_bytes));
     println!(
-        "  RSS after the feed {} (peak {}), after the intents {} (peak {}), at the end {} (peak {})",
+        "  RSS after the feed {} (peak {}), after the first batch of {} groups {} (peak {}), at the end {} (peak {})",
         mb(s.memory_after_feed.current),
         mb(s.memory_after_feed.peak),
-        mb(s.memory_after_intents.current),
-        mb(s.memory_after_intents.peak),
+        writeback::config::defaults::reconcile_batch(),
+        mb(s.memory_after_first_batch.current),
+        mb(s.memory_after_first_batch.peak),
         mb(s.memory_end.current),
         mb(s.memory_end.peak)
     );

@@ -2,14 +2,14 @@
 //! of many groups and memberships, fed as delta pages: JSON text shaped as the simulator pages it (100 entries a
 //! page, at most 20 member changes an entry, every group property), split with `parse_page`, parsed with
 //! `parse_group`/`parse_user`, merged with `merge_group_page`/`merge_user_page` and flushed after each page, as
-//! the agent's read loop does. Then a no-op full reconcile: intents for every group, diffed against a Snapshot
-//! built to match them.
+//! the agent's read loop does. Then a no-op full reconcile, in batches of the default `reconcile_batch` as the agent
+//! plans one: each batch's intents, diffed by `plan_batch` against a Snapshot built to match them.
 //!
 //! It runs in a child process of the bench (`bench --scale-only`), so that the peak RSS (VmHWM) is this phase's
 //! alone. The real HTTP simulator is timed over the same tenant afterwards, for comparison only: in-process it
 //! would hold the whole round in the measured process and spoil the memory figure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 use writeback::dn;
 use writeback::graph::delta::{GROUP_SELECT, NextLink, USER_SELECT, parse_group, parse_page, parse_user};
 use writeback::model::{self, BuiltinPolicy, DesiredMember, Intent, ModelSettings, SchemaSupport};
-use writeback::plan::{self, DirectoryGroup, DirectoryMember, PlanOptions, Principal, Snapshot};
+use writeback::plan::{self, DirectoryGroup, DirectoryMember, Principal, Snapshot};
 use writeback::state::{Cursor, Resource, Store, TenantState};
+use writeback::config::defaults::reconcile_batch;
 use writeback_tests::graphsim::{GraphSim, Group, MemberRef, SimConfig, User, WritebackConfiguration};
 
 use crate::Sizes;
@@ -47,13 +48,13 @@ pub struct Scale {
     pub feed: Duration,
     /// `model::intent` for every group.
     pub intents: Duration,
-    /// `plan::plan` of every intent against the matching Snapshot.
+    /// `plan::plan_batch` of every batch of intents against its matching Snapshot.
     pub plan: Duration,
     /// Operations that plan produced (a no-op must produce none).
     pub planned_ops: usize,
     pub skipped_members: usize,
     pub memory_after_feed: Memory,
-    pub memory_after_intents: Memory,
+    pub memory_after_first_batch: Memory,
     pub memory_end: Memory,
     /// Size of the sled directory on disk after the feed.
     pub state_bytes: u64,
@@ -94,26 +95,15 @@ pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale
         allowed_ous: Vec::new(),
         schema: SchemaSupport::default(),
     };
-    let started = Instant::now();
-    let intents = intents(&state, &settings)?;
-    let intents_time = started.elapsed();
-    let memory_after_intents = measure::memory()?;
-    let snapshot = matching_snapshot(&intents, &tenant);
-    let options =
-        PlanOptions { delete_threshold: 500, allow_deletes: false, rename_threshold: 500, allow_renames: false };
-    let started = Instant::now();
-    let planned = plan::plan(&intents, &snapshot, options);
-    let plan_time = started.elapsed();
-    let memory_end = measure::memory()?;
+    let planned = plan_in_batches(&state, &settings)?;
     eprintln!(
         "scale: intents {}, plan {}, {} ops, peak RSS {}",
-        human(intents_time),
-        human(plan_time),
-        planned.ops.len(),
-        mb(memory_end.peak)
+        human(planned.intents),
+        human(planned.plan),
+        planned.ops,
+        mb(planned.memory_end.peak)
     );
-    let (planned_ops, skipped_members) = (planned.ops.len(), planned.skipped.len());
-    drop((planned, snapshot, intents, state, store));
+    drop((state, store));
 
     let simulator_feed = if with_simulator { Some(feed_via_simulator(&tenant).await?) } else { None };
     Ok(Scale {
@@ -122,13 +112,13 @@ pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale
         users: tenant.users,
         group_pages,
         feed,
-        intents: intents_time,
-        plan: plan_time,
-        planned_ops,
-        skipped_members,
+        intents: planned.intents,
+        plan: planned.plan,
+        planned_ops: planned.ops,
+        skipped_members: planned.skipped,
         memory_after_feed,
-        memory_after_intents,
-        memory_end,
+        memory_after_first_batch: planned.memory_after_first_batch,
+        memory_end: planned.memory_end,
         state_bytes,
         simulator_feed,
     })
@@ -178,8 +168,10 @@ impl Synthetic {
         format!("S-1-5-21-1000-2000-3000-{}", 1000 + i)
     }
 
-    fn user_dn(i: usize) -> String {
-        format!("CN=su{i:07},OU=Users,OU=Scale,DC=corp,DC=example,DC=test")
+    /// The DN of the user whose SID is `sid` (see [`Synthetic::user_sid`]).
+    fn user_dn_of(sid: &str) -> String {
+        let rid: usize = sid.rsplit('-').next().and_then(|r| r.parse().ok()).unwrap_or_default();
+        format!("CN=su{:07},OU=Users,OU=Scale,DC=corp,DC=example,DC=test", rid.saturating_sub(1000))
     }
 
     /// The member indices of group `g`: the memberships spread evenly, drawn without repeats.
@@ -327,36 +319,67 @@ async fn feed_groups(store: &Store, state: &TenantState, tenant: &Synthetic) -> 
     Ok(pages + 1)
 }
 
-/// The intent of every group the state holds, through the built-in policy.
-fn intents(state: &TenantState, settings: &ModelSettings) -> Result<BTreeMap<String, Intent>> {
+/// What the batched no-op reconcile took.
+struct Planned {
+    intents: Duration,
+    plan: Duration,
+    ops: usize,
+    skipped: usize,
+    memory_after_first_batch: Memory,
+    memory_end: Memory,
+}
+
+/// Plans every group the state holds as a full reconcile does, a batch at a time: the intents through the
+/// built-in policy, then `plan_batch` against a Snapshot that matches them.
+fn plan_in_batches(state: &TenantState, settings: &ModelSettings) -> Result<Planned> {
+    let ids = state.group_ids()?;
     let mut policy = BuiltinPolicy;
-    let mut intents = BTreeMap::new();
-    for id in state.group_ids()? {
-        let Some(group) = state.group(&id)? else { continue };
-        let (intent, _skipped) = model::intent(state, &group, settings, &mut policy)?;
-        intents.insert(id, intent);
+    let mut planned = Planned {
+        intents: Duration::ZERO,
+        plan: Duration::ZERO,
+        ops: 0,
+        skipped: 0,
+        memory_after_first_batch: Memory::default(),
+        memory_end: Memory::default(),
+    };
+    for (n, batch) in ids.chunks(reconcile_batch()).enumerate() {
+        let started = Instant::now();
+        let mut intents = BTreeMap::new();
+        for id in batch {
+            let Some(group) = state.group(id)? else { continue };
+            let (intent, _skipped) = model::intent(state, &group, settings, &mut policy)?;
+            intents.insert(id.clone(), intent);
+        }
+        planned.intents += started.elapsed();
+        let snapshot = matching_snapshot(&intents);
+        let rest = &ids[((n + 1) * reconcile_batch()).min(ids.len())..];
+        let later = |id: &str| rest.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
+        let started = Instant::now();
+        let plan = plan::plan_batch(&intents, &snapshot, &later);
+        planned.plan += started.elapsed();
+        planned.ops += plan.ops.len();
+        planned.skipped += plan.skipped.len();
+        if n == 0 {
+            planned.memory_after_first_batch = measure::memory()?;
+        }
     }
-    Ok(intents)
+    planned.memory_end = measure::memory()?;
+    Ok(planned)
 }
 
 /// A Snapshot in which every written group already exists exactly as intended, and every member SID resolves.
-fn matching_snapshot(intents: &BTreeMap<String, Intent>, tenant: &Synthetic) -> Snapshot {
-    let principals: HashMap<String, Principal> = (0..tenant.users)
-        .map(|i| (Synthetic::user_sid(i), Principal { dn: Synthetic::user_dn(i), group_type: None }))
-        .collect();
-    let mut managed = HashMap::with_capacity(intents.len());
-    for (n, (id, intent)) in intents.iter().enumerate() {
+fn matching_snapshot(intents: &BTreeMap<String, Intent>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    for intent in intents.values() {
         let Intent::Write(desired) = intent else { continue };
-        let members = desired
-            .members
-            .iter()
-            .filter_map(|m| match m {
-                DesiredMember::Sid { sid, .. } => {
-                    principals.get(sid).map(|p| DirectoryMember { dn: p.dn.clone(), sid: Some(sid.clone()) })
-                }
-                DesiredMember::CloudGroup { .. } => None,
-            })
-            .collect();
+        let mut members = Vec::with_capacity(desired.members.len());
+        for member in &desired.members {
+            let DesiredMember::Sid { sid, .. } = member else { continue };
+            let principal = Principal { dn: Synthetic::user_dn_of(sid), group_type: None };
+            members.push(DirectoryMember { dn: principal.dn.clone(), sid: Some(sid.clone()) });
+            snapshot.principals.insert(sid.clone(), principal);
+        }
+        let n = snapshot.managed.len();
         let group = DirectoryGroup {
             guid: format!("{n:08x}-0000-4000-a000-000000000000"),
             sid: Some(format!("S-1-5-21-1000-2000-3000-{}", 100_000_000 + n)),
@@ -364,9 +387,9 @@ fn matching_snapshot(intents: &BTreeMap<String, Intent>, tenant: &Synthetic) -> 
             attributes: desired.attributes.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect(),
             members,
         };
-        managed.insert(id.clone(), group);
+        snapshot.managed.insert(desired.id.clone(), group);
     }
-    Snapshot { managed, principals }
+    snapshot
 }
 
 /// Total size of the files under `dir`.

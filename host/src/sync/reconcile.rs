@@ -1,0 +1,261 @@
+//! Reconciling groups against the directory a batch at a time: each batch's intents, directory reads, plan,
+//! writes and checkpoint, so that memory follows the batch and not the tenant. Renames, moves and deletes
+//! wait for the end of the cycle, where their thresholds count the whole cycle.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::PoisonError;
+
+use super::{CycleOptions, CycleReport, SyncError, TenantSync};
+use crate::dn;
+use crate::directory::Directory;
+use crate::model::{self, DesiredMember, Intent, ModelSettings};
+use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
+use crate::status::GroupProblem;
+
+/// What a reconcile carries from one batch to the next.
+#[derive(Default)]
+struct Carry {
+    /// Renames, moves and deletes by group, applied after the last batch.
+    deferred: BTreeMap<String, Op>,
+    /// Groups with a nested member group that a later batch creates; planned again after the last batch.
+    waiting: BTreeSet<String>,
+    /// Groups whose writes failed in this cycle: their later writes are skipped.
+    failed: HashMap<String, String>,
+}
+
+impl TenantSync<'_> {
+    /// Plans the groups that need it (every group on a full reconcile) against the directory and applies
+    /// the plan, a batch at a time.
+    pub(super) async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
+        let settings = self.model_settings(directory.schema.clone());
+        let mut ids = if options.full { self.full_reconcile_ids(directory, &settings).await? } else { self.state.dirty()? };
+        ids.sort_unstable();
+        self.progress.planning(ids.len());
+        let mut carry = Carry::default();
+        let size = self.config.reconcile_batch.max(1);
+        for (n, batch) in ids.chunks(size).enumerate() {
+            if self.stop.is_set() {
+                // Groups not reached, and those with writes still deferred, stay pending.
+                report.stopped = true;
+                return Ok(());
+            }
+            let rest = &ids[((n + 1) * size).min(ids.len())..];
+            let later = |id: &str| rest.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
+            self.reconcile_batch(directory, batch, &settings, &later, options, &mut carry, report).await?;
+        }
+        // A dry run created nothing, so planning the waiting groups again would only repeat their creates.
+        let waiting = std::mem::take(&mut carry.waiting);
+        if !waiting.is_empty() && !options.dry_run && !options.standby {
+            // Their problems are counted again, from this plan.
+            report.status.skipped_members.retain(|s| !waiting.contains(&s.group_id));
+            let waiting: Vec<String> = waiting.into_iter().collect();
+            self.reconcile_batch(directory, &waiting, &settings, &|_| false, options, &mut carry, report).await?;
+        }
+        self.apply_deferred(directory, options, carry, report).await?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Every group a full reconcile plans: those the state knows, and the anchored groups in the directory
+    /// that it does not. An anchored group the state does not know is ours only inside our target OU;
+    /// elsewhere it may belong to another tenant writing to the same domain.
+    async fn full_reconcile_ids(&self, directory: &mut Directory, settings: &ModelSettings) -> Result<Vec<String>, SyncError> {
+        let mut ids: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
+        let mut seen = HashSet::new();
+        for (id, group_dn) in directory.managed_index().await? {
+            if !seen.insert(id.clone()) {
+                tracing::warn!(group = %id, dn = %group_dn, "two AD groups carry the same anchor");
+            }
+            if dn::is_within(&group_dn, &settings.target_ou) {
+                ids.insert(id);
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Plans one batch, applies it except for its renames, moves and deletes (carried to the end), and
+    /// checkpoints it.
+    #[allow(clippy::too_many_arguments)]
+    async fn reconcile_batch(
+        &self,
+        directory: &mut Directory,
+        batch: &[String],
+        settings: &ModelSettings,
+        later: &dyn Fn(&str) -> bool,
+        options: CycleOptions,
+        carry: &mut Carry,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        let ids: BTreeSet<String> = batch.iter().cloned().collect();
+        let intents = self.intents(&ids, settings, report).await?;
+        let snapshot = self.snapshot(directory, &intents).await?;
+        let mut plan = plan::plan_batch(&intents, &snapshot, later);
+        drop(intents);
+        self.withhold_protected_adds(directory, &mut plan, &snapshot).await?;
+        let (deferred, now): (Vec<Op>, Vec<Op>) =
+            std::mem::take(&mut plan.ops).into_iter().partition(|op| matches!(op, Op::Rename { .. } | Op::Delete { .. }));
+        plan.ops = now;
+        let waiting: BTreeSet<String> = plan.waiting.iter().cloned().collect();
+        report.status.skipped_members.extend(plan.skipped.iter().cloned());
+        report.plan.extend(plan.ops.iter().cloned());
+        let mut unsettled = waiting.clone();
+        for op in deferred {
+            unsettled.insert(op.group_id().to_string());
+            carry.deferred.insert(op.group_id().to_string(), op);
+        }
+        carry.waiting.extend(waiting);
+        self.progress.planned(batch.len(), plan.ops.len());
+        if options.dry_run || options.standby {
+            return Ok(());
+        }
+        self.apply(directory, &plan, &mut carry.failed, report).await?;
+        self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
+        // A waiting or deferred group's problems are recorded once, when it settles.
+        let settled: BTreeSet<String> = ids.difference(&unsettled).cloned().collect();
+        self.record_problems(&settled, &plan, &report.status)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Applies the renames, moves and deletes of every batch, holding them when there are more than the
+    /// tenant's thresholds allow.
+    async fn apply_deferred(&self, directory: &mut Directory, options: CycleOptions, mut carry: Carry, report: &mut CycleReport) -> Result<(), SyncError> {
+        let ids: BTreeSet<String> = carry.deferred.keys().cloned().collect();
+        let (mut ops, deletes): (Vec<Op>, Vec<Op>) = carry.deferred.into_values().partition(|op| matches!(op, Op::Rename { .. }));
+        ops.extend(deletes);
+        let mut plan = Plan { ops, ..Plan::default() };
+        let thresholds = PlanOptions {
+            delete_threshold: self.config.delete_threshold,
+            allow_deletes: options.allow_deletes,
+            rename_threshold: self.config.rename_threshold,
+            allow_renames: options.allow_renames,
+        };
+        plan::hold_over_thresholds(&mut plan, thresholds);
+        report.status.held_deletes = plan.held_deletes.clone();
+        report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
+        report.plan.extend(plan.ops.iter().cloned());
+        if options.dry_run || options.standby || ids.is_empty() {
+            return Ok(());
+        }
+        self.progress.planned(0, plan.ops.len());
+        self.apply(directory, &plan, &mut carry.failed, report).await?;
+        self.checkpoint(&ids, &plan, &carry.failed, &Snapshot::default(), &BTreeSet::new())?;
+        self.record_problems(&ids, &plan, &report.status)?;
+        Ok(())
+    }
+
+    /// What the directory holds for a batch: its groups and the groups they nest, found by anchor, and the
+    /// principals their members name. A member already in its group needs no lookup: its extended DN gives
+    /// its SID and DN, and one search per hundred groups finds which of them are groups, and of what type.
+    async fn snapshot(&self, directory: &mut Directory, intents: &BTreeMap<String, Intent>) -> Result<Snapshot, SyncError> {
+        let managed = directory.managed_groups(&lookup_ids(intents)).await?;
+        let wanted = member_sids(intents);
+        let mut present: HashMap<String, Principal> = HashMap::new();
+        let mut holders = BTreeSet::new();
+        for group in managed.values() {
+            for member in &group.members {
+                let Some(sid) = member.sid.as_ref().map(|s| s.to_uppercase()) else { continue };
+                if wanted.contains(&sid) {
+                    holders.insert(group.dn.clone());
+                    present.entry(sid).or_insert_with(|| Principal { dn: member.dn.clone(), group_type: None });
+                }
+            }
+        }
+        let unresolved: Vec<String> = wanted.into_iter().filter(|sid| !present.contains_key(sid)).collect();
+        let mut principals = directory.principals(&unresolved).await?;
+        if !present.is_empty() {
+            let holders: Vec<String> = holders.into_iter().collect();
+            for (sid, group) in directory.member_groups(&holders).await? {
+                if let Some(principal) = present.get_mut(&sid) {
+                    principal.group_type = group.group_type;
+                }
+            }
+        }
+        principals.extend(present);
+        Ok(Snapshot { managed, principals })
+    }
+
+    /// A member added to a group nested in a protected group (adminCount=1, or listed in
+    /// `protected_groups`) would gain that group's rights, so such adds are withheld unless the tenant
+    /// allows the group in `allow_protected_groups`. Only groups with planned adds are looked at.
+    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot) -> Result<(), SyncError> {
+        let deny = &self.config.protected_groups;
+        let mut withheld = Vec::new();
+        for (index, op) in plan.ops.iter().enumerate() {
+            let Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } = op else { continue };
+            if self.config.allow_protected_groups.contains(group_id) {
+                continue;
+            }
+            let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
+            let listed = deny.iter().any(|d| dn::same(d, group_dn));
+            let protecting = if marked || listed { Some(group_dn.clone()) } else { directory.protecting_group(group_dn, deny).await? };
+            if let Some(protected) = protecting {
+                withheld.push((index, format!(
+                    "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
+                )));
+            }
+        }
+        plan::withhold_adds(plan, &withheld);
+        Ok(())
+    }
+
+    /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
+    async fn intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+        let mut intents = crate::plugins::off_reactor(|| self.known_intents(ids, settings, report))?;
+        // Known to the directory only: the state was lost or the delete was never recorded.
+        let orphans: Vec<&String> = ids.iter().filter(|id| !intents.contains_key(*id)).collect();
+        for id in orphans {
+            let intent = if self.graph.in_deleted_items(id).await? { Intent::Leave("soft-deleted in Entra ID".into()) } else { Intent::Delete };
+            intents.insert(id.clone(), intent);
+        }
+        Ok(intents)
+    }
+
+    /// Intents of the groups the state knows, through the tenant's policy (plugins run here).
+    fn known_intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+        let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut intents = BTreeMap::new();
+        for id in ids {
+            let Some(group) = self.state.group(id)? else { continue };
+            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.as_mut())?;
+            report.status.skipped_members.extend(skipped);
+            match &intent {
+                Intent::Refuse(reason) => report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
+                Intent::Exclude(reason) => report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
+                _ => {}
+            }
+            intents.insert(id.clone(), intent);
+        }
+        Ok(intents)
+    }
+}
+
+/// The groups to look up by anchor: the planned ones and the cloud groups they list as members.
+fn lookup_ids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
+    let mut ids: BTreeSet<String> = intents.keys().cloned().collect();
+    for intent in intents.values() {
+        if let Intent::Write(desired) = intent {
+            for member in &desired.members {
+                if let DesiredMember::CloudGroup { member_id } = member {
+                    ids.insert(member_id.clone());
+                }
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// Every SID (upper case) the planned groups name as members.
+fn member_sids(intents: &BTreeMap<String, Intent>) -> BTreeSet<String> {
+    let mut sids = BTreeSet::new();
+    for intent in intents.values() {
+        if let Intent::Write(desired) = intent {
+            for member in &desired.members {
+                if let DesiredMember::Sid { sid, .. } = member {
+                    sids.insert(sid.to_uppercase());
+                }
+            }
+        }
+    }
+    sids
+}
