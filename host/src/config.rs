@@ -664,6 +664,7 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         assert_eq!(config.agent.reconcile_interval, Duration::from_secs(3600));
         let tenant = &config.tenants[0];
         assert_eq!(tenant.delete_threshold, 500);
+        assert_eq!(tenant.reconcile_batch, 1000);
         assert!(tenant.m365_default_writeback);
         assert_eq!(tenant.login_base(), "http://localhost:9000");
     }
@@ -681,6 +682,13 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let text = GOOD.replace("http://127.0.0.1:9000", "http://graph.example.com");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("graph_url must use https"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_reconcile_batch_is_refused() {
+        let text = GOOD.replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/tmp/secret\"\nreconcile_batch = 0");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tenant contoso: reconcile_batch must be at least 1"), "{err}");
     }
 
     #[test]
