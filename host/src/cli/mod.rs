@@ -435,7 +435,8 @@ async fn daemon(config: &Config) -> Result<()> {
         .iter()
         .map(|t| tenant_sync(t, &store, &stop, daemon_policy(t, engine.as_ref()), Some(&leases), Progress::hidden()))
         .collect::<Result<_>>()?;
-    let mut active: Vec<bool> = vec![false; syncs.len()];
+    // Per tenant, how many times this agent had taken its lease at its last cycle as the writer.
+    let mut takes_seen: Vec<u64> = vec![0; syncs.len()];
     let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.
     let mut next_full = Instant::now();
@@ -446,7 +447,7 @@ async fn daemon(config: &Config) -> Result<()> {
             next_full = Instant::now() + config.agent.reconcile_interval;
         }
         let hangup = reload.take();
-        for ((sync, fingerprint), was_active) in syncs.iter().zip(&mut watched).zip(&mut active) {
+        for ((sync, fingerprint), seen) in syncs.iter().zip(&mut watched).zip(&mut takes_seen) {
             if stop.is_set() {
                 break;
             }
@@ -455,10 +456,7 @@ async fn daemon(config: &Config) -> Result<()> {
             }
             let lease = leases.tenant(&sync.config.name);
             let role = lease.as_ref().map_or(Role::Active, |l| l.role());
-            // A new lease holder reconciles the whole directory first: the old holder may have stopped
-            // mid-cycle, and this agent's standby cycles planned but wrote nothing.
-            let takeover = lease.is_some() && role == Role::Active && !*was_active;
-            *was_active = role == Role::Active;
+            let takeover = lease.as_ref().is_some_and(|l| is_takeover(role, l.takes(), seen));
             let options =
                 CycleOptions { full: full || takeover, lazy_directory: true, standby: role == Role::Standby, ..Default::default() };
             if let Err(e) = run_cycle(config, sync, options, lease.as_deref()).await {
@@ -474,6 +472,17 @@ async fn daemon(config: &Config) -> Result<()> {
     store.flush().await?;
     tracing::info!("writeback stopped");
     Ok(())
+}
+
+/// Whether a cycle is a takeover, which reconciles the whole directory first: the old holder may have
+/// stopped mid-cycle, and this agent's standby cycles planned but wrote nothing. `takes` counts this agent's
+/// takes of the lease, and `seen` what it was at the last cycle as the writer; a take counts even when the
+/// lease went to another agent and came back between two cycles, so that no standby cycle saw it.
+fn is_takeover(role: Role, takes: u64, seen: &mut u64) -> bool {
+    if role != Role::Active {
+        return false;
+    }
+    std::mem::replace(seen, takes) != takes
 }
 
 /// `lease release`: hands over the leases this agent holds.
@@ -516,5 +525,16 @@ mod tests {
         let cli = Cli::try_parse_from(["writeback", "plugin", "check", "p.wasm", "--config", "a=b", "--config", "c=d"]).unwrap();
         let Command::Plugin(PluginCommand::Check(args)) = cli.command else { panic!("plugin check expected") };
         assert_eq!(args.settings, ["a=b", "c=d"]);
+    }
+
+    #[test]
+    fn every_take_of_the_lease_makes_a_takeover_even_one_no_standby_cycle_saw() {
+        let mut seen = 0;
+        assert!(!is_takeover(Role::Standby, 0, &mut seen));
+        assert!(is_takeover(Role::Active, 1, &mut seen), "the first take");
+        assert!(!is_takeover(Role::Active, 1, &mut seen), "still the same holding");
+        assert!(is_takeover(Role::Active, 2, &mut seen), "lost and taken again between two cycles");
+        assert!(!is_takeover(Role::Standby, 2, &mut seen));
+        assert!(is_takeover(Role::Active, 3, &mut seen));
     }
 }
