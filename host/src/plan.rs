@@ -178,14 +178,7 @@ pub struct PlanOptions {
 /// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
 pub const LOCAL_MEMBER_REFUSED: &str = "A universal group cannot have a local group as a member";
 
-/// Diffs the intents against the snapshot, holding deletes and renames beyond the thresholds.
-pub fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: PlanOptions) -> Plan {
-    let mut out = plan_batch(intents, snapshot, &|_| false);
-    hold_over_thresholds(&mut out, options);
-    out
-}
-
-/// Diffs one batch of intents against the snapshot, holding nothing back. A nested member group that is
+/// Diffs one batch of intents against the snapshot, holding nothing back (see [`hold_over_thresholds`]). A nested member group that is
 /// not in the directory yet but that `later` says a later batch plans is not skipped: its parent is listed
 /// in [`Plan::waiting`], to be planned again once that batch has created it.
 pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later: &dyn Fn(&str) -> bool) -> Plan {
@@ -472,6 +465,13 @@ mod tests {
             s.principals.insert(sid.to_string(), Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None });
         }
         s
+    }
+
+    /// One batch planned alone, with its thresholds applied, as a reconcile of a single batch does.
+    fn plan(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, options: PlanOptions) -> Plan {
+        let mut out = plan_batch(intents, snapshot, &|_| false);
+        hold_over_thresholds(&mut out, options);
+        out
     }
 
     const OPTS: PlanOptions = PlanOptions { delete_threshold: 10, allow_deletes: false, rename_threshold: 10, allow_renames: false };
