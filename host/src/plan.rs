@@ -243,6 +243,16 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
     out
 }
 
+/// Splits sorted `ids` into batches of `size` (at least one), each with the test [`plan_batch`] takes: whether
+/// an id is planned by a later batch.
+pub fn batches(ids: &[String], size: usize) -> impl Iterator<Item = (&[String], impl Fn(&str) -> bool + '_)> {
+    let size = size.max(1);
+    ids.chunks(size).enumerate().map(move |(n, batch)| {
+        let rest = &ids[((n + 1) * size).min(ids.len())..];
+        (batch, move |id: &str| rest.binary_search_by(|x| x.as_str().cmp(id)).is_ok())
+    })
+}
+
 /// Moves the plan's deletes to [`Plan::held_deletes`] when there are more than the delete threshold, and its
 /// renames and moves to [`Plan::held_renames`] when there are more than the rename threshold, unless allowed.
 pub fn hold_over_thresholds(plan: &mut Plan, options: PlanOptions) {
@@ -574,6 +584,17 @@ mod tests {
         let alone = plan_batch(&parent(), &Snapshot::default(), &|_| false);
         assert!(alone.waiting.is_empty());
         assert_eq!(alone.skipped.len(), 1, "a nested group no batch plans is skipped");
+    }
+
+    #[test]
+    fn a_batch_knows_which_ids_later_batches_plan() {
+        let ids: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let seen: Vec<(Vec<String>, Vec<bool>)> = batches(&ids, 2)
+            .map(|(batch, later)| (batch.to_vec(), ids.iter().map(|id| later(id)).collect()))
+            .collect();
+        assert_eq!(seen[0], (vec!["a".into(), "b".into()], vec![false, false, true, true, true]));
+        assert_eq!(seen[2], (vec!["e".into()], vec![false; 5]));
+        assert_eq!(batches(&ids, 0).count(), 5, "a size of 0 plans one group at a time");
     }
 
     #[test]

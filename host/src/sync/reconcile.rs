@@ -2,7 +2,7 @@
 //! writes and checkpoint, so that memory follows the batch and not the tenant. Renames, moves and deletes
 //! wait for the end of the cycle, where their thresholds count the whole cycle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::PoisonError;
 
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
@@ -32,15 +32,12 @@ impl TenantSync<'_> {
         ids.sort_unstable();
         self.progress.planning(ids.len());
         let mut carry = Carry::default();
-        let size = self.config.reconcile_batch.max(1);
-        for (n, batch) in ids.chunks(size).enumerate() {
+        for (batch, later) in plan::batches(&ids, self.config.reconcile_batch) {
             if self.stop.is_set() {
                 // Groups not reached, and those with writes still deferred, stay pending.
                 report.stopped = true;
                 return Ok(());
             }
-            let rest = &ids[((n + 1) * size).min(ids.len())..];
-            let later = |id: &str| rest.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
             self.reconcile_batch(directory, batch, &settings, &later, options, &mut carry, report).await?;
         }
         // A dry run created nothing, so planning the waiting groups again would only repeat their creates.
@@ -61,11 +58,8 @@ impl TenantSync<'_> {
     /// elsewhere it may belong to another tenant writing to the same domain.
     async fn full_reconcile_ids(&self, directory: &mut Directory, settings: &ModelSettings) -> Result<Vec<String>, SyncError> {
         let mut ids: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
-        let mut seen = HashSet::new();
+        // Two groups with one anchor are warned about when their batch reads them.
         for (id, group_dn) in directory.managed_index().await? {
-            if !seen.insert(id.clone()) {
-                tracing::warn!(group = %id, dn = %group_dn, "two AD groups carry the same anchor");
-            }
             if dn::is_within(&group_dn, &settings.target_ou) {
                 ids.insert(id);
             }
@@ -95,15 +89,14 @@ impl TenantSync<'_> {
         let (deferred, now): (Vec<Op>, Vec<Op>) =
             std::mem::take(&mut plan.ops).into_iter().partition(|op| matches!(op, Op::Rename { .. } | Op::Delete { .. }));
         plan.ops = now;
-        let waiting: BTreeSet<String> = plan.waiting.iter().cloned().collect();
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.plan.extend(plan.ops.iter().cloned());
-        let mut unsettled = waiting.clone();
+        let mut unsettled: BTreeSet<String> = plan.waiting.iter().cloned().collect();
+        carry.waiting.extend(plan.waiting.iter().cloned());
         for op in deferred {
             unsettled.insert(op.group_id().to_string());
             carry.deferred.insert(op.group_id().to_string(), op);
         }
-        carry.waiting.extend(waiting);
         self.progress.planned(batch.len(), plan.ops.len());
         if options.dry_run || options.standby {
             return Ok(());

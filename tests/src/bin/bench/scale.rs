@@ -342,7 +342,7 @@ fn plan_in_batches(state: &TenantState, settings: &ModelSettings) -> Result<Plan
         memory_after_first_batch: Memory::default(),
         memory_end: Memory::default(),
     };
-    for (n, batch) in ids.chunks(reconcile_batch()).enumerate() {
+    for (n, (batch, later)) in plan::batches(&ids, reconcile_batch()).enumerate() {
         let started = Instant::now();
         let mut intents = BTreeMap::new();
         for id in batch {
@@ -352,8 +352,6 @@ fn plan_in_batches(state: &TenantState, settings: &ModelSettings) -> Result<Plan
         }
         planned.intents += started.elapsed();
         let snapshot = matching_snapshot(&intents);
-        let rest = &ids[((n + 1) * reconcile_batch()).min(ids.len())..];
-        let later = |id: &str| rest.binary_search_by(|x| x.as_str().cmp(id)).is_ok();
         let started = Instant::now();
         let plan = plan::plan_batch(&intents, &snapshot, &later);
         planned.plan += started.elapsed();
