@@ -221,6 +221,10 @@ pub fn intent(
     settings: &ModelSettings,
     policy: &mut dyn GroupPolicy,
 ) -> Result<(Intent, Vec<SkippedMember>), StateError> {
+    if let Some(reason) = state.unreadable(&group.id)? {
+        let reason = format!("Graph sent an entry for this group that cannot be read ({reason}); nothing of it is written or deleted until a full round reads it whole");
+        return Ok((Intent::Refuse(reason), Vec::new()));
+    }
     let kind = match scope(group, settings.m365_default_writeback) {
         Ok(kind) => kind,
         Err(intent) => return Ok((intent, Vec::new())),

@@ -31,6 +31,8 @@ pub enum DirectoryError {
     Connect { url: String, cause: String },
     #[error("the DC at {url} refused StartTLS ({cause}); writeback never binds without TLS: enable TLS on the DC or use an ldaps:// URL")]
     StartTls { url: String, cause: String },
+    #[error("the connection to {url} is not encrypted, so the password was not sent; use an ldaps:// URL or a DC with StartTLS")]
+    NoTls { url: String },
     #[error("TLS with {url} failed: {cause}; check ca_file and that the URL's host name is in the DC's certificate")]
     Tls { url: String, cause: String },
     #[error("bind as {dn} failed: {message} (LDAP result {code}); check bind_dn and the password")]
@@ -116,20 +118,36 @@ pub struct Directory {
 impl Directory {
     /// Connects, upgrades to TLS, binds and reads the rootDSE and schema facts.
     pub async fn connect(config: &DirectoryConfig, password: &Secret) -> Result<Directory, DirectoryError> {
-        let url = config.url.clone();
+        // The scheme comes from the parsed URL, never from the raw text: `LDAP://` or a leading space must not
+        // read as "no StartTLS".
+        let parsed = url::Url::parse(&config.url)
+            .map_err(|e| DirectoryError::Connect { url: config.url.clone(), cause: format!("not a URL: {e}") })?;
+        let starttls = match parsed.scheme() {
+            "ldap" => true,
+            "ldaps" => false,
+            other => {
+                return Err(DirectoryError::Connect { url: config.url.clone(), cause: format!("scheme {other}:// is neither ldaps nor ldap") });
+            }
+        };
+        let url = parsed.to_string();
         let settings = LdapConnSettings::new()
             .set_conn_timeout(config.timeout)
             .set_config(Arc::new(tls_config(config)?))
-            .set_starttls(url.starts_with("ldap://"));
+            .set_starttls(starttls);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(|e| match e {
             // On an ldap:// URL, the only operation before the bind is the StartTLS request.
-            LdapError::LdapResult { .. } if url.starts_with("ldap://") => {
-                DirectoryError::StartTls { url: url.clone(), cause: innermost(&e) }
-            }
+            LdapError::LdapResult { .. } if starttls => DirectoryError::StartTls { url: url.clone(), cause: innermost(&e) },
             e => connect_error(&url, e),
         })?;
         ldap3::drive!(conn);
         ldap.with_timeout(config.timeout);
+        // The last line of defence for the password: whatever the URL said, no bind leaves without TLS.
+        match ldap.get_peer_certificate().await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                return Err(DirectoryError::NoTls { url });
+            }
+        }
         let bind = ldap.simple_bind(&config.bind_dn, password.expose()).await.map_err(|e| connect_error(&url, e))?;
         if bind.rc != 0 {
             return Err(DirectoryError::Bind {

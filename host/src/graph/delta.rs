@@ -72,12 +72,14 @@ pub enum MemberKind {
 
 impl MemberKind {
     fn from_odata_type(odata_type: Option<&str>) -> MemberKind {
-        match odata_type.map(|t| t.trim_start_matches("#microsoft.graph.")) {
+        // Graph spells type names in more than one case (`#Microsoft.Graph.User` appears too).
+        let name = odata_type.map(str::to_ascii_lowercase);
+        match name.as_deref().map(|t| t.trim_start_matches("#microsoft.graph.")) {
             Some("user") => MemberKind::User,
             Some("group") => MemberKind::Group,
             Some("device") => MemberKind::Device,
-            Some("servicePrincipal") => MemberKind::ServicePrincipal,
-            Some("orgContact") => MemberKind::OrgContact,
+            Some("serviceprincipal") => MemberKind::ServicePrincipal,
+            Some("orgcontact") => MemberKind::OrgContact,
             _ => MemberKind::Other,
         }
     }
@@ -166,10 +168,24 @@ pub struct UserEntry {
     pub fields: UserFields,
 }
 
-/// Why one entry was skipped.
+/// Why one entry could not be read, and which object it was about when its id could be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EntryError(pub String);
+#[error("{reason}")]
+pub struct EntryError {
+    /// The object's id: known unless the id itself is missing or malformed.
+    pub id: Option<String>,
+    pub reason: String,
+}
+
+impl EntryError {
+    fn unnamed(reason: impl Into<String>) -> EntryError {
+        EntryError { id: None, reason: reason.into() }
+    }
+}
+
+/// A field's shape error, before the entry's id is attached.
+#[derive(Debug)]
+struct FieldError(String);
 
 /// The `$select` list for groups; `writebackConfiguration` exists only on the beta endpoint.
 pub const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,\
@@ -181,9 +197,9 @@ pub const USER_SELECT: &str =
 
 /// Parses one group entry.
 pub fn parse_group(entry: &Value) -> Result<GroupEntry, EntryError> {
-    let map = entry.as_object().ok_or_else(|| EntryError("group entry is not a JSON object".into()))?;
+    let map = entry.as_object().ok_or_else(|| EntryError::unnamed("group entry is not a JSON object"))?;
     let id = entry_id(map)?;
-    let bad = |e: EntryError| EntryError(format!("group {id}: {}", e.0));
+    let bad = |e: FieldError| EntryError { id: Some(id.clone()), reason: format!("group {id}: {}", e.0) };
     let writeback = writeback_fields(map).map_err(bad)?;
     let fields = GroupFields {
         display_name: string(map, "displayName").map_err(bad)?,
@@ -205,9 +221,9 @@ pub fn parse_group(entry: &Value) -> Result<GroupEntry, EntryError> {
 
 /// Parses one user entry.
 pub fn parse_user(entry: &Value) -> Result<UserEntry, EntryError> {
-    let map = entry.as_object().ok_or_else(|| EntryError("user entry is not a JSON object".into()))?;
+    let map = entry.as_object().ok_or_else(|| EntryError::unnamed("user entry is not a JSON object"))?;
     let id = entry_id(map)?;
-    let bad = |e: EntryError| EntryError(format!("user {id}: {}", e.0));
+    let bad = |e: FieldError| EntryError { id: Some(id.clone()), reason: format!("user {id}: {}", e.0) };
     let fields = UserFields {
         display_name: string(map, "displayName").map_err(bad)?,
         user_principal_name: string(map, "userPrincipalName").map_err(bad)?,
@@ -229,8 +245,8 @@ fn usable_id(id: &str) -> bool {
 fn entry_id(map: &Map<String, Value>) -> Result<String, EntryError> {
     match map.get("id") {
         Some(Value::String(id)) if usable_id(id) => Ok(id.clone()),
-        Some(_) => Err(EntryError("entry has an id that is not a non-empty string of at most 255 bytes without control characters".into())),
-        None => Err(EntryError("entry has no id".into())),
+        Some(_) => Err(EntryError::unnamed("entry has an id that is not a non-empty string of at most 255 bytes without control characters")),
+        None => Err(EntryError::unnamed("entry has no id")),
     }
 }
 
@@ -245,7 +261,7 @@ fn removal(map: &Map<String, Value>) -> Option<Removal> {
 
 /// The membership changes of an entry. Items without an id are ignored; an id with a control character
 /// makes the whole entry malformed rather than silently dropping that one change.
-fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, EntryError> {
+fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, FieldError> {
     let Some(Value::Array(items)) = map.get("members@delta") else {
         return Ok(Vec::new());
     };
@@ -253,7 +269,7 @@ fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, EntryEr
     for item in items {
         let Some(id) = item.get("id").and_then(Value::as_str).filter(|id| !id.trim().is_empty()) else { continue };
         if !usable_id(id) {
-            return Err(EntryError("members@delta holds an id longer than 255 bytes or with a control character".into()));
+            return Err(FieldError("members@delta holds an id longer than 255 bytes or with a control character".into()));
         }
         let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
         changes.push(MemberChange { id: id.to_string(), kind, removed: item.get("@removed").is_some() });
@@ -261,43 +277,43 @@ fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, EntryEr
     Ok(changes)
 }
 
-fn writeback_fields(map: &Map<String, Value>) -> Result<(Field<bool>, Field<String>), EntryError> {
+fn writeback_fields(map: &Map<String, Value>) -> Result<(Field<bool>, Field<String>), FieldError> {
     match map.get("writebackConfiguration") {
         None => Ok((Field::Absent, Field::Absent)),
         Some(Value::Null) => Ok((Field::Null, Field::Null)),
         Some(Value::Object(config)) => Ok((boolean(config, "isEnabled")?, string(config, "onPremisesGroupType")?)),
-        Some(_) => Err(EntryError("writebackConfiguration is not an object".into())),
+        Some(_) => Err(FieldError("writebackConfiguration is not an object".into())),
     }
 }
 
-fn string(map: &Map<String, Value>, key: &str) -> Result<Field<String>, EntryError> {
+fn string(map: &Map<String, Value>, key: &str) -> Result<Field<String>, FieldError> {
     match map.get(key) {
         None => Ok(Field::Absent),
         Some(Value::Null) => Ok(Field::Null),
         Some(Value::String(s)) => Ok(Field::Set(s.clone())),
-        Some(_) => Err(EntryError(format!("{key} is not a string"))),
+        Some(_) => Err(FieldError(format!("{key} is not a string"))),
     }
 }
 
-fn boolean(map: &Map<String, Value>, key: &str) -> Result<Field<bool>, EntryError> {
+fn boolean(map: &Map<String, Value>, key: &str) -> Result<Field<bool>, FieldError> {
     match map.get(key) {
         None => Ok(Field::Absent),
         Some(Value::Null) => Ok(Field::Null),
         Some(Value::Bool(b)) => Ok(Field::Set(*b)),
-        Some(_) => Err(EntryError(format!("{key} is not true, false or null"))),
+        Some(_) => Err(FieldError(format!("{key} is not true, false or null"))),
     }
 }
 
-fn strings(map: &Map<String, Value>, key: &str) -> Result<Field<Vec<String>>, EntryError> {
+fn strings(map: &Map<String, Value>, key: &str) -> Result<Field<Vec<String>>, FieldError> {
     match map.get(key) {
         None => Ok(Field::Absent),
         Some(Value::Null) => Ok(Field::Null),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| EntryError(format!("{key} holds a non-string"))))
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| FieldError(format!("{key} holds a non-string"))))
             .collect::<Result<Vec<_>, _>>()
             .map(Field::Set),
-        Some(_) => Err(EntryError(format!("{key} is not a list"))),
+        Some(_) => Err(FieldError(format!("{key} is not a list"))),
     }
 }
 
@@ -352,6 +368,13 @@ mod tests {
         assert_eq!(entry.fields.writeback_group_type, Field::Null);
         assert_eq!(entry.members.len(), 2);
         assert_eq!(entry.members[1], MemberChange { id: "d1".into(), kind: MemberKind::Device, removed: true });
+        let odd_case = parse_group(&json!({"id": "g", "members@delta": [
+            {"@odata.type": "#Microsoft.Graph.User", "id": "u1"},
+            {"@odata.type": "#microsoft.graph.ServicePrincipal", "id": "s1"},
+        ]}))
+        .unwrap();
+        assert_eq!(odd_case.members[0].kind, MemberKind::User);
+        assert_eq!(odd_case.members[1].kind, MemberKind::ServicePrincipal);
         let gone = parse_group(&json!({"id":"g","@removed":{"reason":"deleted"}})).unwrap();
         assert_eq!(gone.removed, Some(Removal::Deleted));
         let soft = parse_group(&json!({"id":"g","@removed":{"reason":"changed"}})).unwrap();
@@ -360,9 +383,10 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_named() {
-        assert_eq!(parse_group(&json!({"displayName":"x"})).unwrap_err().0, "entry has no id");
+        assert_eq!(parse_group(&json!({"displayName":"x"})).unwrap_err(), EntryError::unnamed("entry has no id"));
         let err = parse_group(&json!({"id":"g","mailEnabled":"yes"})).unwrap_err();
-        assert_eq!(err.0, "group g: mailEnabled is not true, false or null");
+        assert_eq!(err.reason, "group g: mailEnabled is not true, false or null");
+        assert_eq!(err.id.as_deref(), Some("g"), "a bad field still names its object");
         assert!(parse_user(&json!("just a string")).is_err());
         assert!(parse_group(&json!({"id":"g","groupTypes":[1]})).is_err());
     }

@@ -64,6 +64,17 @@ fn path_of(url: &str) -> String {
     }
 }
 
+/// What Graph says of an object that a delta round did not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Graph returns the object itself.
+    Live,
+    /// Only deleted items hold it: restorable.
+    SoftDeleted,
+    /// Both the object and deleted items answered `Request_ResourceNotFound`.
+    Gone,
+}
+
 /// How persistent retries are.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -158,12 +169,35 @@ impl GraphClient {
         delta::parse_page(&body).map_err(|cause| GraphError::MalformedPage { path: path_of(url), cause })
     }
 
-    /// Whether Graph still holds the group among its deleted items (a soft delete).
-    pub async fn in_deleted_items(&self, id: &str) -> Result<bool, GraphError> {
-        let url = format!("{}/beta/directory/deletedItems/{}", self.graph_base, urlencode(id));
-        match self.get(&url).await {
+    /// Where Graph has a group that a delta round did not list.
+    pub async fn group_presence(&self, id: &str) -> Result<Presence, GraphError> {
+        self.presence("groups", id).await
+    }
+
+    /// Where Graph has a user that a full delta round did not list.
+    pub async fn user_presence(&self, id: &str) -> Result<Presence, GraphError> {
+        self.presence("users", id).await
+    }
+
+    /// Asks the object itself, then deleted items. Only two clear "not found" answers make it gone: anything
+    /// else fails the request, so that no delete ever rests on an answer we did not expect.
+    async fn presence(&self, collection: &str, id: &str) -> Result<Presence, GraphError> {
+        let live = format!("{}/v1.0/{collection}/{}?$select=id", self.graph_base, urlencode(id));
+        if self.exists(&live).await? {
+            return Ok(Presence::Live);
+        }
+        let deleted = format!("{}/beta/directory/deletedItems/{}?$select=id", self.graph_base, urlencode(id));
+        if self.exists(&deleted).await? {
+            return Ok(Presence::SoftDeleted);
+        }
+        Ok(Presence::Gone)
+    }
+
+    /// True on success, false on a 404 with `Request_ResourceNotFound`, an error on anything else.
+    async fn exists(&self, url: &str) -> Result<bool, GraphError> {
+        match self.get(url).await {
             Ok(_) => Ok(true),
-            Err(GraphError::Http { status: 404, .. }) => Ok(false),
+            Err(GraphError::Http { status: 404, code, .. }) if code.eq_ignore_ascii_case("Request_ResourceNotFound") => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -264,12 +298,16 @@ fn classify(
     match status.as_u16() {
         401 => Ok(Outcome::Unauthorized),
         410 => Err(GraphError::ResyncRequired { location }),
-        400 if matches!(code.as_str(), "syncStateNotFound" | "resyncRequired" | "syncStateInvalid") => {
-            Err(GraphError::ResyncRequired { location })
-        }
+        400 if is_resync_code(&code) => Err(GraphError::ResyncRequired { location }),
         429 | 500 | 502 | 503 | 504 => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") }),
         other => Err(GraphError::Http { status: other, path: path_of(url), code, message }),
     }
+}
+
+/// The error codes by which Graph asks for a fresh round, in any of the spellings it uses. An expired page
+/// token (`Directory_ExpiredPageToken`) on a stored nextLink means the same.
+fn is_resync_code(code: &str) -> bool {
+    ["syncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"].iter().any(|c| c.eq_ignore_ascii_case(code))
 }
 
 fn error_code(body: &[u8]) -> (String, String) {
@@ -306,8 +344,10 @@ mod tests {
         assert!(matches!(outcome(410, ""), Err(GraphError::ResyncRequired { .. })));
         let body = r#"{"error":{"code":"syncStateNotFound","message":"x"}}"#;
         assert!(matches!(outcome(400, body), Err(GraphError::ResyncRequired { .. })));
-        let body = r#"{"error":{"code":"resyncRequired","message":"x"}}"#;
-        assert!(matches!(outcome(400, body), Err(GraphError::ResyncRequired { .. })));
+        for code in ["resyncRequired", "SyncStateNotFound", "syncStateInvalid", "Directory_ExpiredPageToken", "RESYNCREQUIRED"] {
+            let body = format!(r#"{{"error":{{"code":"{code}","message":"x"}}}}"#);
+            assert!(matches!(outcome(400, &body), Err(GraphError::ResyncRequired { .. })), "{code}");
+        }
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum PluginError {
     World { path: PathBuf, world: &'static str, cause: String },
     #[error("plugin {plugin} ran past its {limit_ms} ms limit and was stopped")]
     Timeout { plugin: String, limit_ms: u128 },
+    #[error("plugin {plugin} tried to wait (sleep, or block on a stream), which plugins may not do; the call was stopped")]
+    Waited { plugin: String },
     #[error("plugin {plugin} went over its memory limit of {limit_mib} MiB and was stopped")]
     Memory { plugin: String, limit_mib: usize },
     #[error("plugin {plugin} failed: {cause}")]
@@ -197,6 +199,12 @@ impl<P: Prepared> Plugin<P> {
         if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
             return PluginError::Timeout { plugin, limit_ms: self.limits.timeout.as_millis() };
         }
+        if error.downcast_ref::<runtime::WaitRefused>().is_some() {
+            return PluginError::Waited { plugin };
+        }
+        if error.downcast_ref::<runtime::OverBudget>().is_some() {
+            return PluginError::Memory { plugin, limit_mib: self.limits.memory_bytes >> 20 };
+        }
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             let cause = match trap {
                 wasmtime::Trap::UnreachableCodeReached => format!("{trap} (a panic; the plugin's message is in the log)"),
@@ -205,8 +213,11 @@ impl<P: Prepared> Plugin<P> {
             return PluginError::Trap { plugin, cause };
         }
         let text = format!("{error:#}");
-        // A refused memory.grow has no trap code of its own; its message names the memory limit.
-        if text.contains("memory") && (text.contains("limit") || text.contains("grow")) {
+        // Context layers may hide the typed error from a downcast, never its text.
+        if text.contains(&runtime::WaitRefused.to_string()) {
+            return PluginError::Waited { plugin };
+        }
+        if text.contains(&runtime::OverBudget.to_string()) {
             return PluginError::Memory { plugin, limit_mib: self.limits.memory_bytes >> 20 };
         }
         PluginError::Trap { plugin, cause: text.split_whitespace().collect::<Vec<_>>().join(" ") }

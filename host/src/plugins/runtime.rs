@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -21,12 +21,92 @@ const OUTPUT_CAPACITY: usize = 1 << 20;
 /// Past this much collected output the instance is recycled, so the pipes never fill up.
 const OUTPUT_RECYCLE: usize = OUTPUT_CAPACITY / 2;
 
+/// Host functions that wait outside wasm code, where epoch interruption never fires: a guest that sleeps or
+/// waits on a stream would hold the agent for as long as it liked. They trap instead, so that every call ends
+/// within its timeout. Non-blocking `pollable.ready` stays, since a loop around it runs in wasm code.
+const WAITING_FUNCTIONS: &[(&str, &str)] = &[("wasi:io/poll@0.2.12", "poll"), ("wasi:io/poll@0.2.12", "[method]pollable.block")];
+
+/// Counts of what one plugin instance may create. Bytes are budgeted by [`InstanceBudget`]; these bound the
+/// address space that each memory reserves however small it is.
+const MAX_INSTANCES: usize = 1_000;
+const MAX_MEMORIES: usize = 64;
+const MAX_TABLES: usize = 1_000;
+
+/// The error a refused wait traps with, so that it is reported as what it is.
+#[derive(Debug)]
+pub(super) struct WaitRefused;
+
+impl std::fmt::Display for WaitRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the plugin tried to wait (sleep, or block on a stream), which plugins may not do")
+    }
+}
+
+impl std::error::Error for WaitRefused {}
+
+/// The error an over-budget growth traps with.
+#[derive(Debug)]
+pub(super) struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the plugin instance went over its memory limit")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// The memory budget of one instance as a whole: every linear memory and table it creates or grows draws on
+/// the same bytes, so a component cannot multiply its limit by creating more memories or instances.
+pub(super) struct InstanceBudget {
+    limit: usize,
+    used: usize,
+}
+
+impl InstanceBudget {
+    fn new(limit: usize) -> InstanceBudget {
+        InstanceBudget { limit, used: 0 }
+    }
+
+    fn draw(&mut self, bytes: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(bytes);
+        if total > self.limit {
+            return Err(wasmtime::Error::new(OverBudget));
+        }
+        self.used = total;
+        Ok(true)
+    }
+}
+
+impl ResourceLimiter for InstanceBudget {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.draw(desired.saturating_sub(current))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Each table element takes a pointer's worth of host memory.
+        self.draw(desired.saturating_sub(current).saturating_mul(size_of::<usize>()))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
 /// Resource limits of each plugin call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallLimits {
     /// Wall-clock time one call may run.
     pub timeout: Duration,
-    /// Bytes of linear memory one instance may hold.
+    /// Bytes of linear memory and tables one instance may hold, all of its memories together.
     pub memory_bytes: usize,
 }
 
@@ -107,8 +187,19 @@ impl PluginEngine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
         super::bindings::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        refuse_waits(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Ok(linker)
     }
+}
+
+/// Replaces WASI's waiting functions with ones that trap (see [`WAITING_FUNCTIONS`]).
+fn refuse_waits(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    for (interface, function) in WAITING_FUNCTIONS {
+        linker.instance(interface)?.func_new(function, |_, _, _, _| Err(wasmtime::Error::new(WaitRefused)))?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -137,7 +228,7 @@ pub struct Sandbox {
     pub(super) config: Arc<BTreeMap<String, String>>,
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    budget: InstanceBudget,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     logged: (usize, usize),
@@ -167,19 +258,18 @@ impl Sandbox {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
-        let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build();
         let sandbox = Sandbox {
             plugin,
             config,
             wasi,
             table: ResourceTable::new(),
-            limits: store_limits,
+            budget: InstanceBudget::new(limits.memory_bytes),
             stdout,
             stderr,
             logged: (0, 0),
         };
         let mut store = Store::new(engine, sandbox);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.budget);
         store
     }
 
@@ -210,6 +300,22 @@ pub(super) fn arm_deadline(store: &mut Store<Sandbox>, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A core module with two memories of 600 pages (37.5 MiB) each: each fits a 64 MiB limit, both do not.
+    const TWO_MEMORIES: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x05, 0x07, 0x02, 0x00, 0xd8, 0x04, 0x00, 0xd8, 0x04];
+
+    #[test]
+    fn the_memory_limit_holds_for_the_instance_as_a_whole() {
+        let engine = PluginEngine::new(None).unwrap();
+        let module = wasmtime::Module::new(engine.engine(), TWO_MEMORIES).unwrap();
+        let store_with = |mib: usize| {
+            let limits = CallLimits { timeout: Duration::from_secs(5), memory_bytes: mib << 20 };
+            Sandbox::store(engine.engine(), "two-memories".into(), Arc::default(), limits)
+        };
+        let err = wasmtime::Instance::new(&mut store_with(64), &module, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains(&OverBudget.to_string()), "{err:#}");
+        assert!(wasmtime::Instance::new(&mut store_with(80), &module, &[]).is_ok(), "75 MiB fit in 80 MiB");
+    }
 
     #[test]
     fn content_hash_is_stable_hex() {

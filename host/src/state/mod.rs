@@ -16,6 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::delta::{GroupEntry, MemberKind, Removal, UserEntry};
 
+/// An entry that could not be read, with its object's id when the id itself could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub id: Option<String>,
+    pub reason: String,
+}
+
 /// A failure of the local state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -88,6 +95,23 @@ impl Resource {
         match self {
             Resource::Groups => b"c\0groups",
             Resource::Users => b"c\0users",
+        }
+    }
+
+    /// Set when this resource must be read in a full round again.
+    fn resync_key(self) -> &'static [u8] {
+        match self {
+            Resource::Groups => b"c\0resync-groups",
+            Resource::Users => b"c\0resync-users",
+        }
+    }
+
+    /// Set when the full round in progress met an entry without a readable id: any object it did not list
+    /// may be that one, so none of them counts as gone.
+    fn unnamed_key(self) -> &'static [u8] {
+        match self {
+            Resource::Groups => b"c\0unnamed-groups",
+            Resource::Users => b"c\0unnamed-users",
         }
     }
 }
@@ -229,6 +253,7 @@ const BATCH_KEYS: usize = 1_000;
 /// The key and value that name how a tenant's tree is laid out. Layout 1 (no key) kept one key per
 /// membership; layout 2 keeps one member-list value per group and one group-list value per member.
 const LAYOUT_KEY: &[u8] = b"c\0layout";
+
 const LAYOUT: &[u8] = b"2";
 
 /// One tenant's slice of the store.
@@ -318,22 +343,40 @@ impl<'a> PageWrites<'a> {
         Ok(())
     }
 
-    /// In a full round the first entry of a group starts its member list afresh, so that members removed
-    /// while our cursor was lost do not linger.
-    fn clear_members_once(&mut self, group: &str) -> Result<(), StateError> {
+    /// Marks `group` as listed in this full round; true the first time (also across pages).
+    fn first_in_round(&mut self, group: &str) -> Result<bool, StateError> {
         if !self.cleared.insert(group.to_string()) || self.state.tree.contains_key(key("s", &[group]))? {
-            return Ok(());
+            return Ok(false);
         }
+        self.batch.insert(key("s", &[group]), vec![]);
+        Ok(true)
+    }
+
+    /// In a full round the first entry of a group replaces everything stored about it: Graph leaves unset
+    /// properties out, and members removed while our cursor was lost must not linger either.
+    fn start_afresh(&mut self, group: &str) -> Result<(), StateError> {
+        *self.group(group)? = CloudGroup { id: group.to_string(), ..Default::default() };
         let members: Vec<String> = std::mem::take(self.members_of(group)?).into_keys().collect();
         for member in members {
             self.parents_of(&member)?.remove(group);
         }
-        self.batch.insert(key("s", &[group]), vec![]);
+        self.batch.remove(key("b", &[group]));
         Ok(())
     }
 
     fn mark_dirty(&mut self, group: &str) {
         self.batch.insert(key("d", &[group]), vec![]);
+    }
+
+    /// Records what an unreadable entry means for the round: in a delta round its change is lost, so a full
+    /// round must follow; in a full round an entry without an id keeps every unlisted object from counting
+    /// as gone.
+    fn note_unreadable(&mut self, resource: Resource, unnamed: bool, cursor: &Cursor) {
+        if !cursor.full {
+            self.batch.insert(resource.resync_key(), vec![]);
+        } else if unnamed {
+            self.batch.insert(resource.unnamed_key(), vec![]);
+        }
     }
 
     fn commit(mut self, resource: Resource, cursor: &Cursor) -> Result<(), StateError> {
@@ -433,15 +476,23 @@ impl TenantState {
         Ok(())
     }
 
-    /// Merges a page of group entries and records the cursor after it, in one atomic batch.
-    pub fn merge_group_page(&self, entries: &[GroupEntry], cursor: &Cursor) -> Result<MergeStats, StateError> {
+    /// Merges a page of group entries and records the cursor after it, in one atomic batch. `unreadable` are
+    /// the page's entries that named a group but could not be parsed: that group is held (see
+    /// [`TenantState::unreadable`]) and, in a full round, counts as listed, so that it is never taken for deleted.
+    pub fn merge_group_page(&self, entries: &[GroupEntry], unreadable: &[Unreadable], cursor: &Cursor) -> Result<MergeStats, StateError> {
         let mut writes = PageWrites::new(self);
         let mut stats = MergeStats::default();
+        let mut resync = false;
         for entry in entries {
             stats.entries += 1;
             stats.member_changes += entry.members.len();
             if cursor.full {
-                writes.clear_members_once(&entry.id)?;
+                if writes.first_in_round(&entry.id)? {
+                    writes.start_afresh(&entry.id)?;
+                }
+            } else if self.tree.contains_key(key("b", &[&entry.id]))? {
+                // What the unreadable entry carried is lost; only a full round makes the group whole again.
+                resync = true;
             }
             apply_group_entry(writes.group(&entry.id)?, entry);
             for change in &entry.members {
@@ -457,14 +508,42 @@ impl TenantState {
                 writes.mark_dirty(&parent);
             }
         }
+        for bad in unreadable {
+            writes.note_unreadable(Resource::Groups, bad.id.is_none(), cursor);
+            let Some(id) = &bad.id else { continue };
+            if cursor.full {
+                writes.first_in_round(id)?;
+            }
+            // The group is known from now on, so that an AD group carrying its anchor is never an orphan.
+            writes.group(id)?;
+            writes.batch.insert(key("b", &[id]), bad.reason.as_bytes());
+            writes.mark_dirty(id);
+        }
+        if resync {
+            writes.batch.insert(Resource::Groups.resync_key(), vec![]);
+        }
         writes.commit(Resource::Groups, cursor)?;
         Ok(stats)
     }
 
-    /// Merges a page of user entries; groups that contain a changed user become dirty.
-    pub fn merge_user_page(&self, entries: &[UserEntry], cursor: &Cursor) -> Result<MergeStats, StateError> {
+    /// Why a group is held because Graph sent an entry for it that could not be read, if it is. Such a group
+    /// is neither written nor deleted until a full round lists it readably from its first entry on.
+    pub fn unreadable(&self, id: &str) -> Result<Option<String>, StateError> {
+        Ok(self.tree.get(key("b", &[id]))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Whether a delta round met an unreadable entry (or a change to a group held for one), so the objects
+    /// must be read in a full round again. Taking the request clears it.
+    pub fn take_resync_request(&self, resource: Resource) -> Result<bool, StateError> {
+        Ok(self.tree.remove(resource.resync_key())?.is_some())
+    }
+
+    /// Merges a page of user entries; groups that contain a changed user become dirty. A user in `unreadable`
+    /// keeps what was stored about it and, in a full round, counts as listed.
+    pub fn merge_user_page(&self, entries: &[UserEntry], unreadable: &[Unreadable], cursor: &Cursor) -> Result<MergeStats, StateError> {
         let mut writes = PageWrites::new(self);
         for entry in entries {
+            let first = cursor.full && writes.cleared.insert(entry.id.clone()) && !self.tree.contains_key(key("su", &[&entry.id]))?;
             if cursor.full {
                 writes.batch.insert(key("su", &[&entry.id]), vec![]);
             }
@@ -472,7 +551,9 @@ impl TenantState {
                 Some(user) => user.clone(),
                 None => self.user(&entry.id)?,
             };
-            let updated = apply_user_entry(current.clone(), entry);
+            // In a full round the first entry is the whole user: properties it leaves out are unset.
+            let base = if first { current.as_ref().map(|u| CloudUser { id: u.id.clone(), ..Default::default() }) } else { current.clone() };
+            let updated = apply_user_entry(base, entry);
             if current.as_ref().map(user_identity) != updated.as_ref().map(user_identity) {
                 for group in self.groups_containing(&entry.id)? {
                     writes.mark_dirty(&group);
@@ -480,13 +561,22 @@ impl TenantState {
             }
             writes.users.insert(entry.id.clone(), updated);
         }
+        for bad in unreadable {
+            writes.note_unreadable(Resource::Users, bad.id.is_none(), cursor);
+            if let (Some(id), true) = (&bad.id, cursor.full) {
+                writes.batch.insert(key("su", &[id]), vec![]);
+            }
+        }
         writes.commit(Resource::Users, cursor)?;
         Ok(MergeStats { entries: entries.len(), member_changes: 0 })
     }
 
-    /// Ends a full round: the groups it did not list are returned (to be checked against deleted items),
-    /// and the round's bookkeeping is cleared.
+    /// The groups the full round in progress did not list (to be checked against Graph before anything is
+    /// taken for deleted), or none at all when the round met an entry without a readable id.
     pub fn groups_missing_from_full_round(&self) -> Result<Vec<String>, StateError> {
+        if self.tree.contains_key(Resource::Groups.unnamed_key())? {
+            return Ok(Vec::new());
+        }
         let mut missing = Vec::new();
         for id in self.group_ids()? {
             if !self.tree.contains_key(key("s", &[&id]))? {
@@ -498,27 +588,41 @@ impl TenantState {
 
     /// Clears the "seen in this full round" marks of groups.
     pub fn clear_group_round_marks(&self) -> Result<(), StateError> {
+        self.tree.remove(Resource::Groups.unnamed_key())?;
         self.remove_prefix(b"s\0")
     }
 
-    /// Ends a full user round: users it did not list are gone; their groups become dirty.
-    pub fn finish_full_user_round(&self) -> Result<usize, StateError> {
-        let mut gone = Vec::new();
+    /// The users the full round in progress did not list, or none when it met an entry without a readable id.
+    pub fn users_missing_from_full_round(&self) -> Result<Vec<String>, StateError> {
+        if self.tree.contains_key(Resource::Users.unnamed_key())? {
+            return Ok(Vec::new());
+        }
+        let mut missing = Vec::new();
         for item in self.tree.scan_prefix(b"u\0") {
             let (k, _) = item?;
             let id = key_tail(&k, 2);
             if !self.tree.contains_key(key("su", &[&id]))? {
-                gone.push(id);
+                missing.push(id);
             }
         }
-        for id in &gone {
+        Ok(missing)
+    }
+
+    /// Forgets users that are gone for good; the groups that listed them become dirty.
+    pub fn drop_users(&self, ids: &[String]) -> Result<(), StateError> {
+        for id in ids {
             self.tree.remove(key("u", &[id]))?;
             for group in self.groups_containing(id)? {
                 self.mark_dirty(&group)?;
             }
         }
-        self.remove_prefix(b"su\0")?;
-        Ok(gone.len())
+        Ok(())
+    }
+
+    /// Clears the "seen in this full round" marks of users.
+    pub fn clear_user_round_marks(&self) -> Result<(), StateError> {
+        self.tree.remove(Resource::Users.unnamed_key())?;
+        self.remove_prefix(b"su\0")
     }
 
     /// Removes every key under `prefix`, a bounded batch at a time. Callers need no atomicity: they clear
@@ -656,7 +760,7 @@ impl TenantState {
             parents.remove(id);
             put_or_remove(&mut batch, key("r", &[&member]), (!parents.is_empty()).then(|| members::encode_ids(&parents)));
         }
-        for kind in ["g", "a", "d", "s", "p", "m"] {
+        for kind in ["g", "a", "d", "s", "p", "m", "b"] {
             batch.remove(key(kind, &[id]));
         }
         self.tree.apply_batch(batch)?;
@@ -784,8 +888,12 @@ fn apply_group_entry(group: &mut CloudGroup, entry: &GroupEntry) {
 }
 
 fn apply_user_entry(current: Option<CloudUser>, entry: &UserEntry) -> Option<CloudUser> {
-    if entry.removed.is_some() {
-        return None;
+    match entry.removed {
+        Some(Removal::Deleted) => return None,
+        // Graph keeps a soft-deleted user's memberships (a restore brings them back), and group delta says
+        // nothing until the hard delete; so the user and its AD memberships stay until then.
+        Some(Removal::Changed) => return current,
+        None => {}
     }
     let mut user = current.unwrap_or_else(|| CloudUser { id: entry.id.clone(), ..Default::default() });
     let f = entry.fields.clone();
@@ -822,11 +930,13 @@ mod tests {
                 {"id":"g","displayName":"G","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]},
                 {"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u2"}]}
             ])),
+            &[],
             &cursor(true),
         )
         .unwrap();
         s.merge_group_page(
             &group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"g2"}]}])),
+            &[],
             &cursor(true),
         )
         .unwrap();
@@ -842,10 +952,10 @@ mod tests {
     fn partial_updates_keep_absent_properties_and_replays_are_harmless() {
         let s = state();
         let first = group_entries(json!([{"id":"g","displayName":"G","description":"d","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
-        s.merge_group_page(&first, &cursor(true)).unwrap();
+        s.merge_group_page(&first, &[], &cursor(true)).unwrap();
         let later = group_entries(json!([{"id":"g","description":null,"members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1","@removed":{"reason":"deleted"}}]}]));
-        s.merge_group_page(&later, &cursor(false)).unwrap();
-        s.merge_group_page(&later, &cursor(false)).unwrap();
+        s.merge_group_page(&later, &[], &cursor(false)).unwrap();
+        s.merge_group_page(&later, &[], &cursor(false)).unwrap();
         let group = s.group("g").unwrap().unwrap();
         assert_eq!(group.display_name.as_deref(), Some("G"));
         assert_eq!(group.description, None);
@@ -857,39 +967,139 @@ mod tests {
     fn a_full_round_replaces_stale_members_and_finds_missing_groups() {
         let s = state();
         let members = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u1","u2"])},{"id":"h"}])), &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u1","u2"])},{"id":"h"}])), &[], &cursor(true)).unwrap();
         s.clear_group_round_marks().unwrap();
         // A resync lists g with u2 and u3 over two entries, and no longer lists h.
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u2"])}])), &cursor(true)).unwrap();
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u3"])}])), &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u2"])}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u3"])}])), &[], &cursor(true)).unwrap();
         let ids: Vec<_> = s.members("g").unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["u2", "u3"]);
         assert_eq!(s.groups_missing_from_full_round().unwrap(), ["h"]);
     }
 
     #[test]
+    fn the_first_entry_of_a_full_round_replaces_every_stored_property() {
+        let s = state();
+        let full = json!([{"id":"g","displayName":"G","description":"d","mail":"g@x","proxyAddresses":["SMTP:g@x"],"groupTypes":["Unified"]}]);
+        s.merge_group_page(&group_entries(full), &[], &cursor(true)).unwrap();
+        s.clear_group_round_marks().unwrap();
+        // A resync while the description, mail and addresses were cleared: Graph leaves them out.
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G","groupTypes":[]}])), &[], &cursor(true)).unwrap();
+        let group = s.group("g").unwrap().unwrap();
+        assert_eq!((group.description, group.mail, group.proxy_addresses), (None, None, None));
+        assert_eq!(group.display_name.as_deref(), Some("G"));
+        // Later entries of the same round (a large group's members) add to it and keep what the first set.
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
+        assert_eq!(s.group("g").unwrap().unwrap().display_name.as_deref(), Some("G"));
+        assert_eq!(s.members("g").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_user_entry_replaces_every_stored_property() {
+        let s = state();
+        let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
+        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000","onPremisesSyncEnabled":true})), &[], &cursor(true)).unwrap();
+        s.clear_user_round_marks().unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &[], &cursor(true)).unwrap();
+        let stored = s.user("u1").unwrap().unwrap();
+        assert_eq!((stored.on_premises_security_identifier, stored.on_premises_sync_enabled), (None, None));
+    }
+
+    fn unreadable(id: Option<&str>) -> Vec<Unreadable> {
+        vec![Unreadable { id: id.map(str::to_string), reason: "proxyAddresses holds a non-string".into() }]
+    }
+
+    #[test]
+    fn an_unreadable_entry_in_a_full_round_counts_as_listed_and_holds_its_group() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G"},{"id":"h","displayName":"H"}])), &[], &cursor(true)).unwrap();
+        s.clear_group_round_marks().unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"h","displayName":"H"}])), &unreadable(Some("g")), &cursor(true)).unwrap();
+        assert!(s.groups_missing_from_full_round().unwrap().is_empty(), "g was listed, if unreadably");
+        assert!(s.unreadable("g").unwrap().unwrap().contains("proxyAddresses"));
+        assert!(!s.take_resync_request(Resource::Groups).unwrap(), "a full round needs no other full round");
+        // Only a full round whose first entry of g is readable releases it.
+        s.clear_group_round_marks().unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G"}])), &[], &cursor(true)).unwrap();
+        assert_eq!(s.unreadable("g").unwrap(), None);
+    }
+
+    #[test]
+    fn an_unreadable_entry_never_known_before_still_makes_its_group_known() {
+        let s = state();
+        s.merge_group_page(&[], &unreadable(Some("new")), &cursor(true)).unwrap();
+        assert_eq!(s.group_ids().unwrap(), ["new"], "an AD group anchored to it is then no orphan to delete");
+    }
+
+    #[test]
+    fn an_unreadable_entry_in_a_delta_round_asks_for_a_full_round() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G"}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(&[], &unreadable(Some("g")), &cursor(false)).unwrap();
+        assert!(s.unreadable("g").unwrap().is_some());
+        assert!(s.take_resync_request(Resource::Groups).unwrap());
+        assert!(!s.take_resync_request(Resource::Groups).unwrap(), "taking the request clears it");
+        // A readable change to a held group in a delta round does not release it: what was lost is still lost.
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G2"}])), &[], &cursor(false)).unwrap();
+        assert!(s.unreadable("g").unwrap().is_some());
+        assert!(s.take_resync_request(Resource::Groups).unwrap());
+    }
+
+    #[test]
+    fn an_entry_without_an_id_keeps_a_full_round_from_finding_anything_missing() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g"},{"id":"h"}])), &[], &cursor(true)).unwrap();
+        s.merge_user_page(&[parse_user(&json!({"id":"u1"})).unwrap()], &[], &cursor(true)).unwrap();
+        s.clear_group_round_marks().unwrap();
+        s.clear_user_round_marks().unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g"}])), &unreadable(None), &cursor(true)).unwrap();
+        s.merge_user_page(&[], &unreadable(None), &cursor(true)).unwrap();
+        assert!(s.groups_missing_from_full_round().unwrap().is_empty());
+        assert!(s.users_missing_from_full_round().unwrap().is_empty());
+        s.clear_group_round_marks().unwrap();
+        s.clear_user_round_marks().unwrap();
+        assert_eq!(s.groups_missing_from_full_round().unwrap(), ["g", "h"], "the next round counts again");
+        assert_eq!(s.users_missing_from_full_round().unwrap(), ["u1"]);
+    }
+
+    #[test]
+    fn a_soft_deleted_user_keeps_its_memberships_until_the_hard_delete() {
+        let s = state();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
+        let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
+        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &[], &cursor(true)).unwrap();
+        s.clear_dirty("g").unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"changed"}})), &[], &cursor(false)).unwrap();
+        assert!(s.user("u1").unwrap().is_some());
+        assert!(s.dirty().unwrap().is_empty(), "nothing of the group changes");
+        s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &[], &cursor(false)).unwrap();
+        assert_eq!(s.user("u1").unwrap(), None);
+        assert_eq!(s.dirty().unwrap(), ["g"]);
+    }
+
+    #[test]
     fn a_user_identity_change_dirties_its_groups() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
         s.clear_dirty("g").unwrap();
         let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
-        s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &cursor(true)).unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &[], &cursor(true)).unwrap();
         assert_eq!(s.dirty().unwrap(), ["g"], "a user that arrives after its group resolves that member");
         s.clear_dirty("g").unwrap();
-        s.merge_user_page(&user(json!({"id":"u1","displayName":"B"})), &cursor(false)).unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","displayName":"B"})), &[], &cursor(false)).unwrap();
         assert!(s.dirty().unwrap().is_empty(), "a display name change does not touch membership");
-        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &cursor(false)).unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &[], &cursor(false)).unwrap();
         assert_eq!(s.dirty().unwrap(), ["g"]);
-        s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &cursor(false)).unwrap();
+        s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &[], &cursor(false)).unwrap();
         assert_eq!(s.user("u1").unwrap(), None);
     }
 
     #[test]
     fn a_nested_group_change_dirties_its_parents() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"parent","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"child"}]}])), &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"parent","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"child"}]}])), &[], &cursor(true)).unwrap();
         s.clear_dirty("parent").unwrap();
-        s.merge_group_page(&group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])), &cursor(false)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])), &[], &cursor(false)).unwrap();
         assert_eq!(s.dirty().unwrap(), ["child", "parent"]);
     }
 
@@ -904,9 +1114,9 @@ mod tests {
         assert_eq!(s.cursor(Resource::Groups).unwrap(), None, "the next cycle resyncs in full");
         assert!(s.members("g").unwrap().is_empty());
         let page = group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
-        s.merge_group_page(&page, &cursor(false)).unwrap();
+        s.merge_group_page(&page, &[], &cursor(false)).unwrap();
         s.reset().unwrap();
-        s.merge_group_page(&page, &cursor(false)).unwrap();
+        s.merge_group_page(&page, &[], &cursor(false)).unwrap();
         let reopened = store.tenant("t").unwrap();
         assert_eq!(reopened.members("g").unwrap(), [("u1".to_string(), MemberKind::User)], "a current layout is kept, also after a reset");
     }
@@ -915,7 +1125,7 @@ mod tests {
     fn purging_a_group_forgets_it_as_a_parent_only() {
         let s = state();
         let users = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":users(&["u1","u2"])},{"id":"h","members@delta":users(&["u1"])}])), &cursor(false)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":users(&["u1","u2"])},{"id":"h","members@delta":users(&["u1"])}])), &[], &cursor(false)).unwrap();
         s.purge_group("g").unwrap();
         assert!(s.members("g").unwrap().is_empty());
         assert_eq!(s.groups_containing("u1").unwrap(), ["h"]);
@@ -926,9 +1136,9 @@ mod tests {
     #[test]
     fn restore_clears_removal() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","@removed":{"reason":"changed"}}])), &cursor(false)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","@removed":{"reason":"changed"}}])), &[], &cursor(false)).unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().removed, Some(Removal::Changed));
-        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"back"}])), &cursor(false)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"back"}])), &[], &cursor(false)).unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().removed, None);
     }
 

@@ -144,7 +144,10 @@ impl TenantSync<'_> {
         }
         self.graph.authenticate().await?;
         self.read_round(Resource::Users, &mut report).await?;
-        self.read_round(Resource::Groups, &mut report).await?;
+        // A round that turned into a full one (Graph asked for a resync) makes a full cycle: groups deleted
+        // while the cursor was dead are found only by a full reconcile.
+        options.full |= self.read_round(Resource::Groups, &mut report).await?;
+        report.status.full = options.full;
         self.replan_if_policy_changed()?;
         if self.stop.is_set() {
             report.stopped = true;

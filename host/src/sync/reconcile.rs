@@ -7,6 +7,7 @@ use std::sync::PoisonError;
 
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
 use crate::dn;
+use crate::graph::Presence;
 use crate::directory::Directory;
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
@@ -198,7 +199,11 @@ impl TenantSync<'_> {
         // Known to the directory only: the state was lost or the delete was never recorded.
         let orphans: Vec<&String> = ids.iter().filter(|id| !intents.contains_key(*id)).collect();
         for id in orphans {
-            let intent = if self.graph.in_deleted_items(id).await? { Intent::Leave("soft-deleted in Entra ID".into()) } else { Intent::Delete };
+            let intent = match self.graph.group_presence(id).await? {
+                Presence::Gone => Intent::Delete,
+                Presence::SoftDeleted => Intent::Leave("soft-deleted in Entra ID".into()),
+                Presence::Live => Intent::Leave("in Entra ID, but not read from Graph yet".into()),
+            };
             intents.insert(id.clone(), intent);
         }
         Ok(intents)

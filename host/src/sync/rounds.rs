@@ -1,13 +1,18 @@
 //! Delta rounds: Graph's pages merged into the state, page by page, and the end of full rounds.
 
 use super::{CycleReport, SyncError, TenantSync};
-use crate::graph::GraphError;
+use crate::graph::{GraphError, Presence};
 use crate::graph::delta::{self, NextLink, Removal};
-use crate::state::{Cursor, Resource};
+use crate::state::{Cursor, Resource, Unreadable};
 
 impl TenantSync<'_> {
-    /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync.
-    pub(super) async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
+    /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync or
+    /// the last delta round met an entry it could not read. Returns whether the round read was a full one.
+    pub(super) async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<bool, SyncError> {
+        if self.state.take_resync_request(resource)? {
+            tracing::warn!(tenant = %self.config.name, ?resource, "the last delta round had an entry that could not be read; reading everything again in a full round");
+            self.state.drop_cursor(resource)?;
+        }
         match self.read_pages(resource, report).await {
             Err(SyncError::Graph(GraphError::ResyncRequired { .. })) => {
                 tracing::warn!(tenant = %self.config.name, ?resource, "Graph asked for a full resync; starting a full round");
@@ -18,7 +23,7 @@ impl TenantSync<'_> {
         }
     }
 
-    pub(super) async fn read_pages(&self, resource: Resource, report: &mut CycleReport) -> Result<(), SyncError> {
+    pub(super) async fn read_pages(&self, resource: Resource, report: &mut CycleReport) -> Result<bool, SyncError> {
         let (mut link, full) = match self.state.cursor(resource)? {
             None => (self.start_url(resource), true),
             Some(c) if c.complete => {
@@ -29,7 +34,7 @@ impl TenantSync<'_> {
         };
         loop {
             if self.stop.is_set() {
-                return Ok(());
+                return Ok(full);
             }
             let page = self.graph.delta_page(&link).await?;
             let (next, complete) = match page.link {
@@ -40,7 +45,8 @@ impl TenantSync<'_> {
             self.merge(resource, &page.entries, &cursor, report)?;
             self.store.flush().await?;
             if complete {
-                return self.finish_full_round(resource, &cursor).await;
+                self.finish_full_round(resource, &cursor).await?;
+                return Ok(full);
             }
             link = next;
         }
@@ -54,51 +60,69 @@ impl TenantSync<'_> {
     }
 
     pub(super) fn merge(&self, resource: Resource, entries: &[serde_json::Value], cursor: &Cursor, report: &mut CycleReport) -> Result<(), SyncError> {
-        let mut bad = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut bad = |err: delta::EntryError| unreadable.push(Unreadable { id: err.id, reason: err.reason });
         match resource {
             Resource::Groups => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(|err| bad.push(err.0)).ok()).collect();
-                self.state.merge_group_page(&parsed, cursor)?;
+                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(&mut bad).ok()).collect();
+                self.state.merge_group_page(&parsed, &unreadable, cursor)?;
                 report.read_groups += parsed.len();
             }
             Resource::Users => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(|err| bad.push(err.0)).ok()).collect();
-                self.state.merge_user_page(&parsed, cursor)?;
+                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(&mut bad).ok()).collect();
+                self.state.merge_user_page(&parsed, &unreadable, cursor)?;
                 report.read_users += parsed.len();
             }
         }
-        for reason in &bad {
-            tracing::warn!(tenant = %self.config.name, "skipped a Graph entry: {reason}");
+        for entry in &unreadable {
+            tracing::warn!(tenant = %self.config.name, "held an object whose Graph entry cannot be read: {}", entry.reason);
         }
-        report.status.bad_entries.extend(bad);
+        report.status.bad_entries.extend(unreadable.into_iter().map(|u| u.reason));
         self.progress.reading(report.read_groups, report.read_users);
         Ok(())
     }
 
-    /// After a full round, objects it did not list are gone. A group counts as hard-deleted only when
-    /// Graph's deleted items do not hold it either.
+    /// After a full round, objects it did not list may be gone. Graph decides: an object is gone only when
+    /// neither it nor deleted items can be found; one Graph still returns is kept as it is.
     pub(super) async fn finish_full_round(&self, resource: Resource, cursor: &Cursor) -> Result<(), SyncError> {
         if !(cursor.full && cursor.complete) {
             return Ok(());
         }
         match resource {
             Resource::Users => {
-                self.state.finish_full_user_round()?;
+                let mut gone = Vec::new();
+                for id in self.state.users_missing_from_full_round()? {
+                    match self.graph.user_presence(&id).await? {
+                        Presence::Gone => gone.push(id),
+                        // A soft-deleted user keeps its memberships in Entra ID until the hard delete.
+                        Presence::SoftDeleted => {}
+                        Presence::Live => self.unlisted_but_live("user", &id),
+                    }
+                }
+                self.state.drop_users(&gone)?;
+                self.state.clear_user_round_marks()?;
             }
             Resource::Groups => {
                 for id in self.state.groups_missing_from_full_round()? {
-                    let removal = if self.graph.in_deleted_items(&id).await? { Removal::Changed } else { Removal::Deleted };
-                    self.state.mark_removed(&id, removal)?;
+                    match self.graph.group_presence(&id).await? {
+                        Presence::Gone => self.state.mark_removed(&id, Removal::Deleted)?,
+                        Presence::SoftDeleted => self.state.mark_removed(&id, Removal::Changed)?,
+                        Presence::Live => self.unlisted_but_live("group", &id),
+                    }
                 }
                 self.state.clear_group_round_marks()?;
             }
         }
         let done = Cursor { full: false, ..cursor.clone() };
         match resource {
-            Resource::Groups => self.state.merge_group_page(&[], &done)?,
-            Resource::Users => self.state.merge_user_page(&[], &done)?,
+            Resource::Groups => self.state.merge_group_page(&[], &[], &done)?,
+            Resource::Users => self.state.merge_user_page(&[], &[], &done)?,
         };
         self.store.flush().await?;
         Ok(())
+    }
+
+    fn unlisted_but_live(&self, kind: &str, id: &str) {
+        tracing::warn!(tenant = %self.config.name, "{kind} {id} was not listed in a full delta round, but Graph still returns it; it is kept as it was");
     }
 }

@@ -298,6 +298,13 @@ fn render_properties(object: &dyn Tracked, names: &[&'static str]) -> Map<String
         .collect()
 }
 
+/// The properties that are set: Graph leaves unset (null) properties out of an object's full entry.
+fn render_set_properties(object: &dyn Tracked, names: &[&'static str]) -> Map<String, Value> {
+    let mut properties = render_properties(object, names);
+    properties.retain(|_, value| !value.is_null());
+    properties
+}
+
 /// The object in full, members listed as additions.
 fn full_delta(object: &dyn Tracked, query: &Query) -> ObjectDelta {
     let members = if query.tracks_members() {
@@ -311,7 +318,7 @@ fn full_delta(object: &dyn Tracked, query: &Query) -> ObjectDelta {
     };
     ObjectDelta::Present {
         id: object.id().to_owned(),
-        properties: render_properties(object, &query.properties()),
+        properties: render_set_properties(object, &query.properties()),
         members,
     }
 }
@@ -404,10 +411,13 @@ fn update_delta(
     if changed.is_empty() && members.is_empty() {
         return None;
     }
-    let names = if minimal { changed } else { tracked };
+    // A changed property is sent even when it became null (that is how a clear is told); without
+    // `Prefer: return=minimal` the other selected properties come too, those that are set.
+    let mut properties = if minimal { Map::new() } else { render_set_properties(object, &tracked) };
+    properties.extend(render_properties(object, &changed));
     Some(ObjectDelta::Present {
         id: object.id().to_owned(),
-        properties: render_properties(object, &names),
+        properties,
         members,
     })
 }
@@ -474,7 +484,7 @@ fn split_entries(deltas: Vec<ObjectDelta>, members_per_entry: usize) -> Vec<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graphsim::model::GroupPatch;
+    use crate::graphsim::model::{GroupPatch, User};
 
     const OPTIONS: EntryOptions = EntryOptions {
         members_per_entry: 2,
@@ -583,6 +593,61 @@ mod tests {
             full,
         );
         assert_eq!(entries[0]["displayName"], "G");
+    }
+
+    #[test]
+    fn full_entries_leave_unset_properties_out_and_updates_resend_the_set_ones() {
+        let mut tenant = Tenant::new(false);
+        let group = Group {
+            description: Some("d".into()),
+            ..Group::security("g", "G")
+        };
+        tenant.add_group(group).expect("add");
+        let query = groups_query("displayName,description,mail");
+        let entries = initial_entries(&tenant, &query, OPTIONS);
+        assert!(entries[0].get("mail").is_none(), "an unset property is left out: {}", entries[0]);
+        assert_eq!(entries[0]["description"], "d");
+
+        let since = tenant.seq();
+        let patch = GroupPatch {
+            description: Some(None),
+            ..GroupPatch::default()
+        };
+        tenant.update_group("g", patch).expect("clear");
+        let full = EntryOptions {
+            minimal: false,
+            ..OPTIONS
+        };
+        let entry = &change_entries(&tenant, &query, since, full)[0];
+        assert!(entry["description"].is_null(), "a cleared property is sent as null: {entry}");
+        assert_eq!(entry["displayName"], "G", "an update re-sends the other selected properties");
+        assert!(entry.get("mail").is_none(), "but not unset ones: {entry}");
+        let entry = &change_entries(&tenant, &query, since, OPTIONS)[0];
+        assert!(entry["description"].is_null() && entry.get("displayName").is_none(), "{entry}");
+
+        let entries = initial_entries(&tenant, &query, OPTIONS);
+        assert!(entries[0].get("description").is_none(), "{}", entries[0]);
+    }
+
+    #[test]
+    fn a_soft_deleted_user_keeps_its_memberships_until_the_hard_delete() {
+        let mut tenant = Tenant::new(false);
+        tenant.add_user(User { id: "u".into(), ..User::default() }).expect("user");
+        let group = Group {
+            members: vec![MemberRef::user("u")],
+            ..Group::security("g", "G")
+        };
+        tenant.add_group(group).expect("add");
+        let since = tenant.seq();
+        tenant.delete_user("u", false).expect("soft delete");
+        let query = groups_query("displayName,members");
+        assert!(change_entries(&tenant, &query, since, OPTIONS).is_empty(), "group delta says nothing");
+        assert_eq!(tenant.group("g").expect("g").members.len(), 1);
+        tenant.restore_user("u").expect("restore");
+        assert_eq!(tenant.group("g").expect("g").members.len(), 1, "a restore keeps them");
+        tenant.delete_user("u", true).expect("hard delete");
+        let entries = change_entries(&tenant, &query, since, OPTIONS);
+        assert_eq!(entries[0]["members@delta"][0]["@removed"]["reason"], "deleted");
     }
 
     #[test]

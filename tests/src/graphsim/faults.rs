@@ -88,6 +88,9 @@ pub enum FaultKind {
     SyncStateNotFound,
     /// 400 `resyncRequired`.
     ResyncRequired,
+    /// 400 with this error code: Graph spells its resync codes several ways (`SyncStateNotFound`,
+    /// `syncStateInvalid`), and an expired stored nextLink answers `Directory_ExpiredPageToken`.
+    Status400(String),
     /// 429 `TooManyRequests` with `Retry-After`.
     Throttle429 {
         /// Seconds in `Retry-After`.
@@ -180,6 +183,11 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
             StatusCode::BAD_REQUEST,
             "resyncRequired",
             "The delta token is no longer valid; the client must resynchronize.",
+        ),
+        FaultKind::Status400(code) => graph_error(
+            StatusCode::BAD_REQUEST,
+            code,
+            "The request cannot be served with this token; start a new round.",
         ),
         FaultKind::Throttle429 { retry_after_secs } => throttled(*retry_after_secs),
         FaultKind::Unavailable503 { retry_after_secs } => with_retry_after(
@@ -301,7 +309,7 @@ fn token_fault(kind: &FaultKind) -> Response {
                 r#"{"token_type":"Bearer","expires_in":35"#,
             );
         }
-        FaultKind::Gone410 | FaultKind::SyncStateNotFound | FaultKind::ResyncRequired => (
+        FaultKind::Gone410 | FaultKind::SyncStateNotFound | FaultKind::ResyncRequired | FaultKind::Status400(_) => (
             StatusCode::BAD_REQUEST,
             "invalid_request",
             90_000,

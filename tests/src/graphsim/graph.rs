@@ -222,6 +222,12 @@ impl Simulator {
             None => delta::initial_entries(&state.tenant, &query, options),
             Some(seq) => delta::change_entries(&state.tenant, &query, seq, options),
         };
+        for entry in &mut entries {
+            let garbled = entry.get("id").and_then(Value::as_str).and_then(|id| state.garbled.get(id));
+            if let (Some(raw), Some(object)) = (garbled.cloned(), entry.as_object_mut()) {
+                object.extend(raw);
+            }
+        }
         if let Some(seed) = self.config().shuffle_seed {
             let mut rng = StdRng::seed_from_u64(seed ^ state.rounds.started() as u64);
             entries.shuffle(&mut rng);
@@ -300,6 +306,42 @@ pub(crate) async fn deleted_item(
             &format!(
                 "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
             ),
+        ),
+    }
+}
+
+/// `GET /{version}/groups/{id}` and `/users/{id}`: a live object, or 404
+/// `Request_ResourceNotFound` (a soft-deleted object is found only in deleted items).
+pub(crate) async fn entity(
+    State(sim): State<Arc<Simulator>>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = sim.authorize(&headers) {
+        return denied.into_response();
+    }
+    let id = id.map(|Path(id)| id).unwrap_or_default();
+    let version = ApiVersion::from_path(uri.path()).unwrap_or(ApiVersion::V1);
+    let select = DeltaParams::parse(uri.query()).ok().and_then(|p| p.select);
+    let resource = resource_of(uri.path()).unwrap_or(Resource::Groups);
+    let body = {
+        let state = sim.lock();
+        let properties = match resource {
+            Resource::Groups => state.tenant.group(&id).map(|g| entity_properties(resource, version, select.as_deref(), |n| g.property(n))),
+            Resource::Users => state.tenant.user(&id).map(|u| entity_properties(resource, version, select.as_deref(), |n| u.property(n))),
+        };
+        properties.map(|mut properties| {
+            properties.insert("id".into(), json!(id));
+            Value::Object(properties)
+        })
+    };
+    match body {
+        Some(body) => graph_json(StatusCode::OK, &body),
+        None => graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
         ),
     }
 }

@@ -22,7 +22,7 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -104,6 +104,9 @@ pub(crate) struct SimState {
     requests: Vec<RequestRecord>,
     /// Added to the real clock, so tests can expire tokens without sleeping.
     clock_offset: Duration,
+    /// Raw JSON that replaces properties in every delta entry of an object, by id: how a test makes Graph
+    /// send an entry the agent cannot parse.
+    pub(crate) garbled: HashMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 impl SimState {
@@ -137,6 +140,7 @@ impl Simulator {
             faults: VecDeque::new(),
             requests: Vec::new(),
             clock_offset: Duration::ZERO,
+            garbled: HashMap::new(),
         };
         Self {
             started: Instant::now(),
@@ -268,6 +272,17 @@ impl Simulator {
     /// Sequence number of the latest tenant change.
     pub fn seq(&self) -> u64 {
         self.lock().tenant.seq()
+    }
+
+    /// From now on, every delta entry of object `id` carries `property` as this raw JSON value (for example
+    /// `proxyAddresses: [42]`), whatever the object holds. `None` stops it.
+    pub fn garble(&self, id: &str, property: &str, value: Option<serde_json::Value>) {
+        let mut state = self.lock();
+        let properties = state.garbled.entry(id.to_string()).or_default();
+        match value {
+            Some(value) => properties.insert(property.to_string(), value),
+            None => properties.remove(property),
+        };
     }
 
     /// Queues a fault for the next request it targets. Faults apply in the

@@ -57,6 +57,8 @@ pub(crate) fn router(sim: Arc<Simulator>) -> Router {
                 &format!("/{version}/users/microsoft.graph.delta"),
                 get(graph::users_delta),
             )
+            .route(&format!("/{version}/groups/{{id}}"), get(graph::entity))
+            .route(&format!("/{version}/users/{{id}}"), get(graph::entity))
             .route(
                 &format!("/{version}/directory/deletedItems/{{id}}"),
                 get(graph::deleted_item),

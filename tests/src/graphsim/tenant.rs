@@ -354,12 +354,15 @@ impl Tenant {
             }
             (None, _) => return Err(TenantError::NotFound(format!("user {id}"))),
         };
-        self.detach_member(id);
+        // Entra ID keeps a soft-deleted user's memberships (a restore brings them back) and group delta
+        // reports nothing about them until the hard delete.
+        if hard {
+            self.detach_member(id);
+        }
         Ok(seq)
     }
 
-    /// Brings a user back from deleted items. Group memberships it lost are
-    /// not restored.
+    /// Brings a user back from deleted items, with the memberships it kept.
     pub(crate) fn restore_user(&mut self, id: &str) -> Result<u64, TenantError> {
         let deleted = self
             .deleted_users
@@ -421,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn deleting_a_user_removes_its_memberships() {
+    fn a_soft_deleted_user_keeps_its_memberships_and_a_hard_delete_removes_them() {
         let mut tenant = Tenant::new(false);
         tenant
             .add_user(User::cloud("u1", "u1@contoso.com"))
@@ -433,10 +436,14 @@ mod tests {
         tenant.add_group(group).expect("add group");
         let before = tenant.seq();
         tenant.delete_user("u1", false).expect("delete");
+        assert_eq!(kinds(&tenant, before), vec![ChangeKind::SoftDeleted]);
+        assert!(tenant.group("g").is_some_and(|g| g.members.len() == 1));
+        let before = tenant.seq();
+        tenant.delete_user("u1", true).expect("hard delete");
         assert_eq!(
             kinds(&tenant, before),
             vec![
-                ChangeKind::SoftDeleted,
+                ChangeKind::HardDeleted,
                 ChangeKind::MemberRemoved(MemberRef::user("u1"))
             ]
         );

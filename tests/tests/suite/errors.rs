@@ -94,9 +94,15 @@ async fn a_ca_file_that_is_not_a_certificate_is_named() -> anyhow::Result<()> {
 async fn a_dc_that_refuses_starttls_is_named_and_the_password_is_never_sent() -> anyhow::Result<()> {
     let server = writeback_tests::ldap_proxy::NoStartTls::start()?;
     let mut env = Env::new("err-starttls").await?;
-    env.reach_directory_at(server.url())?;
-    let line = failing_sync(&env).await?;
-    assert!(line.contains(server.url()) && line.to_lowercase().contains("starttls"), "{line}");
-    assert_eq!(server.binds(), 0, "a bind was sent without TLS");
+    // However the scheme is spelled, it is the parsed URL that decides on StartTLS.
+    let plain = server.url().to_string();
+    let upper = plain.replacen("ldap://", "LDAP://", 1);
+    let mixed = plain.replacen("ldap://", "Ldap://", 1);
+    for url in [plain.clone(), upper, mixed, format!(" {plain}")] {
+        env.reach_directory_at(&url)?;
+        let line = failing_sync(&env).await?;
+        assert!(line.contains(server.url()) && line.to_lowercase().contains("starttls"), "{url:?}: {line}");
+        assert_eq!(server.binds(), 0, "a bind was sent without TLS to {url:?}");
+    }
     Ok(())
 }

@@ -236,6 +236,23 @@ async fn sync_state_not_found_and_resync_required_restart_the_round() -> anyhow:
 }
 
 #[tokio::test]
+async fn every_spelling_of_a_resync_signal_restarts_the_round_and_makes_a_full_cycle() -> anyhow::Result<()> {
+    let env = Env::new("resync-spellings").await?;
+    env.sync(&[]).await?;
+    for code in ["SyncStateNotFound", "syncStateInvalid", "Directory_ExpiredPageToken"] {
+        let id = new_id();
+        env.sim.add_group(enabled_group(&id, &format!("After {code}"), &[])).unwrap();
+        env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::Status400(code.into())));
+        env.sync(&[]).await?;
+        assert!(env.group(&id).await?.is_some(), "{code}");
+        assert_eq!(env.sim.pending_faults(), 0, "{code}");
+        let status = text(&env.run(&["status"]).await?.stdout);
+        assert!(status.contains("(full)"), "a cycle that resynced is a full one ({code}): {status}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_round_cut_off_after_some_pages_resumes_from_the_last_page_read() -> anyhow::Result<()> {
     use std::time::Duration;
     let env = Env::with_sim("resume", SimConfig { page_size: 1, ..SimConfig::default() }).await?;

@@ -17,4 +17,5 @@ mod plugins;
 mod plugins_e2e;
 mod security;
 mod state_recovery;
+mod trust;
 mod writeback_core;

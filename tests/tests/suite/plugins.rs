@@ -79,6 +79,16 @@ fn an_endless_loop_costs_one_call_and_the_next_call_still_runs() {
 }
 
 #[test]
+fn a_plugin_that_sleeps_in_the_host_is_stopped_and_the_next_call_still_runs() {
+    // Epoch interruption cannot stop a wait inside the host: without the trapping poll this call never returns.
+    let mut sleeper = plugins(Some("sleeper"), &[], &[]);
+    let err = sleeper.place(&group(ID, "sleep on it")).unwrap_err();
+    assert!(err.contains("plugin sleeper tried to wait"), "{err}");
+    let next = sleeper.place(&group(ID, "Fine")).unwrap();
+    assert_eq!(next.cn, "Fine_1b2c3d4e5f60");
+}
+
+#[test]
 fn a_panic_costs_one_call_and_a_fresh_instance_serves_the_next() {
     let mut panics = plugins(Some("panics"), &[], &[]);
     let err = panics.place(&group(ID, "boom")).unwrap_err();

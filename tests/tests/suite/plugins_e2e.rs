@@ -65,6 +65,22 @@ async fn a_failing_plugin_holds_one_group_and_the_others_go_on() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn a_plugin_that_sleeps_holds_its_group_and_the_sync_ends() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-sleep").await?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("sleeper")))?;
+    let (sleepy, awake) = (new_id(), new_id());
+    env.sim.add_group(enabled(&sleepy, "sleep well")).unwrap();
+    env.sim.add_group(enabled(&awake, "Awake")).unwrap();
+    // The plugin asks for an hour; the sync must end at the plugin's timeout instead.
+    env.sync(&[]).await?;
+    assert!(env.group(&awake).await?.is_some());
+    assert!(env.group(&sleepy).await?.is_none(), "nothing of the held group is written");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {sleepy}: plugin sleeper tried to wait")), "{status}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn placements_outside_the_allowed_ous_are_held() -> anyhow::Result<()> {
     let mut env = Env::new("plug-escape").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("escape_ou")))?;

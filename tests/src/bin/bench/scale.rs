@@ -251,11 +251,11 @@ async fn merge_page(store: &Store, state: &TenantState, resource: Resource, body
         Resource::Groups => {
             let entries =
                 page.entries.iter().map(parse_group).collect::<Result<Vec<_>, _>>().context("a group entry")?;
-            state.merge_group_page(&entries, &cursor)?;
+            state.merge_group_page(&entries, &[], &cursor)?;
         }
         Resource::Users => {
             let entries = page.entries.iter().map(parse_user).collect::<Result<Vec<_>, _>>().context("a user entry")?;
-            state.merge_user_page(&entries, &cursor)?;
+            state.merge_user_page(&entries, &[], &cursor)?;
         }
     }
     store.flush().await?;
@@ -271,8 +271,10 @@ async fn finish_round(store: &Store, state: &TenantState, resource: Resource, cu
     let done = Cursor { full: false, ..cursor.clone() };
     match resource {
         Resource::Users => {
-            state.finish_full_user_round()?;
-            state.merge_user_page(&[], &done)?;
+            let missing = state.users_missing_from_full_round()?;
+            state.drop_users(&missing)?;
+            state.clear_user_round_marks()?;
+            state.merge_user_page(&[], &[], &done)?;
         }
         Resource::Groups => {
             let missing = state.groups_missing_from_full_round()?;
@@ -280,7 +282,7 @@ async fn finish_round(store: &Store, state: &TenantState, resource: Resource, cu
                 bail!("{} groups went missing from the synthetic full round", missing.len());
             }
             state.clear_group_round_marks()?;
-            state.merge_group_page(&[], &done)?;
+            state.merge_group_page(&[], &[], &done)?;
         }
     }
     store.flush().await?;
