@@ -84,12 +84,29 @@ pub enum Transformed {
     Exclude(String),
 }
 
+/// Why a policy holds a group: nothing of it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// The policy's own answer for this group (a plugin returned an error): a decision, not a fault.
+    Refused(String),
+    /// The policy broke (trap, timeout, memory) or answered with something that cannot be used.
+    Failed(String),
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Refused(reason) | Hold::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// Where a group goes and what is written for it: the built-in policy, or a tenant's plugins.
 pub trait GroupPolicy: Send {
-    /// The group's CN, sAMAccountName and OU; `Err` holds the group with that reason.
-    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String>;
+    /// The group's CN, sAMAccountName and OU; `Err` holds the group.
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, Hold>;
     /// Changes the attributes about to be written, or excludes the group; `Err` holds the group.
-    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String>;
+    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold>;
 }
 
 /// The built-in policy: cloud sync's naming, no transforms.
@@ -97,11 +114,11 @@ pub trait GroupPolicy: Send {
 pub struct BuiltinPolicy;
 
 impl GroupPolicy for BuiltinPolicy {
-    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String> {
-        naming::default_placement(group.id, Some(group.display_name)).map_err(|e| e.to_string())
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, Hold> {
+        naming::default_placement(group.id, Some(group.display_name)).map_err(|e| Hold::Refused(e.to_string()))
     }
 
-    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
+    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold> {
         Ok(Transformed::Write)
     }
 }
@@ -232,7 +249,7 @@ pub fn intent(
     let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
         Ok(Ok(found)) => found,
         Ok(Err(excluded)) => return Ok((Intent::Exclude(excluded), Vec::new())),
-        Err(reason) => return Ok((Intent::Refuse(reason), Vec::new())),
+        Err(hold) => return Ok((Intent::Refuse(hold.to_string()), Vec::new())),
     };
     let (members, skipped) = members(state, group, settings)?;
     let desired = DesiredGroup {
@@ -252,10 +269,11 @@ pub fn place_and_transform(
     kind: GroupKind,
     settings: &ModelSettings,
     policy: &mut dyn GroupPolicy,
-) -> Result<Result<(Placement, BTreeMap<String, Vec<String>>), String>, String> {
-    let view = policy_group(group, kind).ok_or_else(|| format!("cannot name the group: {}", naming::NamingError::NoDisplayName))?;
+) -> Result<Result<(Placement, BTreeMap<String, Vec<String>>), String>, Hold> {
+    let view = policy_group(group, kind)
+        .ok_or_else(|| Hold::Refused(format!("cannot name the group: {}", naming::NamingError::NoDisplayName)))?;
     let placement = policy.place(&view)?;
-    check_placement(&placement, settings).map_err(|e| format!("invalid placement: {e}"))?;
+    check_placement(&placement, settings).map_err(|e| Hold::Failed(format!("invalid placement: {e}")))?;
     let mut attrs = attributes(group, kind, &placement, &settings.schema);
     match policy.transform(&view, &mut attrs)? {
         Transformed::Write => Ok(Ok((placement, attrs))),

@@ -445,7 +445,9 @@ const MEMBER_TYPES: &[(&str, MemberKind)] = &[
     ("#microsoft.graph.orgContact", MemberKind::OrgContact),
     ("#microsoft.graph.administrativeUnit", MemberKind::Other),
     ("user", MemberKind::User),
-    ("#microsoft.graph.User", MemberKind::Other),
+    // Graph spells type names in more than one case; the kind does not depend on it.
+    ("#microsoft.graph.User", MemberKind::User),
+    ("#Microsoft.Graph.ServicePrincipal", MemberKind::ServicePrincipal),
 ];
 
 /// A value of the given type, null included.
@@ -617,12 +619,13 @@ fn expected_members(map: &Map<String, Value>) -> Vec<MemberChange> {
         .iter()
         .filter_map(|item| {
             let id = item.get("id")?.as_str().filter(|id| !id.trim().is_empty())?;
-            let odata_type = item.get("@odata.type").and_then(Value::as_str).unwrap_or("");
-            let bare = odata_type.strip_prefix("#microsoft.graph.").unwrap_or(odata_type);
+            let odata_type = item.get("@odata.type").and_then(Value::as_str).unwrap_or("").to_lowercase();
+            let bare = odata_type.strip_prefix("#microsoft.graph.").unwrap_or(&odata_type).to_string();
             let kind = MEMBER_TYPES
                 .iter()
+                .map(|(t, kind)| (t.to_lowercase(), *kind))
                 .find(|(t, _)| t.strip_prefix("#microsoft.graph.").unwrap_or(t) == bare)
-                .map_or(MemberKind::Other, |&(_, kind)| kind);
+                .map_or(MemberKind::Other, |(_, kind)| kind);
             Some(MemberChange { id: id.into(), kind, removed: item.get("@removed").is_some() })
         })
         .collect()

@@ -21,7 +21,7 @@ use bindings::transform::{Transformer, TransformerPre};
 pub use runtime::{CallLimits, PluginEngine, Sandbox};
 
 use crate::config::PluginsConfig;
-use crate::model::{GroupKind, GroupPolicy, PolicyGroup, Transformed};
+use crate::model::{GroupKind, GroupPolicy, Hold, PolicyGroup, Transformed};
 use crate::naming::{self, Placement};
 
 /// A plugin that could not be loaded or did not answer.
@@ -297,12 +297,12 @@ impl TenantPlugins {
 pub struct Unloaded(pub String);
 
 impl GroupPolicy for Unloaded {
-    fn place(&mut self, _: &PolicyGroup) -> Result<Placement, String> {
-        Err(self.0.clone())
+    fn place(&mut self, _: &PolicyGroup) -> Result<Placement, Hold> {
+        Err(Hold::Failed(self.0.clone()))
     }
 
-    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
-        Err(self.0.clone())
+    fn transform(&mut self, _: &PolicyGroup, _: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold> {
+        Err(Hold::Failed(self.0.clone()))
     }
 }
 
@@ -323,20 +323,20 @@ fn wit_group(group: &PolicyGroup) -> types::Group {
 }
 
 impl GroupPolicy for TenantPlugins {
-    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, String> {
+    fn place(&mut self, group: &PolicyGroup) -> Result<Placement, Hold> {
         let Some(plugin) = self.naming.as_mut() else {
-            return naming::default_placement(group.id, Some(group.display_name)).map_err(|e| e.to_string());
+            return naming::default_placement(group.id, Some(group.display_name)).map_err(|e| Hold::Refused(e.to_string()));
         };
         let input = wit_group(group);
         let name = plugin.name.clone();
         let answer = plugin
             .call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))
-            .map_err(|e| e.to_string())?;
-        let placement = answer.map_err(|reason| format!("naming plugin {name} refused the group: {reason}"))?;
+            .map_err(|e| Hold::Failed(e.to_string()))?;
+        let placement = answer.map_err(|reason| Hold::Refused(format!("naming plugin {name} refused the group: {reason}")))?;
         Ok(Placement { cn: placement.cn, sam_account_name: placement.sam_account_name, ou: placement.ou })
     }
 
-    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, String> {
+    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold> {
         let input = wit_group(group);
         for plugin in &mut self.transforms {
             let offered: Vec<types::Attribute> =
@@ -344,10 +344,10 @@ impl GroupPolicy for TenantPlugins {
             let name = plugin.name.clone();
             let answer = plugin
                 .call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))
-                .map_err(|e| e.to_string())?;
-            match answer.map_err(|reason| format!("transform {name} failed: {reason}"))? {
+                .map_err(|e| Hold::Failed(e.to_string()))?;
+            match answer.map_err(|reason| Hold::Refused(format!("transform {name} failed: {reason}")))? {
                 Verdict::Exclude(reason) => return Ok(Transformed::Exclude(format!("excluded by {name}: {reason}"))),
-                Verdict::Write(changes) => apply_changes(&name, &self.allowed_attributes, attributes, changes)?,
+                Verdict::Write(changes) => apply_changes(&name, &self.allowed_attributes, attributes, changes).map_err(Hold::Failed)?,
             }
         }
         Ok(Transformed::Write)

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::config::{ConfigError, TenantConfig};
 use crate::directory::{Directory, DirectoryError};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, GroupPolicy, ModelSettings, SchemaSupport};
+use crate::model::{self, GroupPolicy, Hold, ModelSettings, SchemaSupport};
 use crate::plan::Op;
 use crate::state::{Resource, StateError, Store, TenantState};
 use crate::status::TenantStatus;
@@ -197,14 +197,20 @@ impl TenantSync<'_> {
     }
 
     /// Runs a candidate policy over every group the tenant writes, as `plan` would, without writing.
-    /// `Err` names the first group whose output is invalid; the candidate must not be used then.
+    /// `Err` names the first group for which the candidate fails where the current policy does not; the
+    /// candidate must not be used then. A refusal is a policy's answer, and a failure that the current
+    /// policy has too is no reason to keep it.
     pub fn check_policy(&self, candidate: &mut dyn GroupPolicy, settings: &ModelSettings) -> Result<usize, String> {
+        let mut current = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
         let mut checked = 0;
         for id in self.state.group_ids().map_err(|e| e.to_string())? {
             let Some(group) = self.state.group(&id).map_err(|e| e.to_string())? else { continue };
             let Ok(kind) = model::scope(&group, settings.m365_default_writeback) else { continue };
-            if let Err(reason) = model::place_and_transform(&group, kind, settings, candidate) {
-                return Err(format!("group {id}: {reason}"));
+            if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
+                let already = matches!(model::place_and_transform(&group, kind, settings, current.as_mut()), Err(Hold::Failed(_)));
+                if !already {
+                    return Err(format!("group {id}: {reason}"));
+                }
             }
             checked += 1;
         }

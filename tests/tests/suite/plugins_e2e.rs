@@ -191,6 +191,33 @@ async fn a_plugin_replaced_during_run_is_checked_before_it_is_used() -> anyhow::
 }
 
 #[tokio::test]
+async fn a_new_version_is_not_refused_for_what_the_current_one_refuses_or_fails_already() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-reload-held").await?;
+    let live = env.dir.path().join("naming.wasm");
+    std::fs::copy(plugin_wasm("panics")?, &live)?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
+    let (fine, failing, refused) = (new_id(), new_id(), new_id());
+    env.sim.add_group(enabled(&fine, "Before")).unwrap();
+    // `panics` traps on this one, and `sleeper` is stopped on it: a failure under both versions.
+    env.sim.add_group(enabled(&failing, "boom sleep")).unwrap();
+    // The naming rules of every version refuse a control character: a policy's answer, not a fault.
+    env.sim.add_group(enabled(&refused, "tab\there")).unwrap();
+    let daemon = env.start_daemon()?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&fine).await?.is_some()) }).await?;
+
+    std::fs::copy(plugin_wasm("sleeper")?, &live)?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("switched to the new plugin version")) }).await?;
+    assert!(!env.daemon_log().contains("keeping the current plugins"), "{}", env.daemon_log());
+
+    // A version that renames everything, and still refuses the same group, is taken as well.
+    std::fs::copy(plugin_wasm("suffix_v2")?, &live)?;
+    daemon.signal(rustix::process::Signal::HUP)?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&fine).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_"))) }).await?;
+    assert!(env.group(&refused).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
 async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::Result<()> {
     // These runs need no simulator, so blocking the test's runtime is harmless.
     let check = |plugin: &str, extra: &[&str]| {
