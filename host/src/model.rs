@@ -281,6 +281,21 @@ pub fn place_and_transform(
     }
 }
 
+/// Every attribute [`attributes`] may write, besides `member`. The directory reads the same list back (with
+/// the tenant's transform attributes), so that a plan never rewrites what it cannot see: one list, so the
+/// two cannot drift apart.
+pub const WRITTEN_ATTRIBUTES: &[&str] = &[
+    "sAMAccountName",
+    "groupType",
+    "adminDescription",
+    "displayName",
+    "description",
+    "mail",
+    "proxyAddresses",
+    "mailNickname",
+    "msDS-ExternalDirectoryObjectId",
+];
+
 /// The managed attributes; the ones the schema lacks are left out entirely.
 fn attributes(
     group: &CloudGroup,
@@ -364,6 +379,23 @@ mod tests {
         let mut g = CloudGroup { id: "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718".into(), display_name: Some("G".into()), ..Default::default() };
         f(&mut g);
         g
+    }
+
+    #[test]
+    fn every_attribute_written_is_in_the_list_the_directory_reads_back() {
+        let full_schema = SchemaSupport { mail_nickname: true, external_directory_object_id: true };
+        let placement = Placement { cn: "G".into(), sam_account_name: "G".into(), ou: None };
+        let mailed = group(|g| {
+            g.mail = Some("g@x".into());
+            g.mail_nickname = Some("g".into());
+            g.proxy_addresses = Some(vec!["SMTP:g@x".into()]);
+            g.description = Some("d".into());
+        });
+        for kind in [GroupKind::Security, GroupKind::Distribution, GroupKind::MailEnabledSecurity] {
+            for name in attributes(&mailed, kind, &placement, &full_schema).keys() {
+                assert!(WRITTEN_ATTRIBUTES.contains(&name.as_str()), "{name} is written but never read back");
+            }
+        }
     }
 
     #[test]

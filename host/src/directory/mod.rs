@@ -113,6 +113,8 @@ pub struct Directory {
     pub schema: SchemaSupport,
     /// When set, every write first checks that this agent still holds the tenant's writer lease.
     fence: Option<crate::lease::Fence>,
+    /// What is read from each managed group (see [`read::group_attributes`]).
+    group_attrs: Vec<String>,
 }
 
 impl Directory {
@@ -156,11 +158,17 @@ impl Directory {
                 message: describe_rc(bind.rc, &bind.text),
             });
         }
-        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default(), fence: None };
+        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default(), fence: None, group_attrs: read::group_attributes(&[]) };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
         directory.base_dn = base_dn;
         Ok(directory)
+    }
+
+    /// Reads these attributes of every managed group too: those the tenant's transforms may write, so that
+    /// what they wrote is compared rather than written again, and a value they clear is cleared.
+    pub fn also_read(&mut self, attributes: &[String]) {
+        self.group_attrs = read::group_attributes(attributes);
     }
 
     /// Makes every later write check `fence` first.

@@ -19,21 +19,22 @@ pub(crate) fn extended_dn_control() -> RawControl {
     RawControl { ctype: "1.2.840.113556.1.4.529".into(), crit: false, val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]) }
 }
 
-/// The attributes read from every managed group.
-const GROUP_ATTRS: &[&str] = &[
-    "cn",
-    "sAMAccountName",
-    "groupType",
-    "adminDescription",
-    "displayName",
-    "description",
-    "mail",
-    "mailNickname",
-    "proxyAddresses",
-    "msDS-ExternalDirectoryObjectId",
-    "adminCount",
-    "member",
-];
+/// What is read from every managed group besides the attributes the agent writes
+/// ([`crate::model::WRITTEN_ATTRIBUTES`]): its name, its protection mark and its members.
+const BASE_ATTRS: &[&str] = &["cn", "adminCount", "member"];
+
+/// The attributes read from every managed group: [`BASE_ATTRS`], what the agent writes, and `extra` (the
+/// tenant's transform attributes), each once.
+pub(super) fn group_attributes(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let known = BASE_ATTRS.iter().chain(crate::model::WRITTEN_ATTRIBUTES).map(|s| s.to_string());
+    for name in known.chain(extra.iter().cloned()) {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            names.push(name);
+        }
+    }
+    names
+}
 
 /// How many values one OR filter carries; keeps filters well under server limits.
 const FILTER_CHUNK: usize = 100;
@@ -109,7 +110,9 @@ impl Directory {
         filter: &str,
         found: &mut HashMap<String, DirectoryGroup>,
     ) -> Result<(), DirectoryError> {
-        for entry in self.paged_search(filter, GROUP_ATTRS).await? {
+        let attrs = self.group_attrs.clone();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        for entry in self.paged_search(filter, &attrs).await? {
             let Some((id, group)) = self.managed_group(entry).await? else { continue };
             if let Some(previous) = found.insert(id.clone(), group) {
                 tracing::warn!(group = %id, dn = %previous.dn, "two AD groups carry the same anchor; using the last one found");

@@ -88,6 +88,15 @@ pub const DEFAULT_TRANSFORM_ATTRIBUTES: &[&str] = &[
     "extensionAttribute15",
 ];
 
+/// The attributes the tenant's transforms may write: its own list, or [`DEFAULT_TRANSFORM_ATTRIBUTES`]. None
+/// when it has no transform.
+pub fn transform_attributes(config: &PluginsConfig) -> Vec<String> {
+    if config.transforms.is_empty() {
+        return Vec::new();
+    }
+    config.transform_attributes.clone().unwrap_or_else(|| DEFAULT_TRANSFORM_ATTRIBUTES.iter().map(|s| s.to_string()).collect())
+}
+
 /// Runs `f`, which may call plugins, off the async reactor. WASI's synchronous bindings block on the
 /// ambient tokio runtime, which a reactor thread may not do; `block_in_place` hands the thread over first.
 /// On a current-thread runtime (tests) a scoped thread without a runtime context does the work instead.
@@ -266,13 +275,7 @@ impl TenantPlugins {
             let calls = CallCounters::of(&name);
             transforms.push(Plugin { name, pre, engine, config, limits, warm: None, calls });
         }
-        let allowed_attributes = config
-            .transform_attributes
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TRANSFORM_ATTRIBUTES.iter().map(|s| s.to_string()).collect())
-            .into_iter()
-            .map(|a| a.to_lowercase())
-            .collect();
+        let allowed_attributes = transform_attributes(config).into_iter().map(|a| a.to_lowercase()).collect();
         Ok(TenantPlugins { naming, transforms, allowed_attributes })
     }
 

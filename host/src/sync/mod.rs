@@ -158,6 +158,7 @@ impl TenantSync<'_> {
         if !quiet {
             let password = self.config.directory.password(&self.config.name)?;
             let mut directory = Directory::connect(&self.config.directory, &password).await?;
+            directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
             if let Some(fence) = &self.fence {
                 directory.set_fence(fence.clone());
             }

@@ -48,6 +48,33 @@ async fn department_routing_and_provenance_notes_land_in_ad() -> anyhow::Result<
 }
 
 #[tokio::test]
+async fn what_a_transform_wrote_is_read_back_so_a_full_reconcile_writes_nothing_and_a_clear_clears() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-readback").await?;
+    let plugin = |note: &str| format!("[tenant.plugins]\ntransforms = [\"{}\"]\n[tenant.plugins.config]\nnote = \"{note}\"\n", wasm("provenance_note"));
+    env.append_config(&plugin("Entra group {id}"))?;
+    let id = new_id();
+    env.sim.add_group(enabled(&id, "Noted")).unwrap();
+    env.sync(&[]).await?;
+    let written = env.group(&id).await?.expect("written");
+    let info = env.dc.entry(&written.dn, &["info"]).await?.unwrap();
+    assert_eq!(writeback_tests::dc::first_value(&info, "info"), Some(format!("Entra group {id}").as_str()));
+
+    // A full reconcile compares info with what AD holds, and so sends nothing. (Samba does not count a
+    // replace by the same value as a change, so the audit log, not the USN, shows a rewrite.)
+    let audited = env.state_audit().await?.len();
+    env.sync(&["--full"]).await?;
+    let rewrites = env.state_audit().await?.split_off(audited);
+    assert!(rewrites.is_empty(), "a full reconcile rewrote what the transform had written: {rewrites:?}");
+
+    // A blank note makes the transform clear info, and AD follows.
+    env.edit_config(|text| text.replace("note = \"Entra group {id}\"", "note = \" \""))?;
+    env.sync(&[]).await?;
+    let info = env.dc.entry(&written.dn, &["info"]).await?.unwrap();
+    assert_eq!(writeback_tests::dc::first_value(&info, "info"), None, "the cleared info stayed in AD");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failing_plugin_holds_one_group_and_the_others_go_on() -> anyhow::Result<()> {
     let mut env = Env::new("plug-fail").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("panics")))?;
