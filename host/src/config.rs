@@ -539,6 +539,11 @@ impl PluginsConfig {
             }
         }
         for name in self.transform_attributes.iter().flatten() {
+            if !crate::plugins::is_attribute_name(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {tenant}: transform_attributes entry {name:?} is not an attribute name; give names such as \"info\", not OIDs or options"
+                )));
+            }
             if crate::plugins::FORBIDDEN_ATTRIBUTES.iter().any(|f| f.eq_ignore_ascii_case(name)) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {tenant}: transform_attributes may not include {name}: it carries identity, membership, type or security"
@@ -805,6 +810,16 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"info\", \"Member\"]\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("may not include Member"), "{err}");
+        for name in ["adminCount", "managedBy", "memberUid", "gidNumber", "memberOf", "msDS-KeyCredentialLink", "sIDHistory"] {
+            let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"{name}\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("may not include {name}")), "{err}");
+        }
+        for name in ["2.5.4.31", "member;range=0-9", "info ", "", "-info", "inf\\u00f6"] {
+            let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"{name}\"]\n");
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("is not an attribute name"), "{name:?}: {err}");
+        }
     }
 
     #[test]

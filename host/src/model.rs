@@ -17,7 +17,7 @@ pub const UNIVERSAL_DISTRIBUTION: i32 = 8;
 pub const DOMAIN_LOCAL_FLAG: i32 = 0x4;
 /// Longest description written; longer text is cut.
 pub const MAX_DESCRIPTION: usize = 448;
-/// AD's limit (rangeUpper) for displayName; longer text is cut rather than refused by the DC.
+/// AD's limit (rangeUpper) for displayName, in UTF-16 units; longer text is cut rather than refused by the DC.
 pub const MAX_DISPLAY_NAME: usize = 256;
 
 /// What kind of AD group a cloud group becomes. Always universal scope.
@@ -309,7 +309,7 @@ fn attributes(
     attrs.insert("sAMAccountName".into(), vec![placement.sam_account_name.clone()]);
     attrs.insert("groupType".into(), vec![kind.group_type().to_string()]);
     attrs.insert("adminDescription".into(), vec![anchor_value(&group.id)]);
-    let display_name = group.display_name.as_ref().map(|d| d.chars().take(MAX_DISPLAY_NAME).collect());
+    let display_name = group.display_name.as_ref().map(|d| naming::utf16_prefix(d, MAX_DISPLAY_NAME));
     attrs.insert("displayName".into(), one(display_name));
     let description = group.description.as_ref().map(|d| d.chars().take(MAX_DESCRIPTION).collect());
     attrs.insert("description".into(), one(description));
@@ -452,6 +452,9 @@ mod tests {
         assert!(sec["mail"].is_empty() && sec["proxyAddresses"].is_empty());
         assert!(!sec.contains_key("mailNickname"));
         assert_eq!(sec["description"][0].chars().count(), MAX_DESCRIPTION);
+        let wide = group(|g| g.display_name = Some("😀".repeat(200)));
+        let display = &attributes(&wide, GroupKind::Security, &placement, &schema)["displayName"][0];
+        assert_eq!(display.encode_utf16().count(), MAX_DISPLAY_NAME, "AD counts UTF-16 units");
         let dist = attributes(&g, GroupKind::Distribution, &placement, &SchemaSupport { mail_nickname: true, ..Default::default() });
         assert_eq!(dist["mail"], ["a@x"]);
         assert_eq!(dist["mailNickname"], ["a"]);

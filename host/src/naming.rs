@@ -27,7 +27,7 @@ pub enum NamingError {
     ControlCharacter,
     #[error("the object id {0:?} has too few letters or digits to derive names from")]
     BadId(String),
-    #[error("CN {cn:?} is {len} characters; AD allows at most {MAX_CN}")]
+    #[error("CN {cn:?} is {len} UTF-16 units long; AD allows at most {MAX_CN}")]
     CnTooLong { cn: String, len: usize },
     #[error("CN is empty")]
     EmptyCn,
@@ -46,7 +46,7 @@ pub fn default_placement(id: &str, display_name: Option<&str>) -> Result<Placeme
         return Err(NamingError::BadId(id.to_string()));
     }
     let last12: String = id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-    let cut: String = name.chars().take(51).collect();
+    let cut = utf16_prefix(name, MAX_CN - 13);
     let cn = format!("{}_{}", cut.trim_end(), last12);
     let sam_tail: String = id_chars[id_chars.len().saturating_sub(18)..].iter().collect::<String>().to_lowercase();
     let placement = Placement { cn, sam_account_name: format!("G_{sam_tail}"), ou: None };
@@ -54,9 +54,19 @@ pub fn default_placement(id: &str, display_name: Option<&str>) -> Result<Placeme
     Ok(placement)
 }
 
+/// The longest prefix of `text` that fits in `units` UTF-16 code units, never splitting a character. AD
+/// counts string lengths in UTF-16 units, so a character outside the BMP (an emoji) counts twice.
+pub fn utf16_prefix(text: &str, units: usize) -> String {
+    let mut used = 0;
+    text.chars().take_while(|c| {
+        used += c.len_utf16();
+        used <= units
+    }).collect()
+}
+
 /// Checks the rules Windows AD enforces on names (and Samba does not).
 pub fn validate(placement: &Placement) -> Result<(), NamingError> {
-    let len = placement.cn.chars().count();
+    let len = placement.cn.encode_utf16().count();
     if placement.cn.trim().is_empty() {
         return Err(NamingError::EmptyCn);
     }
@@ -90,6 +100,17 @@ fn validate_sam(sam: &str) -> Result<(), NamingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_counted_in_utf16_units_as_ad_counts_them() {
+        assert_eq!(utf16_prefix("ab😀c", 3), "ab");
+        assert_eq!(utf16_prefix("ab😀c", 4), "ab😀");
+        let p = default_placement(ID, Some(&"😀".repeat(40))).unwrap();
+        assert!(p.cn.encode_utf16().count() <= MAX_CN, "{} units", p.cn.encode_utf16().count());
+        assert!(p.cn.ends_with("_c3d4e5f60718"));
+        let emoji = Placement { cn: "😀".repeat(40), sam_account_name: "G_x".into(), ou: None };
+        assert!(matches!(validate(&emoji), Err(NamingError::CnTooLong { len: 80, .. })));
+    }
 
     const ID: &str = "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718";
 

@@ -822,10 +822,17 @@ proptest! {
         match placement {
             Ok(p) => {
                 prop_assert_eq!(naming::validate(&p), Ok(()));
-                prop_assert!(p.cn.chars().count() <= naming::MAX_CN, "{:?}", p.cn);
+                prop_assert!(p.cn.encode_utf16().count() <= naming::MAX_CN, "{:?}", p.cn);
                 let suffix = format!("_{last12}");
                 prop_assert!(p.cn.ends_with(&suffix), "{:?} does not end with {:?}", p.cn, suffix);
-                let cut: String = trimmed.unwrap_or_default().chars().take(51).collect();
+                // AD counts UTF-16 units: the most whole characters that fit in 51 of them.
+                let mut cut = String::new();
+                for c in trimmed.unwrap_or_default().chars() {
+                    if cut.encode_utf16().count() + c.len_utf16() > 51 {
+                        break;
+                    }
+                    cut.push(c);
+                }
                 prop_assert_eq!(&p.cn[..p.cn.len() - suffix.len()], cut.trim_end());
                 prop_assert!(p.sam_account_name.chars().count() <= naming::MAX_SAM);
                 let tail: String = alnum[alnum.len().saturating_sub(18)..].iter().collect();

@@ -119,7 +119,7 @@ impl Directory {
         let timeout = self.timeout;
         self.send("add", dn, async |ldap| ldap.with_timeout(timeout).add(dn, attrs.clone()).await)
             .await
-            .map_err(|e| e.conflict_on(&[19, 68]))?;
+            .map_err(|e| e.conflict_on(&[68]))?;
         self.read_back(dn).await
     }
 
@@ -165,7 +165,7 @@ impl Directory {
         let (target, timeout) = (guid_dn(guid), self.timeout);
         self.send("modify", &target, async |ldap| ldap.with_timeout(timeout).modify(&target, mods.clone()).await)
             .await
-            .map_err(|e| e.conflict_on(&[19, 68]))?;
+            .map_err(|e| e.conflict_on(&[68]))?;
         Ok(Applied::Done)
     }
 
@@ -229,4 +229,24 @@ impl Directory {
 /// The results Samba gives for adding a present value (20, 68) or deleting an absent one (16, 53).
 fn already_done(code: u32, add: bool) -> bool {
     if add { matches!(code, 20 | 68) } else { matches!(code, 16 | 53) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(rc: u32) -> ApplyError {
+        let result = LdapResult { rc, matched: String::new(), text: "server text".into(), refs: vec![], ctrls: vec![] };
+        ApplyError::from_ldap("add", LdapError::LdapResult { result }).conflict_on(&[68])
+    }
+
+    #[test]
+    fn only_entry_already_exists_is_a_name_conflict() {
+        let exists = refused(68);
+        assert!(matches!(exists, ApplyError::Conflict { code: 68, .. }), "{exists}");
+        let constraint = refused(19);
+        assert!(matches!(constraint, ApplyError::Refused { code: 19, .. }), "{constraint}");
+        let text = constraint.to_string();
+        assert!(text.contains("constraint violation") && !text.contains("name is taken"), "{text}");
+    }
 }

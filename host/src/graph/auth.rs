@@ -264,7 +264,14 @@ impl TokenCache {
             .await
             .map_err(|e| GraphError::network(&c.token_url, &e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| GraphError::network(&c.token_url, &e))?;
+        if status.is_redirection() {
+            let target = response.headers().get("location").and_then(|v| v.to_str().ok()).map(super::path_of).unwrap_or_default();
+            return Err(GraphError::Redirect { url: super::path_of(&c.token_url), status: status.as_u16(), target });
+        }
+        let body = super::read_body(response)
+            .await
+            .map_err(|e| GraphError::network(&c.token_url, &e))?
+            .ok_or_else(|| GraphError::TooLarge { path: super::path_of(&c.token_url), limit_mib: super::MAX_BODY_BYTES >> 20 })?;
         if !status.is_success() {
             let err: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
             return Err(GraphError::Token {
@@ -278,9 +285,18 @@ impl TokenCache {
             code: "malformed_response".into(),
             description: format!("the token response is not the expected JSON: {e}"),
         })?;
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3599));
-        Ok(Token { value: Secret::new(parsed.access_token), refresh_at: started + lifetime - refresh_margin(lifetime) })
+        Ok(Token { value: Secret::new(parsed.access_token), refresh_at: refresh_at(started, parsed.expires_in) })
     }
+}
+
+/// The longest token lifetime believed. Entra issues tokens for 60 to 90 minutes; a larger `expires_in`
+/// is not trusted, and a huge one must not overflow the clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// When to fetch a new token for one issued at `started` that lives `expires_in` seconds.
+fn refresh_at(started: Instant, expires_in: Option<u64>) -> Instant {
+    let lifetime = Duration::from_secs(expires_in.unwrap_or(3599)).min(MAX_TOKEN_LIFETIME);
+    started + (lifetime - refresh_margin(lifetime))
 }
 
 /// How long before expiry to refresh: five minutes, or a fifth of a short lifetime.
@@ -296,6 +312,15 @@ fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_or_zero_expires_in_neither_panics_nor_is_believed() {
+        let now = Instant::now();
+        assert_eq!(refresh_at(now, Some(u64::MAX)), refresh_at(now, Some(24 * 3600)));
+        assert!(refresh_at(now, Some(u64::MAX)) <= now + MAX_TOKEN_LIFETIME);
+        assert_eq!(refresh_at(now, Some(0)), now);
+        assert!(refresh_at(now, None) > now + Duration::from_secs(3000));
+    }
 
     #[test]
     fn refresh_margin_is_bounded() {

@@ -36,7 +36,26 @@ pub enum GraphError {
     MalformedPage { path: String, cause: delta::PageError },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
     ForeignLink { link: String },
+    #[error("{url} answered with a redirect (HTTP {status}) to {target}; redirects are never followed, so no token or secret is sent on; check graph_url and login_url")]
+    Redirect { url: String, status: u16, target: String },
+    #[error("Graph's response to {path} is larger than {limit_mib} MiB; refusing to read it")]
+    TooLarge { path: String, limit_mib: usize },
+    #[error("Graph sent a link this round has already read ({path}): the round would never end; the cursor stays where it was")]
+    LinkLoop { path: String },
+    #[error("the delta round for {path} went on for more than {pages} pages; stopping it, and the cursor stays where it was")]
+    EndlessRound { path: String, pages: usize },
 }
+
+/// The largest response body read. Delta pages are a few megabytes at most; a body past this is a fault
+/// or an attack, and reading it whole would cost the agent its memory.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// The longest `Retry-After` honoured. Graph documents waits of minutes under heavy throttling.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The most pages one delta round may have. A million pages is hundreds of millions of entries, far past
+/// any tenant; a round longer than that is a Graph fault, not data.
+pub const MAX_ROUND_PAGES: usize = 1_000_000;
 
 impl GraphError {
     fn network(url: &str, error: &reqwest::Error) -> Self {
@@ -54,7 +73,7 @@ fn network_cause(error: &reqwest::Error) -> String {
 }
 
 /// The scheme, host and path of a URL, without the query (delta and skip tokens are long and opaque).
-fn path_of(url: &str) -> String {
+pub(crate) fn path_of(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) => {
             parsed.set_query(None);
@@ -122,6 +141,8 @@ impl GraphClient {
     pub fn new(tenant: &TenantConfig, credential: ClientCredential) -> Result<Self, GraphError> {
         let credential = Credential::load(credential)?;
         let http = reqwest::Client::builder()
+            // A 307 would re-post the token form, client secret included, to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(tenant.graph_timeout)
             .connect_timeout(tenant.graph_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("writeback/", env!("CARGO_PKG_VERSION")))
@@ -150,7 +171,33 @@ impl GraphClient {
 
     /// Fetches a token now, to check credentials before any other work.
     pub async fn authenticate(&self) -> Result<(), GraphError> {
-        self.tokens.get(&self.http).await.map(|_| ())
+        self.token().await.map(|_| ())
+    }
+
+    /// A token, retrying the token endpoint's throttling and transient failures as Graph's own are.
+    async fn token(&self) -> Result<crate::config::Secret, GraphError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.tokens.get(&self.http).await {
+                Err(GraphError::Token { status, code, description }) if is_transient(status) => {
+                    let cause = format!("token request: HTTP {status}: {code}: {description}");
+                    if attempt >= self.retry.attempts {
+                        return Err(GraphError::GaveUp { path: "the token endpoint".into(), cause, attempts: attempt });
+                    }
+                    let delay = self.backoff(attempt);
+                    tracing::warn!(status, delay_ms = delay.as_millis() as u64, "the token endpoint asked us to wait");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether `url` is on the configured Graph: the same scheme, host and port, under its path. A prefix
+    /// test would let `https://graph.microsoft.com.evil/` through, with the bearer token.
+    fn on_graph(&self, url: &str) -> bool {
+        on_base(&self.graph_base, url)
     }
 
     /// The first request of a full group delta round.
@@ -204,7 +251,7 @@ impl GraphClient {
 
     /// GET with the token, a refresh on 401, and bounded retries on throttling and transient errors.
     async fn get(&self, url: &str) -> Result<Vec<u8>, GraphError> {
-        if !url.starts_with(&self.graph_base) {
+        if !self.on_graph(url) {
             return Err(GraphError::ForeignLink { link: path_of(url) });
         }
         let mut refreshed = false;
@@ -230,7 +277,7 @@ impl GraphClient {
                     if attempt >= self.retry.attempts {
                         return Err(GraphError::GaveUp { path: path_of(url), cause, attempts: attempt });
                     }
-                    let delay = wait.unwrap_or_else(|| self.backoff(attempt)).min(self.retry.max_delay);
+                    let delay = retry_delay(wait, || self.backoff(attempt));
                     tracing::warn!(status, delay_ms = delay.as_millis() as u64, path = %path_of(url), "Graph asked us to wait");
                     tokio::time::sleep(delay).await;
                 }
@@ -239,7 +286,7 @@ impl GraphClient {
     }
 
     async fn try_get(&self, url: &str) -> Result<Outcome, GraphError> {
-        let token = self.tokens.get(&self.http).await?;
+        let token = self.token().await?;
         let sent = self.http.get(url).bearer_auth(token.expose()).send().await;
         let response = match sent {
             Ok(response) => response,
@@ -254,8 +301,12 @@ impl GraphClient {
         let retry_after = retry_after(&response);
         self.count(status.as_u16(), retry_after.is_some());
         let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = match response.bytes().await {
-            Ok(body) => body.to_vec(),
+        if status.is_redirection() {
+            return Err(GraphError::Redirect { url: path_of(url), status: status.as_u16(), target: location.as_deref().map(path_of).unwrap_or_default() });
+        }
+        let body = match read_body(response).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(GraphError::TooLarge { path: path_of(url), limit_mib: MAX_BODY_BYTES >> 20 }),
             Err(e) => {
                 let cause = format!("the response was cut off: {}", network_cause(&e));
                 tracing::warn!(path = %path_of(url), %cause, "Graph response was cut off; will retry");
@@ -284,6 +335,48 @@ impl GraphClient {
     }
 }
 
+/// A response body, or None when it is larger than [`MAX_BODY_BYTES`]. Read in chunks, so that a huge or
+/// endless body is cut off at the limit instead of filling memory.
+pub(crate) async fn read_body(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// Whether `url` has the scheme, host and port of `base`, and a path under its path.
+fn on_base(base: &str, url: &str) -> bool {
+    let (Ok(base), Ok(url)) = (Url::parse(base), Url::parse(url)) else {
+        return false;
+    };
+    let prefix = base.path().trim_end_matches('/');
+    let path = url.path();
+    let under = path == prefix || path.starts_with(&format!("{prefix}/"));
+    url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username().is_empty()
+        && under
+}
+
+/// How long to wait before the next attempt: Graph's `Retry-After` in full, up to [`MAX_RETRY_AFTER`]
+/// (a shorter wait would only be throttled again and use up the attempts), else our own back-off.
+fn retry_delay(retry_after: Option<Duration>, backoff: impl FnOnce() -> Duration) -> Duration {
+    retry_after.map(|wait| wait.min(MAX_RETRY_AFTER)).unwrap_or_else(backoff)
+}
+
+/// Statuses that mean "try again": throttling and the server's transient failures.
+fn is_transient(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504)
+}
+
 fn classify(
     url: &str,
     status: StatusCode,
@@ -299,7 +392,7 @@ fn classify(
         401 => Ok(Outcome::Unauthorized),
         410 => Err(GraphError::ResyncRequired { location }),
         400 if is_resync_code(&code) => Err(GraphError::ResyncRequired { location }),
-        429 | 500 | 502 | 503 | 504 => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") }),
+        transient if is_transient(transient) => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") }),
         other => Err(GraphError::Http { status: other, path: path_of(url), code, message }),
     }
 }
@@ -324,7 +417,7 @@ fn error_code(body: &[u8]) -> (String, String) {
 fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get("retry-after")?.to_str().ok()?;
     let secs: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(secs.min(300)))
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 fn urlencode(segment: &str) -> String {
@@ -359,5 +452,40 @@ mod tests {
         let Err(err) = err else { panic!("403 must fail") };
         let text = err.to_string();
         assert!(text.contains("Authorization_RequestDenied") && !text.contains("abc"), "{text}");
+    }
+
+    #[test]
+    fn only_links_on_the_configured_graph_are_followed() {
+        let base = "https://graph.microsoft.com";
+        assert!(on_base(base, "https://graph.microsoft.com/beta/groups/delta?$skiptoken=x"));
+        assert!(on_base(base, "https://GRAPH.microsoft.com:443/v1.0/users/delta"));
+        for foreign in [
+            "https://graph.microsoft.com.evil/beta/groups/delta",
+            "https://graph.microsoft.com@evil.example/beta/groups/delta",
+            "https://user@graph.microsoft.com/beta/groups/delta",
+            "http://graph.microsoft.com/beta/groups/delta",
+            "https://graph.microsoft.com:8443/beta/groups/delta",
+            "https://evil.example/https://graph.microsoft.com/beta",
+            "not a url",
+        ] {
+            assert!(!on_base(base, foreign), "{foreign}");
+        }
+        let sim = "http://127.0.0.1:9000/graph";
+        assert!(on_base(sim, "http://127.0.0.1:9000/graph/beta/groups/delta"));
+        assert!(!on_base(sim, "http://127.0.0.1:9000/graphx/beta/groups/delta"));
+        assert!(!on_base(sim, "http://127.0.0.1:9001/graph/beta/groups/delta"));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_in_full_up_to_five_minutes() {
+        for status in [429, 500, 502, 503, 504] {
+            assert!(is_transient(status), "{status}");
+        }
+        assert!(!is_transient(400) && !is_transient(403));
+        let backoff = || Duration::from_secs(1);
+        assert_eq!(retry_delay(Some(Duration::from_secs(90)), backoff), Duration::from_secs(90), "not cut to the back-off cap");
+        assert_eq!(retry_delay(Some(Duration::from_secs(300)), backoff), Duration::from_secs(300));
+        assert_eq!(retry_delay(Some(Duration::from_secs(86_400)), backoff), MAX_RETRY_AFTER);
+        assert_eq!(retry_delay(None, backoff), Duration::from_secs(1));
     }
 }

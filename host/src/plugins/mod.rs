@@ -59,7 +59,42 @@ pub const FORBIDDEN_ATTRIBUTES: &[&str] = &[
     "objectGUID",
     "objectSid",
     "msDS-ExternalDirectoryObjectId",
+    // Protection, ownership and Unix membership.
+    "adminCount",
+    "managedBy",
+    "memberUid",
+    "gidNumber",
+    "msSFU30PosixMember",
+    // Linked attributes: each value is a link to another object.
+    "memberOf",
+    "manager",
+    "directReports",
+    "msDS-MembersForAzRole",
+    "msDS-NonMembers",
+    // Security and delegation.
+    "sIDHistory",
+    "primaryGroupID",
+    "userAccountControl",
+    "servicePrincipalName",
+    "msDS-AllowedToDelegateTo",
+    "msDS-AllowedToActOnBehalfOfOtherIdentity",
+    "msDS-KeyCredentialLink",
+    "altSecurityIdentities",
+    "userPassword",
+    "unicodePwd",
+    "isCriticalSystemObject",
+    "systemFlags",
+    "objectCategory",
+    "instanceType",
 ];
+
+/// Whether `name` is an attribute's name (a letter, then letters, digits and hyphens), as LDAP's `descr`
+/// form is. An OID (`2.5.4.31` is `member`) or a name with options (`member;range=0-9`) would slip past
+/// [`FORBIDDEN_ATTRIBUTES`], so neither is accepted.
+pub fn is_attribute_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
 
 /// Attributes a transform may write unless the tenant configures its own list.
 pub const DEFAULT_TRANSFORM_ATTRIBUTES: &[&str] = &[

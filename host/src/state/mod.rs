@@ -177,6 +177,21 @@ pub struct MergeStats {
     pub member_changes: usize,
 }
 
+/// Mode 0700 for `dir` and every directory below it, 0600 for every file.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            make_private(&path)?;
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// sled's page cache. Its default (1 GB) made a 100,000-group tenant cost about 1 GB of RSS; the state is read
 /// once per cycle, in order, so a small cache costs little time (the OS caches the files anyway).
 const CACHE_BYTES: u64 = 32 << 20;
@@ -185,6 +200,8 @@ const CACHE_BYTES: u64 = 32 << 20;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The private directory of a scratch store, removed when the last clone is dropped.
+    _scratch: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl Store {
@@ -199,12 +216,19 @@ impl Store {
             Ok(result) => result.map_err(|e| open_error(e.to_string()))?,
             Err(_) => return Err(open_error("the database is damaged".into())),
         };
-        Ok(Store { db })
+        Ok(Store { db, _scratch: None })
     }
 
-    /// A throwaway in-memory store (tests, and `plan`'s scratch copy).
+    /// A throwaway store (tests, and `plan`'s scratch copy). It holds UPNs, SIDs and memberships, so it
+    /// lives in a directory of its own, mode 0700, with its files 0600; sled alone would follow the umask.
     pub fn temporary() -> Result<Store, StateError> {
-        Ok(Store { db: sled::Config::new().temporary(true).open()? })
+        let dir = tempfile::Builder::new().prefix("writeback-scratch-").tempdir().map_err(|cause| StateError::CreateDir {
+            path: std::env::temp_dir(),
+            cause,
+        })?;
+        let db = sled::Config::new().path(dir.path().join("db")).temporary(true).cache_capacity(CACHE_BYTES).open()?;
+        make_private(dir.path()).map_err(|cause| StateError::CreateDir { path: dir.path().to_path_buf(), cause })?;
+        Ok(Store { db, _scratch: Some(std::sync::Arc::new(dir)) })
     }
 
     /// The state of one tenant. A state of an older layout is cleared first: a full resync rebuilds it.
@@ -1179,5 +1203,32 @@ mod tests {
         let path = dir.path().join("state");
         Store::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn the_scratch_copy_is_private_and_removed_when_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Store::temporary().unwrap();
+        scratch.tenant("t").unwrap();
+        let dir = scratch._scratch.as_ref().unwrap().path().to_path_buf();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        let mut files = 0;
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                if path.is_dir() {
+                    assert_eq!(mode, 0o700, "{}", path.display());
+                    stack.push(path);
+                } else {
+                    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+                    files += 1;
+                }
+            }
+        }
+        assert!(files > 0, "sled wrote its files there");
+        drop(scratch);
+        assert!(!dir.exists());
     }
 }

@@ -1,9 +1,34 @@
 //! Delta rounds: Graph's pages merged into the state, page by page, and the end of full rounds.
 
 use super::{CycleReport, SyncError, TenantSync};
-use crate::graph::{GraphError, Presence};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+
+use crate::graph::{GraphError, MAX_ROUND_PAGES, Presence};
 use crate::graph::delta::{self, NextLink, Removal};
 use crate::state::{Cursor, Resource, Unreadable};
+
+/// What keeps a delta round finite: a link read twice, or more pages than any tenant has, is a Graph fault
+/// that would otherwise loop for ever.
+#[derive(Default)]
+struct RoundGuard {
+    /// Hashes of the links read so far (links carry long tokens; their hashes are enough to see a repeat).
+    seen: HashSet<u64>,
+}
+
+impl RoundGuard {
+    fn next(&mut self, link: &str) -> Result<(), GraphError> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        link.hash(&mut hasher);
+        if !self.seen.insert(hasher.finish()) {
+            return Err(GraphError::LinkLoop { path: crate::graph::path_of(link) });
+        }
+        if self.seen.len() > MAX_ROUND_PAGES {
+            return Err(GraphError::EndlessRound { path: crate::graph::path_of(link), pages: MAX_ROUND_PAGES });
+        }
+        Ok(())
+    }
+}
 
 impl TenantSync<'_> {
     /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync or
@@ -32,10 +57,12 @@ impl TenantSync<'_> {
             }
             Some(c) => (c.link, c.full),
         };
+        let mut read = RoundGuard::default();
         loop {
             if self.stop.is_set() {
                 return Ok(full);
             }
+            read.next(&link)?;
             let page = self.graph.delta_page(&link).await?;
             let (next, complete) = match page.link {
                 NextLink::Next(next) => (next, false),
@@ -124,5 +151,20 @@ impl TenantSync<'_> {
 
     fn unlisted_but_live(&self, kind: &str, id: &str) {
         tracing::warn!(tenant = %self.config.name, "{kind} {id} was not listed in a full delta round, but Graph still returns it; it is kept as it was");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_read_twice_in_one_round_ends_it() {
+        let mut guard = RoundGuard::default();
+        guard.next("https://graph.microsoft.com/beta/groups/delta?$skiptoken=a").unwrap();
+        guard.next("https://graph.microsoft.com/beta/groups/delta?$skiptoken=b").unwrap();
+        let err = guard.next("https://graph.microsoft.com/beta/groups/delta?$skiptoken=a").unwrap_err();
+        assert!(matches!(err, GraphError::LinkLoop { .. }), "{err}");
+        assert!(!err.to_string().contains("skiptoken=a"), "tokens stay out of errors: {err}");
     }
 }

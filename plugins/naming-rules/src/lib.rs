@@ -6,11 +6,11 @@
 //! is what a plugin hands back through WIT; the texts differ from the agent's, the cases where they occur do not.
 //! `plugins/cloud-sync-naming/tests/builtin.rs` checks the two against each other on a corpus.
 
-/// Windows AD caps `cn` at 64 characters.
+/// Windows AD caps `cn` at 64 UTF-16 units (an emoji counts twice).
 pub const MAX_CN: usize = 64;
 /// The pre-Windows 2000 logon name limit.
 pub const MAX_SAM: usize = 20;
-/// How many characters of the trimmed display name the cloud sync CN keeps.
+/// How many UTF-16 units of the trimmed display name the cloud sync CN keeps.
 pub const CN_NAME_CHARS: usize = 51;
 /// How many trailing characters of the object id end the CN.
 pub const CN_ID_CHARS: usize = 12;
@@ -66,19 +66,32 @@ pub fn first_chars(s: &str, n: usize) -> &str {
     }
 }
 
-/// The cloud sync CN: the trimmed display name cut to 51 characters, trailing whitespace of the cut removed,
+/// The longest prefix of `s` that fits in `units` UTF-16 units, never splitting a character. AD counts
+/// string lengths in UTF-16 units.
+pub fn first_utf16(s: &str, units: usize) -> &str {
+    let mut used = 0;
+    for (at, c) in s.char_indices() {
+        used += c.len_utf16();
+        if used > units {
+            return &s[..at];
+        }
+    }
+    s
+}
+
+/// The cloud sync CN: the trimmed display name cut to 51 UTF-16 units, trailing whitespace of the cut removed,
 /// `_`, the last 12 characters of the id.
 pub fn cloud_sync_cn(id: &str, display_name: &str) -> Result<String, String> {
     tagged_cn(id, display_name, CN_NAME_CHARS, "")
 }
 
-/// A cloud sync style CN with a tag before the `_`: the trimmed display name cut to `name_chars` characters,
+/// A cloud sync style CN with a tag before the `_`: the trimmed display name cut to `name_chars` UTF-16 units,
 /// trailing whitespace of the cut removed, then `tag`, `_` and the last 12 characters of the id. Checks the
 /// display name and the id exactly as the built-in policy does.
 pub fn tagged_cn(id: &str, display_name: &str, name_chars: usize, tag: &str) -> Result<String, String> {
     let name = usable_display_name(display_name)?;
     check_id(id)?;
-    let cut = first_chars(name, name_chars).trim_end();
+    let cut = first_utf16(name, name_chars).trim_end();
     let last = last_chars(id, CN_ID_CHARS);
     // Plain pushes rather than format!: names are made for every group on every cycle.
     let mut cn = String::with_capacity(cut.len() + tag.len() + 1 + last.len());
@@ -118,9 +131,9 @@ pub fn validate(placement: &Placement) -> Result<(), String> {
     if cn.trim().is_empty() {
         return Err("CN is empty".into());
     }
-    let len = cn.chars().count();
+    let len = cn.encode_utf16().count();
     if len > MAX_CN {
-        return Err(format!("CN {cn:?} is {len} characters; AD allows at most {MAX_CN}"));
+        return Err(format!("CN {cn:?} is {len} UTF-16 units long; AD allows at most {MAX_CN}"));
     }
     if cn.chars().any(char::is_control) {
         return Err(format!("CN {cn:?} contains a control character"));
@@ -167,6 +180,15 @@ mod tests {
     use super::*;
 
     const ID: &str = "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718";
+
+    #[test]
+    fn utf16_cuts_count_as_ad_does_and_never_split_a_character() {
+        assert_eq!(first_utf16("ab😀c", 3), "ab");
+        assert_eq!(first_utf16("ab😀c", 4), "ab😀");
+        assert_eq!(first_utf16("abc", 10), "abc");
+        let cn = cloud_sync_cn("2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718", &"😀".repeat(40)).unwrap();
+        assert_eq!(cn.encode_utf16().count(), 50 + 13);
+    }
 
     #[test]
     fn char_cuts_never_split_a_character() {

@@ -237,6 +237,7 @@ impl FaultSpec {
             "status500" => FaultKind::Status500,
             "malformedbody" => FaultKind::MalformedBody,
             "resetconnection" => FaultKind::ResetConnection,
+            "nextlinkloop" => FaultKind::NextLinkLoop,
             "delay" => {
                 let ms = self
                     .delay_ms

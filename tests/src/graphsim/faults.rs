@@ -111,6 +111,10 @@ pub enum FaultKind {
     Delay(Duration),
     /// The connection is closed without any response.
     ResetConnection,
+    /// 307 Temporary Redirect to this URL: what a hijacked proxy or endpoint would answer.
+    Redirect307(String),
+    /// An empty page whose nextLink is the request's own URL: a round that never ends.
+    NextLinkLoop,
 }
 
 impl FaultKind {
@@ -161,10 +165,16 @@ pub(crate) fn action(
     kind: &FaultKind,
     endpoint: Endpoint,
     location: impl FnOnce() -> String,
+    own_url: impl FnOnce() -> String,
 ) -> FaultAction {
     match kind {
         FaultKind::Delay(delay) => FaultAction::Delay(*delay),
         FaultKind::ResetConnection => FaultAction::Reset,
+        FaultKind::Redirect307(target) => FaultAction::Respond(redirect(target)),
+        FaultKind::NextLinkLoop => FaultAction::Respond(graph_json(
+            StatusCode::OK,
+            &json!({ "value": [], "@odata.nextLink": own_url() }),
+        )),
         _ if endpoint == Endpoint::Token => FaultAction::Respond(token_fault(kind)),
         _ => FaultAction::Respond(graph_fault(kind, location)),
     }
@@ -210,10 +220,20 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
             GRAPH_CONTENT_TYPE,
             r#"{"@odata.context":"x","value":[{"id":"#,
         ),
-        FaultKind::Delay(_) | FaultKind::ResetConnection => {
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
+        FaultKind::Delay(_)
+        | FaultKind::ResetConnection
+        | FaultKind::Redirect307(_)
+        | FaultKind::NextLinkLoop => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// 307 with `Location`: a client that follows it sends the same request, body included, to `target`.
+fn redirect(target: &str) -> Response {
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(value) = HeaderValue::from_str(target) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 /// 410 Gone: the client's sync state is lost; `Location` restarts the query.
@@ -315,7 +335,11 @@ fn token_fault(kind: &FaultKind) -> Response {
             90_000,
             "The request is not valid.",
         ),
-        FaultKind::Status500 | FaultKind::Delay(_) | FaultKind::ResetConnection => (
+        FaultKind::Status500
+        | FaultKind::Delay(_)
+        | FaultKind::ResetConnection
+        | FaultKind::Redirect307(_)
+        | FaultKind::NextLinkLoop => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             50_000,

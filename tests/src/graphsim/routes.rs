@@ -131,7 +131,14 @@ async fn serve(sim: Arc<Simulator>, request: Request, next: Next) -> Response {
     let fault = sim.take_fault(endpoint);
     record.fault = fault.as_ref().map(|f| f.kind.label());
     let action =
-        fault.map(|f| faults::action(&f.kind, endpoint, || sim.fresh_start_url(request.uri())));
+        fault.map(|f| {
+            faults::action(
+                &f.kind,
+                endpoint,
+                || sim.fresh_start_url(request.uri()),
+                || format!("{}{}", sim.base_url(), request.uri()),
+            )
+        });
     let response = match action {
         None => next.run(request).await,
         Some(FaultAction::Respond(response)) => response,

@@ -827,3 +827,35 @@ async fn control_api_drives_the_same_tenant() {
             .all(|r| !r["path"].as_str().unwrap_or("").starts_with("/_sim"))
     }));
 }
+
+#[tokio::test]
+async fn redirects_and_looping_next_links_are_injectable() {
+    let h = Harness::start(SimConfig::default()).await;
+    let url = groups_delta_url(&h);
+    let target = "http://127.0.0.1:9/elsewhere".to_owned();
+    h.sim.inject(Fault::new(
+        FaultTarget::GroupsDelta,
+        FaultKind::Redirect307(target.clone()),
+    ));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::NextLinkLoop));
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let redirected = plain
+        .get(&url)
+        .bearer_auth(&h.token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(redirected.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        redirected.headers()["location"].to_str().ok(),
+        Some(target.as_str())
+    );
+    let looping = h.get_json(&url).await;
+    assert_eq!(looping["value"], json!([]));
+    assert_eq!(looping["@odata.nextLink"].as_str(), Some(url.as_str()));
+    let normal = h.get_json(&url).await;
+    assert!(normal["@odata.nextLink"] != json!(url), "one fault, one answer");
+}

@@ -75,7 +75,7 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
         env.sim.add_group(writeback_group(id, &format!("Crash {g:03}"), &members)).unwrap();
     }
 
-    let initial_kills = kill_until_done(&env, steps(12, 24)).await?;
+    let initial_kills = kill_until_done(&env, steps(6, 32)).await?;
 
     // Delta changes of every kind.
     for (g, id) in ids.iter().enumerate().take(100) {
@@ -90,7 +90,7 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
     for g in 0..15 {
         env.sim.add_group(writeback_group(&new_id(), &format!("Late {g:02}"), &[users[g].0.clone()])).unwrap();
     }
-    let delta_kills = kill_until_done(&env, steps(2, 16)).await?;
+    let delta_kills = kill_until_done(&env, steps(1, 24)).await?;
     println!("killed {initial_kills} times during the initial sync and {delta_kills} times during delta cycles");
     assert!(initial_kills + delta_kills >= 20, "only {initial_kills} + {delta_kills} kill points were reached");
 

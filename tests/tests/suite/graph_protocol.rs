@@ -303,3 +303,69 @@ async fn throttling_that_does_not_end_fails_the_cycle_after_bounded_retries() ->
     assert!(env.group(&id).await?.is_some(), "nothing was lost");
     Ok(())
 }
+
+/// The one `error:` line of a failed run.
+fn one_error_line(output: &std::process::Output) -> String {
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_string()
+}
+
+/// Whether anything connected to `trap` (a connection attempt is in its accept queue once the client has
+/// finished, so a non-blocking accept after the run tells).
+fn anything_arrived(trap: &std::net::TcpListener) -> bool {
+    !matches!(trap.accept(), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[tokio::test]
+async fn a_redirect_from_the_token_endpoint_or_graph_is_never_followed() -> anyhow::Result<()> {
+    let env = Env::new("redirect").await?;
+    let trap = std::net::TcpListener::bind("127.0.0.1:0")?;
+    trap.set_nonblocking(true)?;
+    let target = format!("http://{}/collect", trap.local_addr()?);
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Behind a redirect", &[])).unwrap();
+    for endpoint in [FaultTarget::Token, FaultTarget::GroupsDelta] {
+        env.sim.inject(fault(endpoint, FaultKind::Redirect307(target.clone())));
+        let error = one_error_line(&env.run(&["sync", "--once"]).await?);
+        assert!(error.contains("redirect") && error.contains("307"), "{endpoint:?}: {error}");
+        assert!(!anything_arrived(&trap), "{endpoint:?}: the redirect was followed, with the secret or the token");
+    }
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some(), "nothing was lost");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_next_link_that_loops_fails_the_round_in_one_line_and_loses_nothing() -> anyhow::Result<()> {
+    let env = Env::new("link-loop").await?;
+    env.sync(&[]).await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "After the loop", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::NextLinkLoop));
+    let pages = || env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).count();
+    let before = pages();
+    let error = one_error_line(&env.run(&["sync", "--once"]).await?);
+    assert!(error.contains("already read") && !error.contains("deltatoken="), "{error}");
+    assert_eq!(pages() - before, 1, "the link that came back was not asked again");
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some(), "the change behind the loop is applied on the next cycle");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_throttled_or_failing_token_endpoint_is_retried() -> anyhow::Result<()> {
+    let env = Env::new("token-retry").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "After a throttled sign-in", &[])).unwrap();
+    env.sim.inject(fault(FaultTarget::Token, FaultKind::Throttle429 { retry_after_secs: 0 }));
+    env.sim.inject(fault(FaultTarget::Token, FaultKind::Unavailable503 { retry_after_secs: None }));
+    env.sync(&[]).await?;
+    assert_eq!(env.sim.pending_faults(), 0);
+    let tokens = env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::Token).count();
+    assert!(tokens >= 3, "{tokens} token requests");
+    assert!(env.group(&id).await?.is_some());
+    Ok(())
+}
