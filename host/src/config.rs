@@ -304,16 +304,18 @@ impl Config {
         self.check_target_ous_apart()
     }
 
-    /// Each tenant owns the anchored groups inside its target OU, so two tenants' OUs must not nest.
+    /// Each tenant owns the anchored groups inside its OUs (`target_ou` and `allowed_ous`), so no OU of one
+    /// tenant may equal, contain or lie inside an OU of another: an anchored group there would be both's.
     fn check_target_ous_apart(&self) -> Result<(), ConfigError> {
         for (i, a) in self.tenants.iter().enumerate() {
             for b in &self.tenants[i + 1..] {
-                let (x, y) = (&a.directory.target_ou, &b.directory.target_ou);
-                if crate::dn::is_within(x, y) || crate::dn::is_within(y, x) {
-                    return Err(ConfigError::Invalid(format!(
-                        "tenants {} and {} have nested or equal target_ou; give each tenant its own OU",
-                        a.name, b.name
-                    )));
+                for x in a.ous() {
+                    if let Some(y) = b.ous().find(|y| crate::dn::is_within(x, y) || crate::dn::is_within(y, x)) {
+                        return Err(ConfigError::Invalid(format!(
+                            "tenants {} and {} have overlapping OUs ({x} and {y}); each tenant's target_ou and allowed_ous must be apart from every other tenant's",
+                            a.name, b.name
+                        )));
+                    }
                 }
             }
         }
@@ -405,6 +407,11 @@ impl TenantConfig {
             lease.validate(name)?;
         }
         self.plugins.validate(name)
+    }
+
+    /// The OUs whose anchored groups belong to this tenant: `target_ou` and every `allowed_ous` entry.
+    pub fn ous(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.directory.target_ou).chain(&self.plugins.allowed_ous)
     }
 
     /// The DN of the tenant's lease object.
@@ -687,6 +694,26 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let text = GOOD.replace("http://127.0.0.1:9000", "http://graph.example.com");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("graph_url must use https"), "{err}");
+    }
+
+    /// `GOOD` with a second tenant whose target OU is `ou_b`, and `plugins` appended to the first tenant.
+    fn two_tenants(ou_b: &str, plugins: &str) -> String {
+        let (head, first) = GOOD.split_once("[[tenant]]").unwrap();
+        let second = first.replace("name = \"contoso\"", "name = \"fabrikam\"").replace("OU=Writeback,DC=corp", ou_b);
+        format!("{head}[[tenant]]{first}{plugins}\n[[tenant]]{second}")
+    }
+
+    #[test]
+    fn tenants_whose_ous_overlap_are_refused() {
+        assert!(parse(&two_tenants("OU=Other,DC=corp", "")).is_ok());
+        let err = parse(&two_tenants("OU=Inner,OU=Writeback,DC=corp", "")).unwrap_err().to_string();
+        assert!(err.contains("tenants contoso and fabrikam have overlapping OUs"), "{err}");
+        // An allowed OU of one tenant inside another tenant's target OU would make that tenant's groups its own.
+        let plugins = "[tenant.plugins]\nallowed_ous = [\"OU=Shared,OU=Other,DC=corp,DC=example,DC=test\"]\n";
+        let err = parse(&two_tenants("OU=Other,DC=corp", plugins)).unwrap_err().to_string();
+        assert!(err.contains("(OU=Shared,OU=Other,DC=corp,DC=example,DC=test and OU=Other,DC=corp,DC=example,DC=test)"), "{err}");
+        let plugins = "[tenant.plugins]\nallowed_ous = [\"OU=Elsewhere,DC=corp,DC=example,DC=test\"]\n";
+        assert!(parse(&two_tenants("OU=Other,DC=corp", plugins)).is_ok());
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub struct LeaseValue {
     pub token: String,
     /// The agent that released the lease, which lets others take it first.
     pub released_by: String,
+    /// The process that wrote the value (a random value per process), so that two processes with one agent
+    /// id are never taken for one holder.
+    pub nonce: String,
+    /// A release made by the holding process itself after it stopped writing: free at once.
+    pub clean: bool,
+    /// Another process (`lease release`) asked the holder to release the lease at its next renewal.
+    pub requested: bool,
 }
 
 impl LeaseValue {
@@ -47,6 +54,9 @@ impl LeaseValue {
                 "expires" => value.expires = v.parse().ok()?,
                 "token" => value.token = v.to_string(),
                 "released" => value.released_by = v.to_string(),
+                "nonce" => value.nonce = v.to_string(),
+                "clean" => value.clean = flag(v)?,
+                "requested" => value.requested = flag(v)?,
                 _ => return None,
             }
         }
@@ -56,14 +66,34 @@ impl LeaseValue {
     /// The stored form.
     pub fn render(&self) -> String {
         format!(
-            "holder={};epoch={};expires={};token={};released={}",
-            self.holder, self.epoch, self.expires, self.token, self.released_by
+            "holder={};epoch={};expires={};token={};released={};nonce={};clean={};requested={}",
+            self.holder,
+            self.epoch,
+            self.expires,
+            self.token,
+            self.released_by,
+            self.nonce,
+            u8::from(self.clean),
+            u8::from(self.requested)
         )
+    }
+
+    /// Whether the process `nonce` of agent `agent` wrote this value as the holder.
+    pub fn held_by(&self, agent: &str, nonce: &str) -> bool {
+        !self.holder.is_empty() && self.holder == agent && self.nonce == nonce
     }
 
     /// Whether no agent holds the lease at DC time `now`.
     pub fn is_free(&self, now: u64) -> bool {
         self.holder.is_empty() || self.expires <= now
+    }
+}
+
+fn flag(text: &str) -> Option<bool> {
+    match text {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
     }
 }
 
@@ -87,6 +117,9 @@ pub struct LeaseView {
     pub epoch: u64,
     /// DC seconds since the Unix epoch.
     pub expires: u64,
+    /// Set while another running process uses this agent's id: this agent then writes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<String>,
 }
 
 /// The holder's permission to write: until a monotonic deadline, for one epoch.
@@ -94,6 +127,7 @@ pub struct LeaseView {
 pub struct Fence {
     tenant: Arc<str>,
     agent: Arc<str>,
+    nonce: Arc<str>,
     dn: Arc<str>,
     held: Arc<Mutex<Option<Held>>>,
 }
@@ -105,8 +139,8 @@ struct Held {
 }
 
 impl Fence {
-    fn new(tenant: &str, agent: &str, dn: &str) -> Fence {
-        Fence { tenant: tenant.into(), agent: agent.into(), dn: dn.into(), held: Arc::new(Mutex::new(None)) }
+    fn new(tenant: &str, agent: &str, nonce: &str, dn: &str) -> Fence {
+        Fence { tenant: tenant.into(), agent: agent.into(), nonce: nonce.into(), dn: dn.into(), held: Arc::new(Mutex::new(None)) }
     }
 
     fn held(&self) -> Option<Held> {
@@ -123,14 +157,16 @@ impl Fence {
         if self.permits() { Ok(()) } else { Err(DirectoryError::LeaseLost { tenant: self.tenant.to_string() }) }
     }
 
-    /// Re-reads the lease and fails (revoking the fence) unless this agent still holds it in the same epoch.
+    /// Re-reads the lease and fails (revoking the fence) unless this process still holds it in the same epoch.
     /// Called before every batch of writes, so that a release or a takeover is seen within one batch.
     pub async fn confirm(&self, directory: &mut Directory) -> Result<(), DirectoryError> {
         self.check()?;
         let object = directory.read_lease(&self.dn).await?;
         let current = object.value.as_deref().and_then(LeaseValue::parse);
         let ours = match (current, self.held()) {
-            (Some(value), Some(held)) => value.holder == *self.agent && value.epoch == held.epoch && !value.is_free(object.dc_time),
+            (Some(value), Some(held)) => {
+                value.held_by(&self.agent, &self.nonce) && value.epoch == held.epoch && !value.is_free(object.dc_time)
+            }
             _ => false,
         };
         if !ours {
@@ -164,6 +200,11 @@ pub enum Mode {
 pub struct TenantLease {
     tenant: String,
     agent: String,
+    /// This process's random value: another process with the same agent id has another.
+    nonce: String,
+    /// Whether this process keeps a presence value (the daemon), which counts it in the fair share and lets
+    /// it see another process running with its id. A one-shot run or `lease release` keeps none.
+    announce: bool,
     dn: String,
     directory: DirectoryConfig,
     ttl: Duration,
@@ -182,6 +223,14 @@ pub struct TenantLease {
     releasing: AtomicBool,
     /// Why the last look or change failed, until one succeeds.
     last_error: Mutex<Option<String>>,
+    /// The lease value as first seen unchanged, and when: a lease that looks free is taken only after it
+    /// has stayed unchanged for a full ttl on this process's monotonic clock.
+    watch: Mutex<Option<(Option<String>, Instant)>>,
+    /// The DC's time at this process's first look: a presence with this agent's id refreshed after it is
+    /// another running process.
+    first_look: std::sync::OnceLock<u64>,
+    /// Why this process writes nothing because another running process uses its agent id.
+    duplicate: Mutex<Option<String>>,
 }
 
 /// What one look at a lease object found.
@@ -191,6 +240,10 @@ struct Observation {
     value: Option<LeaseValue>,
     /// Agents whose presence is fresh.
     live: BTreeSet<String>,
+    /// How long this process has seen the lease value unchanged.
+    unchanged_for: Duration,
+    /// Another running process with this agent's id, when one refreshed its presence since this one started.
+    rival: Option<String>,
 }
 
 /// What to do with one lease after a look.
@@ -199,17 +252,21 @@ enum Action {
     Take,
     Renew,
     Release,
+    /// Ask the holder, another process of this agent, to release at its next renewal (`lease release`).
+    Request,
     Wait,
 }
 
 impl TenantLease {
-    fn new(agent: &str, tenant: &TenantConfig) -> Option<TenantLease> {
+    fn new(agent: &str, nonce: &str, announce: bool, tenant: &TenantConfig) -> Option<TenantLease> {
         let config = tenant.lease.as_ref()?;
         let dn = tenant.lease_dn()?;
         Some(TenantLease {
             tenant: tenant.name.clone(),
             agent: agent.to_string(),
-            fence: Fence::new(&tenant.name, agent, &dn),
+            nonce: nonce.to_string(),
+            announce,
+            fence: Fence::new(&tenant.name, agent, nonce, &dn),
             dn,
             directory: tenant.directory.clone(),
             ttl: config.ttl,
@@ -221,6 +278,9 @@ impl TenantLease {
             takes: AtomicU64::new(0),
             releasing: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            watch: Mutex::new(None),
+            first_look: std::sync::OnceLock::new(),
+            duplicate: Mutex::new(None),
         })
     }
 
@@ -241,7 +301,23 @@ impl TenantLease {
 
     /// The lease as last seen, with this agent's role now.
     pub fn view(&self) -> LeaseView {
-        LeaseView { role: self.role(), ..self.view.lock().unwrap_or_else(PoisonError::into_inner).clone() }
+        let duplicate = self.duplicate.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        LeaseView { role: self.role(), duplicate, ..self.view.lock().unwrap_or_else(PoisonError::into_inner).clone() }
+    }
+
+    /// Another running process uses this agent's id: write nothing, and say why until it is gone.
+    fn set_duplicate(&self, rival: Option<String>) {
+        if rival.is_some() {
+            self.fence.revoke();
+        }
+        let mut duplicate = self.duplicate.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*duplicate, &rival) {
+            (None, Some(why)) => tracing::error!(tenant = %self.tenant, "{why}"),
+            (Some(_), None) => tracing::info!(tenant = %self.tenant, "no other process uses this agent's id any more"),
+            _ => {}
+        }
+        crate::metrics::global().record_duplicate(&self.tenant, rival.is_some());
+        *duplicate = rival;
     }
 
     /// Why the last look at the lease or change to it failed, if it did.
@@ -285,7 +361,14 @@ impl TenantLease {
     async fn observe(&self) -> Result<Observation, DirectoryError> {
         let started = Instant::now();
         let object = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
-        self.refresh_presence(&object).await?;
+        // The value was written before this read ended, so a holder's deadline ends within one ttl of now.
+        let unchanged_for = self.unchanged_for(&object.value, Instant::now());
+        let mut rival = None;
+        if self.announce {
+            self.refresh_presence(&object).await?;
+            let since = *self.first_look.get_or_init(|| object.dc_time);
+            rival = rival_process(&object.presence, &self.agent, &self.nonce, since, object.dc_time, self.ttl_secs());
+        }
         let value = object.value.as_deref().and_then(LeaseValue::parse);
         if object.value.is_some() && value.is_none() {
             tracing::warn!(tenant = %self.tenant, dn = %self.dn, "the lease object holds a value writeback cannot read; treating the lease as free");
@@ -294,21 +377,39 @@ impl TenantLease {
         if let Some(value) = &value {
             let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
             let holder = if value.is_free(object.dc_time) { String::new() } else { value.holder.clone() };
-            *view = LeaseView { role: view.role, holder, epoch: value.epoch, expires: value.expires };
+            *view = LeaseView { role: view.role, holder, epoch: value.epoch, expires: value.expires, duplicate: None };
         }
-        Ok(Observation { started, object, value, live })
+        Ok(Observation { started, object, value, live, unchanged_for, rival })
+    }
+
+    /// How long `value` has been the lease value, as this process has watched it.
+    fn unchanged_for(&self, value: &Option<String>, now: Instant) -> Duration {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*watch {
+            Some((seen, since)) if seen == value => now.saturating_duration_since(*since),
+            _ => {
+                *watch = Some((value.clone(), now));
+                Duration::ZERO
+            }
+        }
     }
 
     /// Replaces this agent's presence value, and drops presence values that have been stale for long.
     async fn refresh_presence(&self, object: &LeaseObject) -> Result<(), DirectoryError> {
-        let mine: Vec<&String> = object.presence.iter().filter(|p| presence_agent(p) == Some(self.agent.as_str())).collect();
+        let own_id = |p: &str| presence_agent(p) == Some(self.agent.as_str());
+        let mine: Vec<&String> = object.presence.iter().filter(|p| own_id(p) && presence_nonce(p) == self.nonce).collect();
         let old = self.presence.lock().unwrap_or_else(PoisonError::into_inner).clone().filter(|o| mine.contains(&o)).or_else(|| mine.first().map(|p| (*p).clone()));
-        let new = format!("{} {}", self.agent, object.dc_time);
+        let new = format!("{} {} {}", self.agent, object.dc_time, self.nonce);
+        // Extra values of this process go at once; a dead earlier process of this agent after one ttl (a
+        // live one is a rival, and must stay visible); other agents' values after ten.
         let stale: Vec<String> = object
             .presence
             .iter()
             .filter(|p| Some(*p) != old.as_ref())
-            .filter(|p| presence_agent(p) == Some(self.agent.as_str()) || presence_time(p).is_none_or(|t| t + 10 * self.ttl_secs() < object.dc_time))
+            .filter(|p| {
+                let limit = if own_id(p) { self.ttl_secs() } else { 10 * self.ttl_secs() };
+                mine.contains(p) || presence_time(p).is_none_or(|t| t + limit < object.dc_time)
+            })
             .cloned()
             .collect();
         self.with_directory(async |d| {
@@ -330,7 +431,7 @@ impl TenantLease {
         let old = seen.value.clone().unwrap_or_default();
         let new = match action {
             Action::Wait => {
-                if seen.value.as_ref().is_some_and(|v| v.holder != self.agent || v.is_free(now)) {
+                if seen.value.as_ref().is_some_and(|v| !v.held_by(&self.agent, &self.nonce) || v.is_free(now)) {
                     self.lost("another agent holds the lease, or it expired", seen.value.as_ref());
                 }
                 return Ok(false);
@@ -340,14 +441,25 @@ impl TenantLease {
                 epoch: if action == Action::Take { old.epoch + 1 } else { old.epoch },
                 expires: now + self.ttl_secs(),
                 token: token(),
-                released_by: String::new(),
+                nonce: self.nonce.clone(),
+                ..LeaseValue::default()
             },
             Action::Release => {
-                // Stop writing before anyone else may start.
+                // Stop writing before anyone else may start: then the release is clean, and free at once.
                 self.releasing.store(true, Ordering::SeqCst);
                 self.fence.revoke();
-                LeaseValue { holder: String::new(), epoch: old.epoch, expires: now + self.ttl_secs(), token: token(), released_by: self.agent.clone() }
+                LeaseValue {
+                    epoch: old.epoch,
+                    expires: now + self.ttl_secs(),
+                    token: token(),
+                    released_by: self.agent.clone(),
+                    nonce: self.nonce.clone(),
+                    clean: old.held_by(&self.agent, &self.nonce),
+                    ..LeaseValue::default()
+                }
             }
+            // The holder keeps writing until its next renewal; it then releases cleanly.
+            Action::Request => LeaseValue { token: token(), requested: true, ..old.clone() },
         };
         let rendered = new.render();
         let swapped = match self.with_directory(async |d| d.swap_lease(&self.dn, seen.object.value.as_deref(), &rendered).await).await {
@@ -363,7 +475,10 @@ impl TenantLease {
             (Action::Release, true) => {
                 tracing::info!(tenant = %self.tenant, epoch = new.epoch, "released the writer lease");
             }
-            (Action::Release, false) => {}
+            (Action::Release | Action::Request, false) => {}
+            (Action::Request, true) => {
+                tracing::info!(tenant = %self.tenant, epoch = new.epoch, "asked the holder of the writer lease to release it");
+            }
             (_, true) => {
                 if action == Action::Take {
                     self.takes.fetch_add(1, Ordering::SeqCst);
@@ -372,7 +487,7 @@ impl TenantLease {
                 self.releasing.store(false, Ordering::SeqCst);
                 self.fence.hold(new.epoch, seen.started + self.ttl - self.margin);
                 let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-                *view = LeaseView { role: Role::Active, holder: self.agent.clone(), epoch: new.epoch, expires: new.expires };
+                *view = LeaseView { role: Role::Active, holder: self.agent.clone(), epoch: new.epoch, expires: new.expires, duplicate: None };
             }
             (_, false) => {
                 // Look at what won, so that a `lease release` run for this agent is not reported as a loss.
@@ -395,26 +510,47 @@ impl TenantLease {
         }
     }
 
-    /// Gives the lease up if this agent holds it.
-    /// Gives the lease up if this agent holds it. A running daemon of this agent may renew between the look
-    /// and the swap, so the release looks again a few times.
-    async fn release(&self) -> Result<bool, DirectoryError> {
+    /// Gives the lease up if a process of this agent holds it. This process releases it itself; another
+    /// (a running daemon) is asked to, because only the holder knows when it has stopped writing. The
+    /// holder may renew between the look and the swap, so the release looks again a few times.
+    async fn release(&self) -> Result<Released, DirectoryError> {
         for _ in 0..5 {
             let seen = self.observe().await?;
-            if seen.value.as_ref().is_none_or(|v| v.holder != self.agent || v.is_free(seen.object.dc_time)) {
-                return Ok(false);
-            }
-            if self.act(Action::Release, &seen).await? {
-                return Ok(true);
+            let Some(value) = seen.value.as_ref().filter(|v| v.holder == self.agent && !v.is_free(seen.object.dc_time)) else {
+                return Ok(Released::NotHeld);
+            };
+            let action = if value.held_by(&self.agent, &self.nonce) { Action::Release } else { Action::Request };
+            if value.requested || self.act(action, &seen).await? {
+                return Ok(if action == Action::Release { Released::Done } else { self.await_release().await? });
             }
         }
         Err(DirectoryError::LeaseBusy { tenant: self.tenant.clone() })
+    }
+
+    /// Waits up to one ttl for the holder to release the lease it was asked to release.
+    async fn await_release(&self) -> Result<Released, DirectoryError> {
+        let deadline = Instant::now() + self.ttl;
+        loop {
+            let object = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
+            let value = object.value.as_deref().and_then(LeaseValue::parse);
+            // Released, and perhaps taken by a standby already.
+            if value.is_some_and(|v| v.holder != self.agent) {
+                return Ok(Released::Done);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Released::Asked);
+            }
+            tokio::time::sleep(self.renew_every.min(Duration::from_secs(1))).await;
+        }
     }
 }
 
 /// The agent's leases, one per tenant that has `[tenant.lease]`.
 pub struct Leases {
     agent: String,
+    /// This process's random value, in every lease value and presence it writes.
+    nonce: String,
+    mode: Mode,
     tenants: Vec<Arc<TenantLease>>,
     /// Woken when this agent's role changes for some tenant, so the daemon does not wait out its interval.
     changed: Arc<tokio::sync::Notify>,
@@ -425,11 +561,16 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// The leases of `tenants` for agent `agent`.
-    pub fn new<'a>(agent: &str, tenants: impl IntoIterator<Item = &'a TenantConfig>) -> Leases {
+    /// The leases of `tenants` for agent `agent`, taken as `mode` says. Only the daemon ([`Mode::Share`])
+    /// keeps a presence in the lease objects.
+    pub fn new<'a>(agent: &str, tenants: impl IntoIterator<Item = &'a TenantConfig>, mode: Mode) -> Leases {
+        let nonce = token();
+        let announce = mode == Mode::Share;
         Leases {
             agent: agent.to_string(),
-            tenants: tenants.into_iter().filter_map(|t| TenantLease::new(agent, t)).map(Arc::new).collect(),
+            nonce: nonce.clone(),
+            mode,
+            tenants: tenants.into_iter().filter_map(|t| TenantLease::new(agent, &nonce, announce, t)).map(Arc::new).collect(),
             changed: Arc::new(tokio::sync::Notify::new()),
             shutdown: Arc::new(tokio::sync::Notify::new()),
             stopping: AtomicBool::new(false),
@@ -455,11 +596,12 @@ impl Leases {
         self.changed.notified().await;
     }
 
-    /// One look at every lease, then takes, renews, releases or waits on each.
-    pub async fn round(&self, mode: Mode) {
+    /// One look at every lease, then takes, renews, releases or waits on each. Returns whether a lease
+    /// that looks free is still being watched before it may be taken.
+    pub async fn round(&self) -> bool {
         let _round = self.round.lock().await;
         if self.stopping.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
         let before: Vec<Role> = self.tenants.iter().map(|t| t.role()).collect();
         let mut seen = Vec::with_capacity(self.tenants.len());
@@ -473,10 +615,11 @@ impl Leases {
                 }
             }
         }
-        let mut plan = Share::new(&self.agent, &seen, mode, self.tenants.len());
+        let mut plan = Share::new(&self.agent, &self.nonce, &seen, self.mode, self.tenants.len());
         for (lease, observation) in self.tenants.iter().zip(&seen) {
             let Some(observation) = observation else { continue };
-            let action = plan.decide(observation, lease.ttl_secs());
+            lease.set_duplicate(observation.rival.clone());
+            let action = plan.decide(observation, lease.ttl);
             let result = lease.act(action, observation).await;
             lease.note(result.as_ref().map(|_| ()));
             if let Err(e) = result {
@@ -490,14 +633,27 @@ impl Leases {
                 self.changed.notify_one();
             }
         }
+        plan.watching
+    }
+
+    /// Rounds until no lease that looks free is still being watched, for at most the longest ttl plus one
+    /// renewal: a one-shot run takes a dead holder's lease only once it has stayed unchanged for a ttl.
+    pub async fn claim(&self) {
+        let longest = self.tenants.iter().map(|t| t.ttl + t.renew_every).max().unwrap_or_default();
+        let deadline = Instant::now() + longest;
+        while self.round().await && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// Runs rounds every `renew_every` (the shortest of the tenants') until [`Leases::shutdown`].
-    pub async fn run(self: Arc<Self>, mode: Mode) {
+    pub async fn run(self: Arc<Self>) {
         let every = self.tenants.iter().map(|t| t.renew_every).min().unwrap_or(Duration::from_secs(15));
         while !self.stopping.load(Ordering::SeqCst) {
             tokio::select! {
-                _ = tokio::time::sleep(every) => self.round(mode).await,
+                _ = tokio::time::sleep(every) => {
+                    self.round().await;
+                }
                 _ = self.shutdown.notified() => {}
             }
         }
@@ -522,8 +678,12 @@ impl Leases {
         let mut lines = Vec::new();
         for lease in &self.tenants {
             lines.push(match lease.release().await {
-                Ok(true) => Ok(format!("tenant {}: released the writer lease; a standby takes over", lease.tenant)),
-                Ok(false) => {
+                Ok(Released::Done) => Ok(format!("tenant {}: released the writer lease; a standby takes over", lease.tenant)),
+                Ok(Released::Asked) => Ok(format!(
+                    "tenant {}: asked the process of this agent that holds the writer lease to release it, and it has not within one ttl; a standby takes over once the lease has stayed unchanged for a ttl",
+                    lease.tenant
+                )),
+                Ok(Released::NotHeld) => {
                     let view = lease.view();
                     let holder = if view.holder.is_empty() { "nobody".to_string() } else { format!("agent {}", view.holder) };
                     Ok(format!("tenant {}: this agent ({}) does not hold the writer lease; {holder} does", lease.tenant, self.agent))
@@ -538,6 +698,7 @@ impl Leases {
 /// The fair-share bookkeeping of one round.
 struct Share<'a> {
     agent: &'a str,
+    nonce: &'a str,
     mode: Mode,
     /// Leases this agent holds (or is about to).
     mine: usize,
@@ -547,10 +708,12 @@ struct Share<'a> {
     holders: BTreeMap<String, usize>,
     live: BTreeSet<String>,
     released: bool,
+    /// A lease that looks free was left for now, until it has stayed unchanged for a ttl.
+    watching: bool,
 }
 
 impl<'a> Share<'a> {
-    fn new(agent: &'a str, seen: &[Option<Observation>], mode: Mode, tenants: usize) -> Share<'a> {
+    fn new(agent: &'a str, nonce: &'a str, seen: &[Option<Observation>], mode: Mode, tenants: usize) -> Share<'a> {
         let mut live: BTreeSet<String> = seen.iter().flatten().flat_map(|o| o.live.iter().cloned()).collect();
         live.insert(agent.to_string());
         let mut holders: BTreeMap<String, usize> = BTreeMap::new();
@@ -561,16 +724,20 @@ impl<'a> Share<'a> {
                 *holders.entry(value.holder.clone()).or_default() += 1;
             }
         }
-        Share { agent, mode, mine: holders.get(agent).copied().unwrap_or(0), cap: tenants.div_ceil(live.len()), holders, live, released: false }
+        let mine = holders.get(agent).copied().unwrap_or(0);
+        Share { agent, nonce, mode, mine, cap: tenants.div_ceil(live.len()), holders, live, released: false, watching: false }
     }
 
-    fn decide(&mut self, seen: &Observation, ttl: u64) -> Action {
+    fn decide(&mut self, seen: &Observation, ttl: Duration) -> Action {
         let now = seen.object.dc_time;
         let value = seen.value.clone().unwrap_or_default();
-        if value.holder == self.agent && !value.is_free(now) {
-            return if self.should_hand_over() {
+        if seen.rival.is_some() {
+            return Action::Wait;
+        }
+        if value.held_by(self.agent, self.nonce) && !value.is_free(now) {
+            return if value.requested || self.should_hand_over() {
                 self.released = true;
-                self.mine -= 1;
+                self.mine = self.mine.saturating_sub(1);
                 Action::Release
             } else {
                 Action::Renew
@@ -579,12 +746,21 @@ impl<'a> Share<'a> {
         if !value.is_free(now) {
             return Action::Wait;
         }
+        // Expired, released by another process, missing or unreadable: the last holder may still write until
+        // its own deadline, which ends within one ttl of its last renewal, whatever the DC's clock says. Only
+        // a clean release (the holder stopped writing first), this process's own value, or a lease object
+        // this look created (nobody ever held it) is free at once.
+        let own = seen.value.is_some() && value.nonce == self.nonce;
+        if !(value.clean || own || seen.object.created || seen.unchanged_for >= ttl) {
+            self.watching = true;
+            return Action::Wait;
+        }
         // A daemon leaves a lease it released to the others for one ttl; a one-shot run takes it at once.
         if self.mode == Mode::Share && value.released_by == self.agent && now < value.expires {
             return Action::Wait;
         }
         // A lease nobody else took for a whole ttl after it ended is taken even beyond the fair share.
-        let unwanted = now >= value.expires + ttl;
+        let unwanted = now >= value.expires + ttl.as_secs().max(1);
         if self.mode == Mode::Claim || self.mine < self.cap || unwanted {
             self.mine += 1;
             Action::Take
@@ -607,7 +783,41 @@ fn presence_agent(value: &str) -> Option<&str> {
 }
 
 fn presence_time(value: &str) -> Option<u64> {
-    value.split_once(' ').and_then(|(_, t)| t.parse().ok())
+    value.split(' ').nth(1).and_then(|t| t.parse().ok())
+}
+
+/// The process nonce of a presence value; empty for values written before nonces existed.
+fn presence_nonce(value: &str) -> &str {
+    value.split(' ').nth(2).unwrap_or("")
+}
+
+/// Another running process with agent id `agent`: a presence of that id with another nonce, refreshed after
+/// this process's first look (`since`) and within one ttl of `now`. A process that died before this one
+/// started refreshed nothing since, so a restart is not taken for a rival.
+fn rival_process(presence: &[String], agent: &str, nonce: &str, since: u64, now: u64, ttl: u64) -> Option<String> {
+    presence
+        .iter()
+        .find(|p| {
+            presence_agent(p) == Some(agent)
+                && presence_nonce(p) != nonce
+                && presence_time(p).is_some_and(|t| t > since && t + ttl >= now)
+        })
+        .map(|_| {
+            format!(
+                "another running process uses agent id {agent} (two servers with one config, or one host name), so this one writes nothing; stop one of them or give each its own [agent] id"
+            )
+        })
+}
+
+/// What `lease release` achieved for one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Released {
+    /// The lease is released; a standby takes it at once.
+    Done,
+    /// The holding process was asked to release and has not yet.
+    Asked,
+    /// No process of this agent holds it.
+    NotHeld,
 }
 
 /// Agents whose presence was refreshed within one ttl of `now`.
@@ -627,26 +837,53 @@ fn token() -> String {
 mod tests {
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(10);
+
+    /// A look at `value` that has stayed unchanged for a whole ttl.
     fn observation(value: Option<LeaseValue>, live: &[&str], now: u64) -> Observation {
+        watched(value, live, now, TTL)
+    }
+
+    fn watched(value: Option<LeaseValue>, live: &[&str], now: u64, unchanged_for: Duration) -> Observation {
         Observation {
             started: Instant::now(),
-            object: LeaseObject { value: value.as_ref().map(LeaseValue::render), presence: Vec::new(), dc_time: now },
+            object: LeaseObject { value: value.as_ref().map(LeaseValue::render), presence: Vec::new(), dc_time: now, created: false },
             value,
             live: live.iter().map(|s| s.to_string()).collect(),
+            unchanged_for,
+            rival: None,
         }
     }
 
+    /// A lease held by `holder`'s process `n-<holder>`.
     fn held(holder: &str, expires: u64) -> Option<LeaseValue> {
-        Some(LeaseValue { holder: holder.into(), epoch: 1, expires, token: "t".into(), released_by: String::new() })
+        Some(LeaseValue { holder: holder.into(), epoch: 1, expires, token: "t".into(), nonce: format!("n-{holder}"), ..LeaseValue::default() })
+    }
+
+    fn share<'a>(agent: &'a str, nonce: &'a str, seen: &[Option<Observation>], mode: Mode, tenants: usize) -> Share<'a> {
+        Share::new(agent, nonce, seen, mode, tenants)
     }
 
     #[test]
     fn values_round_trip_and_foreign_values_are_refused() {
-        let value = LeaseValue { holder: "a1".into(), epoch: 7, expires: 100, token: "ff".into(), released_by: "a2".into() };
+        let value = LeaseValue {
+            holder: "a1".into(),
+            epoch: 7,
+            expires: 100,
+            token: "ff".into(),
+            released_by: "a2".into(),
+            nonce: "n1".into(),
+            clean: true,
+            requested: true,
+        };
         assert_eq!(LeaseValue::parse(&value.render()), Some(value));
         assert_eq!(LeaseValue::parse("holder=a;epoch=x"), None);
         assert_eq!(LeaseValue::parse("something else"), None);
         assert_eq!(LeaseValue::parse("holder=a;colour=blue"), None);
+        assert_eq!(LeaseValue::parse("holder=a;clean=yes"), None);
+        // A value written before nonces existed is read, and held by no process of this version.
+        let old = LeaseValue::parse("holder=a1;epoch=3;expires=9;token=f;released=").unwrap();
+        assert!(!old.held_by("a1", "n1"));
     }
 
     #[test]
@@ -660,53 +897,123 @@ mod tests {
     fn two_agents_split_four_tenants_two_and_two() {
         // Agent a holds all four; b is alive and holds none: a hands over exactly one per round.
         let seen: Vec<Option<Observation>> = (0..4).map(|_| Some(observation(held("a", 100), &["a", "b"], 50))).collect();
-        let mut share = Share::new("a", &seen, Mode::Share, 4);
-        let actions: Vec<Action> = seen.iter().flatten().map(|o| share.decide(o, 10)).collect();
+        let mut plan = share("a", "n-a", &seen, Mode::Share, 4);
+        let actions: Vec<Action> = seen.iter().flatten().map(|o| plan.decide(o, TTL)).collect();
         assert_eq!(actions, [Action::Release, Action::Renew, Action::Renew, Action::Renew]);
-        // b sees one free lease released by a, and three held by a: b is below its share and takes it.
-        let mut released = held("", 60).unwrap();
-        released.released_by = "a".into();
-        let seen = vec![Some(observation(Some(released.clone()), &["a", "b"], 50)), Some(observation(held("a", 100), &["a", "b"], 50))];
-        let mut share = Share::new("b", &seen, Mode::Share, 4);
-        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Take);
+        // b sees one lease that a released cleanly, just now, and three held by a: b takes it at once.
+        let released = LeaseValue { expires: 60, released_by: "a".into(), clean: true, ..LeaseValue::default() };
+        let seen = vec![
+            Some(watched(Some(released.clone()), &["a", "b"], 50, Duration::ZERO)),
+            Some(observation(held("a", 100), &["a", "b"], 50)),
+        ];
+        let mut plan = share("b", "n-b", &seen, Mode::Share, 4);
+        assert_eq!(plan.decide(seen[0].as_ref().unwrap(), TTL), Action::Take);
         // a does not take back the lease it released while others may take it, unless it runs one-shot.
-        let mut share = Share::new("a", &seen, Mode::Share, 4);
-        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Wait);
-        let mut share = Share::new("a", &seen, Mode::Claim, 4);
-        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Take);
+        let mut plan = share("a", "n-a2", &seen, Mode::Share, 4);
+        assert_eq!(plan.decide(seen[0].as_ref().unwrap(), TTL), Action::Wait);
+        let mut plan = share("a", "n-a2", &seen, Mode::Claim, 4);
+        assert_eq!(plan.decide(seen[0].as_ref().unwrap(), TTL), Action::Take);
     }
 
     #[test]
     fn a_lone_survivor_takes_every_expired_lease() {
         let seen: Vec<Option<Observation>> = (0..4).map(|_| Some(observation(held("dead", 40), &["b"], 50))).collect();
-        let mut share = Share::new("b", &seen, Mode::Share, 4);
-        let actions: Vec<Action> = seen.iter().flatten().map(|o| share.decide(o, 10)).collect();
+        let mut plan = share("b", "n-b", &seen, Mode::Share, 4);
+        let actions: Vec<Action> = seen.iter().flatten().map(|o| plan.decide(o, TTL)).collect();
         assert_eq!(actions, [Action::Take; 4]);
     }
 
     #[test]
     fn a_held_lease_is_left_alone_and_a_full_share_waits() {
         let seen = vec![Some(observation(held("b", 100), &["a", "b"], 50)), Some(observation(None, &["a", "b"], 50))];
-        let mut share = Share::new("a", &seen, Mode::Share, 2);
-        assert_eq!(share.decide(seen[0].as_ref().unwrap(), 10), Action::Wait);
-        assert_eq!(share.decide(seen[1].as_ref().unwrap(), 10), Action::Take);
+        let mut plan = share("a", "n-a", &seen, Mode::Share, 2);
+        assert_eq!(plan.decide(seen[0].as_ref().unwrap(), TTL), Action::Wait);
+        assert_eq!(plan.decide(seen[1].as_ref().unwrap(), TTL), Action::Take);
         // With its one share taken, a leaves the next free lease to b, unless nobody took it for a ttl.
         let fresh = observation(held("", 45), &["a", "b"], 50);
-        assert_eq!(share.decide(&fresh, 10), Action::Wait);
+        assert_eq!(plan.decide(&fresh, TTL), Action::Wait);
         let unwanted = observation(held("", 30), &["a", "b"], 50);
-        assert_eq!(share.decide(&unwanted, 10), Action::Take);
+        assert_eq!(plan.decide(&unwanted, TTL), Action::Take);
+    }
+
+    #[test]
+    fn a_lease_that_looks_free_is_taken_only_after_a_full_ttl_unchanged_on_the_monotonic_clock() {
+        let unreadable = LeaseObject { value: Some("garbage".into()), presence: Vec::new(), dc_time: 50, created: false };
+        let released_elsewhere = LeaseValue { expires: 60, released_by: "a".into(), nonce: "n-cli".into(), ..LeaseValue::default() };
+        // Expired by the DC's clock (which may have stepped), missing, unreadable, or released by a process
+        // that is not the holder: the holder may still write until its own deadline.
+        let cases = [
+            (held("dead", 40), None),
+            (None, None),
+            (None, Some(unreadable)),
+            (Some(released_elsewhere), None),
+        ];
+        for (value, object) in cases {
+            for mode in [Mode::Share, Mode::Claim] {
+                let mut seen = watched(value.clone(), &["b"], 50, TTL - Duration::from_millis(1));
+                if let Some(object) = &object {
+                    seen.object = object.clone();
+                }
+                let mut plan = share("b", "n-b", &[], mode, 1);
+                assert_eq!(plan.decide(&seen, TTL), Action::Wait, "{value:?} {mode:?}");
+                assert!(plan.watching);
+                seen.unchanged_for = TTL;
+                let mut plan = share("b", "n-b", &[], mode, 1);
+                assert_eq!(plan.decide(&seen, TTL), Action::Take, "{value:?} {mode:?}");
+                assert!(!plan.watching);
+            }
+        }
+        // This process's own expired value is free at once: its fence ended before the lease did.
+        let own = watched(held("b", 40), &["b"], 50, Duration::ZERO);
+        assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&own, TTL), Action::Take);
+        // So is a lease object this look created: nobody ever held it.
+        let mut created = watched(None, &["b"], 50, Duration::ZERO);
+        created.object.created = true;
+        assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&created, TTL), Action::Take);
+    }
+
+    #[test]
+    fn a_process_with_the_same_id_is_not_the_holder_and_a_rival_stops_everything() {
+        // Another process of agent b holds the lease: this one neither renews nor takes it.
+        let seen = observation(held("b", 100), &["b"], 50);
+        let mut plan = share("b", "n-other", &[], Mode::Share, 1);
+        assert_eq!(plan.decide(&seen, TTL), Action::Wait);
+        // A rival process seen: nothing is renewed or taken, even a lease this process holds.
+        let mut rival = observation(held("b", 100), &["b"], 50);
+        rival.rival = Some("another running process uses agent id b".into());
+        assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&rival, TTL), Action::Wait);
+        // A release requested by `lease release` is carried out by the holder at its next renewal.
+        let mut requested = held("b", 100).unwrap();
+        requested.requested = true;
+        let seen = observation(Some(requested), &["b"], 50);
+        assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&seen, TTL), Action::Release);
+        // A requested lease is still held: nobody else takes it before the holder releases it or it dies.
+        assert_eq!(share("c", "n-c", &[], Mode::Claim, 1).decide(&seen, TTL), Action::Wait);
+    }
+
+    #[test]
+    fn a_rival_is_a_presence_of_this_id_refreshed_after_this_process_started() {
+        let presence = |values: &[&str]| values.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A process that died before this one started refreshed nothing since: a restart is no rival.
+        assert_eq!(rival_process(&presence(&["b 100 n-old", "b 101 n-me"]), "b", "n-me", 101, 101, 10), None);
+        assert!(rival_process(&presence(&["b 102 n-twin", "b 102 n-me"]), "b", "n-me", 101, 102, 10).is_some());
+        // A value without a nonce (an older version) refreshed since counts too; other agents never do.
+        assert!(rival_process(&presence(&["b 102"]), "b", "n-me", 101, 102, 10).is_some());
+        assert_eq!(rival_process(&presence(&["c 102 n-c"]), "b", "n-me", 101, 102, 10), None);
+        // Once the rival stops refreshing, it ages out after a ttl.
+        assert_eq!(rival_process(&presence(&["b 102 n-twin"]), "b", "n-me", 101, 113, 10), None);
     }
 
     #[test]
     fn presence_ages_out_after_one_ttl() {
-        let presence = vec!["a 100".to_string(), "b 85".to_string(), "garbage".to_string()];
+        let presence = vec!["a 100 n1".to_string(), "b 85".to_string(), "garbage".to_string()];
         assert_eq!(live_agents(&presence, 100, 10), BTreeSet::from(["a".to_string()]));
         assert_eq!(live_agents(&presence, 95, 10), BTreeSet::from(["a".to_string(), "b".to_string()]));
     }
 
     #[test]
     fn a_fence_permits_until_its_deadline_only() {
-        let fence = Fence::new("t", "a", "CN=l");
+        let fence = Fence::new("t", "a", "n", "CN=l");
         assert!(fence.check().is_err());
         fence.hold(1, Instant::now() + Duration::from_secs(60));
         assert!(fence.check().is_ok());

@@ -11,6 +11,7 @@ pub mod graph;
 pub mod lease;
 pub mod model;
 pub mod naming;
+pub mod ownership;
 pub mod plan;
 pub mod state;
 pub mod directory;

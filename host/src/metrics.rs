@@ -3,7 +3,7 @@
 //! The metrics live in one process-wide registry, so that every layer can count what it does without a
 //! handle being threaded through it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -93,6 +93,8 @@ pub struct Metrics {
     failing: Mutex<BTreeMap<String, String>>,
     /// Tenants whose writer lease this agent lost without giving it up, until it holds one again.
     lost_leases: Mutex<BTreeMap<String, String>>,
+    /// Tenants for which another running process uses this agent's id.
+    duplicates: Mutex<BTreeSet<String>>,
 }
 
 impl Metrics {
@@ -112,6 +114,7 @@ impl Metrics {
             lease_lost: Family::default(),
             failing: Mutex::new(BTreeMap::new()),
             lost_leases: Mutex::new(BTreeMap::new()),
+            duplicates: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
         registry.register("cycles", "Sync cycles by outcome", metrics.cycles.clone());
@@ -120,7 +123,7 @@ impl Metrics {
         registry.register("graph_throttled", "Graph answers asking the agent to wait (429, 503 with Retry-After)", metrics.graph_throttled.clone());
         registry.register("directory_operations", "Directory writes by kind and outcome", metrics.directory_operations.clone());
         registry.register("directory_connections", "LDAP connections opened (quiet cycles open none)", metrics.directory_connections.clone());
-        registry.register("groups", "Groups by state: managed, held, quarantined, excluded, conflict, pending", metrics.groups.clone());
+        registry.register("groups", "Groups by state: managed, held, quarantined, excluded, conflict, pending, and look-alike objects", metrics.groups.clone());
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
         registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());
         registry.register("lease_active", "1 when this agent holds the tenant's writer lease (active), 0 when standby", metrics.lease_active.clone());
@@ -155,6 +158,7 @@ impl Metrics {
         set("quarantined", quarantined);
         set("excluded", status.excluded.len());
         set("conflict", status.conflicts.len());
+        set("lookalike", status.lookalikes.len());
         set("pending", status.pending_groups);
         let mut reasons: BTreeMap<&str, i64> = REASON_CLASSES.iter().map(|r| (*r, 0)).collect();
         for skipped in &status.skipped_members {
@@ -180,6 +184,16 @@ impl Metrics {
         self.lost_leases.lock().unwrap_or_else(PoisonError::into_inner).insert(tenant.to_string(), why.to_string());
     }
 
+    /// Records whether another running process uses this agent's id for `tenant`.
+    pub fn record_duplicate(&self, tenant: &str, duplicate: bool) {
+        let mut duplicates = self.duplicates.lock().unwrap_or_else(PoisonError::into_inner);
+        if duplicate {
+            duplicates.insert(tenant.to_string());
+        } else {
+            duplicates.remove(tenant);
+        }
+    }
+
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -193,12 +207,14 @@ impl Metrics {
     pub fn unhealthy(&self) -> Option<String> {
         let failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
         let lost = self.lost_leases.lock().unwrap_or_else(PoisonError::into_inner);
-        if failing.is_empty() && lost.is_empty() {
+        let duplicates = self.duplicates.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing.is_empty() && lost.is_empty() && duplicates.is_empty() {
             return None;
         }
         let failed = failing.keys().map(|tenant| format!("tenant {tenant}: last cycle failed\n"));
         let lost = lost.keys().map(|tenant| format!("tenant {tenant}: writer lease lost\n"));
-        Some(failed.chain(lost).collect())
+        let twins = duplicates.iter().map(|tenant| format!("tenant {tenant}: agent id used by another running process\n"));
+        Some(failed.chain(lost).chain(twins).collect())
     }
 }
 

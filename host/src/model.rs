@@ -246,6 +246,10 @@ pub fn intent(
         Ok(kind) => kind,
         Err(intent) => return Ok((intent, Vec::new())),
     };
+    // The anchor carries the id, and only `Group_<GUID>` anchors are recognised as writeback's.
+    if !crate::ownership::is_guid(&group.id) {
+        return Ok((Intent::Refuse(format!("the group's id {:?} is not a GUID, so its anchor could not be recognised", group.id)), Vec::new()));
+    }
     let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
         Ok(Ok(found)) => found,
         Ok(Err(excluded)) => return Ok((Intent::Exclude(excluded), Vec::new())),

@@ -38,6 +38,9 @@ pub struct TenantStatus {
     /// Groups a transform keeps out of AD.
     #[serde(default)]
     pub excluded: Vec<GroupProblem>,
+    /// Objects carrying a group's anchor that are not its own, which the agent never touches.
+    #[serde(default)]
+    pub lookalikes: Vec<GroupProblem>,
     /// Graph entries that were skipped for their shape.
     pub bad_entries: Vec<String>,
     /// Groups whose changes still await a directory apply.
@@ -101,6 +104,7 @@ impl TenantStatus {
         for s in &self.skipped_members {
             let _ = writeln!(out, "    group {} member {}: {}", s.group_id, s.member_id, s.reason);
         }
+        list(&mut out, "look-alikes", self.lookalikes.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "conflicts", self.conflicts.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held groups", self.held_groups.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held deletes", self.held_deletes.iter().map(|d| format!("group {} at {}", d.group_id, d.dn)));
@@ -117,10 +121,14 @@ fn render_lease(lease: &crate::lease::LeaseView) -> String {
         crate::lease::Role::Standby => "standby (this agent plans and writes nothing)",
     };
     let expires = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(lease.expires));
-    if lease.holder.is_empty() {
+    let held = if lease.holder.is_empty() {
         format!("{role}; free, epoch {}", lease.epoch)
     } else {
         format!("{role}; held by {}, epoch {}, expires {expires}", lease.holder, lease.epoch)
+    };
+    match &lease.duplicate {
+        Some(why) => format!("{held}; DUPLICATE AGENT ID: {why}"),
+        None => held,
     }
 }
 
@@ -161,7 +169,7 @@ mod tests {
         assert!(text.contains("1 × cloud-only user"), "{text}");
         assert!(text.contains("held deletes: 1"), "{text}");
         assert!(!text.contains("lease:"), "{text}");
-        let lease = crate::lease::LeaseView { role: crate::lease::Role::Standby, holder: "agent-b".into(), epoch: 4, expires: 60 };
+        let lease = crate::lease::LeaseView { role: crate::lease::Role::Standby, holder: "agent-b".into(), epoch: 4, expires: 60, duplicate: None };
         let text = TenantStatus { lease: Some(lease), ..status }.render("a");
         assert!(text.contains("lease: standby (this agent plans and writes nothing); held by agent-b, epoch 4, expires 1970-01-01T00:01:00Z"), "{text}");
     }

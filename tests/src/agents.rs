@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use writeback::lease::Role;
+use writeback::lease::{LeaseView, Role};
 use writeback::state::AuditRecord;
 use writeback::status::StatusFile;
 
@@ -172,6 +172,26 @@ impl Agent {
     pub fn role(&self, tenant: &str) -> Option<Role> {
         let status = StatusFile::load(&self.dir.join("state")).ok()?;
         status.tenants.get(tenant)?.lease.as_ref().map(|l| l.role)
+    }
+
+    /// The lease as this agent's last cycle of `tenant` recorded it.
+    pub fn lease_view(&self, tenant: &str) -> Option<LeaseView> {
+        let status = StatusFile::load(&self.dir.join("state")).ok()?;
+        status.tenants.get(tenant)?.lease.clone()
+    }
+
+    /// When this agent's last cycle of `tenant` ended, in seconds since the Unix epoch (0: never).
+    pub fn last_cycle(&self, tenant: &str) -> u64 {
+        StatusFile::load(&self.dir.join("state")).ok().and_then(|s| s.tenants.get(tenant).map(|t| t.last_cycle)).unwrap_or(0)
+    }
+
+    /// Makes the daemon serve `/metrics` and `/healthz` on a free loopback port (from its next start); returns
+    /// the base URL.
+    pub fn serve_metrics(&self) -> Result<String> {
+        let port = crate::e2e::free_port()?;
+        let config = std::fs::read_to_string(&self.config_path)?;
+        std::fs::write(&self.config_path, config.replacen("[agent]\n", &format!("[agent]\nmetrics_addr = \"127.0.0.1:{port}\"\n"), 1))?;
+        Ok(format!("http://127.0.0.1:{port}"))
     }
 
     /// The tenants this agent was active for at its last cycle of each.

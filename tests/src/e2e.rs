@@ -23,6 +23,11 @@ pub fn new_id() -> String {
     )
 }
 
+/// A loopback port free at the time of asking, for a daemon's `metrics_addr`.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// The `writeback` binary built next to this test executable (`target/<profile>/writeback`).
 pub fn writeback_bin() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("WRITEBACK_BIN") {

@@ -240,10 +240,10 @@ async fn sync_once(config: &Config, tenant: Option<&str>, options: CycleOptions)
     let tenants = selected(config, tenant)?;
     // A one-shot sync of a shared tenant takes the lease if it is free, keeps it for the cycle, and
     // hands it back at the end.
-    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), tenants.iter().copied()));
+    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), tenants.iter().copied(), Mode::Claim));
     if !leases.is_empty() {
-        leases.round(Mode::Claim).await;
-        tokio::spawn(leases.clone().run(Mode::Claim));
+        leases.claim().await;
+        tokio::spawn(leases.clone().run());
     }
     let mut problems = Vec::new();
     for tenant in tenants {
@@ -424,11 +424,11 @@ async fn daemon(config: &Config) -> Result<()> {
         crate::metrics::serve(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     let reload = reload::Trigger::watch_sighup();
-    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), &config.tenants));
+    let leases = std::sync::Arc::new(Leases::new(&config.agent.agent_id(), &config.tenants, Mode::Share));
     if !leases.is_empty() {
         // Know each tenant's role before the first cycle.
-        leases.round(Mode::Share).await;
-        tokio::spawn(leases.clone().run(Mode::Share));
+        leases.round().await;
+        tokio::spawn(leases.clone().run());
     }
     let syncs: Vec<TenantSync> = config
         .tenants
@@ -488,7 +488,7 @@ fn is_takeover(role: Role, takes: u64, seen: &mut u64) -> bool {
 /// `lease release`: hands over the leases this agent holds.
 async fn lease_release(config: &Config, tenant: Option<&str>) -> Result<()> {
     let tenants = selected(config, tenant)?;
-    let leases = Leases::new(&config.agent.agent_id(), tenants.iter().copied());
+    let leases = Leases::new(&config.agent.agent_id(), tenants.iter().copied(), Mode::Claim);
     if leases.is_empty() {
         bail!("no selected tenant has a [tenant.lease] table, so there is no lease to release");
     }

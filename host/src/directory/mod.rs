@@ -20,6 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use crate::config::{DirectoryConfig, Secret};
 use crate::model::SchemaSupport;
 pub use lease::LeaseObject;
+pub use read::ManagedGroups;
 pub use write::{ApplyError, Applied};
 
 /// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).

@@ -12,6 +12,7 @@ use ldap3::{Scope, SearchEntry, ldap_escape};
 
 use super::{Directory, DirectoryError, sid};
 use crate::model::anchor_value;
+use crate::ownership::{self, Candidate, anchor_id};
 use crate::plan::{DirectoryGroup, DirectoryMember, Principal};
 
 /// Extended DN control, asking for GUID and SID in string form (`useStringFormat = 1`).
@@ -82,43 +83,88 @@ pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
     Some(high.parse::<usize>().ok()?.checked_add(1))
 }
 
+/// What an anchor search found for some cloud groups (see [`crate::ownership`]).
+#[derive(Debug, Default)]
+pub struct ManagedGroups {
+    /// Each group's own object, by cloud id.
+    pub groups: HashMap<String, DirectoryGroup>,
+    /// Objects carrying a group's anchor that are not its own: (cloud id, DN).
+    pub lookalikes: Vec<(String, String)>,
+    /// Groups with several candidate objects inside the tenant's OUs and none recorded: (cloud id, DNs).
+    pub conflicts: Vec<(String, Vec<String>)>,
+}
+
 impl Directory {
-    /// Managed groups carrying the anchors of `ids`, found anywhere in the domain.
-    pub async fn managed_groups(&mut self, ids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
-        let mut found = HashMap::new();
+    /// The managed groups of `ids`: for each, the object whose objectGUID `recorded` holds, or else the only
+    /// object carrying its anchor inside `ous`. Other objects carrying the anchor are look-alikes.
+    pub async fn managed_groups(
+        &mut self,
+        ids: &[String],
+        recorded: &HashMap<String, String>,
+        ous: &[String],
+    ) -> Result<ManagedGroups, DirectoryError> {
+        let mut found = ManagedGroups::default();
         for chunk in ids.chunks(FILTER_CHUNK) {
-            self.collect_managed(&anchor_filter(chunk), &mut found).await?;
+            let attrs = self.group_attrs.clone();
+            let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            let mut by_id: HashMap<String, Vec<SearchEntry>> = HashMap::new();
+            for entry in self.paged_search(&anchor_filter(chunk), &attrs).await? {
+                // The DC matches anchors ignoring case, so a copy may spell the id differently.
+                let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
+                if let Some(id) = anchor.and_then(|a| chunk.iter().find(|id| id.eq_ignore_ascii_case(a))) {
+                    by_id.entry(id.clone()).or_default().push(entry);
+                }
+            }
+            for (id, entries) in by_id {
+                self.judge_candidates(id, entries, recorded, ous, &mut found).await?;
+            }
         }
         Ok(found)
     }
 
-    /// The cloud id and DN of every managed group in the domain, without attributes or members: a full
-    /// reconcile walks this index in batches instead of holding every group at once.
-    pub async fn managed_index(&mut self) -> Result<Vec<(String, String)>, DirectoryError> {
+    async fn judge_candidates(
+        &mut self,
+        id: String,
+        entries: Vec<SearchEntry>,
+        recorded: &HashMap<String, String>,
+        ous: &[String],
+        found: &mut ManagedGroups,
+    ) -> Result<(), DirectoryError> {
+        // An entry without a GUID cannot be told apart from its copies, so it is never a candidate.
+        let (candidates, entries): (Vec<Candidate>, Vec<SearchEntry>) = entries
+            .into_iter()
+            .filter_map(|e| {
+                let ext = parse_extended_dn(&e.dn);
+                Some((Candidate { guid: ext.guid?, dn: ext.dn }, e))
+            })
+            .unzip();
+        let verdict = ownership::judge(&candidates, recorded.get(&id).map(String::as_str), ous);
+        for &i in &verdict.lookalikes {
+            found.lookalikes.push((id.clone(), candidates[i].dn.clone()));
+        }
+        if !verdict.conflicting.is_empty() {
+            found.conflicts.push((id.clone(), verdict.conflicting.iter().map(|&i| candidates[i].dn.clone()).collect()));
+        }
+        if let Some(entry) = verdict.ours.and_then(|i| entries.into_iter().nth(i)) {
+            let group = self.managed_group(entry).await?;
+            found.groups.insert(id, group);
+        }
+        Ok(())
+    }
+
+    /// The cloud id and DN of every managed group inside `ous`, without attributes or members: a full
+    /// reconcile walks this index in batches instead of holding every group at once. Anchored groups
+    /// elsewhere are another tenant's or look-alikes, and only anchors of the form `Group_<GUID>` count.
+    pub async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
         let entries = self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
         Ok(entries
             .into_iter()
             .filter_map(|entry| {
-                let id = entry.attrs.get("adminDescription")?.first()?.strip_prefix("Group_")?.to_string();
-                Some((id, parse_extended_dn(&entry.dn).dn))
+                let id = anchor_id(entry.attrs.get("adminDescription")?.first()?)?.to_string();
+                let dn = parse_extended_dn(&entry.dn).dn;
+                ous.iter().any(|ou| crate::dn::is_within(&dn, ou)).then_some((id, dn))
             })
             .collect())
-    }
-
-    async fn collect_managed(
-        &mut self,
-        filter: &str,
-        found: &mut HashMap<String, DirectoryGroup>,
-    ) -> Result<(), DirectoryError> {
-        let attrs = self.group_attrs.clone();
-        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
-        for entry in self.paged_search(filter, &attrs).await? {
-            let Some((id, group)) = self.managed_group(entry).await? else { continue };
-            if let Some(previous) = found.insert(id.clone(), group) {
-                tracing::warn!(group = %id, dn = %previous.dn, "two AD groups carry the same anchor; using the last one found");
-            }
-        }
-        Ok(())
     }
 
     async fn paged_search(&mut self, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>, DirectoryError> {
@@ -141,19 +187,9 @@ impl Directory {
         Ok(entries)
     }
 
-    /// Turns a search entry into a managed group; `None` when its anchor is not ours after all.
-    async fn managed_group(&mut self, mut entry: SearchEntry) -> Result<Option<(String, DirectoryGroup)>, DirectoryError> {
-        let Some(id) = entry
-            .attrs
-            .get("adminDescription")
-            .and_then(|v| v.first())
-            .and_then(|a| a.strip_prefix("Group_"))
-            .map(str::to_string)
-        else {
-            return Ok(None);
-        };
+    /// Reads a judged entry whole: its attributes and every member.
+    async fn managed_group(&mut self, mut entry: SearchEntry) -> Result<DirectoryGroup, DirectoryError> {
         let ext = parse_extended_dn(&entry.dn);
-        let Some(guid) = ext.guid else { return Ok(None) };
         let members = self.members(&entry.dn, &mut entry.attrs).await?;
         let attributes = entry
             .attrs
@@ -161,7 +197,7 @@ impl Directory {
             .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("member"))
             .map(|(name, values)| (name.to_lowercase(), values))
             .collect();
-        Ok(Some((id, DirectoryGroup { guid, sid: ext.sid, dn: ext.dn, attributes, members })))
+        Ok(DirectoryGroup { guid: ext.guid.unwrap_or_default(), sid: ext.sid, dn: ext.dn, attributes, members })
     }
 
     /// All values of `member`, following ranged retrieval (`member;range=0-1499`) as Windows AD returns it.

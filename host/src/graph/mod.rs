@@ -44,6 +44,8 @@ pub enum GraphError {
     LinkLoop { path: String },
     #[error("the delta round for {path} went on for more than {pages} pages; stopping it, and the cursor stays where it was")]
     EndlessRound { path: String, pages: usize },
+    #[error("Graph refused the stored delta link for {path} with HTTP {status}: {code}: {message}; the cursor stays where it was, and the next cycle starts a full round if Graph refuses the link again")]
+    StoredLinkRefused { status: u16, path: String, code: String, message: String },
 }
 
 /// The largest response body read. Delta pages are a few megabytes at most; a body past this is a fault
@@ -56,6 +58,11 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The most pages one delta round may have. A million pages is hundreds of millions of entries, far past
 /// any tenant; a round longer than that is a Graph fault, not data.
 pub const MAX_ROUND_PAGES: usize = 1_000_000;
+
+/// Cycles in a row in which Graph must refuse a stored delta link before the round starts afresh. One
+/// refusal may be a passing fault, and a full round is costly on a large tenant; a link refused for ever
+/// would stop the tenant until `reset-state`.
+pub const STORED_LINK_REFUSALS: u32 = 2;
 
 impl GraphError {
     fn network(url: &str, error: &reqwest::Error) -> Self {
@@ -214,6 +221,18 @@ impl GraphClient {
     pub async fn delta_page(&self, url: &str) -> Result<Page, GraphError> {
         let body = self.get(url).await?;
         delta::parse_page(&body).map_err(|cause| GraphError::MalformedPage { path: path_of(url), cause })
+    }
+
+    /// Fetches the first page of a round from the link stored in the cursor. A refusal of the link itself (a
+    /// 4xx other than a resync signal, 401, 403 or 429) becomes [`GraphError::StoredLinkRefused`], which the
+    /// caller counts, to start a full round after [`STORED_LINK_REFUSALS`] cycles in a row.
+    pub async fn stored_delta_page(&self, link: &str) -> Result<Page, GraphError> {
+        match self.delta_page(link).await {
+            Err(GraphError::Http { status, path, code, message }) if refuses_stored_link(status) => {
+                Err(GraphError::StoredLinkRefused { status, path, code, message })
+            }
+            other => other,
+        }
     }
 
     /// Where Graph has a group that a delta round did not list.
@@ -397,6 +416,12 @@ fn classify(
     }
 }
 
+/// Whether a status refuses a stored link itself: a 4xx that is not a resync signal (those never get here),
+/// not 401 or 403 (credentials and permissions, which a full round would not cure), and not 429 (throttling).
+fn refuses_stored_link(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 429)
+}
+
 /// The error codes by which Graph asks for a fresh round, in any of the spellings it uses. An expired page
 /// token (`Directory_ExpiredPageToken`) on a stored nextLink means the same.
 fn is_resync_code(code: &str) -> bool {
@@ -452,6 +477,16 @@ mod tests {
         let Err(err) = err else { panic!("403 must fail") };
         let text = err.to_string();
         assert!(text.contains("Authorization_RequestDenied") && !text.contains("abc"), "{text}");
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_link_itself_counts_towards_a_full_round() {
+        for status in [400, 404, 405, 409, 422] {
+            assert!(refuses_stored_link(status), "{status}");
+        }
+        for status in [200, 301, 401, 403, 429, 500, 503] {
+            assert!(!refuses_stored_link(status), "{status}");
+        }
     }
 
     #[test]

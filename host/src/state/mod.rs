@@ -106,6 +106,14 @@ impl Resource {
         }
     }
 
+    /// How many cycles in a row Graph refused this resource's stored delta link.
+    fn refusals_key(self) -> &'static [u8] {
+        match self {
+            Resource::Groups => b"c\0refused-groups",
+            Resource::Users => b"c\0refused-users",
+        }
+    }
+
     /// Set when the full round in progress met an entry without a readable id: any object it did not list
     /// may be that one, so none of them counts as gone.
     fn unnamed_key(self) -> &'static [u8] {
@@ -157,6 +165,9 @@ pub struct GroupProblems {
     /// Cycles in a row in which applying the group failed.
     #[serde(default)]
     pub failures: u32,
+    /// Objects carrying the group's anchor that are not its own, by DN.
+    #[serde(default)]
+    pub lookalikes: Vec<String>,
 }
 
 impl GroupProblems {
@@ -167,6 +178,7 @@ impl GroupProblems {
             && self.held.is_none()
             && self.excluded.is_none()
             && self.failures == 0
+            && self.lookalikes.is_empty()
     }
 }
 
@@ -560,6 +572,20 @@ impl TenantState {
     /// must be read in a full round again. Taking the request clears it.
     pub fn take_resync_request(&self, resource: Resource) -> Result<bool, StateError> {
         Ok(self.tree.remove(resource.resync_key())?.is_some())
+    }
+
+    /// Counts one more cycle in which Graph refused the stored delta link, and returns the count in a row.
+    pub fn count_link_refusal(&self, resource: Resource) -> Result<u32, StateError> {
+        let previous = self.tree.get(resource.refusals_key())?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes);
+        let count = previous.saturating_add(1);
+        self.tree.insert(resource.refusals_key(), &count.to_be_bytes())?;
+        Ok(count)
+    }
+
+    /// Forgets the refusals of the stored delta link: it was read, or replaced by a full round.
+    pub fn clear_link_refusals(&self, resource: Resource) -> Result<(), StateError> {
+        self.tree.remove(resource.refusals_key())?;
+        Ok(())
     }
 
     /// Merges a page of user entries; groups that contain a changed user become dirty. A user in `unreadable`
@@ -1194,6 +1220,18 @@ mod tests {
         s.tree.insert(key("g", &["g"]), b"{not json".to_vec()).unwrap();
         let err = s.group("g").unwrap_err().to_string();
         assert!(err.contains("reset-state --tenant t"), "{err}");
+    }
+
+    #[test]
+    fn stored_link_refusals_count_in_a_row_per_resource_until_cleared() {
+        let store = Store::temporary().unwrap();
+        let state = store.tenant("t").unwrap();
+        assert_eq!(state.count_link_refusal(Resource::Groups).unwrap(), 1);
+        assert_eq!(state.count_link_refusal(Resource::Users).unwrap(), 1, "each resource counts on its own");
+        assert_eq!(state.count_link_refusal(Resource::Groups).unwrap(), 2);
+        state.clear_link_refusals(Resource::Groups).unwrap();
+        assert_eq!(state.count_link_refusal(Resource::Groups).unwrap(), 1, "a read in between breaks the run");
+        assert_eq!(state.count_link_refusal(Resource::Users).unwrap(), 2);
     }
 
     #[test]

@@ -142,7 +142,15 @@ impl TenantSync<'_> {
         if interrupted > 0 {
             tracing::warn!(tenant = %self.config.name, writes = interrupted, "the last run stopped during writes; they are in the audit log as interrupted and are reconciled now");
         }
-        self.graph.authenticate().await?;
+        // The token endpoint may ask for long waits; SIGTERM must not wait for them.
+        tokio::select! {
+            biased;
+            () = self.stop.stopped() => {
+                report.stopped = true;
+                return Ok(report);
+            }
+            signed_in = self.graph.authenticate() => signed_in?,
+        }
         self.read_round(Resource::Users, &mut report).await?;
         // A round that turned into a full one (Graph asked for a resync) makes a full cycle: groups deleted
         // while the cursor was dead are found only by a full reconcile.

@@ -24,6 +24,11 @@ impl TenantSync<'_> {
                 p.conflict = Some(c.reason.clone());
             }
         }
+        for l in &status.lookalikes {
+            if let Some(p) = problems.get_mut(l.group_id.as_str()) {
+                p.lookalikes.push(l.reason.clone());
+            }
+        }
         for h in &status.held_groups {
             if let Some(p) = problems.get_mut(h.group_id.as_str()) {
                 p.held = Some(h.reason.clone());
@@ -70,7 +75,11 @@ impl TenantSync<'_> {
         status.conflicts.clear();
         status.held_groups.clear();
         status.excluded.clear();
+        status.lookalikes.clear();
         for (id, p) in self.state.problems()? {
+            for reason in p.lookalikes {
+                status.lookalikes.push(GroupProblem { group_id: id.clone(), reason });
+            }
             if let Some(reason) = p.excluded {
                 status.excluded.push(GroupProblem { group_id: id.clone(), reason });
             }

@@ -8,7 +8,7 @@ use std::sync::PoisonError;
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
 use crate::dn;
 use crate::graph::Presence;
-use crate::directory::Directory;
+use crate::directory::{Directory, ManagedGroups};
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
 use crate::status::GroupProblem;
@@ -29,7 +29,7 @@ impl TenantSync<'_> {
     /// the plan, a batch at a time.
     pub(super) async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
         let settings = self.model_settings(directory.schema.clone());
-        let mut ids = if options.full { self.full_reconcile_ids(directory, &settings).await? } else { self.state.dirty()? };
+        let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.dirty()? };
         ids.sort_unstable();
         self.progress.planning(ids.len());
         let mut carry = Carry::default();
@@ -55,16 +55,13 @@ impl TenantSync<'_> {
     }
 
     /// Every group a full reconcile plans: those the state knows, and the anchored groups in the directory
-    /// that it does not. An anchored group the state does not know is ours only inside our target OU;
-    /// elsewhere it may belong to another tenant writing to the same domain.
-    async fn full_reconcile_ids(&self, directory: &mut Directory, settings: &ModelSettings) -> Result<Vec<String>, SyncError> {
+    /// that it does not. An anchored group the state does not know is ours only inside the tenant's OUs;
+    /// elsewhere it belongs to another tenant writing to the same domain, or is a look-alike.
+    async fn full_reconcile_ids(&self, directory: &mut Directory) -> Result<Vec<String>, SyncError> {
         let mut ids: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
-        // Two groups with one anchor are warned about when their batch reads them.
-        for (id, group_dn) in directory.managed_index().await? {
-            if dn::is_within(&group_dn, &settings.target_ou) {
-                ids.insert(id);
-            }
-        }
+        // Look-alikes and groups with two anchored objects are reported when their batch reads them.
+        let ous: Vec<String> = self.config.ous().cloned().collect();
+        ids.extend(directory.managed_index(&ous).await?.into_iter().map(|(id, _)| id));
         Ok(ids.into_iter().collect())
     }
 
@@ -82,8 +79,8 @@ impl TenantSync<'_> {
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         let ids: BTreeSet<String> = batch.iter().cloned().collect();
-        let intents = self.intents(&ids, settings, report).await?;
-        let snapshot = self.snapshot(directory, &intents).await?;
+        let mut intents = self.intents(&ids, settings, report).await?;
+        let snapshot = self.snapshot(directory, &mut intents, &mut carry.failed, report).await?;
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
         drop(intents);
         self.withhold_protected_adds(directory, &mut plan, &snapshot).await?;
@@ -141,8 +138,26 @@ impl TenantSync<'_> {
     /// What the directory holds for a batch: its groups and the groups they nest, found by anchor, and the
     /// principals their members name. A member already in its group needs no lookup: its extended DN gives
     /// its SID and DN, and one search per hundred groups finds which of them are groups, and of what type.
-    async fn snapshot(&self, directory: &mut Directory, intents: &BTreeMap<String, Intent>) -> Result<Snapshot, SyncError> {
-        let managed = directory.managed_groups(&lookup_ids(intents)).await?;
+    /// A group whose own object cannot be told apart from another anchored one is left alone (and stays
+    /// pending) as a conflict; look-alikes of the batch's groups are reported.
+    async fn snapshot(
+        &self,
+        directory: &mut Directory,
+        intents: &mut BTreeMap<String, Intent>,
+        failed: &mut HashMap<String, String>,
+        report: &mut CycleReport,
+    ) -> Result<Snapshot, SyncError> {
+        let ids = lookup_ids(intents);
+        let mut recorded = HashMap::new();
+        for id in &ids {
+            if let Some(anchor) = self.state.anchor(id)? {
+                recorded.insert(id.clone(), anchor.guid);
+            }
+        }
+        let ous: Vec<String> = self.config.ous().cloned().collect();
+        let found = directory.managed_groups(&ids, &recorded, &ous).await?;
+        self.report_ownership(&found, intents, failed, report);
+        let managed = found.groups;
         let wanted = member_sids(intents);
         let mut present: HashMap<String, Principal> = HashMap::new();
         let mut holders = BTreeSet::new();
@@ -167,6 +182,34 @@ impl TenantSync<'_> {
         }
         principals.extend(present);
         Ok(Snapshot { managed, principals })
+    }
+
+    /// Reports the batch's look-alikes, and turns each ambiguous group into a conflict that writes nothing.
+    fn report_ownership(
+        &self,
+        found: &ManagedGroups,
+        intents: &mut BTreeMap<String, Intent>,
+        failed: &mut HashMap<String, String>,
+        report: &mut CycleReport,
+    ) {
+        for (id, dn) in found.lookalikes.iter().filter(|(id, _)| intents.contains_key(id)) {
+            tracing::warn!(tenant = %self.config.name, group = %id, dn = %dn, "an object carries this group's anchor but is not its own; it is never written, nested or deleted");
+            report.status.lookalikes.push(GroupProblem { group_id: id.clone(), reason: lookalike_reason(dn) });
+        }
+        for (id, dns) in &found.conflicts {
+            if !intents.contains_key(id) {
+                continue;
+            }
+            let reason = format!(
+                "{} objects inside the tenant's OUs carry this group's anchor ({}) and none is recorded as its own; nothing is written until all but one lose the anchor",
+                dns.len(),
+                dns.join("; ")
+            );
+            tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
+            intents.insert(id.clone(), Intent::Leave(reason.clone()));
+            failed.insert(id.clone(), reason.clone());
+            report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
+        }
     }
 
     /// A member added to a group nested in a protected group (adminCount=1, or listed in
@@ -226,6 +269,13 @@ impl TenantSync<'_> {
         }
         Ok(intents)
     }
+}
+
+/// Why a look-alike of a group is left alone, for `status`.
+fn lookalike_reason(dn: &str) -> String {
+    format!(
+        "look-alike: {dn} carries this group's anchor but is not its own (not the recorded objectGUID, or outside the tenant's OUs); it is never written, nested or deleted: remove its adminDescription or delete it"
+    )
 }
 
 /// The groups to look up by anchor: the planned ones and the cloud groups they list as members.

@@ -4,7 +4,7 @@ use super::{CycleReport, SyncError, TenantSync};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
-use crate::graph::{GraphError, MAX_ROUND_PAGES, Presence};
+use crate::graph::{GraphError, MAX_ROUND_PAGES, Page, Presence, STORED_LINK_REFUSALS};
 use crate::graph::delta::{self, NextLink, Removal};
 use crate::state::{Cursor, Resource, Unreadable};
 
@@ -32,7 +32,8 @@ impl RoundGuard {
 
 impl TenantSync<'_> {
     /// Reads one delta round to its end, restarting once with a full round when Graph asks for a resync or
-    /// the last delta round met an entry it could not read. Returns whether the round read was a full one.
+    /// refuses the stored link for the [`STORED_LINK_REFUSALS`]th cycle in a row, or when the last delta round
+    /// met an entry it could not read. Returns whether the round read was a full one.
     pub(super) async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<bool, SyncError> {
         if self.state.take_resync_request(resource)? {
             tracing::warn!(tenant = %self.config.name, ?resource, "the last delta round had an entry that could not be read; reading everything again in a full round");
@@ -44,18 +45,33 @@ impl TenantSync<'_> {
                 self.state.drop_cursor(resource)?;
                 self.read_pages(resource, report).await
             }
+            // A link Graph keeps refusing would fail every cycle until `reset-state`; a full round needs no link.
+            Err(SyncError::Graph(refused @ GraphError::StoredLinkRefused { .. })) => {
+                // Counted in the state, so that one-shot runs from a timer count too.
+                let refusals = self.state.count_link_refusal(resource)?;
+                if refusals < STORED_LINK_REFUSALS {
+                    return Err(refused.into());
+                }
+                tracing::warn!(tenant = %self.config.name, ?resource, refusals, "Graph refused the stored delta link again: {refused}; starting a full round");
+                self.state.drop_cursor(resource)?;
+                self.state.clear_link_refusals(resource)?;
+                self.read_pages(resource, report).await
+            }
             other => other,
         }
     }
 
+    /// Reads pages from the cursor (or the start of a full round) to the round's end, merging each. A stop
+    /// ends it early, even in the middle of a Graph call, with the cursor at the last page merged.
     pub(super) async fn read_pages(&self, resource: Resource, report: &mut CycleReport) -> Result<bool, SyncError> {
-        let (mut link, full) = match self.state.cursor(resource)? {
-            None => (self.start_url(resource), true),
+        // `stored`: the next link comes from the cursor, not from Graph in this round.
+        let (mut link, full, mut stored) = match self.state.cursor(resource)? {
+            None => (self.start_url(resource), true, false),
             Some(c) if c.complete => {
                 self.finish_full_round(resource, &c).await?;
-                (c.link, false)
+                (c.link, false, true)
             }
-            Some(c) => (c.link, c.full),
+            Some(c) => (c.link, c.full, true),
         };
         let mut read = RoundGuard::default();
         loop {
@@ -63,7 +79,14 @@ impl TenantSync<'_> {
                 return Ok(full);
             }
             read.next(&link)?;
-            let page = self.graph.delta_page(&link).await?;
+            let Some(page) = self.unless_stopped(self.page(&link, stored)).await else {
+                return Ok(full);
+            };
+            let page = page?;
+            if std::mem::take(&mut stored) {
+                // The stored link was read: its refusals are no longer in a row.
+                self.state.clear_link_refusals(resource)?;
+            }
             let (next, complete) = match page.link {
                 NextLink::Next(next) => (next, false),
                 NextLink::Delta(delta) => (delta, true),
@@ -76,6 +99,23 @@ impl TenantSync<'_> {
                 return Ok(full);
             }
             link = next;
+        }
+    }
+
+    /// One delta page. A link from the cursor is fetched so that Graph's refusals of it are counted.
+    async fn page(&self, link: &str, stored: bool) -> Result<Page, GraphError> {
+        if stored { self.graph.stored_delta_page(link).await } else { self.graph.delta_page(link).await }
+    }
+
+    /// Awaits a Graph call unless a stop is asked for first. A Retry-After wait can last five minutes, and
+    /// SIGTERM must not wait for it. Dropping the call loses nothing: the cursor moves only after a page is
+    /// merged, and a full round is marked finished only after its last lookup.
+    async fn unless_stopped<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            // A stop already asked for wins, so that no new request is sent.
+            biased;
+            () = self.stop.stopped() => None,
+            result = call => Some(result),
         }
     }
 
@@ -110,7 +150,8 @@ impl TenantSync<'_> {
     }
 
     /// After a full round, objects it did not list may be gone. Graph decides: an object is gone only when
-    /// neither it nor deleted items can be found; one Graph still returns is kept as it is.
+    /// neither it nor deleted items can be found; one Graph still returns is kept as it is. A stop ends it
+    /// early with the cursor still full and complete, so the next cycle finishes it.
     pub(super) async fn finish_full_round(&self, resource: Resource, cursor: &Cursor) -> Result<(), SyncError> {
         if !(cursor.full && cursor.complete) {
             return Ok(());
@@ -119,7 +160,10 @@ impl TenantSync<'_> {
             Resource::Users => {
                 let mut gone = Vec::new();
                 for id in self.state.users_missing_from_full_round()? {
-                    match self.graph.user_presence(&id).await? {
+                    let Some(presence) = self.unless_stopped(self.graph.user_presence(&id)).await else {
+                        return Ok(());
+                    };
+                    match presence? {
                         Presence::Gone => gone.push(id),
                         // A soft-deleted user keeps its memberships in Entra ID until the hard delete.
                         Presence::SoftDeleted => {}
@@ -131,7 +175,10 @@ impl TenantSync<'_> {
             }
             Resource::Groups => {
                 for id in self.state.groups_missing_from_full_round()? {
-                    match self.graph.group_presence(&id).await? {
+                    let Some(presence) = self.unless_stopped(self.graph.group_presence(&id)).await else {
+                        return Ok(());
+                    };
+                    match presence? {
                         Presence::Gone => self.state.mark_removed(&id, Removal::Deleted)?,
                         Presence::SoftDeleted => self.state.mark_removed(&id, Removal::Changed)?,
                         Presence::Live => self.unlisted_but_live("group", &id),

@@ -213,6 +213,18 @@ impl TestDc {
         Ok(())
     }
 
+    /// Replaces every value of `attr` on `dn` with `value`, as an admin (or an attacker with write access to
+    /// the object) would.
+    pub async fn set_attribute(&self, dn: &str, attr: &str, value: &str) -> Result<()> {
+        let mut ldap = self.admin().await?;
+        ldap.modify(dn, vec![Mod::Replace(attr, HashSet::from([value]))])
+            .await
+            .and_then(LdapResult::success)
+            .with_context(|| format!("setting {attr} on {dn}"))?;
+        ldap.unbind().await.ok();
+        Ok(())
+    }
+
     /// The rootDSE's `highestCommittedUSN`: it moves on every real write.
     pub async fn highest_committed_usn(&self) -> Result<u64> {
         let mut ldap = self.admin().await?;

@@ -208,7 +208,10 @@ async fn restore_user(State(sim): State<Arc<Simulator>>, Path(id): Path<String>)
 }
 
 /// `POST /_sim/faults` body, e.g.
-/// `{"target":"groupsDelta","kind":"throttle429","retryAfterSecs":2,"times":3}`.
+/// `{"target":"groupsDelta","kind":"throttle429","retryAfterSecs":2,"times":3}`,
+/// `{"target":"groupsDelta","kind":"status400","code":"syncStateInvalid"}`,
+/// `{"target":"groupsDeltaLink","kind":"clientError","status":404,"code":"UnknownError"}` or
+/// `{"target":"groupsDelta","kind":"hugeBody","bytes":68157440,"contentLength":false}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FaultSpec {
@@ -217,6 +220,14 @@ struct FaultSpec {
     kind: String,
     retry_after_secs: Option<u64>,
     delay_ms: Option<u64>,
+    /// `error.code` of a `status400` or `clientError` answer.
+    code: Option<String>,
+    /// HTTP status of a `clientError` answer (400 when absent).
+    status: Option<u16>,
+    /// Size of a `hugeBody` answer.
+    bytes: Option<usize>,
+    /// Whether a `hugeBody` answer announces its size (chunked when absent).
+    content_length: Option<bool>,
     times: Option<usize>,
 }
 
@@ -238,6 +249,21 @@ impl FaultSpec {
             "malformedbody" => FaultKind::MalformedBody,
             "resetconnection" => FaultKind::ResetConnection,
             "nextlinkloop" => FaultKind::NextLinkLoop,
+            "status400" => FaultKind::Status400(
+                self.code
+                    .clone()
+                    .ok_or_else(|| ControlError::bad_request("a status400 fault needs code"))?,
+            ),
+            "clienterror" => FaultKind::ClientError {
+                status: self.status.unwrap_or(400),
+                code: self.code.clone().unwrap_or_else(|| "BadRequest".to_owned()),
+            },
+            "hugebody" => FaultKind::HugeBody {
+                bytes: self
+                    .bytes
+                    .ok_or_else(|| ControlError::bad_request("a hugeBody fault needs bytes"))?,
+                content_length: self.content_length.unwrap_or(false),
+            },
             "delay" => {
                 let ms = self
                     .delay_ms

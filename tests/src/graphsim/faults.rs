@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,11 @@ pub enum FaultTarget {
     GroupsDelta,
     /// User delta pages.
     UsersDelta,
+    /// Group delta requests by a deltaLink (a `$deltatoken` other than empty or `latest`): how a client
+    /// resumes from the cursor it stored at the end of its last round.
+    GroupsDeltaLink,
+    /// User delta requests by a deltaLink.
+    UsersDeltaLink,
     /// Deleted-item lookups.
     DeletedItems,
     /// Whatever request comes next (not `/_sim/`).
@@ -65,15 +71,27 @@ pub enum FaultTarget {
 }
 
 impl FaultTarget {
-    fn matches(self, endpoint: Endpoint) -> bool {
+    fn matches(self, endpoint: Endpoint, by_delta_link: bool) -> bool {
         match self {
             Self::Token => endpoint == Endpoint::Token,
             Self::GroupsDelta => endpoint == Endpoint::GroupsDelta,
             Self::UsersDelta => endpoint == Endpoint::UsersDelta,
+            Self::GroupsDeltaLink => endpoint == Endpoint::GroupsDelta && by_delta_link,
+            Self::UsersDeltaLink => endpoint == Endpoint::UsersDelta && by_delta_link,
             Self::DeletedItems => endpoint == Endpoint::DeletedItems,
             Self::Any => true,
         }
     }
+}
+
+/// Whether a delta request follows a deltaLink: its `$deltatoken` is neither empty (a fresh start, where a
+/// 410 sends the client) nor `latest`. A client sends one only from the cursor of its last round.
+pub(crate) fn by_delta_link(query: Option<&str>) -> bool {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).any(|(name, value)| {
+        name.trim_start_matches('$').eq_ignore_ascii_case("deltatoken")
+            && !value.is_empty()
+            && !value.eq_ignore_ascii_case("latest")
+    })
 }
 
 /// What an injected fault does to the request it hits.
@@ -115,6 +133,22 @@ pub enum FaultKind {
     Redirect307(String),
     /// An empty page whose nextLink is the request's own URL: a round that never ends.
     NextLinkLoop,
+    /// This 4xx (400 if `status` is not one) with this error code, which asks for nothing: a link Graph
+    /// refuses for a reason of its own, not a resync signal.
+    ClientError {
+        /// The HTTP status.
+        status: u16,
+        /// `error.code` of the body.
+        code: String,
+    },
+    /// 200 with a body of `bytes` bytes, the start of a page and then padding: a response too big to read.
+    /// It is sent chunked, without Content-Length, unless `content_length`.
+    HugeBody {
+        /// The body's size.
+        bytes: usize,
+        /// Whether `Content-Length` announces the size.
+        content_length: bool,
+    },
 }
 
 impl FaultKind {
@@ -143,9 +177,10 @@ impl Fault {
         Self { target, kind }
     }
 
-    /// Whether this fault applies to a request to `endpoint`.
-    pub(crate) fn hits(&self, endpoint: Endpoint) -> bool {
-        self.target.matches(endpoint)
+    /// Whether this fault applies to a request to `endpoint`; `by_delta_link` tells whether it follows a
+    /// deltaLink (see [`by_delta_link`]).
+    pub(crate) fn hits(&self, endpoint: Endpoint, by_delta_link: bool) -> bool {
+        self.target.matches(endpoint, by_delta_link)
     }
 }
 
@@ -175,6 +210,9 @@ pub(crate) fn action(
             StatusCode::OK,
             &json!({ "value": [], "@odata.nextLink": own_url() }),
         )),
+        FaultKind::HugeBody { bytes, content_length } => {
+            FaultAction::Respond(huge_body(*bytes, *content_length))
+        }
         _ if endpoint == Endpoint::Token => FaultAction::Respond(token_fault(kind)),
         _ => FaultAction::Respond(graph_fault(kind, location)),
     }
@@ -198,6 +236,11 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
             StatusCode::BAD_REQUEST,
             code,
             "The request cannot be served with this token; start a new round.",
+        ),
+        FaultKind::ClientError { status, code } => graph_error(
+            client_status(*status),
+            code,
+            "The request cannot be served.",
         ),
         FaultKind::Throttle429 { retry_after_secs } => throttled(*retry_after_secs),
         FaultKind::Unavailable503 { retry_after_secs } => with_retry_after(
@@ -223,8 +266,39 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
         FaultKind::Delay(_)
         | FaultKind::ResetConnection
         | FaultKind::Redirect307(_)
-        | FaultKind::NextLinkLoop => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        | FaultKind::NextLinkLoop
+        | FaultKind::HugeBody { .. } => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// `status` if it is a client error, else 400.
+fn client_status(status: u16) -> StatusCode {
+    StatusCode::from_u16(status)
+        .ok()
+        .filter(StatusCode::is_client_error)
+        .unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// 200 with a body of `bytes` bytes: a page's start, padding, and its end. A whole buffer goes out with
+/// Content-Length; the same bytes as a stream have no known length, so they go out chunked.
+fn huge_body(bytes: usize, content_length: bool) -> Response {
+    const START: &[u8] = br#"{"value":["#;
+    const END: &[u8] = b"]}";
+    let mut page = Vec::with_capacity(bytes.max(START.len() + END.len()));
+    page.extend_from_slice(START);
+    page.resize(bytes.saturating_sub(END.len()).max(START.len()), b' ');
+    page.extend_from_slice(END);
+    let body = if content_length {
+        Body::from(page)
+    } else {
+        Body::from_stream(Body::from(page).into_data_stream())
+    };
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(GRAPH_CONTENT_TYPE),
+    );
+    response
 }
 
 /// 307 with `Location`: a client that follows it sends the same request, body included, to `target`.
@@ -335,11 +409,18 @@ fn token_fault(kind: &FaultKind) -> Response {
             90_000,
             "The request is not valid.",
         ),
+        FaultKind::ClientError { status, .. } => (
+            client_status(*status),
+            "invalid_request",
+            90_000,
+            "The request is not valid.",
+        ),
         FaultKind::Status500
         | FaultKind::Delay(_)
         | FaultKind::ResetConnection
         | FaultKind::Redirect307(_)
-        | FaultKind::NextLinkLoop => (
+        | FaultKind::NextLinkLoop
+        | FaultKind::HugeBody { .. } => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             50_000,
@@ -378,8 +459,29 @@ mod tests {
     #[test]
     fn targets_match_their_endpoints_only() {
         let fault = Fault::new(FaultTarget::UsersDelta, FaultKind::Status500);
-        assert!(fault.hits(Endpoint::UsersDelta));
-        assert!(!fault.hits(Endpoint::GroupsDelta));
-        assert!(Fault::new(FaultTarget::Any, FaultKind::Status500).hits(Endpoint::Token));
+        assert!(fault.hits(Endpoint::UsersDelta, false));
+        assert!(fault.hits(Endpoint::UsersDelta, true));
+        assert!(!fault.hits(Endpoint::GroupsDelta, false));
+        assert!(Fault::new(FaultTarget::Any, FaultKind::Status500).hits(Endpoint::Token, false));
+        let link = Fault::new(FaultTarget::GroupsDeltaLink, FaultKind::Status500);
+        assert!(link.hits(Endpoint::GroupsDelta, true));
+        assert!(!link.hits(Endpoint::GroupsDelta, false), "a start or a nextLink is not a deltaLink");
+        assert!(!link.hits(Endpoint::UsersDelta, true));
+    }
+
+    #[test]
+    fn only_a_non_empty_delta_token_other_than_latest_is_a_delta_link() {
+        assert!(by_delta_link(Some("$deltatoken=abc")));
+        assert!(by_delta_link(Some("$select=displayName&deltaToken=abc")));
+        let starts = [
+            None,
+            Some("$select=displayName"),
+            Some("$select=x&$deltatoken="),
+            Some("$deltatoken=latest"),
+            Some("$skiptoken=abc"),
+        ];
+        for start in starts {
+            assert!(!by_delta_link(start), "{start:?}");
+        }
     }
 }

@@ -65,8 +65,10 @@ pub struct SimConfig {
     /// Shuffle each round's entries with this seed (mixed with the round
     /// number), so that a group's entries land on different pages.
     pub shuffle_seed: Option<u64>,
-    /// Later rounds carry only changed properties, as with
-    /// `Prefer: return=minimal` (which is honoured either way).
+    /// Later rounds carry only changed properties, as if every request
+    /// said `Prefer: return=minimal`. Off by default: as in Graph, an updated
+    /// object then comes with every selected property that is set, unless
+    /// the request itself prefers `return=minimal`.
     pub changed_only: bool,
     /// Initial rounds also list soft-deleted objects as `@removed`, which the
     /// delta overview says can happen.
@@ -87,7 +89,7 @@ impl Default for SimConfig {
             page_size: 4,
             members_per_entry: 3,
             shuffle_seed: None,
-            changed_only: true,
+            changed_only: false,
             initial_round_reports_deleted: false,
             security_groups_restorable: false,
         }
@@ -218,13 +220,14 @@ impl Simulator {
         self.lock().tenant.update_user(id, patch)
     }
 
-    /// Deletes a user (to deleted items, or for good when `hard`); the user
-    /// leaves every group it was in.
+    /// Deletes a user (to deleted items, or for good when `hard`). As in
+    /// Entra ID, a soft-deleted user keeps its memberships, and group delta
+    /// says nothing of them; a hard delete removes the user from every group.
     pub fn delete_user(&self, id: &str, hard: bool) -> Result<u64, TenantError> {
         self.lock().tenant.delete_user(id, hard)
     }
 
-    /// Restores a user from deleted items (without its old memberships).
+    /// Restores a user from deleted items, with the memberships it kept.
     pub fn restore_user(&self, id: &str) -> Result<u64, TenantError> {
         self.lock().tenant.restore_user(id)
     }
@@ -301,10 +304,14 @@ impl Simulator {
         self.lock().faults.clear();
     }
 
-    /// Takes the first queued fault that applies to a request to `endpoint`.
-    pub(crate) fn take_fault(&self, endpoint: Endpoint) -> Option<Fault> {
+    /// Takes the first queued fault that applies to a request to `endpoint`, which follows a deltaLink
+    /// when `by_delta_link`.
+    pub(crate) fn take_fault(&self, endpoint: Endpoint, by_delta_link: bool) -> Option<Fault> {
         let mut state = self.lock();
-        let index = state.faults.iter().position(|f| f.hits(endpoint))?;
+        let index = state
+            .faults
+            .iter()
+            .position(|f| f.hits(endpoint, by_delta_link))?;
         state.faults.remove(index)
     }
 

@@ -128,7 +128,7 @@ async fn serve(sim: Arc<Simulator>, request: Request, next: Next) -> Response {
         fault: None,
         at_ms: sim.uptime_ms(),
     };
-    let fault = sim.take_fault(endpoint);
+    let fault = sim.take_fault(endpoint, faults::by_delta_link(request.uri().query()));
     record.fault = fault.as_ref().map(|f| f.kind.label());
     let action =
         fault.map(|f| {

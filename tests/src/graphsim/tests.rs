@@ -376,7 +376,11 @@ async fn initial_round_pages_to_a_delta_link_and_split_members_merge_back() {
 
 #[tokio::test]
 async fn later_round_carries_only_changes_and_can_be_replayed() {
-    let h = Harness::start(SimConfig::default()).await;
+    let h = Harness::start(SimConfig {
+        changed_only: true,
+        ..SimConfig::default()
+    })
+    .await;
     h.sim
         .add_group(group_with_members("g", &member_ids("u", 2)))
         .expect("add");
@@ -432,12 +436,9 @@ async fn later_round_carries_only_changes_and_can_be_replayed() {
 }
 
 #[tokio::test]
-async fn prefer_full_rounds_repeat_unchanged_properties() {
-    let h = Harness::start(SimConfig {
-        changed_only: false,
-        ..SimConfig::default()
-    })
-    .await;
+async fn updates_resend_every_selected_property_unless_return_minimal_is_preferred() {
+    // Graph's default: an updated object comes with all its selected properties, not only the changed ones.
+    let h = Harness::start(SimConfig::default()).await;
     h.sim.add_group(Group::security("g", "G")).expect("add");
     let first = h.round(&groups_delta_url(&h)).await;
     let patch = GroupPatch {
@@ -448,6 +449,7 @@ async fn prefer_full_rounds_repeat_unchanged_properties() {
 
     let full = h.round(&first.delta_link).await;
     assert_eq!(full.entries[0]["displayName"], "G");
+    assert_eq!(full.entries[0]["description"], "d");
 
     let minimal = h
         .http
@@ -858,4 +860,161 @@ async fn redirects_and_looping_next_links_are_injectable() {
     assert_eq!(looping["@odata.nextLink"].as_str(), Some(url.as_str()));
     let normal = h.get_json(&url).await;
     assert!(normal["@odata.nextLink"] != json!(url), "one fault, one answer");
+}
+
+#[tokio::test]
+async fn a_soft_deleted_user_stays_a_member_until_the_hard_delete() {
+    let h = Harness::start(SimConfig::default()).await;
+    h.sim
+        .add_user(User::cloud("u", "ann@contoso.com"))
+        .expect("add user");
+    h.sim
+        .add_group(group_with_members("g", &["u".to_owned()]))
+        .expect("add group");
+    let users_url = h.url("/v1.0/users/delta?$select=id,displayName");
+    let groups = h.round(&groups_delta_url(&h)).await;
+    let users = h.round(&users_url).await;
+
+    h.sim.delete_user("u", false).expect("soft delete");
+    let after_soft = h.round(&groups.delta_link).await;
+    assert!(
+        after_soft.entries.is_empty(),
+        "group delta says nothing of a soft-deleted member: {:?}",
+        after_soft.entries
+    );
+    let users_after = h.round(&users.delta_link).await;
+    assert_eq!(merge(&users_after.entries)["u"].removed.as_deref(), Some("changed"));
+    let kept = h.sim.group("g").expect("group g").members;
+    assert!(kept.iter().any(|m| m.id == "u"), "the membership is kept: {kept:?}");
+
+    h.sim.delete_user("u", true).expect("hard delete");
+    let after_hard = h.round(&after_soft.delta_link).await;
+    assert_eq!(
+        after_hard.entries[0]["members@delta"][0]["@removed"]["reason"],
+        "deleted"
+    );
+    assert!(h.sim.group("g").expect("group g").members.is_empty());
+}
+
+/// Posts a fault to the control API.
+async fn post_fault(h: &Harness, fault: Value) -> reqwest::Response {
+    h.http
+        .post(h.url("/_sim/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn every_resync_signal_spelling_can_be_sent() {
+    let h = Harness::start(SimConfig::default()).await;
+    let url = groups_delta_url(&h);
+    let spellings = [
+        "syncStateNotFound",
+        "SyncStateNotFound",
+        "resyncRequired",
+        "syncStateInvalid",
+        "Directory_ExpiredPageToken",
+    ];
+    for code in spellings {
+        let fault = json!({"target": "groupsDelta", "kind": "status400", "code": code});
+        let queued = post_fault(&h, fault).await;
+        assert_eq!(queued.status(), StatusCode::OK, "{code}");
+        let answer = h.get(&url).await;
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "{code}");
+        let body: Value = answer.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], code);
+    }
+    let no_code = post_fault(&h, json!({"target": "groupsDelta", "kind": "status400"})).await;
+    assert_eq!(no_code.status(), StatusCode::BAD_REQUEST);
+    for (kind, code) in [
+        (FaultKind::SyncStateNotFound, "syncStateNotFound"),
+        (FaultKind::ResyncRequired, "resyncRequired"),
+        (FaultKind::Gone410, "resyncRequired"),
+    ] {
+        h.sim.inject(Fault::new(FaultTarget::GroupsDelta, kind.clone()));
+        let body: Value = h.get(&url).await.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], code, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_long_retry_after_is_sent_as_asked() {
+    let h = Harness::start(SimConfig::default()).await;
+    let url = groups_delta_url(&h);
+    for (kind, status) in [
+        ("throttle429", StatusCode::TOO_MANY_REQUESTS),
+        ("unavailable503", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let fault = json!({"target": "groupsDelta", "kind": kind, "retryAfterSecs": 300});
+        assert_eq!(post_fault(&h, fault).await.status(), StatusCode::OK);
+        let answer = h.get(&url).await;
+        assert_eq!(answer.status(), status, "{kind}");
+        assert_eq!(answer.headers()["retry-after"], "300", "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_error_on_delta_links_spares_starts_and_next_links() {
+    let h = Harness::start(SimConfig {
+        page_size: 1,
+        ..SimConfig::default()
+    })
+    .await;
+    h.sim.add_group(Group::security("a", "A")).expect("add");
+    h.sim.add_group(Group::security("b", "B")).expect("add");
+    let fault = json!({"target": "groupsDeltaLink", "kind": "clientError",
+                       "status": 404, "code": "UnknownError"});
+    assert_eq!(post_fault(&h, fault).await.status(), StatusCode::OK);
+    h.sim.inject(Fault::new(
+        FaultTarget::GroupsDeltaLink,
+        FaultKind::ClientError {
+            status: 400,
+            code: "Request_UnsupportedQuery".into(),
+        },
+    ));
+    // A round from its start, through its nextLink, is untouched.
+    let round = h.round(&groups_delta_url(&h)).await;
+    assert_eq!(round.pages, 2);
+    assert_eq!(h.sim.pending_faults(), 2);
+
+    for (status, code) in [
+        (StatusCode::NOT_FOUND, "UnknownError"),
+        (StatusCode::BAD_REQUEST, "Request_UnsupportedQuery"),
+    ] {
+        let refused = h.get(&round.delta_link).await;
+        assert_eq!(refused.status(), status);
+        let body: Value = refused.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], code);
+    }
+    assert_eq!(h.get(&round.delta_link).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn huge_bodies_are_sent_chunked_or_with_their_length() {
+    let h = Harness::start(SimConfig::default()).await;
+    let url = groups_delta_url(&h);
+    let bytes = (1 << 20) + 3;
+    for content_length in [false, true] {
+        h.sim.inject(Fault::new(
+            FaultTarget::GroupsDelta,
+            FaultKind::HugeBody {
+                bytes,
+                content_length,
+            },
+        ));
+        let answer = h.get(&url).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let announced = answer.headers().get("content-length").cloned();
+        if content_length {
+            let size = reqwest::header::HeaderValue::from(bytes);
+            assert_eq!(announced, Some(size), "the size is announced");
+        } else {
+            assert_eq!(announced, None, "a streamed body announces no size");
+        }
+        let body = answer.bytes().await.expect("body");
+        assert_eq!(body.len(), bytes);
+        assert!(body.starts_with(br#"{"value":["#) && body.ends_with(b"]}"));
+    }
 }

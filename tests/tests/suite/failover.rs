@@ -205,3 +205,65 @@ async fn a_one_shot_sync_refuses_a_tenant_whose_lease_another_agent_holds() -> R
     assert!(output.status.success(), "{}", output_text(&output));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_agent_id_write_nothing_and_say_why() -> Result<()> {
+    let (env, users) = shared_world("ha-twins", TEST_TTL).await?;
+    let ids = add_groups(&env, &users, "Twins", 3);
+    let mut first = Agent::for_env(&env, "wb1")?;
+    first.start()?;
+    until(&[&first], Duration::from_secs(60), async || converged(&env, &users).await).await?;
+
+    // The same config copied to a second server: the same agent id, another state directory and process.
+    let mut second = Agent::new(&env.dir.path().join("server2"), "wb1", &env.tenant_block("contoso")?)?;
+    let health = second.serve_metrics()?;
+    second.start()?;
+    let twin = |agent: &Agent| agent.lease_view("contoso").is_some_and(|l| l.duplicate.is_some() && l.role == Role::Standby);
+    until(&[&first, &second], Duration::from_secs(60), async || Ok(twin(&first) && twin(&second))).await?;
+
+    // Neither writes a cloud change while both run: each cycles twice after it, and the groups stay as they were.
+    let before = env.dc.subtree_usn(&env.ou.groups_dn).await?;
+    env.sim.add_members(&ids[0], &[MemberRef::user(&users[USERS - 1].0)]).unwrap();
+    let changed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    until(&[&first, &second], Duration::from_secs(60), async || {
+        Ok(first.last_cycle("contoso") > changed + 2 && second.last_cycle("contoso") > changed + 2)
+    })
+    .await?;
+    assert_eq!(env.dc.subtree_usn(&env.ou.groups_dn).await?, before, "a process with a duplicate id wrote");
+    let answer = reqwest::get(format!("{health}/healthz")).await?;
+    assert_eq!(answer.status(), 503);
+    let why = answer.text().await?;
+    assert!(why.contains("tenant contoso: agent id used by another running process"), "{why}");
+    let shown = output_text(&first.run(&["status"]).await?);
+    assert!(shown.contains("DUPLICATE AGENT ID: another running process uses agent id wb1"), "{shown}");
+
+    // Once one stops, the other carries on and writes the change.
+    second.stop().await?;
+    until(&[&first], Duration::from_secs(60), async || converged(&env, &users).await).await?;
+    assert!(first.lease_view("contoso").is_some_and(|l| l.duplicate.is_none()));
+    first.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_value_that_looks_free_is_taken_only_after_a_full_ttl_unchanged() -> Result<()> {
+    let (env, users) = shared_world("ha-garbled-lease", TEST_TTL).await?;
+    add_groups(&env, &users, "Garbled", 3);
+    let (mut a1, mut a2) = (Agent::for_env(&env, "a1")?, Agent::for_env(&env, "a2")?);
+    writer_and_standby(&mut a1, &mut a2).await?;
+    until(&[&a1, &a2], Duration::from_secs(60), async || converged(&env, &users).await).await?;
+
+    // The writer freezes, and the lease value is overwritten with something no agent can read. The writer
+    // could still write until its own deadline, so the standby must not count the lease free at once.
+    a1.signal(Signal::STOP)?;
+    let lease = format!("CN=writeback-lease,{}", env.ou.dn);
+    env.dc.set_attribute(&lease, "adminDisplayName", "not a lease value").await?;
+    let overwritten = Instant::now();
+    until(&[&a1, &a2], Duration::from_secs(60), async || Ok(a2.role("contoso") == Some(Role::Active))).await?;
+    let waited = overwritten.elapsed();
+    a1.signal(Signal::CONT)?;
+    a1.stop().await?;
+    a2.stop().await?;
+    assert!(waited >= Duration::from_secs(6), "the standby took a garbled lease after {waited:?}, before a full ttl");
+    Ok(())
+}

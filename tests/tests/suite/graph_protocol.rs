@@ -1,5 +1,6 @@
 //! How the agent speaks Graph, end to end: paging and split members, partial updates from the users
-//! delta, resyncs, throttling, token refresh and malformed pages.
+//! delta, resyncs, stored links Graph refuses, throttling (and a stop during a long wait), token refresh,
+//! malformed pages and bodies past the size limit.
 
 use writeback_tests::e2e::{Env, new_id, text};
 use writeback_tests::graphsim::{
@@ -367,5 +368,117 @@ async fn a_throttled_or_failing_token_endpoint_is_retried() -> anyhow::Result<()
     let tokens = env.sim.requests().iter().filter(|r| r.endpoint == Endpoint::Token).count();
     assert!(tokens >= 3, "{tokens} token requests");
     assert!(env.group(&id).await?.is_some());
+    Ok(())
+}
+
+/// The group delta requests the simulator has logged, oldest first.
+fn group_pages(env: &Env) -> Vec<writeback_tests::graphsim::RequestRecord> {
+    env.sim.requests().into_iter().filter(|r| r.endpoint == Endpoint::GroupsDelta).collect()
+}
+
+#[tokio::test]
+async fn a_stored_link_refused_in_two_cycles_in_a_row_starts_a_full_round_and_loses_nothing() -> anyhow::Result<()> {
+    use writeback_tests::agents::converged;
+    let env = Env::new("refused-link").await?;
+    let mut users = Vec::new();
+    for i in 0..3 {
+        let (id, ad) = env.synced_user(&format!("refused-u{i}")).await?;
+        users.push((id, ad.dn));
+    }
+    let (kept, gone) = (new_id(), new_id());
+    env.sim.add_group(enabled_group(&kept, "Kept", &[&users[0].0, &users[1].0])).unwrap();
+    env.sim.add_group(enabled_group(&gone, "Gone", &[&users[0].0])).unwrap();
+    env.sync(&[]).await?;
+
+    // While Graph refuses the stored link, only a full round can bring these changes.
+    env.sim.add_group(enabled_group(&new_id(), "Added", &[&users[2].0])).unwrap();
+    env.sim.remove_members(&kept, &[&users[1].0]).unwrap();
+    env.sim.add_members(&kept, &[MemberRef::user(&users[2].0)]).unwrap();
+    env.sim.hard_delete_group(&gone).unwrap();
+    let refusal = FaultKind::ClientError { status: 400, code: "Request_UnsupportedQuery".into() };
+    for _ in 0..2 {
+        env.sim.inject(fault(FaultTarget::GroupsDeltaLink, refusal.clone()));
+    }
+    // The first refusal fails the cycle in one line naming the status and the resource, not the link's token.
+    let error = one_error_line(&env.run(&["sync", "--once"]).await?);
+    assert!(error.contains("HTTP 400") && error.contains("/beta/groups/delta"), "{error}");
+    assert!(!error.contains("deltatoken"), "{error}");
+
+    // The next run, a new process, is refused again and starts a full round: the count is in the state.
+    let output = env.sync(&[]).await?;
+    assert_eq!(env.sim.pending_faults(), 0);
+    let log = text(&output.stderr);
+    let restarts: Vec<&str> = log.lines().filter(|l| l.contains("refused the stored delta link again")).collect();
+    assert_eq!(restarts.len(), 1, "{log}");
+    assert!(restarts[0].contains("HTTP 400") && restarts[0].contains("Groups"), "{}", restarts[0]);
+    assert!(!restarts[0].contains("deltatoken"), "{}", restarts[0]);
+    assert!(converged(&env, &users).await?, "nothing is lost");
+    let pages = group_pages(&env);
+    let last_refused = pages.iter().rposition(|r| r.fault.is_some()).expect("the stored link was refused");
+    let next = pages.get(last_refused + 1).and_then(|r| r.query.as_deref()).unwrap_or_default();
+    assert!(!next.contains("deltatoken") && !next.contains("skiptoken"), "the next request starts a full round: {pages:?}");
+    assert!(env.group(&gone).await?.is_none(), "the full round found the hard delete");
+    Ok(())
+}
+
+/// Starts a daemon, waits until Graph has answered it 429 with Retry-After: 300 at `target`, sends SIGTERM,
+/// and checks that the daemon exits 0 long before that wait would end.
+async fn stop_during_a_long_retry_after(env: &Env, target: FaultTarget) -> anyhow::Result<()> {
+    use rustix::process::Signal;
+    use std::time::Duration;
+    env.sim.clear_requests();
+    env.sim.inject(fault(target, FaultKind::Throttle429 { retry_after_secs: 300 }));
+    let mut daemon = env.start_daemon()?;
+    let throttled = || env.sim.requests().iter().any(|r| r.status == Some(429));
+    env.eventually(Duration::from_secs(30), || async { Ok(throttled()) }).await?;
+    daemon.signal(Signal::TERM)?;
+    // A bound on the wait, not a sleep: the test goes on as soon as the daemon has exited.
+    let status = daemon.wait(Duration::from_secs(60)).await?;
+    assert!(status.success(), "{target:?}: exit status {status:?}; log:\n{}", env.daemon_log());
+    assert!(env.daemon_log().contains("writeback stopped"), "{target:?}: {}", env.daemon_log());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_cuts_a_long_retry_after_short_and_loses_nothing() -> anyhow::Result<()> {
+    let env = Env::new("term-throttled").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Throttled at shutdown", &[])).unwrap();
+    // A throttled delta page: the next run reads what the stopped daemon did not.
+    stop_during_a_long_retry_after(&env, FaultTarget::GroupsDelta).await?;
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some());
+    // A throttled deleted-items lookup of a group that a resync no longer lists: the next run confirms the
+    // hard delete.
+    env.sim.hard_delete_group(&id).unwrap();
+    env.sim.expire_delta_tokens();
+    stop_during_a_long_retry_after(&env, FaultTarget::DeletedItems).await?;
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_body_past_the_size_limit_fails_the_cycle_in_one_line_and_the_cursor_stays() -> anyhow::Result<()> {
+    let env = Env::new("huge-body").await?;
+    env.sync(&[]).await?;
+    let bytes = writeback::graph::MAX_BODY_BYTES + (1 << 20);
+    // Chunked, the body must be cut off while it is read; with Content-Length, it is refused before.
+    for content_length in [false, true] {
+        let id = new_id();
+        env.sim.add_group(enabled_group(&id, &format!("Behind a huge body {content_length}"), &[])).unwrap();
+        env.sim.inject(fault(FaultTarget::GroupsDelta, FaultKind::HugeBody { bytes, content_length }));
+        env.sim.clear_requests();
+        let error = one_error_line(&env.run(&["sync", "--once"]).await?);
+        assert!(error.contains("larger than 64 MiB"), "{error}");
+        assert!(env.group(&id).await?.is_none());
+        let refused = group_pages(&env).first().and_then(|r| r.query.clone());
+
+        env.sim.clear_requests();
+        env.sync(&[]).await?;
+        let asked = group_pages(&env).first().and_then(|r| r.query.clone());
+        assert_eq!(asked, refused, "the cursor did not move past the huge page");
+        assert!(env.group(&id).await?.is_some(), "nothing was lost");
+    }
     Ok(())
 }

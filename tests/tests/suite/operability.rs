@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::e2e::{Env, free_port, new_id, text};
 use writeback_tests::graphsim::{Fault, FaultKind, FaultTarget, Group, MemberRef, WritebackConfiguration};
 
 fn enabled(id: &str, name: &str, members: &[&str]) -> Group {
@@ -10,10 +10,6 @@ fn enabled(id: &str, name: &str, members: &[&str]) -> Group {
     g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
     g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
     g
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The value of one sample line of the metrics text, if present.

@@ -124,3 +124,82 @@ async fn a_soft_deleted_user_keeps_its_ad_memberships_and_a_hard_delete_removes_
     assert!(!is_member(&env.group(&id).await?.expect("kept").members), "the hard delete removes the membership");
     Ok(())
 }
+
+/// The group at `dn` in the test's OU tree, if it is there.
+async fn group_at(env: &Env, dn: &str) -> anyhow::Result<Option<writeback_tests::dc::GroupEntry>> {
+    Ok(env.groups().await?.into_iter().find(|g| writeback::dn::same(&g.dn, dn)))
+}
+
+#[tokio::test]
+async fn a_copied_anchor_is_never_written_nested_or_deleted() -> anyhow::Result<()> {
+    let env = Env::new("trust-lookalike").await?;
+    let (u1, _) = env.synced_user("look-u1").await?;
+    let (u2, _) = env.synced_user("look-u2").await?;
+    let (child, parent) = (new_id(), new_id());
+    env.sim.add_group(enabled_group(&child, "Child", &[&u1])).unwrap();
+    let mut nesting = enabled_group(&parent, "Parent", &[]);
+    nesting.members = vec![MemberRef::group(&child)];
+    env.sim.add_group(nesting).unwrap();
+    env.sync(&[]).await?;
+    let real = env.group(&child).await?.expect("written");
+
+    // Someone who may create groups elsewhere in the domain copies the child's anchor onto a group of theirs.
+    let copy = env.dc.create_group(&env.ou.users_dn, "Lookalike", -2147483640).await?;
+    env.dc.set_attribute(&copy.dn, "adminDescription", &format!("Group_{child}")).await?;
+
+    // A member change, a full reconcile and a nesting all go to the real group only.
+    env.sim.add_members(&child, &[MemberRef::user(&u2)]).unwrap();
+    env.sync(&[]).await?;
+    env.sync(&["--full"]).await?;
+    let copied = group_at(&env, &copy.dn).await?.expect("the look-alike is not deleted");
+    assert!(copied.members.is_empty(), "the look-alike gained members: {copied:?}");
+    let now = group_at(&env, &real.dn).await?.expect("the real group stays");
+    assert_eq!(now.members.len(), 2, "{now:?}");
+    let nest = env.group(&parent).await?.expect("parent written");
+    assert_eq!(nest.members.len(), 1, "{nest:?}");
+    assert!(writeback::dn::same(&nest.members[0], &real.dn), "the parent nests the real group, not the copy: {nest:?}");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {child}: look-alike: {}", copy.dn)), "{status}");
+
+    // Its hard delete removes the real group only.
+    env.sim.hard_delete_group(&child).unwrap();
+    env.sync(&[]).await?;
+    assert!(group_at(&env, &real.dn).await?.is_none(), "the real group is deleted");
+    let copied = group_at(&env, &copy.dn).await?.expect("the look-alike is never deleted");
+    assert!(copied.members.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_and_foreign_anchors_are_ignored() -> anyhow::Result<()> {
+    let env = Env::new("trust-twins").await?;
+    let (u1, _) = env.synced_user("twins-u1").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Twins", &[&u1])).unwrap();
+    env.sync(&[]).await?;
+    let real = env.group(&id).await?.expect("written");
+    // Connect's own anchor value is not a writeback anchor: a full reconcile must not take it for an orphan.
+    let connect = env.dc.create_group(&env.ou.groups_dn, "Connect owned", -2147483640).await?;
+    env.dc.set_attribute(&connect.dn, "adminDescription", "Group_DoNotSync").await?;
+
+    // With the state lost, a second object carrying the anchor inside the target OU makes it ambiguous.
+    let twin = env.dc.create_group(&env.ou.groups_dn, "Twin", -2147483640).await?;
+    env.dc.set_attribute(&twin.dn, "adminDescription", &format!("Group_{id}")).await?;
+    let reset = env.run(&["reset-state", "--tenant", "contoso"]).await?;
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    env.sim.remove_members(&id, &[&u1]).unwrap();
+    let before = env.dc.subtree_usn(&env.ou.groups_dn).await?;
+    env.sync(&[]).await?;
+    assert_eq!(env.dc.subtree_usn(&env.ou.groups_dn).await?, before, "neither object is written");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {id}: 2 objects inside the tenant's OUs carry this group's anchor")), "{status}");
+    assert!(group_at(&env, &connect.dn).await?.is_some(), "a group with a foreign anchor is not deleted");
+
+    // Once an admin removes the twin, the group is written again.
+    env.dc.delete_tree(&twin.dn).await?;
+    env.sync(&[]).await?;
+    let now = group_at(&env, &real.dn).await?.expect("kept");
+    assert!(now.members.is_empty(), "{now:?}");
+    assert!(group_at(&env, &connect.dn).await?.is_some());
+    Ok(())
+}
