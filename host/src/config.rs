@@ -91,12 +91,21 @@ pub struct TenantConfig {
     /// `NewUnifiedGroupWritebackDefault`).
     #[serde(default = "defaults::m365_default_writeback")]
     pub m365_default_writeback: bool,
-    /// More deletes than this in one cycle are held until `sync --once --allow-deletes`.
+    /// More deletes than this within `threshold_window` are held until `sync --once --allow-deletes`.
     #[serde(default = "defaults::delete_threshold")]
     pub delete_threshold: usize,
-    /// More renames and moves than this in one cycle are held until `sync --once --allow-renames`.
+    /// More renames, moves and sAMAccountName changes than this within `threshold_window` are held until
+    /// `sync --once --allow-renames`.
     #[serde(default = "defaults::rename_threshold")]
     pub rename_threshold: usize,
+    /// More member removals than this within `threshold_window` are held until
+    /// `sync --once --allow-member-removals`: a broken dynamic-group rule must not empty the groups that guard
+    /// a file server.
+    #[serde(default = "defaults::member_removal_threshold")]
+    pub member_removal_threshold: usize,
+    /// The rolling window the thresholds count over, so that many small cycles cannot walk around them.
+    #[serde(with = "humantime_serde", default = "defaults::threshold_window")]
+    pub threshold_window: Duration,
     /// Groups planned, read and written together. A full reconcile holds this many groups at a time, so it
     /// bounds memory; fewer means more directory searches.
     #[serde(default = "defaults::reconcile_batch")]
@@ -200,6 +209,12 @@ pub mod defaults {
     }
     pub fn rename_threshold() -> usize {
         500
+    }
+    pub fn member_removal_threshold() -> usize {
+        1000
+    }
+    pub fn threshold_window() -> Duration {
+        Duration::from_secs(3600)
     }
     pub fn reconcile_batch() -> usize {
         1000

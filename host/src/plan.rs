@@ -173,6 +173,9 @@ pub struct PlanOptions {
     /// More renames and moves than this are held (a new naming plugin version can move every group).
     pub rename_threshold: usize,
     pub allow_renames: bool,
+    /// Deletes and renames already applied within the tenant's threshold window: they count too.
+    pub recent_deletes: usize,
+    pub recent_renames: usize,
 }
 
 /// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
@@ -253,12 +256,13 @@ pub fn batches(ids: &[String], size: usize) -> impl Iterator<Item = (&[String], 
     })
 }
 
-/// Moves the plan's deletes to [`Plan::held_deletes`] when there are more than the delete threshold, and its
-/// renames and moves to [`Plan::held_renames`] when there are more than the rename threshold, unless allowed.
+/// Moves the plan's deletes to [`Plan::held_deletes`] when they and the deletes already applied in the
+/// window are more than the delete threshold, and its renames and moves to [`Plan::held_renames`] likewise,
+/// unless allowed.
 pub fn hold_over_thresholds(plan: &mut Plan, options: PlanOptions) {
     let is_delete = |op: &Op| matches!(op, Op::Delete { .. });
-    let is_rename = |op: &Op| matches!(op, Op::Rename { .. });
-    if plan.ops.iter().filter(|op| is_delete(op)).count() > options.delete_threshold && !options.allow_deletes {
+    let deletes = plan.ops.iter().filter(|op| is_delete(op)).count();
+    if deletes > 0 && options.recent_deletes + deletes > options.delete_threshold && !options.allow_deletes {
         let (held, kept): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops).into_iter().partition(is_delete);
         plan.ops = kept;
         plan.held_deletes.extend(held.into_iter().filter_map(|op| match op {
@@ -266,7 +270,8 @@ pub fn hold_over_thresholds(plan: &mut Plan, options: PlanOptions) {
             _ => None,
         }));
     }
-    if plan.ops.iter().filter(|op| is_rename(op)).count() > options.rename_threshold && !options.allow_renames {
+    let renames = plan.ops.iter().filter(|op| is_rename(op)).count();
+    if renames > 0 && options.recent_renames + renames > options.rename_threshold && !options.allow_renames {
         let (held, kept): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops).into_iter().partition(is_rename);
         plan.ops = kept;
         plan.held_renames.extend(held);
@@ -329,7 +334,9 @@ fn rename(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
     })
 }
 
-fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
+/// The attribute modify, and a sAMAccountName change as an op of its own: it renames the group for every
+/// script and ACL tool that names it, so it counts and is held as a rename (see [`is_rename`]).
+fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
     let mut changes = Vec::new();
     for (name, want) in &desired.attributes {
         let have = current.attributes.get(&name.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
@@ -342,12 +349,32 @@ fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
             AttributeChange::Replace(name.clone(), want.clone())
         });
     }
-    (!changes.is_empty()).then(|| Op::Modify {
-        group_id: desired.id.clone(),
-        guid: current.guid.clone(),
-        dn: current.dn.clone(),
-        changes,
-    })
+    let (sam, others): (Vec<AttributeChange>, Vec<AttributeChange>) = changes.into_iter().partition(changes_sam);
+    [others, sam]
+        .into_iter()
+        .filter(|changes| !changes.is_empty())
+        .map(|changes| Op::Modify { group_id: desired.id.clone(), guid: current.guid.clone(), dn: current.dn.clone(), changes })
+        .collect()
+}
+
+fn changes_sam(change: &AttributeChange) -> bool {
+    let (AttributeChange::Replace(name, _) | AttributeChange::Clear(name)) = change;
+    name.eq_ignore_ascii_case("sAMAccountName")
+}
+
+/// Whether `op` renames a group: a new CN or OU, or a new sAMAccountName. Renames wait for the end of the
+/// cycle and count against `rename_threshold`.
+pub fn is_rename(op: &Op) -> bool {
+    match op {
+        Op::Rename { .. } => true,
+        Op::Modify { changes, .. } => changes.iter().any(changes_sam),
+        _ => false,
+    }
+}
+
+/// How many member values the plan removes.
+pub fn member_removals_in(plan: &Plan) -> usize {
+    plan.ops.iter().map(|op| if let Op::RemoveMembers { values, .. } = op { values.len() } else { 0 }).sum()
 }
 
 /// Multi-valued attributes compare as sets; single values exactly, except the sAMAccountName that AD
@@ -484,7 +511,14 @@ mod tests {
         out
     }
 
-    const OPTS: PlanOptions = PlanOptions { delete_threshold: 10, allow_deletes: false, rename_threshold: 10, allow_renames: false };
+    const OPTS: PlanOptions = PlanOptions {
+        delete_threshold: 10,
+        allow_deletes: false,
+        rename_threshold: 10,
+        allow_renames: false,
+        recent_deletes: 0,
+        recent_renames: 0,
+    };
 
     fn intents(list: Vec<(&str, Intent)>) -> BTreeMap<String, Intent> {
         list.into_iter().map(|(id, i)| (id.to_string(), i)).collect()
@@ -633,6 +667,43 @@ mod tests {
         assert!(held.ops.iter().all(|op| matches!(op, Op::Modify { .. })), "{:?}", held.ops);
         let allowed = plan(&intents, &snap, PlanOptions { allow_renames: true, ..strict });
         assert_eq!(allowed.ops.iter().filter(|op| matches!(op, Op::Rename { .. })).count(), 3);
+    }
+
+    #[test]
+    fn deletes_and_renames_already_applied_in_the_window_count_too() {
+        let mut snap = Snapshot::default();
+        snap.managed.insert("d".into(), existing("d", "d", &[]));
+        snap.managed.insert("r".into(), existing("r", "Old", &[]));
+        let intents = intents(vec![("d", Intent::Delete), ("r", Intent::Write(desired("r", "New", vec![])))]);
+        // One each is under the threshold of 2, but not on top of two applied earlier in the window.
+        let fresh = plan(&intents, &snap, PlanOptions { delete_threshold: 2, rename_threshold: 2, ..OPTS });
+        assert!(fresh.held_deletes.is_empty() && fresh.held_renames.is_empty());
+        let later = plan(&intents, &snap, PlanOptions { delete_threshold: 2, rename_threshold: 2, recent_deletes: 2, recent_renames: 2, ..OPTS });
+        assert_eq!((later.held_deletes.len(), later.held_renames.len()), (1, 1));
+        // A window that is full already holds nothing when there is nothing to hold.
+        let quiet = plan(&BTreeMap::new(), &snap, PlanOptions { delete_threshold: 2, recent_deletes: 9, ..OPTS });
+        assert!(quiet.held_deletes.is_empty());
+    }
+
+    #[test]
+    fn a_new_sam_account_name_is_a_rename_of_its_own() {
+        let mut snap = Snapshot::default();
+        let mut current = existing("g", "G", &[]);
+        current.attributes.insert("samaccountname".into(), vec!["G_old".into()]);
+        snap.managed.insert("g".into(), current);
+        let mut want = desired("g", "G", vec![]);
+        want.attributes.insert("displayName".into(), vec!["G renamed".into()]);
+        want.attributes.insert("sAMAccountName".into(), vec!["G_new".into()]);
+        let strict = PlanOptions { rename_threshold: 0, ..OPTS };
+        let held = plan(&intents(vec![("g", Intent::Write(want.clone()))]), &snap, strict);
+        // The display name still changes; the new sAMAccountName waits as a rename.
+        assert_eq!(held.held_renames.len(), 1, "{held:?}");
+        assert!(is_rename(&held.held_renames[0]));
+        assert!(matches!(&held.ops[..], [Op::Modify { changes, .. }] if changes.len() == 1 && !changes.iter().any(changes_sam)), "{:?}", held.ops);
+        // Case alone is no change: AD compares sAMAccountNames without case.
+        want.attributes.insert("sAMAccountName".into(), vec!["g_OLD".into()]);
+        let same = plan(&intents(vec![("g", Intent::Write(want))]), &snap, strict);
+        assert!(same.held_renames.is_empty(), "{same:?}");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct TenantStatus {
     /// Renames and moves held back (more than rename_threshold), as `plan` prints them.
     #[serde(default)]
     pub held_renames: Vec<String>,
+    /// Groups whose member removals are held back (more than member_removal_threshold in the window).
+    #[serde(default)]
+    pub held_member_removals: Vec<GroupProblem>,
     /// Groups a transform keeps out of AD.
     #[serde(default)]
     pub excluded: Vec<GroupProblem>,
@@ -109,6 +112,7 @@ impl TenantStatus {
         list(&mut out, "held groups", self.held_groups.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held deletes", self.held_deletes.iter().map(|d| format!("group {} at {}", d.group_id, d.dn)));
         list(&mut out, "held renames", self.held_renames.iter().cloned());
+        list(&mut out, "held member removals", self.held_member_removals.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "excluded groups", self.excluded.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
         out

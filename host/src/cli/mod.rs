@@ -64,6 +64,9 @@ pub enum Command {
         /// Apply renames and moves even when there are more than the tenant's rename_threshold.
         #[arg(long)]
         allow_renames: bool,
+        /// Apply member removals even when there are more than the tenant's member_removal_threshold.
+        #[arg(long)]
+        allow_member_removals: bool,
     },
     /// Run as a daemon: a delta cycle every `interval`, a full reconcile every `reconcile_interval`.
     Run,
@@ -140,11 +143,12 @@ pub async fn run(cli: Cli) -> Result<()> {
     let config_path = cli.config.clone().context("no config file given; pass --config FILE")?;
     let config = Config::load(&config_path)?;
     match cli.command {
-        Command::Sync { once, full, tenant, allow_deletes, allow_renames } => {
+        Command::Sync { once, full, tenant, allow_deletes, allow_renames, allow_member_removals } => {
             if !once {
                 bail!("`sync` needs --once (use `run` for the daemon)");
             }
-            sync_once(&config, tenant.as_deref(), CycleOptions { full, allow_deletes, allow_renames, ..Default::default() }).await
+            let options = CycleOptions { full, allow_deletes, allow_renames, allow_member_removals, ..Default::default() };
+            sync_once(&config, tenant.as_deref(), options).await
         }
         Command::Plugin(_) => unreachable!("handled above"),
         Command::Run => daemon(&config).await,
@@ -370,8 +374,23 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
         for held in &report.status.held_renames {
             println!("  held (more renames than rename_threshold): {held}");
         }
+        for held in &report.status.held_member_removals {
+            println!("  held member removals of group {}: {}", held.group_id, held.reason);
+        }
         for excluded in &report.status.excluded {
             println!("  excluded group {}: {}", excluded.group_id, excluded.reason);
+        }
+        for skipped in &report.status.skipped_members {
+            println!("  skipped member {} of group {}: {}", skipped.member_id, skipped.group_id, skipped.reason);
+        }
+        for entry in &report.status.bad_entries {
+            println!("  skipped Graph entry: {entry}");
+        }
+        for lookalike in &report.status.lookalikes {
+            println!("  group {}: {}", lookalike.group_id, lookalike.reason);
+        }
+        for conflict in &report.status.conflicts {
+            println!("  conflict for group {}: {}", conflict.group_id, conflict.reason);
         }
     }
     Ok(())

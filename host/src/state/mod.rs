@@ -83,6 +83,25 @@ pub struct Anchor {
     pub dn: String,
 }
 
+/// A kind of change whose count the thresholds limit over a rolling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    Deletes,
+    Renames,
+    MemberRemovals,
+}
+
+impl Threshold {
+    /// Where the changes applied recently are kept: `[(seconds since the Unix epoch, count)]`.
+    fn key(self) -> &'static [u8] {
+        match self {
+            Threshold::Deletes => b"c\0window-deletes",
+            Threshold::Renames => b"c\0window-renames",
+            Threshold::MemberRemovals => b"c\0window-member-removals",
+        }
+    }
+}
+
 /// Which delta query a cursor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
@@ -572,6 +591,24 @@ impl TenantState {
     /// must be read in a full round again. Taking the request clears it.
     pub fn take_resync_request(&self, resource: Resource) -> Result<bool, StateError> {
         Ok(self.tree.remove(resource.resync_key())?.is_some())
+    }
+
+    /// How many changes of `kind` were applied since `since` (seconds since the Unix epoch).
+    pub fn applied_since(&self, kind: Threshold, since: u64) -> Result<usize, StateError> {
+        let applied: Vec<(u64, u64)> = self.get(kind.key())?.unwrap_or_default();
+        Ok(applied.iter().filter(|(at, _)| *at >= since).map(|(_, n)| *n as usize).sum())
+    }
+
+    /// Records `count` changes of `kind` applied at `now`, forgetting those from before `since`.
+    pub fn record_applied(&self, kind: Threshold, count: usize, now: u64, since: u64) -> Result<(), StateError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let mut applied: Vec<(u64, u64)> = self.get(kind.key())?.unwrap_or_default();
+        applied.retain(|(at, _)| *at >= since);
+        applied.push((now, count as u64));
+        self.tree.insert(kind.key(), encode(&applied))?;
+        Ok(())
     }
 
     /// Counts one more cycle in which Graph refused the stored delta link, and returns the count in a row.
@@ -1220,6 +1257,22 @@ mod tests {
         s.tree.insert(key("g", &["g"]), b"{not json".to_vec()).unwrap();
         let err = s.group("g").unwrap_err().to_string();
         assert!(err.contains("reset-state --tenant t"), "{err}");
+    }
+
+    #[test]
+    fn applied_changes_count_within_their_window_only() {
+        let store = Store::temporary().unwrap();
+        let state = store.tenant("t").unwrap();
+        state.record_applied(Threshold::Deletes, 300, 1_000, 0).unwrap();
+        state.record_applied(Threshold::Deletes, 200, 2_000, 0).unwrap();
+        state.record_applied(Threshold::Renames, 7, 2_000, 0).unwrap();
+        assert_eq!(state.applied_since(Threshold::Deletes, 0).unwrap(), 500);
+        assert_eq!(state.applied_since(Threshold::Deletes, 1_500).unwrap(), 200, "older ones fall out of the window");
+        assert_eq!(state.applied_since(Threshold::Renames, 0).unwrap(), 7, "each kind counts on its own");
+        assert_eq!(state.applied_since(Threshold::MemberRemovals, 0).unwrap(), 0);
+        // Recording forgets what has left the window.
+        state.record_applied(Threshold::Deletes, 1, 5_000, 1_500).unwrap();
+        assert_eq!(state.applied_since(Threshold::Deletes, 0).unwrap(), 201);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct CycleOptions {
     pub allow_deletes: bool,
     /// Apply renames and moves even above the threshold.
     pub allow_renames: bool,
+    /// Apply member removals even above the threshold.
+    pub allow_member_removals: bool,
     /// Plan only: write nothing to the directory.
     pub dry_run: bool,
     /// Skip the directory when no group needs planning (the daemon's quiet cycles); a one-shot `sync`
@@ -95,13 +97,19 @@ impl CycleReport {
         let s = &self.status;
         if !s.held_deletes.is_empty() {
             return Some(format!(
-                "{} deletes held (more than delete_threshold); review them with `status`, then run `sync --once --allow-deletes`",
+                "{} deletes held (more than delete_threshold within threshold_window); review them with `status`, then run `sync --once --allow-deletes`",
                 s.held_deletes.len()
+            ));
+        }
+        if !s.held_member_removals.is_empty() {
+            return Some(format!(
+                "member removals of {} groups held (more than member_removal_threshold within threshold_window); review them with `plan`, then run `sync --once --allow-member-removals`",
+                s.held_member_removals.len()
             ));
         }
         if !s.held_renames.is_empty() {
             return Some(format!(
-                "{} renames or moves held (more than rename_threshold); review them with `plan`, then run `sync --once --allow-renames`",
+                "{} renames or moves held (more than rename_threshold within threshold_window); review them with `plan`, then run `sync --once --allow-renames`",
                 s.held_renames.len()
             ));
         }

@@ -11,6 +11,7 @@ use crate::graph::Presence;
 use crate::directory::{Directory, ManagedGroups};
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
+use crate::state::Threshold;
 use crate::status::GroupProblem;
 
 /// What a reconcile carries from one batch to the next.
@@ -83,13 +84,15 @@ impl TenantSync<'_> {
         let snapshot = self.snapshot(directory, &mut intents, &mut carry.failed, report).await?;
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
         drop(intents);
-        self.withhold_protected_adds(directory, &mut plan, &snapshot).await?;
+        self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
         let (deferred, now): (Vec<Op>, Vec<Op>) =
-            std::mem::take(&mut plan.ops).into_iter().partition(|op| matches!(op, Op::Rename { .. } | Op::Delete { .. }));
+            std::mem::take(&mut plan.ops).into_iter().partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
         plan.ops = now;
+        let held_removals = self.hold_member_removals(&mut plan, options, report)?;
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.plan.extend(plan.ops.iter().cloned());
-        let mut unsettled: BTreeSet<String> = plan.waiting.iter().cloned().collect();
+        // Held removals keep their group pending, so they are planned again until they are allowed.
+        let mut unsettled: BTreeSet<String> = plan.waiting.iter().cloned().chain(held_removals).collect();
         carry.waiting.extend(plan.waiting.iter().cloned());
         for op in deferred {
             unsettled.insert(op.group_id().to_string());
@@ -100,6 +103,7 @@ impl TenantSync<'_> {
             return Ok(());
         }
         self.apply(directory, &plan, &mut carry.failed, report).await?;
+        self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan))?;
         self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
         // A waiting or deferred group's problems are recorded once, when it settles.
         let settled: BTreeSet<String> = ids.difference(&unsettled).cloned().collect();
@@ -112,14 +116,17 @@ impl TenantSync<'_> {
     /// tenant's thresholds allow.
     async fn apply_deferred(&self, directory: &mut Directory, options: CycleOptions, mut carry: Carry, report: &mut CycleReport) -> Result<(), SyncError> {
         let ids: BTreeSet<String> = carry.deferred.keys().cloned().collect();
-        let (mut ops, deletes): (Vec<Op>, Vec<Op>) = carry.deferred.into_values().partition(|op| matches!(op, Op::Rename { .. }));
+        let (mut ops, deletes): (Vec<Op>, Vec<Op>) = carry.deferred.into_values().partition(plan::is_rename);
         ops.extend(deletes);
         let mut plan = Plan { ops, ..Plan::default() };
+        let since = self.window_start();
         let thresholds = PlanOptions {
             delete_threshold: self.config.delete_threshold,
             allow_deletes: options.allow_deletes,
             rename_threshold: self.config.rename_threshold,
             allow_renames: options.allow_renames,
+            recent_deletes: self.state.applied_since(Threshold::Deletes, since)?,
+            recent_renames: self.state.applied_since(Threshold::Renames, since)?,
         };
         plan::hold_over_thresholds(&mut plan, thresholds);
         report.status.held_deletes = plan.held_deletes.clone();
@@ -130,6 +137,8 @@ impl TenantSync<'_> {
         }
         self.progress.planned(0, plan.ops.len());
         self.apply(directory, &plan, &mut carry.failed, report).await?;
+        self.record_applied(Threshold::Renames, plan.ops.iter().filter(|op| plan::is_rename(op)).count())?;
+        self.record_applied(Threshold::Deletes, plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count())?;
         self.checkpoint(&ids, &plan, &carry.failed, &Snapshot::default(), &BTreeSet::new())?;
         self.record_problems(&ids, &plan, &report.status)?;
         Ok(())
@@ -184,6 +193,44 @@ impl TenantSync<'_> {
         Ok(Snapshot { managed, principals })
     }
 
+    /// Where the thresholds' rolling window starts now, in seconds since the Unix epoch.
+    fn window_start(&self) -> u64 {
+        super::now().saturating_sub(self.config.threshold_window.as_secs())
+    }
+
+    /// Counts writes of `kind` this cycle sent against the thresholds' window (failed ones too: they were
+    /// meant, and a DC that refuses them now may take them later).
+    fn record_applied(&self, kind: Threshold, count: usize) -> Result<(), SyncError> {
+        Ok(self.state.record_applied(kind, count, super::now(), self.window_start())?)
+    }
+
+    /// Takes the batch's member removals out of the plan when they, with those applied within the window,
+    /// are more than `member_removal_threshold`, unless allowed. Returns the groups whose removals were held.
+    fn hold_member_removals(&self, plan: &mut Plan, options: CycleOptions, report: &mut CycleReport) -> Result<Vec<String>, SyncError> {
+        let planned = plan::member_removals_in(plan);
+        if options.allow_member_removals || planned == 0 {
+            return Ok(Vec::new());
+        }
+        let recent = self.state.applied_since(Threshold::MemberRemovals, self.window_start())?;
+        if recent + planned <= self.config.member_removal_threshold {
+            return Ok(Vec::new());
+        }
+        let mut held = Vec::new();
+        plan.ops.retain(|op| {
+            let Op::RemoveMembers { group_id, values, .. } = op else { return true };
+            let reason = format!(
+                "{} members not removed: {planned} removals planned and {recent} applied within threshold_window are more than member_removal_threshold ({}); review them with `plan`, then run `sync --once --allow-member-removals`",
+                values.len(),
+                self.config.member_removal_threshold
+            );
+            report.status.held_member_removals.push(GroupProblem { group_id: group_id.clone(), reason });
+            held.push(group_id.clone());
+            false
+        });
+        tracing::warn!(tenant = %self.config.name, planned, recent, groups = held.len(), "member removals held: more than member_removal_threshold within threshold_window");
+        Ok(held)
+    }
+
     /// Reports the batch's look-alikes, and turns each ambiguous group into a conflict that writes nothing.
     fn report_ownership(
         &self,
@@ -214,26 +261,52 @@ impl TenantSync<'_> {
 
     /// A member added to a group nested in a protected group (adminCount=1, or listed in
     /// `protected_groups`) would gain that group's rights, so such adds are withheld unless the tenant
-    /// allows the group in `allow_protected_groups`. Only groups with planned adds are looked at.
-    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot) -> Result<(), SyncError> {
-        let deny = &self.config.protected_groups;
+    /// allows the group in `allow_protected_groups`. A new groupType would too (a distribution group that
+    /// becomes a security group gives its members the rights), so it is withheld alike. Only groups with
+    /// planned adds or type changes are looked at.
+    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot, report: &mut CycleReport) -> Result<(), SyncError> {
         let mut withheld = Vec::new();
-        for (index, op) in plan.ops.iter().enumerate() {
-            let Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } = op else { continue };
-            if self.config.allow_protected_groups.contains(group_id) {
-                continue;
-            }
-            let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
-            let listed = deny.iter().any(|d| dn::same(d, group_dn));
-            let protecting = if marked || listed { Some(group_dn.clone()) } else { directory.protecting_group(group_dn, deny).await? };
-            if let Some(protected) = protecting {
-                withheld.push((index, format!(
-                    "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
-                )));
+        for index in 0..plan.ops.len() {
+            match &plan.ops[index] {
+                Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } => {
+                    if let Some(protected) = self.protection(directory, group_id, group_dn, snapshot).await? {
+                        withheld.push((index, format!(
+                            "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
+                        )));
+                    }
+                }
+                Op::Modify { group_id, dn: group_dn, changes, .. } if changes.iter().any(changes_group_type) => {
+                    let (group_id, group_dn) = (group_id.clone(), group_dn.clone());
+                    if let Some(protected) = self.protection(directory, &group_id, &group_dn, snapshot).await? {
+                        if let Op::Modify { changes, .. } = &mut plan.ops[index] {
+                            changes.retain(|c| !changes_group_type(c));
+                        }
+                        let reason = format!(
+                            "groupType change refused: the group is in protected group {protected}, so a new type could give its members that group's rights; list the group in allow_protected_groups to allow it"
+                        );
+                        report.status.held_groups.push(GroupProblem { group_id, reason });
+                    }
+                }
+                _ => {}
             }
         }
+        plan.ops.retain(|op| !matches!(op, Op::Modify { changes, .. } if changes.is_empty()));
         plan::withhold_adds(plan, &withheld);
         Ok(())
+    }
+
+    /// The protected group that `group_dn` is in, directly or nested, unless the tenant allows the group.
+    async fn protection(&self, directory: &mut Directory, group_id: &str, group_dn: &str, snapshot: &Snapshot) -> Result<Option<String>, SyncError> {
+        if self.config.allow_protected_groups.iter().any(|id| id == group_id) {
+            return Ok(None);
+        }
+        let deny = &self.config.protected_groups;
+        let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
+        let listed = deny.iter().any(|d| dn::same(d, group_dn));
+        if marked || listed {
+            return Ok(Some(group_dn.to_string()));
+        }
+        Ok(directory.protecting_group(group_dn, deny).await?)
     }
 
     /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
@@ -269,6 +342,11 @@ impl TenantSync<'_> {
         }
         Ok(intents)
     }
+}
+
+fn changes_group_type(change: &plan::AttributeChange) -> bool {
+    let (plan::AttributeChange::Replace(name, _) | plan::AttributeChange::Clear(name)) = change;
+    name.eq_ignore_ascii_case("groupType")
 }
 
 /// Why a look-alike of a group is left alone, for `status`.

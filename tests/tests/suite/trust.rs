@@ -203,3 +203,79 @@ async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_a
     assert!(group_at(&env, &connect.dn).await?.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn member_removals_and_deletes_count_over_a_rolling_window_and_are_held_until_allowed() -> anyhow::Result<()> {
+    let mut env = Env::new("trust-window").await?;
+    env.tenant_settings("member_removal_threshold = 2\ndelete_threshold = 1\nthreshold_window = \"1h\"")?;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(env.synced_user(&format!("window-u{i}")).await?.0);
+    }
+    let ids: Vec<&str> = users.iter().map(String::as_str).collect();
+    let (guarded, doomed, doomed_too) = (new_id(), new_id(), new_id());
+    env.sim.add_group(enabled_group(&guarded, "File server", &ids)).unwrap();
+    env.sim.add_group(enabled_group(&doomed, "Doomed", &[])).unwrap();
+    env.sim.add_group(enabled_group(&doomed_too, "Doomed too", &[])).unwrap();
+    env.sync(&[]).await?;
+
+    // One removal and one delete: within the thresholds.
+    env.sim.remove_members(&guarded, &[ids[0]]).unwrap();
+    env.sim.hard_delete_group(&doomed).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&guarded).await?.expect("kept").members.len(), 3);
+    assert!(env.group(&doomed).await?.is_none());
+
+    // Two more removals and one more delete: each cycle alone is within the thresholds, the hour is not.
+    env.sim.remove_members(&guarded, &[ids[1], ids[2]]).unwrap();
+    env.sim.hard_delete_group(&doomed_too).unwrap();
+    let held = env.run(&["sync", "--once"]).await?;
+    assert!(!held.status.success(), "held changes need attention");
+    let why = text(&held.stderr);
+    assert!(why.contains("deletes held") || why.contains("member removals of 1 groups held"), "{why}");
+    assert_eq!(env.group(&guarded).await?.expect("kept").members.len(), 3, "the removals are held");
+    assert!(env.group(&doomed_too).await?.is_some(), "the delete is held");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {guarded}: 2 members not removed")), "{status}");
+    assert!(status.contains("held deletes: 1"), "{status}");
+    let plan = text(&env.run(&["plan"]).await?.stdout);
+    assert!(plan.contains(&format!("held member removals of group {guarded}")), "{plan}");
+
+    // An admin who has looked allows them.
+    env.sync(&["--allow-member-removals", "--allow-deletes"]).await?;
+    assert_eq!(env.group(&guarded).await?.expect("kept").members.len(), 1);
+    assert!(env.group(&doomed_too).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_group_type_change_under_a_protected_group_is_refused_like_a_member_add() -> anyhow::Result<()> {
+    let mut env = Env::new("trust-type").await?;
+    let (u1, _) = env.synced_user("type-u1").await?;
+    let id = new_id();
+    let mut group = enabled_group(&id, "Mailing list", &[&u1]);
+    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalDistributionGroup".into()) });
+    env.sim.add_group(group).unwrap();
+    env.sync(&[]).await?;
+    let written = env.group(&id).await?.expect("written");
+    assert_eq!(written.group_type, 8);
+
+    // On-prem, the distribution group is nested in a protected group: as a security group, its members
+    // would gain that group's rights.
+    let vault = env.dc.create_group(&env.ou.users_dn, "Type Vault", -2147483640).await?;
+    env.dc.add_member(&vault.dn, &written.dn).await?;
+    env.tenant_settings(&format!("protected_groups = [\"{}\"]", writeback_tests::e2e::toml_escape(&vault.dn)))?;
+    let security = WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalSecurityGroup".into()) };
+    env.sim.update_group(&id, GroupPatch { writeback: Some(Some(security)), description: Some(Some("now security".into())), ..GroupPatch::default() }).unwrap();
+    env.sync(&[]).await?;
+    let now = env.group(&id).await?.expect("kept");
+    assert_eq!(now.group_type, 8, "the type change is refused");
+    assert_eq!(now.description.as_deref(), Some("now security"), "the rest of the change is written");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains(&format!("group {id}: groupType change refused: the group is in protected group")), "{status}");
+
+    env.tenant_settings(&format!("allow_protected_groups = [\"{id}\"]"))?;
+    env.sync(&["--full"]).await?;
+    assert_eq!(env.group(&id).await?.expect("kept").group_type, -2147483640);
+    Ok(())
+}
