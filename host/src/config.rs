@@ -556,6 +556,10 @@ impl PluginsConfig {
             return Err(ConfigError::Invalid(format!("tenant {tenant}: plugin timeout and memory_limit_mib must be more than 0")));
         }
         for ou in &self.allowed_ous {
+            // A domain root would make every anchored group in the domain a candidate of this tenant.
+            if crate::dn::parse(ou).is_some_and(|rdns| !rdns.is_empty() && rdns.iter().flatten().all(|ava| ava.attr.eq_ignore_ascii_case("DC"))) {
+                return Err(ConfigError::Invalid(format!("tenant {tenant}: allowed_ous entry {ou:?} is a domain root; name an OU")));
+            }
             if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
                 return Err(ConfigError::Invalid(format!("tenant {tenant}: allowed_ous entry {ou:?} is not a distinguished name")));
             }
@@ -716,6 +720,13 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let (head, first) = GOOD.split_once("[[tenant]]").unwrap();
         let second = first.replace("name = \"contoso\"", "name = \"fabrikam\"").replace("OU=Writeback,DC=corp", ou_b);
         format!("{head}[[tenant]]{first}{plugins}\n[[tenant]]{second}")
+    }
+
+    #[test]
+    fn a_domain_root_is_not_an_allowed_ou() {
+        let text = format!("{GOOD}[tenant.plugins]\nallowed_ous = [\"DC=corp,DC=example,DC=test\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("is a domain root"), "{err}");
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct Fence {
     nonce: Arc<str>,
     dn: Arc<str>,
     held: Arc<Mutex<Option<Held>>>,
+    /// Read-held by each write from its fence check until the DC answers it; a release takes it for writing,
+    /// so that no write checked before the release lands after it.
+    writes: Arc<tokio::sync::RwLock<()>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +143,24 @@ struct Held {
 
 impl Fence {
     fn new(tenant: &str, agent: &str, nonce: &str, dn: &str) -> Fence {
-        Fence { tenant: tenant.into(), agent: agent.into(), nonce: nonce.into(), dn: dn.into(), held: Arc::new(Mutex::new(None)) }
+        Fence {
+            tenant: tenant.into(),
+            agent: agent.into(),
+            nonce: nonce.into(),
+            dn: dn.into(),
+            held: Arc::new(Mutex::new(None)),
+            writes: Arc::new(tokio::sync::RwLock::new(())),
+        }
+    }
+
+    /// A permit for one write, from its fence check until the DC answers it.
+    pub async fn writing(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.writes.clone().read_owned().await
+    }
+
+    /// Waits until no write that passed its fence check is still waiting for the DC.
+    async fn drain(&self) {
+        let _quiet = self.writes.write().await;
     }
 
     fn held(&self) -> Option<Held> {
@@ -408,7 +428,7 @@ impl TenantLease {
             .filter(|p| Some(*p) != old.as_ref())
             .filter(|p| {
                 let limit = if own_id(p) { self.ttl_secs() } else { 10 * self.ttl_secs() };
-                mine.contains(p) || presence_time(p).is_none_or(|t| t + limit < object.dc_time)
+                mine.contains(p) || presence_time(p).is_none_or(|t| t.saturating_add(limit) < object.dc_time)
             })
             .cloned()
             .collect();
@@ -438,19 +458,21 @@ impl TenantLease {
             }
             Action::Take | Action::Renew => LeaseValue {
                 holder: self.agent.clone(),
-                epoch: if action == Action::Take { old.epoch + 1 } else { old.epoch },
-                expires: now + self.ttl_secs(),
+                epoch: if action == Action::Take { old.epoch.saturating_add(1) } else { old.epoch },
+                expires: now.saturating_add(self.ttl_secs()),
                 token: token(),
                 nonce: self.nonce.clone(),
                 ..LeaseValue::default()
             },
             Action::Release => {
-                // Stop writing before anyone else may start: then the release is clean, and free at once.
+                // Stop writing, and let the writes already checked land, before anyone else may start: then the
+                // release is clean, and free at once.
                 self.releasing.store(true, Ordering::SeqCst);
                 self.fence.revoke();
+                self.fence.drain().await;
                 LeaseValue {
                     epoch: old.epoch,
-                    expires: now + self.ttl_secs(),
+                    expires: now.saturating_add(self.ttl_secs()),
                     token: token(),
                     released_by: self.agent.clone(),
                     nonce: self.nonce.clone(),
@@ -520,7 +542,8 @@ impl TenantLease {
                 return Ok(Released::NotHeld);
             };
             let action = if value.held_by(&self.agent, &self.nonce) { Action::Release } else { Action::Request };
-            if value.requested || self.act(action, &seen).await? {
+            // A request already pending need not be made again; a release is always made.
+            if (action == Action::Request && value.requested) || self.act(action, &seen).await? {
                 return Ok(if action == Action::Release { Released::Done } else { self.await_release().await? });
             }
         }
@@ -748,10 +771,11 @@ impl<'a> Share<'a> {
         }
         // Expired, released by another process, missing or unreadable: the last holder may still write until
         // its own deadline, which ends within one ttl of its last renewal, whatever the DC's clock says. Only
-        // a clean release (the holder stopped writing first), this process's own value, or a lease object
-        // this look created (nobody ever held it) is free at once.
+        // a clean release (the holder stopped writing first) or this process's own value is free at once. A
+        // lease object that a look had to create counts as missing too: it may have been deleted under a
+        // holder, and agents on two DCs may each create one.
         let own = seen.value.is_some() && value.nonce == self.nonce;
-        if !(value.clean || own || seen.object.created || seen.unchanged_for >= ttl) {
+        if !(value.clean || own || seen.unchanged_for >= ttl) {
             self.watching = true;
             return Action::Wait;
         }
@@ -760,7 +784,7 @@ impl<'a> Share<'a> {
             return Action::Wait;
         }
         // A lease nobody else took for a whole ttl after it ended is taken even beyond the fair share.
-        let unwanted = now >= value.expires + ttl.as_secs().max(1);
+        let unwanted = now >= value.expires.saturating_add(ttl.as_secs().max(1));
         if self.mode == Mode::Claim || self.mine < self.cap || unwanted {
             self.mine += 1;
             Action::Take
@@ -800,7 +824,7 @@ fn rival_process(presence: &[String], agent: &str, nonce: &str, since: u64, now:
         .find(|p| {
             presence_agent(p) == Some(agent)
                 && presence_nonce(p) != nonce
-                && presence_time(p).is_some_and(|t| t > since && t + ttl >= now)
+                && presence_time(p).is_some_and(|t| t > since && t.saturating_add(ttl) >= now)
         })
         .map(|_| {
             format!(
@@ -824,7 +848,7 @@ enum Released {
 fn live_agents(presence: &[String], now: u64, ttl: u64) -> BTreeSet<String> {
     presence
         .iter()
-        .filter(|p| presence_time(p).is_some_and(|t| t + ttl >= now))
+        .filter(|p| presence_time(p).is_some_and(|t| t.saturating_add(ttl) >= now))
         .filter_map(|p| presence_agent(p).map(str::to_string))
         .collect()
 }
@@ -847,7 +871,7 @@ mod tests {
     fn watched(value: Option<LeaseValue>, live: &[&str], now: u64, unchanged_for: Duration) -> Observation {
         Observation {
             started: Instant::now(),
-            object: LeaseObject { value: value.as_ref().map(LeaseValue::render), presence: Vec::new(), dc_time: now, created: false },
+            object: LeaseObject { value: value.as_ref().map(LeaseValue::render), presence: Vec::new(), dc_time: now },
             value,
             live: live.iter().map(|s| s.to_string()).collect(),
             unchanged_for,
@@ -938,7 +962,7 @@ mod tests {
 
     #[test]
     fn a_lease_that_looks_free_is_taken_only_after_a_full_ttl_unchanged_on_the_monotonic_clock() {
-        let unreadable = LeaseObject { value: Some("garbage".into()), presence: Vec::new(), dc_time: 50, created: false };
+        let unreadable = LeaseObject { value: Some("garbage".into()), presence: Vec::new(), dc_time: 50 };
         let released_elsewhere = LeaseValue { expires: 60, released_by: "a".into(), nonce: "n-cli".into(), ..LeaseValue::default() };
         // Expired by the DC's clock (which may have stepped), missing, unreadable, or released by a process
         // that is not the holder: the holder may still write until its own deadline.
@@ -966,10 +990,6 @@ mod tests {
         // This process's own expired value is free at once: its fence ended before the lease did.
         let own = watched(held("b", 40), &["b"], 50, Duration::ZERO);
         assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&own, TTL), Action::Take);
-        // So is a lease object this look created: nobody ever held it.
-        let mut created = watched(None, &["b"], 50, Duration::ZERO);
-        created.object.created = true;
-        assert_eq!(share("b", "n-b", &[], Mode::Share, 1).decide(&created, TTL), Action::Take);
     }
 
     #[test]

@@ -33,6 +33,21 @@ pub struct Principal {
     pub dn: String,
     /// `groupType` when the principal is a group.
     pub group_type: Option<i32>,
+    /// Its `objectClass` values when it was looked up by SID; empty for a member already in its group.
+    pub classes: Vec<String>,
+}
+
+impl Principal {
+    /// The object class that keeps it out of a group, when its classes are known and include none of user
+    /// (computers and managed service accounts derive from it), group or computer: a foreign security
+    /// principal, say.
+    pub fn wrong_class(&self) -> Option<&str> {
+        let fits = |c: &String| ["user", "group", "computer"].iter().any(|k| c.eq_ignore_ascii_case(k));
+        if self.classes.is_empty() || self.classes.iter().any(fits) {
+            return None;
+        }
+        self.classes.last().map(String::as_str)
+    }
 }
 
 /// What the directory holds that the plan depends on.
@@ -429,6 +444,10 @@ fn member_diff(desired: &DesiredGroup, current: Option<&DirectoryGroup>, snapsho
                 Some(p) if p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0) => {
                     diff.skipped.push(skip(member_id, LOCAL_MEMBER_REFUSED.to_string()));
                 }
+                Some(p) if p.wrong_class().is_some() => {
+                    let class = p.wrong_class().unwrap_or_default();
+                    diff.skipped.push(skip(member_id, format!("SID {sid} names a {class} object, which cannot be a member: only users, groups and computers are written")));
+                }
                 Some(_) if present.contains(&sid.to_uppercase()) => {}
                 Some(p) => diff.adds.push(MemberValue::Dn(p.dn.clone())),
             },
@@ -453,7 +472,7 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
             DesiredMember::Sid { sid, .. } => snapshot
                 .principals
                 .get(&sid.to_uppercase())
-                .is_some_and(|p| p.group_type.is_none_or(|t| t & DOMAIN_LOCAL_FLAG == 0)),
+                .is_some_and(|p| p.group_type.is_none_or(|t| t & DOMAIN_LOCAL_FLAG == 0) && p.wrong_class().is_none()),
             DesiredMember::CloudGroup { .. } => true,
         })
         .filter_map(|m| member_sid(m, snapshot))
@@ -499,7 +518,7 @@ mod tests {
     fn snapshot_with_users(sids: &[&str]) -> Snapshot {
         let mut s = Snapshot::default();
         for sid in sids {
-            s.principals.insert(sid.to_string(), Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None });
+            s.principals.insert(sid.to_string(), Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None, classes: vec!["user".into()] });
         }
         s
     }
@@ -588,7 +607,7 @@ mod tests {
     #[test]
     fn domain_local_and_unresolved_members_are_refused_and_removed() {
         let mut snap = snapshot_with_users(&["S-1"]);
-        snap.principals.insert("S-LOCAL".into(), Principal { dn: "CN=L,DC=corp".into(), group_type: Some(-2147483644) });
+        snap.principals.insert("S-LOCAL".into(), Principal { dn: "CN=L,DC=corp".into(), group_type: Some(-2147483644), classes: Vec::new() });
         snap.managed.insert("g".into(), existing("g", "G", &[("CN=L,DC=corp", "S-LOCAL")]));
         let want = desired("g", "G", vec![user("S-1"), user("S-LOCAL"), user("S-GONE")]);
         let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
@@ -704,6 +723,19 @@ mod tests {
         want.attributes.insert("sAMAccountName".into(), vec!["g_OLD".into()]);
         let same = plan(&intents(vec![("g", Intent::Write(want))]), &snap, strict);
         assert!(same.held_renames.is_empty(), "{same:?}");
+    }
+
+    #[test]
+    fn a_sid_of_an_object_that_cannot_be_a_member_is_skipped() {
+        let mut snap = Snapshot::default();
+        let fsp = Principal { dn: "CN=S-1-5-11,CN=ForeignSecurityPrincipals,DC=corp".into(), group_type: None, classes: vec!["top".into(), "foreignSecurityPrincipal".into()] };
+        snap.principals.insert("S-1-5-11".into(), fsp);
+        let computer = Principal { dn: "CN=PC,DC=corp".into(), group_type: None, classes: vec!["top".into(), "person".into(), "user".into(), "computer".into()] };
+        snap.principals.insert("S-PC".into(), computer);
+        let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1-5-11"), user("S-PC")])))]), &snap, OPTS);
+        assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
+        assert!(plan.skipped[0].reason.contains("names a foreignSecurityPrincipal object"), "{:?}", plan.skipped);
+        assert!(matches!(&plan.ops[..], [Op::Create { attributes, .. }] if attributes.iter().any(|(k, v)| k == "member" && v == &["CN=PC,DC=corp".to_string()])), "{:?}", plan.ops);
     }
 
     #[test]

@@ -24,8 +24,6 @@ pub struct LeaseObject {
     pub presence: Vec<String>,
     /// The DC's `currentTime`, in seconds since the Unix epoch.
     pub dc_time: u64,
-    /// Whether this read created the object: then no agent ever held the lease in it.
-    pub created: bool,
 }
 
 impl Directory {
@@ -38,22 +36,21 @@ impl Directory {
             Err(e) => return Err(e),
         };
         let Some(entry) = entry else {
-            let created = self.create_lease_object(dn).await?;
-            return Ok(LeaseObject { dc_time, created, ..Default::default() });
+            self.create_lease_object(dn).await?;
+            return Ok(LeaseObject { dc_time, ..Default::default() });
         };
         let values = |name: &str| {
             entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
         };
-        Ok(LeaseObject { value: values(VALUE_ATTRIBUTE).into_iter().next(), presence: values(PRESENCE_ATTRIBUTE), dc_time, created: false })
+        Ok(LeaseObject { value: values(VALUE_ATTRIBUTE).into_iter().next(), presence: values(PRESENCE_ATTRIBUTE), dc_time })
     }
 
-    /// Creates the lease object, returning whether this call created it; another agent creating it first is
-    /// fine.
-    async fn create_lease_object(&mut self, dn: &str) -> Result<bool, DirectoryError> {
+    /// Creates the lease object; another agent creating it first is fine.
+    async fn create_lease_object(&mut self, dn: &str) -> Result<(), DirectoryError> {
         let attrs = vec![("objectClass", HashSet::from(["container"])), ("adminDescription", HashSet::from([MARKER]))];
         match self.ldap.with_timeout(self.timeout).add(dn, attrs).await.and_then(|r| r.success()) {
-            Ok(_) => Ok(true),
-            Err(LdapError::LdapResult { result }) if result.rc == 68 => Ok(false),
+            Ok(_) => Ok(()),
+            Err(LdapError::LdapResult { result }) if result.rc == 68 => Ok(()),
             Err(e) => Err(DirectoryError::from_ldap(&format!("create lease object {dn}"), e)),
         }
     }

@@ -177,6 +177,15 @@ impl Directory {
         self.fence = Some(fence);
     }
 
+    /// While held, the holder cannot release the lease: taken before a write's fence check, given back once
+    /// the DC has answered it.
+    async fn write_permit(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        match &self.fence {
+            Some(fence) => Some(fence.writing().await),
+            None => None,
+        }
+    }
+
     /// Fails when a fence is set and no longer permits writes.
     fn check_fence(&self) -> Result<(), DirectoryError> {
         self.fence.as_ref().map_or(Ok(()), crate::lease::Fence::check)

@@ -72,6 +72,14 @@ pub(crate) fn anchor_filter(ids: &[String]) -> String {
     format!("(&(objectClass=group)(|{anchors}))")
 }
 
+/// An entry's objectSid. ldap3 files a value that happens to be valid UTF-8 as text, and short SIDs such as
+/// `S-1-5-11` (Authenticated Users) or `S-1-5-32-544` are, so both places are looked at.
+fn object_sid(entry: &SearchEntry) -> Option<String> {
+    let binary = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).cloned();
+    let text = || entry.attrs.get("objectSid").and_then(|v| v.first()).map(|t| t.as_bytes().to_vec());
+    sid::to_string(&binary.or_else(text)?)
+}
+
 /// A `member;range=low-high` attribute name: where the next range starts, or `None` on the last range.
 pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
     let range = attr.to_ascii_lowercase().strip_prefix("member;range=")?.to_string();
@@ -90,8 +98,8 @@ pub struct ManagedGroups {
     pub groups: HashMap<String, DirectoryGroup>,
     /// Objects carrying a group's anchor that are not its own: (cloud id, DN).
     pub lookalikes: Vec<(String, String)>,
-    /// Groups with several candidate objects inside the tenant's OUs and none recorded: (cloud id, DNs).
-    pub conflicts: Vec<(String, Vec<String>)>,
+    /// Groups whose own object cannot be told: (cloud id, why).
+    pub conflicts: Vec<(String, String)>,
 }
 
 impl Directory {
@@ -138,12 +146,32 @@ impl Directory {
                 Some((Candidate { guid: ext.guid?, dn: ext.dn }, e))
             })
             .unzip();
-        let verdict = ownership::judge(&candidates, recorded.get(&id).map(String::as_str), ous);
+        let recorded = recorded.get(&id).map(String::as_str);
+        let verdict = ownership::judge(&candidates, recorded, ous);
         for &i in &verdict.lookalikes {
             found.lookalikes.push((id.clone(), candidates[i].dn.clone()));
         }
         if !verdict.conflicting.is_empty() {
-            found.conflicts.push((id.clone(), verdict.conflicting.iter().map(|&i| candidates[i].dn.clone()).collect()));
+            let dns: Vec<&str> = verdict.conflicting.iter().map(|&i| candidates[i].dn.as_str()).collect();
+            let why = format!(
+                "{} objects inside the tenant's OUs carry this group's anchor ({}) and none is recorded as its own; nothing is written until all but one lose the anchor",
+                dns.len(),
+                dns.join("; ")
+            );
+            found.conflicts.push((id, why));
+            return Ok(());
+        }
+        // The recorded object may still exist with its anchor taken off, and the anchor put on a copy.
+        let adopting = verdict.ours.filter(|&i| recorded.is_some_and(|g| !candidates[i].guid.eq_ignore_ascii_case(g)));
+        if let (Some(i), Some(guid)) = (adopting, recorded)
+            && let Some(original) = self.object_by_guid(guid).await?
+        {
+            let why = format!(
+                "the object recorded as this group's own ({original}) no longer carries its anchor, and {} does; nothing is written until an admin puts the anchor back or deletes one of them",
+                candidates[i].dn
+            );
+            found.conflicts.push((id, why));
+            return Ok(());
         }
         if let Some(entry) = verdict.ours.and_then(|i| entries.into_iter().nth(i)) {
             let group = self.managed_group(entry).await?;
@@ -160,7 +188,8 @@ impl Directory {
         Ok(entries
             .into_iter()
             .filter_map(|entry| {
-                let id = anchor_id(entry.attrs.get("adminDescription")?.first()?)?.to_string();
+                // Graph writes ids in lower case; a copy spelled otherwise must not become a group of its own.
+                let id = anchor_id(entry.attrs.get("adminDescription")?.first()?)?.to_ascii_lowercase();
                 let dn = parse_extended_dn(&entry.dn).dn;
                 ous.iter().any(|ou| crate::dn::is_within(&dn, ou)).then_some((id, dn))
             })
@@ -185,6 +214,19 @@ impl Directory {
         }
         stream.finish().await.success().map_err(err)?;
         Ok(entries)
+    }
+
+    /// The DN of the object with this objectGUID, if there is one.
+    async fn object_by_guid(&mut self, guid: &str) -> Result<Option<String>, DirectoryError> {
+        // A GUID from the state is checked before it is put into a DN.
+        if !ownership::is_guid(guid) {
+            return Ok(None);
+        }
+        match self.search(&format!("<GUID={guid}>"), Scope::Base, "(objectClass=*)", &["1.1"]).await {
+            Ok(entries) => Ok(entries.into_iter().next().map(|e| parse_extended_dn(&e.dn).dn)),
+            Err(DirectoryError::Ldap { code: 32, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads a judged entry whole: its attributes and every member.
@@ -286,12 +328,13 @@ impl Directory {
     }
 
     async fn collect_principals(&mut self, filter: &str, found: &mut HashMap<String, Principal>) -> Result<(), DirectoryError> {
-        for entry in self.paged_search(filter, &["objectSid", "groupType"]).await? {
-            let Some(sid) = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).and_then(|b| sid::to_string(b)) else {
+        for entry in self.paged_search(filter, &["objectSid", "groupType", "objectClass"]).await? {
+            let Some(sid) = object_sid(&entry) else {
                 continue;
             };
             let group_type = entry.attrs.get("groupType").and_then(|v| v.first()).and_then(|t| t.parse().ok());
-            found.insert(sid.to_uppercase(), Principal { dn: parse_extended_dn(&entry.dn).dn, group_type });
+            let classes = entry.attrs.get("objectClass").cloned().unwrap_or_default();
+            found.insert(sid.to_uppercase(), Principal { dn: parse_extended_dn(&entry.dn).dn, group_type, classes });
         }
         Ok(())
     }
@@ -317,6 +360,16 @@ mod tests {
             anchor_filter(&ids),
             r"(&(objectClass=group)(|(adminDescription=Group_a)(adminDescription=Group_\2a\29\28objectClass=\2a)(adminDescription=Group_x\5c00)))"
         );
+    }
+
+    #[test]
+    fn a_sid_that_is_valid_utf8_is_read_too() {
+        let mut entry = SearchEntry { dn: "CN=S-1-5-11".into(), attrs: HashMap::new(), bin_attrs: HashMap::new() };
+        entry.attrs.insert("objectSid".into(), vec![String::from_utf8(sid::to_binary("S-1-5-11").unwrap()).unwrap()]);
+        assert_eq!(object_sid(&entry).as_deref(), Some("S-1-5-11"));
+        entry.attrs.clear();
+        entry.bin_attrs.insert("objectSid".into(), vec![sid::to_binary("S-1-5-21-1-2-3-500").unwrap()]);
+        assert_eq!(object_sid(&entry).as_deref(), Some("S-1-5-21-1-2-3-500"));
     }
 
     #[test]

@@ -209,8 +209,12 @@ impl Directory {
     ) -> Result<(), ApplyError> {
         let mut delays = BUSY_BACKOFF.iter();
         loop {
+            // Held across the check and the send, so that a release waits for a write already checked.
+            let permit = self.write_permit().await;
             self.check_fence()?;
-            match request(&mut self.ldap).await.and_then(|r| r.success()) {
+            let sent = request(&mut self.ldap).await.and_then(|r| r.success());
+            drop(permit);
+            match sent {
                 Ok(_) => return Ok(()),
                 Err(LdapError::LdapResult { result }) if matches!(result.rc, 51 | 52) => {
                     let Some(delay) = delays.next() else {

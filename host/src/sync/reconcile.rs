@@ -55,14 +55,15 @@ impl TenantSync<'_> {
         Ok(())
     }
 
-    /// Every group a full reconcile plans: those the state knows, and the anchored groups in the directory
-    /// that it does not. An anchored group the state does not know is ours only inside the tenant's OUs;
-    /// elsewhere it belongs to another tenant writing to the same domain, or is a look-alike.
+    /// Every group a full reconcile plans: those the state knows, and the anchored groups in the target OU that
+    /// it does not.
     async fn full_reconcile_ids(&self, directory: &mut Directory) -> Result<Vec<String>, SyncError> {
         let mut ids: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
-        // Look-alikes and groups with two anchored objects are reported when their batch reads them.
-        let ous: Vec<String> = self.config.ous().cloned().collect();
-        ids.extend(directory.managed_index(&ous).await?.into_iter().map(|(id, _)| id));
+        // Look-alikes and groups with two anchored objects are reported when their batch reads them. Groups
+        // the state does not know are adopted (and perhaps deleted) from the target OU only: an allowed OU may
+        // be shared with groups that Connect or another tool writes with the same kind of anchor.
+        let target = [self.config.directory.target_ou.clone()];
+        ids.extend(directory.managed_index(&target).await?.into_iter().map(|(id, _)| id));
         Ok(ids.into_iter().collect())
     }
 
@@ -175,7 +176,7 @@ impl TenantSync<'_> {
                 let Some(sid) = member.sid.as_ref().map(|s| s.to_uppercase()) else { continue };
                 if wanted.contains(&sid) {
                     holders.insert(group.dn.clone());
-                    present.entry(sid).or_insert_with(|| Principal { dn: member.dn.clone(), group_type: None });
+                    present.entry(sid).or_insert_with(|| Principal { dn: member.dn.clone(), group_type: None, classes: Vec::new() });
                 }
             }
         }
@@ -243,19 +244,14 @@ impl TenantSync<'_> {
             tracing::warn!(tenant = %self.config.name, group = %id, dn = %dn, "an object carries this group's anchor but is not its own; it is never written, nested or deleted");
             report.status.lookalikes.push(GroupProblem { group_id: id.clone(), reason: lookalike_reason(dn) });
         }
-        for (id, dns) in &found.conflicts {
+        for (id, reason) in &found.conflicts {
             if !intents.contains_key(id) {
                 continue;
             }
-            let reason = format!(
-                "{} objects inside the tenant's OUs carry this group's anchor ({}) and none is recorded as its own; nothing is written until all but one lose the anchor",
-                dns.len(),
-                dns.join("; ")
-            );
             tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
             intents.insert(id.clone(), Intent::Leave(reason.clone()));
             failed.insert(id.clone(), reason.clone());
-            report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
+            report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason: reason.clone() });
         }
     }
 

@@ -59,7 +59,7 @@ async fn three_agents_share_a_tenant_and_exactly_one_writes() -> Result<()> {
 /// Starts `first` and waits until it is the writer, then starts `second` and waits until it is a standby.
 async fn writer_and_standby(first: &mut Agent, second: &mut Agent) -> Result<()> {
     first.start()?;
-    until(&[first], Duration::from_secs(30), async || Ok(first.role("contoso") == Some(Role::Active))).await?;
+    until(&[first], Duration::from_secs(90), async || Ok(first.role("contoso") == Some(Role::Active))).await?;
     second.start()?;
     until(&[first, second], Duration::from_secs(30), async || Ok(second.role("contoso") == Some(Role::Standby))).await
 }

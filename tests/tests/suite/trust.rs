@@ -161,6 +161,17 @@ async fn a_copied_anchor_is_never_written_nested_or_deleted() -> anyhow::Result<
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(status.contains(&format!("group {child}: look-alike: {}", copy.dn)), "{status}");
 
+    // A copy inside the target OU, its anchor spelled in upper case, is a look-alike too: it neither splits
+    // the group in two nor makes the agent create a duplicate.
+    let shouting = env.dc.create_group(&env.ou.groups_dn, "Shouting", -2147483640).await?;
+    env.dc.set_attribute(&shouting.dn, "adminDescription", &format!("Group_{}", child.to_uppercase())).await?;
+    let before = env.groups().await?.len();
+    env.sync(&["--full"]).await?;
+    assert_eq!(env.groups().await?.len(), before, "no group was created");
+    assert!(group_at(&env, &shouting.dn).await?.expect("kept").members.is_empty());
+    assert_eq!(group_at(&env, &real.dn).await?.expect("kept").members.len(), 2);
+    env.dc.delete_tree(&shouting.dn).await?;
+
     // Its hard delete removes the real group only.
     env.sim.hard_delete_group(&child).unwrap();
     env.sync(&[]).await?;
@@ -201,6 +212,16 @@ async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_a
     let now = group_at(&env, &real.dn).await?.expect("kept");
     assert!(now.members.is_empty(), "{now:?}");
     assert!(group_at(&env, &connect.dn).await?.is_some());
+
+    // Someone moves the anchor from the real group to a copy of theirs: the copy is not adopted.
+    let copy = env.dc.create_group(&env.ou.groups_dn, "Impostor", -2147483640).await?;
+    env.dc.set_attribute(&real.dn, "adminDescription", "moved away").await?;
+    env.dc.set_attribute(&copy.dn, "adminDescription", &format!("Group_{id}")).await?;
+    env.sim.add_members(&id, &[MemberRef::user(&u1)]).unwrap();
+    env.sync(&[]).await?;
+    assert!(group_at(&env, &copy.dn).await?.expect("kept").members.is_empty(), "the copy gained a member");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("no longer carries its anchor"), "{status}");
     Ok(())
 }
 
@@ -277,5 +298,23 @@ async fn a_group_type_change_under_a_protected_group_is_refused_like_a_member_ad
     env.tenant_settings(&format!("allow_protected_groups = [\"{id}\"]"))?;
     env.sync(&["--full"]).await?;
     assert_eq!(env.group(&id).await?.expect("kept").group_type, -2147483640);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_whose_sid_names_a_foreign_security_principal_is_skipped_with_a_reason() -> anyhow::Result<()> {
+    let env = Env::new("trust-fsp").await?;
+    let (user, user_ad) = env.synced_user("fsp-u1").await?;
+    // A cloud user claiming the SID of Authenticated Users: the DC resolves it to a foreign security principal,
+    // and as a member it would give the group to everyone.
+    let everyone = new_id();
+    env.sim.add_user(writeback_tests::graphsim::User::synced(everyone.clone(), "everyone@contoso.com", "S-1-5-11", "fsp-everyone")).unwrap();
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Not everyone", &[&user, &everyone])).unwrap();
+    env.sync(&[]).await?;
+    let members = env.group(&id).await?.expect("written").members;
+    assert!(members.len() == 1 && writeback::dn::same(&members[0], &user_ad.dn), "{members:?}");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("SID S-1-5-11 names a foreignSecurityPrincipal object"), "{status}");
     Ok(())
 }

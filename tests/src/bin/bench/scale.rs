@@ -375,7 +375,7 @@ fn matching_snapshot(intents: &BTreeMap<String, Intent>) -> Snapshot {
         let mut members = Vec::with_capacity(desired.members.len());
         for member in &desired.members {
             let DesiredMember::Sid { sid, .. } = member else { continue };
-            let principal = Principal { dn: Synthetic::user_dn_of(sid), group_type: None };
+            let principal = Principal { dn: Synthetic::user_dn_of(sid), group_type: None, classes: Vec::new() };
             members.push(DirectoryMember { dn: principal.dn.clone(), sid: Some(sid.clone()) });
             snapshot.principals.insert(sid.clone(), principal);
         }
