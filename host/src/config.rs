@@ -87,10 +87,10 @@ pub struct TenantConfig {
     pub login_url: String,
     #[serde(default = "defaults::graph_url")]
     pub graph_url: String,
-    /// Whether Microsoft 365 groups with no writeback setting of their own are written (the tenant setting
-    /// `NewUnifiedGroupWritebackDefault`).
-    #[serde(default = "defaults::m365_default_writeback")]
-    pub m365_default_writeback: bool,
+    /// Whether Microsoft 365 groups with no writeback setting of their own are written. When absent, the
+    /// tenant's own setting `NewUnifiedGroupWritebackDefault` decides, read from Graph.
+    #[serde(default)]
+    pub m365_default_writeback: Option<bool>,
     /// More deletes than this within `threshold_window` are held until `sync --once --allow-deletes`.
     #[serde(default = "defaults::delete_threshold")]
     pub delete_threshold: usize,
@@ -200,9 +200,6 @@ pub mod defaults {
     }
     pub fn graph_url() -> String {
         "https://graph.microsoft.com".into()
-    }
-    pub fn m365_default_writeback() -> bool {
-        true
     }
     pub fn delete_threshold() -> usize {
         500
@@ -696,7 +693,7 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let tenant = &config.tenants[0];
         assert_eq!(tenant.delete_threshold, 500);
         assert_eq!(tenant.reconcile_batch, 1000);
-        assert!(tenant.m365_default_writeback);
+        assert_eq!(tenant.m365_default_writeback, None, "the tenant's own setting decides");
         assert_eq!(tenant.login_base(), "http://localhost:9000");
     }
 

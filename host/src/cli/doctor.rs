@@ -84,6 +84,12 @@ async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
             Err(e) => checks.push(Check::fail(what, e, &format!("grant the application permission {permission} with admin consent"))),
         }
     }
+    let what = "Microsoft 365 writeback default";
+    match (tenant.m365_default_writeback, graph.m365_writeback_default().await) {
+        (Some(value), _) => checks.push(Check::pass(what, format!("{value}, from the config (m365_default_writeback)"))),
+        (None, Ok(value)) => checks.push(Check::pass(what, format!("{value}, from the tenant setting NewUnifiedGroupWritebackDefault"))),
+        (None, Err(e)) => checks.push(Check::fail(what, e, "grant Group.Read.All, or set m365_default_writeback in the config")),
+    }
 }
 
 async fn check_directory(tenant: &TenantConfig, checks: &mut Vec<Check>) {

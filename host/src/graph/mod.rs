@@ -34,6 +34,8 @@ pub enum GraphError {
     GaveUp { path: String, cause: String, attempts: u32 },
     #[error("Graph returned a malformed page for {path}: {cause}")]
     MalformedPage { path: String, cause: delta::PageError },
+    #[error("Graph sent group settings that cannot be read ({path}): {cause}; set m365_default_writeback in the config to decide without them")]
+    MalformedSettings { path: String, cause: String },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
     ForeignLink { link: String },
     #[error("{url} answered with a redirect (HTTP {status}) to {target}; redirects are never followed, so no token or secret is sent on; check graph_url and login_url")]
@@ -259,6 +261,15 @@ impl GraphClient {
         Ok(Presence::Gone)
     }
 
+    /// The tenant's `NewUnifiedGroupWritebackDefault`: whether Microsoft 365 groups without a writeback setting of
+    /// their own are written back. It lives in the tenant-wide `Group.Unified` group setting; a tenant that
+    /// never created that setting, or left the value out, has the documented default, true.
+    pub async fn m365_writeback_default(&self) -> Result<bool, GraphError> {
+        let url = format!("{}/v1.0/groupSettings", self.graph_base);
+        let body = self.get(&url).await?;
+        unified_writeback_default(&body).map_err(|cause| GraphError::MalformedSettings { path: path_of(&url), cause })
+    }
+
     /// True on success, false on a 404 with `Request_ResourceNotFound`, an error on anything else.
     async fn exists(&self, url: &str) -> Result<bool, GraphError> {
         match self.get(url).await {
@@ -351,6 +362,44 @@ impl GraphClient {
         // Full jitter spreads retries of several agents and tenants apart.
         let millis = rand::rng().random_range(capped.as_millis() as u64 / 2..=capped.as_millis() as u64);
         Duration::from_millis(millis)
+    }
+}
+
+/// The `Group.Unified` setting's template id, the same in every tenant.
+const GROUP_UNIFIED_TEMPLATE: &str = "62375ab9-6b52-47ed-826b-58e47e0e304b";
+
+/// Reads `NewUnifiedGroupWritebackDefault` from a `groupSettings` collection (true when absent).
+fn unified_writeback_default(body: &[u8]) -> Result<bool, String> {
+    #[derive(Deserialize)]
+    struct Settings {
+        value: Vec<Setting>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Setting {
+        template_id: Option<String>,
+        display_name: Option<String>,
+        #[serde(default)]
+        values: Vec<SettingValue>,
+    }
+    #[derive(Deserialize)]
+    struct SettingValue {
+        name: Option<String>,
+        value: Option<String>,
+    }
+    let settings: Settings = serde_json::from_slice(body).map_err(|e| format!("not a groupSettings collection: {e}"))?;
+    let unified = settings.value.iter().find(|s| {
+        s.template_id.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(GROUP_UNIFIED_TEMPLATE))
+            || s.display_name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("Group.Unified"))
+    });
+    let value = unified
+        .and_then(|s| s.values.iter().find(|v| v.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("NewUnifiedGroupWritebackDefault"))))
+        .and_then(|v| v.value.as_deref());
+    match value.map(str::trim) {
+        None | Some("") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(format!("NewUnifiedGroupWritebackDefault is {v:?}, neither true nor false")),
     }
 }
 
@@ -509,6 +558,19 @@ mod tests {
         assert!(on_base(sim, "http://127.0.0.1:9000/graph/beta/groups/delta"));
         assert!(!on_base(sim, "http://127.0.0.1:9000/graphx/beta/groups/delta"));
         assert!(!on_base(sim, "http://127.0.0.1:9001/graph/beta/groups/delta"));
+    }
+
+    #[test]
+    fn the_m365_writeback_default_is_read_from_the_group_unified_setting() {
+        let setting = |name: &str, value: &str| {
+            format!(r#"{{"value":[{{"id":"x","displayName":"Group.Unified","templateId":"{GROUP_UNIFIED_TEMPLATE}","values":[{{"name":"EnableGroupCreation","value":"true"}},{{"name":"{name}","value":"{value}"}}]}}]}}"#)
+        };
+        assert_eq!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "False").as_bytes()), Ok(false));
+        assert_eq!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "true").as_bytes()), Ok(true));
+        assert_eq!(unified_writeback_default(setting("SomethingElse", "false").as_bytes()), Ok(true), "absent: the documented default");
+        assert_eq!(unified_writeback_default(br#"{"value":[]}"#), Ok(true), "no Group.Unified setting at all");
+        assert!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "maybe").as_bytes()).is_err());
+        assert!(unified_writeback_default(b"[]").is_err());
     }
 
     #[test]

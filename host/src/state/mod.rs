@@ -593,6 +593,17 @@ impl TenantState {
         Ok(self.tree.remove(resource.resync_key())?.is_some())
     }
 
+    /// The tenant's `NewUnifiedGroupWritebackDefault` as last read from Graph.
+    pub fn m365_default(&self) -> Result<Option<bool>, StateError> {
+        self.get(b"c\0m365-default")
+    }
+
+    /// Records the tenant's `NewUnifiedGroupWritebackDefault`.
+    pub fn set_m365_default(&self, value: bool) -> Result<(), StateError> {
+        self.tree.insert(b"c\0m365-default", encode(&value))?;
+        Ok(())
+    }
+
     /// How many changes of `kind` were applied since `since` (seconds since the Unix epoch).
     pub fn applied_since(&self, kind: Threshold, since: u64) -> Result<usize, StateError> {
         let applied: Vec<(u64, u64)> = self.get(kind.key())?.unwrap_or_default();

@@ -164,6 +164,7 @@ impl TenantSync<'_> {
         // while the cursor was dead are found only by a full reconcile.
         options.full |= self.read_round(Resource::Groups, &mut report).await?;
         report.status.full = options.full;
+        self.refresh_m365_default(options.full).await?;
         self.replan_if_policy_changed()?;
         if self.stop.is_set() {
             report.stopped = true;
@@ -196,6 +197,39 @@ impl TenantSync<'_> {
         let s = &report.status;
         tracing::info!(writes = s.writes, managed = s.managed_groups, pending = s.pending_groups, held = s.held_groups.len(), "cycle applied");
         Ok(report)
+    }
+
+    /// Reads the tenant's `NewUnifiedGroupWritebackDefault` when the config leaves it to the tenant: on full
+    /// cycles and when it was never read, so that quiet cycles cost no request. A change plans every group again.
+    async fn refresh_m365_default(&self, full: bool) -> Result<(), SyncError> {
+        if self.config.m365_default_writeback.is_some() {
+            return Ok(());
+        }
+        let stored = self.state.m365_default()?;
+        if stored.is_some() && !full {
+            return Ok(());
+        }
+        let current = self.graph.m365_writeback_default().await?;
+        if stored != Some(current) {
+            if stored.is_some() {
+                tracing::info!(tenant = %self.config.name, current, "the tenant's NewUnifiedGroupWritebackDefault changed; planning every group again");
+                self.state.mark_all_dirty()?;
+            }
+            self.state.set_m365_default(current)?;
+        }
+        Ok(())
+    }
+
+    /// The Microsoft 365 writeback default in force: the config's, else the tenant's as last read, else
+    /// Microsoft's documented default (true).
+    pub fn m365_default(&self) -> (bool, &'static str) {
+        match self.config.m365_default_writeback {
+            Some(value) => (value, "config"),
+            None => match self.state.m365_default().ok().flatten() {
+                Some(value) => (value, "tenant setting NewUnifiedGroupWritebackDefault"),
+                None => (true, "default (the tenant setting was not read yet)"),
+            },
+        }
     }
 
     /// A new plugin version or new plugin settings can change every group's name, place or attributes,
@@ -237,7 +271,7 @@ impl TenantSync<'_> {
     /// The tenant's settings for the desired model, with the directory's schema facts.
     pub fn model_settings(&self, schema: SchemaSupport) -> ModelSettings {
         ModelSettings {
-            m365_default_writeback: self.config.m365_default_writeback,
+            m365_default_writeback: self.m365_default().0,
             target_ou: self.config.directory.target_ou.clone(),
             allowed_ous: self.config.plugins.allowed_ous.clone(),
             schema,

@@ -310,6 +310,30 @@ pub(crate) async fn deleted_item(
     }
 }
 
+/// `GET /v1.0/groupSettings`: the tenant-wide group settings. A tenant that never created the `Group.Unified`
+/// setting has none, and Graph answers an empty collection.
+pub(crate) async fn group_settings(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
+    if let Err(denied) = sim.authorize(&headers) {
+        return denied.into_response();
+    }
+    let value = sim.lock().unified_writeback_default;
+    let settings: Vec<Value> = value
+        .map(|default| {
+            json!({
+                "id": "9f6e1b2c-3d4e-4f50-8a61-7b8c9d0e1f2a",
+                "displayName": "Group.Unified",
+                "templateId": "62375ab9-6b52-47ed-826b-58e47e0e304b",
+                "values": [
+                    {"name": "EnableGroupCreation", "value": "true"},
+                    {"name": "NewUnifiedGroupWritebackDefault", "value": if default { "true" } else { "false" }},
+                ],
+            })
+        })
+        .into_iter()
+        .collect();
+    graph_json(StatusCode::OK, &json!({ "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groupSettings", "value": settings }))
+}
+
 /// `GET /{version}/groups/{id}` and `/users/{id}`: a live object, or 404
 /// `Request_ResourceNotFound` (a soft-deleted object is found only in deleted items).
 pub(crate) async fn entity(

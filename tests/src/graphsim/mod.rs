@@ -109,6 +109,9 @@ pub(crate) struct SimState {
     /// Raw JSON that replaces properties in every delta entry of an object, by id: how a test makes Graph
     /// send an entry the agent cannot parse.
     pub(crate) garbled: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// The tenant's `NewUnifiedGroupWritebackDefault`; `None`: the tenant never created a `Group.Unified`
+    /// setting, as a new tenant has none.
+    pub(crate) unified_writeback_default: Option<bool>,
 }
 
 impl SimState {
@@ -143,6 +146,7 @@ impl Simulator {
             requests: Vec::new(),
             clock_offset: Duration::ZERO,
             garbled: HashMap::new(),
+            unified_writeback_default: None,
         };
         Self {
             started: Instant::now(),
@@ -286,6 +290,12 @@ impl Simulator {
             Some(value) => properties.insert(property.to_string(), value),
             None => properties.remove(property),
         };
+    }
+
+    /// Sets the tenant's `NewUnifiedGroupWritebackDefault` in its `Group.Unified` setting; `None` removes the
+    /// setting object, leaving Microsoft's default (true).
+    pub fn set_unified_writeback_default(&self, value: Option<bool>) {
+        self.lock().unified_writeback_default = value;
     }
 
     /// Queues a fault for the next request it targets. Faults apply in the

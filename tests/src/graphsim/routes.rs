@@ -68,6 +68,8 @@ pub(crate) fn router(sim: Arc<Simulator>) -> Router {
                 get(graph::deleted_item),
             );
     }
+    // Tenant-wide group settings are a v1.0 collection (beta calls them directory settings).
+    graph_routes = graph_routes.route("/v1.0/groupSettings", get(graph::group_settings));
     let graph_routes =
         graph_routes
             .fallback(graph::unknown_resource)

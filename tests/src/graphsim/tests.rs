@@ -1018,3 +1018,19 @@ async fn huge_bodies_are_sent_chunked_or_with_their_length() {
         assert!(body.starts_with(br#"{"value":["#) && body.ends_with(b"]}"));
     }
 }
+
+#[tokio::test]
+async fn group_settings_carry_the_unified_writeback_default_only_once_the_tenant_sets_it() {
+    let h = Harness::start(SimConfig::default()).await;
+    let url = h.url("/v1.0/groupSettings");
+    // A new tenant has no Group.Unified setting object at all.
+    let body: Value = h.get(&url).await.json().await.expect("json");
+    assert_eq!(body["value"], json!([]));
+    h.sim.set_unified_writeback_default(Some(false));
+    let body: Value = h.get(&url).await.json().await.expect("json");
+    let setting = &body["value"][0];
+    assert_eq!(setting["displayName"], "Group.Unified");
+    assert_eq!(setting["templateId"], "62375ab9-6b52-47ed-826b-58e47e0e304b");
+    let values = setting["values"].as_array().expect("values");
+    assert!(values.contains(&json!({"name": "NewUnifiedGroupWritebackDefault", "value": "false"})), "{values:?}");
+}

@@ -318,3 +318,22 @@ async fn a_user_whose_sid_names_a_foreign_security_principal_is_skipped_with_a_r
     assert!(status.contains("SID S-1-5-11 names a foreignSecurityPrincipal object"), "{status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_tenant_m365_writeback_default_decides_when_the_config_does_not() -> anyhow::Result<()> {
+    let env = Env::new("trust-m365-default").await?;
+    let unified = new_id();
+    env.sim.add_group(Group::unified(&unified, "M365 left to the default", "m365tenant")).unwrap();
+    // The tenant turned automatic writeback of new Microsoft 365 groups off.
+    env.sim.set_unified_writeback_default(Some(false));
+    env.sync(&[]).await?;
+    assert!(env.group(&unified).await?.is_none(), "the tenant's setting keeps it out");
+    let doctor = text(&env.run(&["doctor"]).await?.stdout);
+    assert!(doctor.contains("Microsoft 365 writeback default: false, from the tenant setting NewUnifiedGroupWritebackDefault"), "{doctor}");
+
+    // Turned back on: the next full cycle reads it and plans every group again.
+    env.sim.set_unified_writeback_default(None);
+    env.sync(&["--full"]).await?;
+    assert!(env.group(&unified).await?.is_some(), "written once the tenant's default is true");
+    Ok(())
+}
