@@ -184,7 +184,7 @@ pub struct GroupProblems {
     /// Cycles in a row in which applying the group failed.
     #[serde(default)]
     pub failures: u32,
-    /// Objects carrying the group's anchor that are not its own, by DN.
+    /// Why each object carrying the group's anchor but not its own is left alone, one per object.
     #[serde(default)]
     pub lookalikes: Vec<String>,
 }
