@@ -378,13 +378,15 @@ impl TenantLease {
     }
 
     /// Reads the lease object and refreshes this agent's presence in it.
-    async fn observe(&self) -> Result<Observation, DirectoryError> {
+    /// `announce`: refresh this process's presence and look for rivals (a daemon's rounds). A release does
+    /// not: a process on its way out must not look like a rival to the one replacing it.
+    async fn observe(&self, announce: bool) -> Result<Observation, DirectoryError> {
         let started = Instant::now();
         let object = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
         // The value was written before this read ended, so a holder's deadline ends within one ttl of now.
         let unchanged_for = self.unchanged_for(&object.value, Instant::now());
         let mut rival = None;
-        if self.announce {
+        if announce && self.announce {
             self.refresh_presence(&object).await?;
             let since = *self.first_look.get_or_init(|| object.dc_time);
             rival = rival_process(&object.presence, &self.agent, &self.nonce, since, object.dc_time, self.ttl_secs());
@@ -443,6 +445,15 @@ impl TenantLease {
             Ok(())
         })
         .await
+    }
+
+    /// Removes this process's presence value on the way out, so that the others count one agent fewer at once
+    /// and a process replacing this one does not take it for a rival. Best effort: it ages out anyway.
+    async fn withdraw_presence(&self) {
+        let Some(value) = self.presence.lock().unwrap_or_else(PoisonError::into_inner).take() else { return };
+        if let Err(e) = self.with_directory(async |d| d.remove_presence(&self.dn, &value).await).await {
+            tracing::debug!(tenant = %self.tenant, "cannot remove this agent's presence: {e}");
+        }
     }
 
     /// Carries out `action` after the look `seen`. Returns whether the lease value was changed.
@@ -537,7 +548,7 @@ impl TenantLease {
     /// holder may renew between the look and the swap, so the release looks again a few times.
     async fn release(&self) -> Result<Released, DirectoryError> {
         for _ in 0..5 {
-            let seen = self.observe().await?;
+            let seen = self.observe(false).await?;
             let Some(value) = seen.value.as_ref().filter(|v| v.holder == self.agent && !v.is_free(seen.object.dc_time)) else {
                 return Ok(Released::NotHeld);
             };
@@ -629,7 +640,7 @@ impl Leases {
         let before: Vec<Role> = self.tenants.iter().map(|t| t.role()).collect();
         let mut seen = Vec::with_capacity(self.tenants.len());
         for lease in &self.tenants {
-            match lease.observe().await {
+            match lease.observe(true).await {
                 Ok(observation) => seen.push(Some(observation)),
                 Err(e) => {
                     lease.note(Err(&e));
@@ -693,6 +704,7 @@ impl Leases {
             {
                 tracing::warn!(tenant = %lease.tenant, "cannot release the writer lease: {e}; a standby takes over when it expires");
             }
+            lease.withdraw_presence().await;
         }
     }
 
