@@ -91,6 +91,10 @@ pub struct TenantConfig {
     /// tenant's own setting `NewUnifiedGroupWritebackDefault` decides, read from Graph.
     #[serde(default)]
     pub m365_default_writeback: Option<bool>,
+    /// Where each group's `writebackConfiguration` is read: from the delta query itself, or, for a tenant
+    /// whose delta leaves it out (`doctor` tells), from `GET /beta/groups/{id}` in `$batch` requests.
+    #[serde(default)]
+    pub writeback_source: WritebackSource,
     /// More deletes than this within `threshold_window` are held until `sync --once --allow-deletes`.
     #[serde(default = "defaults::delete_threshold")]
     pub delete_threshold: usize,
@@ -163,6 +167,18 @@ impl Default for PluginsConfig {
             transform_attributes: None,
         }
     }
+}
+
+/// Where a group's `writebackConfiguration` is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritebackSource {
+    /// From the group delta query's entries.
+    #[default]
+    Delta,
+    /// From `GET /beta/groups/{id}?$select=writebackConfiguration`, 20 groups to a `$batch` request, for the
+    /// groups of each delta page.
+    Batch,
 }
 
 /// `[tenant.directory]`: the AD domain controller and where groups go.

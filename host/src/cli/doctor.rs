@@ -84,11 +84,43 @@ async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
             Err(e) => checks.push(Check::fail(what, e, &format!("grant the application permission {permission} with admin consent"))),
         }
     }
+    checks.push(check_writeback_source(tenant, &graph).await);
     let what = "Microsoft 365 writeback default";
     match (tenant.m365_default_writeback, graph.m365_writeback_default().await) {
         (Some(value), _) => checks.push(Check::pass(what, format!("{value}, from the config (m365_default_writeback)"))),
         (None, Ok(value)) => checks.push(Check::pass(what, format!("{value}, from the tenant setting NewUnifiedGroupWritebackDefault"))),
         (None, Err(e)) => checks.push(Check::fail(what, e, "grant Group.Read.All, or set m365_default_writeback in the config")),
+    }
+}
+
+/// Whether the group delta query returns `writebackConfiguration`: no published source says so, so one group's
+/// value from delta is compared with a GET of the same group.
+async fn check_writeback_source(tenant: &TenantConfig, graph: &GraphClient) -> Check {
+    let what = "writebackConfiguration source";
+    if tenant.writeback_source == crate::config::WritebackSource::Batch {
+        return Check::pass(what, "read with GET in $batch requests (writeback_source = \"batch\")");
+    }
+    let page = match graph.delta_page(&graph.groups_delta_start()).await {
+        Ok(page) => page,
+        Err(e) => return Check::fail(what, e, "grant Group.Read.All with admin consent"),
+    };
+    let Some(entry) = page.entries.iter().find(|e| e.get("@removed").is_none() && e.get("id").is_some_and(|id| id.is_string())) else {
+        return Check::pass(what, "no group to compare yet");
+    };
+    let id = entry["id"].as_str().unwrap_or_default().to_string();
+    let from_delta = entry.get("writebackConfiguration").cloned().unwrap_or(serde_json::Value::Null);
+    let from_get = match graph.writeback_configurations(std::slice::from_ref(&id)).await {
+        Ok(found) => found.get(&id).cloned().unwrap_or(serde_json::Value::Null),
+        Err(e) => return Check::fail(what, e, "grant Group.Read.All with admin consent"),
+    };
+    if from_delta == from_get {
+        Check::pass(what, format!("group delta returns it (group {id} reads the same both ways)"))
+    } else {
+        Check::fail(
+            what,
+            format!("group delta says {from_delta} for group {id}, but a GET of the group says {from_get}"),
+            "set writeback_source = \"batch\" for this tenant",
+        )
     }
 }
 

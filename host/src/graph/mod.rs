@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod delta;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::Rng;
@@ -36,6 +37,8 @@ pub enum GraphError {
     MalformedPage { path: String, cause: delta::PageError },
     #[error("Graph sent group settings that cannot be read ({path}): {cause}; set m365_default_writeback in the config to decide without them")]
     MalformedSettings { path: String, cause: String },
+    #[error("reading writebackConfiguration in a $batch ({path}) failed: {cause}; the cursor stays where it was")]
+    MalformedBatch { path: String, cause: String },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
     ForeignLink { link: String },
     #[error("{url} answered with a redirect (HTTP {status}) to {target}; redirects are never followed, so no token or secret is sent on; check graph_url and login_url")]
@@ -270,6 +273,38 @@ impl GraphClient {
         unified_writeback_default(&body).map_err(|cause| GraphError::MalformedSettings { path: path_of(&url), cause })
     }
 
+    /// Each group's `writebackConfiguration` as `GET /beta/groups/{id}` gives it, read in `$batch` requests of
+    /// 20: the fallback for a delta query that does not return it. A group Graph no longer has is left out.
+    /// Items Graph throttles or fails are asked again, within the client's retry bounds.
+    pub async fn writeback_configurations(&self, ids: &[String]) -> Result<HashMap<String, serde_json::Value>, GraphError> {
+        let url = format!("{}/beta/$batch", self.graph_base);
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(BATCH_SIZE) {
+            let mut pending: Vec<&String> = chunk.iter().collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                attempt += 1;
+                let requests: Vec<serde_json::Value> = pending
+                    .iter()
+                    .enumerate()
+                    .map(|(n, id)| serde_json::json!({"id": n.to_string(), "method": "GET", "url": format!("/groups/{}?$select=id,writebackConfiguration", urlencode(id))}))
+                    .collect();
+                let body = self.send(&url, Some(&serde_json::json!({ "requests": requests }))).await?;
+                let (done, again, wait) = batch_answers(&body, &pending).map_err(|cause| GraphError::MalformedBatch { path: path_of(&url), cause })?;
+                found.extend(done);
+                if again.is_empty() {
+                    break;
+                }
+                if attempt >= self.retry.attempts {
+                    return Err(GraphError::GaveUp { path: path_of(&url), cause: format!("{} groups were throttled or failed in every batch", again.len()), attempts: attempt });
+                }
+                tokio::time::sleep(retry_delay(wait, || self.backoff(attempt))).await;
+                pending = again;
+            }
+        }
+        Ok(found)
+    }
+
     /// True on success, false on a 404 with `Request_ResourceNotFound`, an error on anything else.
     async fn exists(&self, url: &str) -> Result<bool, GraphError> {
         match self.get(url).await {
@@ -281,6 +316,11 @@ impl GraphClient {
 
     /// GET with the token, a refresh on 401, and bounded retries on throttling and transient errors.
     async fn get(&self, url: &str) -> Result<Vec<u8>, GraphError> {
+        self.send(url, None).await
+    }
+
+    /// A GET, or a POST of `body` as JSON, with the token, a refresh on 401, and bounded retries.
+    async fn send(&self, url: &str, body: Option<&serde_json::Value>) -> Result<Vec<u8>, GraphError> {
         if !self.on_graph(url) {
             return Err(GraphError::ForeignLink { link: path_of(url) });
         }
@@ -288,7 +328,7 @@ impl GraphClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_get(url).await? {
+            match self.try_send(url, body).await? {
                 Outcome::Done(body) => return Ok(body),
                 Outcome::Unauthorized if !refreshed => {
                     refreshed = true;
@@ -315,9 +355,13 @@ impl GraphClient {
         }
     }
 
-    async fn try_get(&self, url: &str) -> Result<Outcome, GraphError> {
+    async fn try_send(&self, url: &str, body: Option<&serde_json::Value>) -> Result<Outcome, GraphError> {
         let token = self.token().await?;
-        let sent = self.http.get(url).bearer_auth(token.expose()).send().await;
+        let request = match body {
+            Some(body) => self.http.post(url).json(body),
+            None => self.http.get(url),
+        };
+        let sent = request.bearer_auth(token.expose()).send().await;
         let response = match sent {
             Ok(response) => response,
             Err(e) if e.is_timeout() || e.is_connect() || e.is_request() => {
@@ -363,6 +407,48 @@ impl GraphClient {
         let millis = rand::rng().random_range(capped.as_millis() as u64 / 2..=capped.as_millis() as u64);
         Duration::from_millis(millis)
     }
+}
+
+/// Requests in one `$batch`: Graph's limit.
+const BATCH_SIZE: usize = 20;
+
+/// What one `$batch` answered for `asked` (request id n is `asked[n]`): the values found by group id, the
+/// groups to ask again (throttled or failed for now), and the longest Retry-After among those.
+#[allow(clippy::type_complexity)]
+fn batch_answers<'a>(body: &[u8], asked: &[&'a String]) -> Result<(HashMap<String, serde_json::Value>, Vec<&'a String>, Option<Duration>), String> {
+    let body: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not a batch response: {e}"))?;
+    let responses = body["responses"].as_array().ok_or("the batch response has no responses array")?;
+    let mut found = HashMap::new();
+    let mut again = Vec::new();
+    let mut wait: Option<Duration> = None;
+    let mut answered = vec![false; asked.len()];
+    for response in responses {
+        let Some(n) = response["id"].as_str().and_then(|n| n.parse::<usize>().ok()).filter(|&n| n < asked.len()) else {
+            return Err(format!("the batch answered an id it was not asked: {}", response["id"]));
+        };
+        answered[n] = true;
+        let status = response["status"].as_u64().unwrap_or(0);
+        match status {
+            200 => {
+                let value = response["body"].get("writebackConfiguration").cloned().unwrap_or(serde_json::Value::Null);
+                found.insert(asked[n].clone(), value);
+            }
+            404 => {}
+            429 | 500 | 502 | 503 | 504 => {
+                let after = response["headers"].as_object().and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
+                let after = after.and_then(|(_, v)| v.as_str()?.trim().parse::<u64>().ok()).map(Duration::from_secs);
+                wait = wait.max(after.map(|a| a.min(MAX_RETRY_AFTER)));
+                again.push(asked[n]);
+            }
+            other => {
+                let code = response["body"]["error"]["code"].as_str().unwrap_or("");
+                return Err(format!("reading group {} answered HTTP {other} {code}", asked[n]));
+            }
+        }
+    }
+    // An item the batch did not answer at all is asked again.
+    again.extend(asked.iter().zip(answered).filter(|(_, a)| !a).map(|(id, _)| *id));
+    Ok((found, again, wait))
 }
 
 /// The `Group.Unified` setting's template id, the same in every tenant.
@@ -558,6 +644,24 @@ mod tests {
         assert!(on_base(sim, "http://127.0.0.1:9000/graph/beta/groups/delta"));
         assert!(!on_base(sim, "http://127.0.0.1:9000/graphx/beta/groups/delta"));
         assert!(!on_base(sim, "http://127.0.0.1:9001/graph/beta/groups/delta"));
+    }
+
+    #[test]
+    fn batch_answers_are_matched_by_id_in_any_order_and_throttled_items_come_again() {
+        let (a, b, c, d) = ("a".to_string(), "b".to_string(), "c".to_string(), "d".to_string());
+        let asked = [&a, &b, &c, &d];
+        let body = br#"{"responses":[
+            {"id":"2","status":404,"body":{"error":{"code":"Request_ResourceNotFound"}}},
+            {"id":"1","status":429,"headers":{"Retry-After":"7"},"body":{}},
+            {"id":"0","status":200,"body":{"id":"a","writebackConfiguration":{"isEnabled":true,"onPremisesGroupType":null}}}
+        ]}"#;
+        let (found, again, wait) = batch_answers(body, &asked).unwrap();
+        assert_eq!(found["a"]["isEnabled"], true);
+        assert_eq!(found.len(), 1, "a group Graph no longer has is left out");
+        assert_eq!(again, [&b, &d], "throttled, and not answered at all");
+        assert_eq!(wait, Some(Duration::from_secs(7)));
+        assert!(batch_answers(br#"{"responses":[{"id":"9","status":200}]}"#, &asked).is_err(), "an id never asked");
+        assert!(batch_answers(br#"{"responses":[{"id":"0","status":403,"body":{"error":{"code":"Forbidden"}}}]}"#, &asked).is_err());
     }
 
     #[test]

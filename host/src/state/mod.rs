@@ -593,6 +593,13 @@ impl TenantState {
         Ok(self.tree.remove(resource.resync_key())?.is_some())
     }
 
+    /// Records where `writebackConfiguration` is read from (`delta` or `batch`); returns whether that changed
+    /// since the last call, which only a full round can make good.
+    pub fn note_writeback_source(&self, source: &str) -> Result<bool, StateError> {
+        let previous = self.tree.insert(b"c\0writeback-source", source.as_bytes())?;
+        Ok(previous.is_some_and(|p| p.as_ref() != source.as_bytes()))
+    }
+
     /// The tenant's `NewUnifiedGroupWritebackDefault` as last read from Graph.
     pub fn m365_default(&self) -> Result<Option<bool>, StateError> {
         self.get(b"c\0m365-default")

@@ -159,6 +159,14 @@ impl TenantSync<'_> {
             }
             signed_in = self.graph.authenticate() => signed_in?,
         }
+        let source = match self.config.writeback_source {
+            crate::config::WritebackSource::Delta => "delta",
+            crate::config::WritebackSource::Batch => "batch",
+        };
+        if self.state.note_writeback_source(source)? {
+            tracing::info!(tenant = %self.config.name, source, "writeback_source changed; reading every group again in a full round");
+            self.state.drop_cursor(Resource::Groups)?;
+        }
         self.read_round(Resource::Users, &mut report).await?;
         // A round that turned into a full one (Graph asked for a resync) makes a full cycle: groups deleted
         // while the cursor was dead are found only by a full reconcile.

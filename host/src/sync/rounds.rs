@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 
 use crate::graph::{GraphError, MAX_ROUND_PAGES, Page, Presence, STORED_LINK_REFUSALS};
 use crate::graph::delta::{self, NextLink, Removal};
+use crate::config::WritebackSource;
 use crate::state::{Cursor, Resource, Unreadable};
 
 /// What keeps a delta round finite: a link read twice, or more pages than any tenant has, is a Graph fault
@@ -82,7 +83,15 @@ impl TenantSync<'_> {
             let Some(page) = self.unless_stopped(self.page(&link, stored)).await else {
                 return Ok(full);
             };
-            let page = page?;
+            let mut page = page?;
+            // A page merged without the values it needs would take every group out of scope: a stop ends the
+            // round before it, and the cursor stays.
+            if resource == Resource::Groups
+                && self.config.writeback_source == WritebackSource::Batch
+                && !self.read_writeback_in_batches(&mut page.entries).await?
+            {
+                return Ok(full);
+            }
             if std::mem::take(&mut stored) {
                 // The stored link was read: its refusals are no longer in a row.
                 self.state.clear_link_refusals(resource)?;
@@ -100,6 +109,33 @@ impl TenantSync<'_> {
             }
             link = next;
         }
+    }
+
+    /// Puts each group's `writebackConfiguration`, as a GET of the group gives it, into the page's entries of
+    /// that group, for a tenant whose delta query does not return it. Removed groups are not asked about.
+    /// Returns false when a stop cut the reads short.
+    async fn read_writeback_in_batches(&self, entries: &mut [serde_json::Value]) -> Result<bool, SyncError> {
+        let mut ids: Vec<String> = entries
+            .iter()
+            .filter(|e| e.get("@removed").is_none())
+            .filter_map(|e| e.get("id")?.as_str().map(str::to_string))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(true);
+        }
+        let Some(found) = self.unless_stopped(self.graph.writeback_configurations(&ids)).await else {
+            return Ok(false);
+        };
+        let found = found?;
+        for entry in entries.iter_mut() {
+            let id = entry.get("id").and_then(|v| v.as_str()).map(str::to_string);
+            if let (Some(value), Some(object)) = (id.and_then(|id| found.get(&id)), entry.as_object_mut()) {
+                object.insert("writebackConfiguration".into(), value.clone());
+            }
+        }
+        Ok(true)
     }
 
     /// One delta page. A link from the cursor is fetched so that Graph's refusals of it are counted.

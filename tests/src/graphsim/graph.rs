@@ -124,7 +124,14 @@ fn delta_endpoint(sim: &Simulator, resource: Resource, uri: &Uri, headers: &Head
     let result = DeltaParams::parse(uri.query())
         .and_then(|p| sim.serve_delta(resource, version, &p, minimal));
     match result {
-        Ok(body) => graph_json(StatusCode::OK, &body),
+        Ok(mut body) => {
+            if resource == Resource::Groups && sim.config().delta_omits_writeback {
+                for entry in body["value"].as_array_mut().into_iter().flatten() {
+                    entry.as_object_mut().map(|e| e.remove("writebackConfiguration"));
+                }
+            }
+            graph_json(StatusCode::OK, &body)
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -334,6 +341,62 @@ pub(crate) async fn group_settings(State(sim): State<Arc<Simulator>>, headers: H
     graph_json(StatusCode::OK, &json!({ "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groupSettings", "value": settings }))
 }
 
+/// `POST /{version}/$batch`: up to 20 requests in one, answered one by one and not in the order sent, as
+/// Graph's JSON batching does. Only GETs of a group or user are understood; anything else is answered 400.
+pub(crate) async fn batch(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap, body: String) -> Response {
+    if let Err(denied) = sim.authorize(&headers) {
+        return denied.into_response();
+    }
+    let version = ApiVersion::from_path(uri.path()).unwrap_or(ApiVersion::V1);
+    let requests = serde_json::from_str::<Value>(&body).ok().and_then(|b| b["requests"].as_array().cloned());
+    let Some(requests) = requests else {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid batch payload format.");
+    };
+    if requests.len() > 20 {
+        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Number of batch requests exceeds the maximum of 20.");
+    }
+    let mut responses: Vec<Value> = requests.iter().map(|request| sim.batch_item(version, request)).collect();
+    responses.reverse();
+    graph_json(StatusCode::OK, &json!({ "responses": responses }))
+}
+
+impl Simulator {
+    /// One object as a GET of it answers, or None when there is no live object with that id.
+    fn entity_body(&self, resource: Resource, version: ApiVersion, id: &str, select: Option<&str>) -> Option<Value> {
+        let state = self.lock();
+        let properties = match resource {
+            Resource::Groups => state.tenant.group(id).map(|g| entity_properties(resource, version, select, |n| g.property(n))),
+            Resource::Users => state.tenant.user(id).map(|u| entity_properties(resource, version, select, |n| u.property(n))),
+        };
+        properties.map(|mut properties| {
+            properties.insert("id".into(), json!(id));
+            Value::Object(properties)
+        })
+    }
+
+    /// The answer to one request of a batch.
+    fn batch_item(&self, version: ApiVersion, request: &Value) -> Value {
+        let id = request["id"].clone();
+        let url = request["url"].as_str().unwrap_or_default();
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let target = path.trim_start_matches('/').split_once('/');
+        let resource = match target.map(|(collection, _)| collection.to_ascii_lowercase()) {
+            Some(c) if c == "groups" => Some(Resource::Groups),
+            Some(c) if c == "users" => Some(Resource::Users),
+            _ => None,
+        };
+        let answer = |status: u16, body: Value| json!({ "id": id, "status": status, "headers": {"Content-Type": "application/json"}, "body": body });
+        let (Some(resource), Some((_, object)), true) = (resource, target, request["method"].as_str().is_some_and(|m| m.eq_ignore_ascii_case("GET"))) else {
+            return answer(400, super::wire::graph_error_body("BadRequest", "Only GET requests of a group or user are supported here."));
+        };
+        let select = DeltaParams::parse(Some(query)).ok().and_then(|p| p.select);
+        match self.entity_body(resource, version, object, select.as_deref()) {
+            Some(body) => answer(200, body),
+            None => answer(404, super::wire::graph_error_body("Request_ResourceNotFound", &format!("Resource '{object}' does not exist or one of its queried reference-property objects are not present."))),
+        }
+    }
+}
+
 /// `GET /{version}/groups/{id}` and `/users/{id}`: a live object, or 404
 /// `Request_ResourceNotFound` (a soft-deleted object is found only in deleted items).
 pub(crate) async fn entity(
@@ -349,18 +412,7 @@ pub(crate) async fn entity(
     let version = ApiVersion::from_path(uri.path()).unwrap_or(ApiVersion::V1);
     let select = DeltaParams::parse(uri.query()).ok().and_then(|p| p.select);
     let resource = resource_of(uri.path()).unwrap_or(Resource::Groups);
-    let body = {
-        let state = sim.lock();
-        let properties = match resource {
-            Resource::Groups => state.tenant.group(&id).map(|g| entity_properties(resource, version, select.as_deref(), |n| g.property(n))),
-            Resource::Users => state.tenant.user(&id).map(|u| entity_properties(resource, version, select.as_deref(), |n| u.property(n))),
-        };
-        properties.map(|mut properties| {
-            properties.insert("id".into(), json!(id));
-            Value::Object(properties)
-        })
-    };
-    match body {
+    match sim.entity_body(resource, version, &id, select.as_deref()) {
         Some(body) => graph_json(StatusCode::OK, &body),
         None => graph_error(
             StatusCode::NOT_FOUND,

@@ -76,6 +76,10 @@ pub struct SimConfig {
     /// Let security groups go to deleted items. Entra deletes them for good;
     /// only Microsoft 365 groups are restorable.
     pub security_groups_restorable: bool,
+    /// Group delta leaves `writebackConfiguration` out of its entries even when it is selected. No published
+    /// source says that beta delta returns it; this is the world in which it does not, where only a GET of
+    /// the group (or a `$batch` of them) tells.
+    pub delta_omits_writeback: bool,
 }
 
 impl Default for SimConfig {
@@ -92,6 +96,7 @@ impl Default for SimConfig {
             changed_only: false,
             initial_round_reports_deleted: false,
             security_groups_restorable: false,
+            delta_omits_writeback: false,
         }
     }
 }

@@ -1034,3 +1034,31 @@ async fn group_settings_carry_the_unified_writeback_default_only_once_the_tenant
     let values = setting["values"].as_array().expect("values");
     assert!(values.contains(&json!({"name": "NewUnifiedGroupWritebackDefault", "value": "false"})), "{values:?}");
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_group_get_by_id_and_refuses_more_than_twenty() {
+    let h = Harness::start(SimConfig::default()).await;
+    let mut group = Group::security("g1", "One");
+    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    h.sim.add_group(group).expect("add");
+    let request = |id: &str, n: usize| json!({"id": n.to_string(), "method": "GET", "url": format!("/groups/{id}?$select=id,writebackConfiguration")});
+    let answer: Value = h
+        .http
+        .post(h.url("/beta/$batch"))
+        .bearer_auth(&h.token)
+        .json(&json!({"requests": [request("g1", 0), request("gone", 1)]}))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let responses = answer["responses"].as_array().expect("responses");
+    let by_id = |n: &str| responses.iter().find(|r| r["id"] == n).expect("answered");
+    assert_eq!(by_id("0")["status"], 200);
+    assert_eq!(by_id("0")["body"]["writebackConfiguration"]["isEnabled"], true);
+    assert_eq!(by_id("1")["status"], 404);
+    let too_many: Vec<Value> = (0..21).map(|n| request("g1", n)).collect();
+    let refused = h.http.post(h.url("/beta/$batch")).bearer_auth(&h.token).json(&json!({"requests": too_many})).send().await.expect("sent");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+}

@@ -337,3 +337,37 @@ async fn the_tenant_m365_writeback_default_decides_when_the_config_does_not() ->
     assert!(env.group(&unified).await?.is_some(), "written once the tenant's default is true");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_delta_without_writeback_configuration_is_caught_by_doctor_and_read_in_batches() -> anyhow::Result<()> {
+    // The world in which beta group delta does not return writebackConfiguration.
+    let config = writeback_tests::graphsim::SimConfig { delta_omits_writeback: true, ..Default::default() };
+    let mut env = Env::with_sim("trust-batch", config).await?;
+    let (u1, _) = env.synced_user("batch-u1").await?;
+    // More groups than one $batch request carries.
+    let ids: Vec<String> = (0..23).map(|_| new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        env.sim.add_group(enabled_group(id, &format!("Batched {i:02}"), &[&u1])).unwrap();
+    }
+    let doctor = env.run(&["doctor"]).await?;
+    assert!(!doctor.status.success());
+    let said = text(&doctor.stdout);
+    assert!(said.contains("FAIL  writebackConfiguration source") && said.contains("writeback_source = \"batch\""), "{said}");
+    // Reading delta alone, the agent sees no enabled group, and writes nothing.
+    env.sync(&[]).await?;
+    assert!(env.groups().await?.is_empty());
+
+    // Switched to $batch reads, the next cycle reads every group again and writes them all.
+    env.tenant_settings("writeback_source = \"batch\"")?;
+    env.sync(&[]).await?;
+    assert_eq!(env.groups().await?.len(), ids.len());
+    assert!(env.sim.request_count("/beta/$batch") >= 2, "23 groups take two batches of at most 20");
+    let said = text(&env.run(&["doctor"]).await?.stdout);
+    assert!(said.contains("pass  writebackConfiguration source: read with GET in $batch requests"), "{said}");
+
+    // A group added later arrives through a delta round, its setting read in a batch too.
+    env.sim.add_group(enabled_group(&new_id(), "Batched later", &[&u1])).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.groups().await?.len(), ids.len() + 1);
+    Ok(())
+}
