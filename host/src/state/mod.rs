@@ -596,8 +596,14 @@ impl TenantState {
     /// Records where `writebackConfiguration` is read from (`delta` or `batch`); returns whether that changed
     /// since the last call, which only a full round can make good.
     pub fn note_writeback_source(&self, source: &str) -> Result<bool, StateError> {
-        let previous = self.tree.insert(b"c\0writeback-source", source.as_bytes())?;
-        Ok(previous.is_some_and(|p| p.as_ref() != source.as_bytes()))
+        let key: &[u8] = b"c\0writeback-source";
+        let previous = self.tree.get(key)?;
+        if previous.as_deref() == Some(source.as_bytes()) {
+            // Quiet cycles write nothing.
+            return Ok(false);
+        }
+        self.tree.insert(key, source.as_bytes())?;
+        Ok(previous.is_some())
     }
 
     /// The tenant's `NewUnifiedGroupWritebackDefault` as last read from Graph.
