@@ -670,10 +670,11 @@ impl Leases {
         plan.watching
     }
 
-    /// Rounds until no lease that looks free is still being watched, for at most the longest ttl plus one
-    /// renewal: a one-shot run takes a dead holder's lease only once it has stayed unchanged for a ttl.
+    /// Rounds until no lease that looks free is still being watched, for at most two ttls plus one renewal: a
+    /// one-shot run takes a dead holder's lease only once it has stayed unchanged for a ttl.
     pub async fn claim(&self) {
-        let longest = self.tenants.iter().map(|t| t.ttl + t.renew_every).max().unwrap_or_default();
+        // A ttl from the first look, which a slow DC connection can make late, plus room for the last rounds.
+        let longest = self.tenants.iter().map(|t| 2 * t.ttl + t.renew_every).max().unwrap_or_default();
         let deadline = Instant::now() + longest;
         while self.round().await && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(1)).await;

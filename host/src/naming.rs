@@ -46,7 +46,10 @@ pub fn default_placement(id: &str, display_name: Option<&str>) -> Result<Placeme
         return Err(NamingError::BadId(id.to_string()));
     }
     let last12: String = id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-    let cut = utf16_prefix(name, MAX_CN - 13);
+    // Cloud sync keeps 51 characters of the name; an id with characters outside the BMP (never a GUID) has a
+    // longer suffix, and the name gives way so that the CN still fits.
+    let budget = (MAX_CN - 1).saturating_sub(last12.encode_utf16().count()).min(51);
+    let cut = utf16_prefix(name, budget);
     let cn = format!("{}_{}", cut.trim_end(), last12);
     let sam_tail: String = id_chars[id_chars.len().saturating_sub(18)..].iter().collect::<String>().to_lowercase();
     let placement = Placement { cn, sam_account_name: format!("G_{sam_tail}"), ou: None };

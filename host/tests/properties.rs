@@ -825,10 +825,12 @@ proptest! {
                 prop_assert!(p.cn.encode_utf16().count() <= naming::MAX_CN, "{:?}", p.cn);
                 let suffix = format!("_{last12}");
                 prop_assert!(p.cn.ends_with(&suffix), "{:?} does not end with {:?}", p.cn, suffix);
-                // AD counts UTF-16 units: the most whole characters that fit in 51 of them.
+                // AD counts UTF-16 units: the most whole characters that fit in 51 of them, or fewer when the
+                // id's suffix itself is longer than 12 units.
+                let budget = (naming::MAX_CN - 1 - last12.encode_utf16().count()).min(51);
                 let mut cut = String::new();
                 for c in trimmed.unwrap_or_default().chars() {
-                    if cut.encode_utf16().count() + c.len_utf16() > 51 {
+                    if cut.encode_utf16().count() + c.len_utf16() > budget {
                         break;
                     }
                     cut.push(c);
