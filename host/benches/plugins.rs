@@ -10,7 +10,9 @@ use writeback::plugins::{PluginEngine, TenantPlugins};
 use writeback::state::CloudGroup;
 
 fn wasm(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing; run plugins/build.sh first", path.display());
     path
 }
@@ -64,23 +66,36 @@ fn main() {
         model::check_placement(&placement, &settings).expect("valid placement");
     });
     let mut call = || {
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins).expect("valid placement").expect("written, not excluded");
+        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins)
+            .expect("valid placement")
+            .expect("written, not excluded");
     };
     call();
     let calls = 200_000;
     let warm = mean(calls, &mut call);
     let fresh = mean(2_000, || {
         plugins.drop_instances();
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins).expect("valid placement").expect("written, not excluded");
+        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins)
+            .expect("valid placement")
+            .expect("written, not excluded");
     });
     let builtin = mean(calls, || {
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut model::BuiltinPolicy).expect("valid placement").expect("written, not excluded");
+        model::place_and_transform(&group, GroupKind::Security, &settings, &mut model::BuiltinPolicy)
+            .expect("valid placement")
+            .expect("written, not excluded");
     });
 
-    println!("plugin benchmark (cloud_sync_naming.wasm, {} bytes)", std::fs::metadata(wasm("cloud_sync_naming")).map(|m| m.len()).unwrap_or(0));
+    println!(
+        "plugin benchmark (cloud_sync_naming.wasm, {} bytes)",
+        std::fs::metadata(wasm("cloud_sync_naming")).map(|m| m.len()).unwrap_or(0)
+    );
     println!("  load: compile (engine, compile, link, InstancePre) {:>9.3} ms", compile.as_secs_f64() * 1e3);
     println!("  load: from the compile cache (link, InstancePre)    {:>9.3} ms", cached.as_secs_f64() * 1e3);
-    println!("  warm naming call incl. validation                   {:>9.3} µs  ({:.0} calls/s)", naming_only.as_secs_f64() * 1e6, 1.0 / naming_only.as_secs_f64());
+    println!(
+        "  warm naming call incl. validation                   {:>9.3} µs  ({:.0} calls/s)",
+        naming_only.as_secs_f64() * 1e6,
+        1.0 / naming_only.as_secs_f64()
+    );
     println!("    of which the plugin call                          {:>9.3} µs", place_only.as_secs_f64() * 1e6);
     println!("    of which validation                               {:>9.3} µs", check_only.as_secs_f64() * 1e6);
     println!("  whole model step (naming, validation, attributes)   {:>9.3} µs", warm.as_secs_f64() * 1e6);

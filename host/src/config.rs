@@ -294,18 +294,16 @@ pub struct CertificateFiles {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         warn_if_world_readable(path, "the config file");
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text. Relative plugin paths are taken from the directory of `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: one_line(&e.to_string()),
-        })?;
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: one_line(&e.to_string()) })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for tenant in &mut config.tenants {
             tenant.plugins.resolve_paths(base);
@@ -374,7 +372,12 @@ impl AgentConfig {
             return id.clone();
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect();
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(64)
+            .collect();
         if host.is_empty() { "writeback".into() } else { host }
     }
 }
@@ -407,8 +410,8 @@ impl LeaseConfig {
 impl TenantConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let name = &self.name;
-        let valid_name = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !valid_name {
             return Err(ConfigError::Invalid(format!(
                 "tenant name {name:?} must be non-empty and use only letters, digits, '-', '_' or '.'"
@@ -427,7 +430,9 @@ impl TenantConfig {
         self.one_client_credential()?;
         for dn in &self.protected_groups {
             if crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty()) {
-                return Err(ConfigError::Invalid(format!("tenant {name}: protected_groups entry {dn:?} is not a distinguished name")));
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {name}: protected_groups entry {dn:?} is not a distinguished name"
+                )));
             }
         }
         self.directory.validate(name)?;
@@ -490,8 +495,11 @@ impl TenantConfig {
             return self.client_secret().map(ClientCredential::Secret);
         };
         let what = format!("tenant {} client certificate", self.name);
-        let certificate_pem = std::fs::read(certificate_file)
-            .map_err(|cause| ConfigError::SecretFile { what, path: certificate_file.clone(), cause })?;
+        let certificate_pem = std::fs::read(certificate_file).map_err(|cause| ConfigError::SecretFile {
+            what,
+            path: certificate_file.clone(),
+            cause,
+        })?;
         let key_pem = read_secret(&format!("tenant {} client key", self.name), &Some(key_file.clone()), &None)?;
         Ok(ClientCredential::Certificate(CertificateFiles {
             certificate_file: certificate_file.clone(),
@@ -503,11 +511,7 @@ impl TenantConfig {
 
     /// Reads the client secret from its file or environment variable.
     pub fn client_secret(&self) -> Result<Secret, ConfigError> {
-        read_secret(
-            &format!("tenant {} client secret", self.name),
-            &self.client_secret_file,
-            &self.client_secret_env,
-        )
+        read_secret(&format!("tenant {} client secret", self.name), &self.client_secret_file, &self.client_secret_env)
     }
 
     /// `login_url` without a trailing slash.
@@ -566,15 +570,23 @@ impl PluginsConfig {
 
     fn validate(&self, tenant: &str) -> Result<(), ConfigError> {
         if self.timeout.is_zero() || self.memory_limit_mib == 0 {
-            return Err(ConfigError::Invalid(format!("tenant {tenant}: plugin timeout and memory_limit_mib must be more than 0")));
+            return Err(ConfigError::Invalid(format!(
+                "tenant {tenant}: plugin timeout and memory_limit_mib must be more than 0"
+            )));
         }
         for ou in &self.allowed_ous {
             // A domain root would make every anchored group in the domain a candidate of this tenant.
-            if crate::dn::parse(ou).is_some_and(|rdns| !rdns.is_empty() && rdns.iter().flatten().all(|ava| ava.attr.eq_ignore_ascii_case("DC"))) {
-                return Err(ConfigError::Invalid(format!("tenant {tenant}: allowed_ous entry {ou:?} is a domain root; name an OU")));
+            if crate::dn::parse(ou).is_some_and(|rdns| {
+                !rdns.is_empty() && rdns.iter().flatten().all(|ava| ava.attr.eq_ignore_ascii_case("DC"))
+            }) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {tenant}: allowed_ous entry {ou:?} is a domain root; name an OU"
+                )));
             }
             if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
-                return Err(ConfigError::Invalid(format!("tenant {tenant}: allowed_ous entry {ou:?} is not a distinguished name")));
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {tenant}: allowed_ous entry {ou:?} is not a distinguished name"
+                )));
             }
         }
         for name in self.transform_attributes.iter().flatten() {
@@ -653,11 +665,15 @@ fn read_secret(what: &str, file: &Option<PathBuf>, env: &Option<String>) -> Resu
     let value = match (file, env) {
         (Some(path), _) => {
             warn_if_world_readable(path, what);
-            std::fs::read_to_string(path)
-                .map_err(|cause| ConfigError::SecretFile { what: what.into(), path: path.clone(), cause })?
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::SecretFile {
+                what: what.into(),
+                path: path.clone(),
+                cause,
+            })?
         }
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| ConfigError::SecretEnv { what: what.into(), var: var.clone() })?,
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| ConfigError::SecretEnv { what: what.into(), var: var.clone() })?
+        }
         (None, None) => return Err(ConfigError::Invalid(format!("{what} is not configured"))),
     };
     // Files written by editors and `echo` end with a newline that is not part of the secret.
@@ -750,21 +766,28 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         // An allowed OU of one tenant inside another tenant's target OU would make that tenant's groups its own.
         let plugins = "[tenant.plugins]\nallowed_ous = [\"OU=Shared,OU=Other,DC=corp,DC=example,DC=test\"]\n";
         let err = parse(&two_tenants("OU=Other,DC=corp", plugins)).unwrap_err().to_string();
-        assert!(err.contains("(OU=Shared,OU=Other,DC=corp,DC=example,DC=test and OU=Other,DC=corp,DC=example,DC=test)"), "{err}");
+        assert!(
+            err.contains("(OU=Shared,OU=Other,DC=corp,DC=example,DC=test and OU=Other,DC=corp,DC=example,DC=test)"),
+            "{err}"
+        );
         let plugins = "[tenant.plugins]\nallowed_ous = [\"OU=Elsewhere,DC=corp,DC=example,DC=test\"]\n";
         assert!(parse(&two_tenants("OU=Other,DC=corp", plugins)).is_ok());
     }
 
     #[test]
     fn an_empty_reconcile_batch_is_refused() {
-        let text = GOOD.replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/tmp/secret\"\nreconcile_batch = 0");
+        let text = GOOD.replace(
+            "client_secret_file = \"/tmp/secret\"",
+            "client_secret_file = \"/tmp/secret\"\nreconcile_batch = 0",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("tenant contoso: reconcile_batch must be at least 1"), "{err}");
     }
 
     #[test]
     fn both_secret_sources_are_refused() {
-        let text = GOOD.replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/a\"\nclient_secret_env = \"X\"");
+        let text = GOOD
+            .replace("client_secret_file = \"/tmp/secret\"", "client_secret_file = \"/a\"\nclient_secret_env = \"X\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("either client_secret_file or client_secret_env"), "{err}");
     }
@@ -800,7 +823,9 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
             err.contains("set either client_certificate_file with client_key_file or client_secret_file and client_secret_env, not both"),
             "{err}"
         );
-        let text = with_client_credential("client_secret_env = \"S\"\nclient_certificate_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n");
+        let text = with_client_credential(
+            "client_secret_env = \"S\"\nclient_certificate_file = \"/c.pem\"\nclient_key_file = \"/k.pem\"\n",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("or client_secret_env, not both"), "{err}");
     }
@@ -876,7 +901,9 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"info\", \"Member\"]\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("may not include Member"), "{err}");
-        for name in ["adminCount", "managedBy", "memberUid", "gidNumber", "memberOf", "msDS-KeyCredentialLink", "sIDHistory"] {
+        for name in
+            ["adminCount", "managedBy", "memberUid", "gidNumber", "memberOf", "msDS-KeyCredentialLink", "sIDHistory"]
+        {
             let text = format!("{GOOD}\n[tenant.plugins]\ntransform_attributes = [\"{name}\"]\n");
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(&format!("may not include {name}")), "{err}");

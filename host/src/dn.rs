@@ -135,7 +135,8 @@ fn rdns_equal(a: &[Vec<Ava>], b: &[Vec<Ava>]) -> bool {
 /// RDNs are equal when they hold the same attribute-value pairs, in any order, counted with repeats.
 fn rdn_equal(a: &[Ava], b: &[Ava]) -> bool {
     let folded = |rdn: &[Ava]| {
-        let mut pairs: Vec<(String, String)> = rdn.iter().map(|ava| (ava.attr.to_ascii_lowercase(), fold(&ava.value))).collect();
+        let mut pairs: Vec<(String, String)> =
+            rdn.iter().map(|ava| (ava.attr.to_ascii_lowercase(), fold(&ava.value))).collect();
         pairs.sort();
         pairs
     };

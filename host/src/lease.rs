@@ -363,9 +363,13 @@ impl TenantLease {
         work: impl AsyncFnOnce(&mut Directory) -> Result<T, DirectoryError>,
     ) -> Result<T, DirectoryError> {
         let mut connection = self.connection.lock().await;
-        let not_connected = || DirectoryError::Connect { url: self.directory.url.clone(), cause: "not connected".into() };
+        let not_connected =
+            || DirectoryError::Connect { url: self.directory.url.clone(), cause: "not connected".into() };
         if connection.is_none() {
-            let password = self.directory.password(&self.tenant).map_err(|e| DirectoryError::Connect { url: self.directory.url.clone(), cause: e.to_string() })?;
+            let password = self
+                .directory
+                .password(&self.tenant)
+                .map_err(|e| DirectoryError::Connect { url: self.directory.url.clone(), cause: e.to_string() })?;
             *connection = Some(Directory::connect(&self.directory, &password).await?);
         }
         let directory = connection.as_mut().ok_or_else(not_connected)?;
@@ -419,8 +423,15 @@ impl TenantLease {
     /// Replaces this agent's presence value, and drops presence values that have been stale for long.
     async fn refresh_presence(&self, object: &LeaseObject) -> Result<(), DirectoryError> {
         let own_id = |p: &str| presence_agent(p) == Some(self.agent.as_str());
-        let mine: Vec<&String> = object.presence.iter().filter(|p| own_id(p) && presence_nonce(p) == self.nonce).collect();
-        let old = self.presence.lock().unwrap_or_else(PoisonError::into_inner).clone().filter(|o| mine.contains(&o)).or_else(|| mine.first().map(|p| (*p).clone()));
+        let mine: Vec<&String> =
+            object.presence.iter().filter(|p| own_id(p) && presence_nonce(p) == self.nonce).collect();
+        let old = self
+            .presence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|o| mine.contains(&o))
+            .or_else(|| mine.first().map(|p| (*p).clone()));
         let new = format!("{} {} {}", self.agent, object.dc_time, self.nonce);
         // Extra values of this process go at once; a dead earlier process of this agent after one ttl (a
         // live one is a rival, and must stay visible); other agents' values after ten.
@@ -495,7 +506,10 @@ impl TenantLease {
             Action::Request => LeaseValue { token: token(), requested: true, ..old.clone() },
         };
         let rendered = new.render();
-        let swapped = match self.with_directory(async |d| d.swap_lease(&self.dn, seen.object.value.as_deref(), &rendered).await).await {
+        let swapped = match self
+            .with_directory(async |d| d.swap_lease(&self.dn, seen.object.value.as_deref(), &rendered).await)
+            .await
+        {
             Ok(swapped) => swapped,
             // The modify may have been applied before the connection dropped: look again.
             Err(e) if e.is_transient() => {
@@ -520,7 +534,13 @@ impl TenantLease {
                 self.releasing.store(false, Ordering::SeqCst);
                 self.fence.hold(new.epoch, seen.started + self.ttl - self.margin);
                 let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-                *view = LeaseView { role: Role::Active, holder: self.agent.clone(), epoch: new.epoch, expires: new.expires, duplicate: None };
+                *view = LeaseView {
+                    role: Role::Active,
+                    holder: self.agent.clone(),
+                    epoch: new.epoch,
+                    expires: new.expires,
+                    duplicate: None,
+                };
             }
             (_, false) => {
                 // Look at what won, so that a `lease release` run for this agent is not reported as a loss.
@@ -549,7 +569,8 @@ impl TenantLease {
     async fn release(&self) -> Result<Released, DirectoryError> {
         for _ in 0..5 {
             let seen = self.observe(false).await?;
-            let Some(value) = seen.value.as_ref().filter(|v| v.holder == self.agent && !v.is_free(seen.object.dc_time)) else {
+            let Some(value) = seen.value.as_ref().filter(|v| v.holder == self.agent && !v.is_free(seen.object.dc_time))
+            else {
                 return Ok(Released::NotHeld);
             };
             let action = if value.held_by(&self.agent, &self.nonce) { Action::Release } else { Action::Request };
@@ -604,7 +625,11 @@ impl Leases {
             agent: agent.to_string(),
             nonce: nonce.clone(),
             mode,
-            tenants: tenants.into_iter().filter_map(|t| TenantLease::new(agent, &nonce, announce, t)).map(Arc::new).collect(),
+            tenants: tenants
+                .into_iter()
+                .filter_map(|t| TenantLease::new(agent, &nonce, announce, t))
+                .map(Arc::new)
+                .collect(),
             changed: Arc::new(tokio::sync::Notify::new()),
             shutdown: Arc::new(tokio::sync::Notify::new()),
             stopping: AtomicBool::new(false),
@@ -761,7 +786,17 @@ impl<'a> Share<'a> {
             }
         }
         let mine = holders.get(agent).copied().unwrap_or(0);
-        Share { agent, nonce, mode, mine, cap: tenants.div_ceil(live.len()), holders, live, released: false, watching: false }
+        Share {
+            agent,
+            nonce,
+            mode,
+            mine,
+            cap: tenants.div_ceil(live.len()),
+            holders,
+            live,
+            released: false,
+            watching: false,
+        }
     }
 
     fn decide(&mut self, seen: &Observation, ttl: Duration) -> Action {
@@ -894,10 +929,23 @@ mod tests {
 
     /// A lease held by `holder`'s process `n-<holder>`.
     fn held(holder: &str, expires: u64) -> Option<LeaseValue> {
-        Some(LeaseValue { holder: holder.into(), epoch: 1, expires, token: "t".into(), nonce: format!("n-{holder}"), ..LeaseValue::default() })
+        Some(LeaseValue {
+            holder: holder.into(),
+            epoch: 1,
+            expires,
+            token: "t".into(),
+            nonce: format!("n-{holder}"),
+            ..LeaseValue::default()
+        })
     }
 
-    fn share<'a>(agent: &'a str, nonce: &'a str, seen: &[Option<Observation>], mode: Mode, tenants: usize) -> Share<'a> {
+    fn share<'a>(
+        agent: &'a str,
+        nonce: &'a str,
+        seen: &[Option<Observation>],
+        mode: Mode,
+        tenants: usize,
+    ) -> Share<'a> {
         Share::new(agent, nonce, seen, mode, tenants)
     }
 
@@ -933,7 +981,8 @@ mod tests {
     #[test]
     fn two_agents_split_four_tenants_two_and_two() {
         // Agent a holds all four; b is alive and holds none: a hands over exactly one per round.
-        let seen: Vec<Option<Observation>> = (0..4).map(|_| Some(observation(held("a", 100), &["a", "b"], 50))).collect();
+        let seen: Vec<Option<Observation>> =
+            (0..4).map(|_| Some(observation(held("a", 100), &["a", "b"], 50))).collect();
         let mut plan = share("a", "n-a", &seen, Mode::Share, 4);
         let actions: Vec<Action> = seen.iter().flatten().map(|o| plan.decide(o, TTL)).collect();
         assert_eq!(actions, [Action::Release, Action::Renew, Action::Renew, Action::Renew]);
@@ -976,15 +1025,12 @@ mod tests {
     #[test]
     fn a_lease_that_looks_free_is_taken_only_after_a_full_ttl_unchanged_on_the_monotonic_clock() {
         let unreadable = LeaseObject { value: Some("garbage".into()), presence: Vec::new(), dc_time: 50 };
-        let released_elsewhere = LeaseValue { expires: 60, released_by: "a".into(), nonce: "n-cli".into(), ..LeaseValue::default() };
+        let released_elsewhere =
+            LeaseValue { expires: 60, released_by: "a".into(), nonce: "n-cli".into(), ..LeaseValue::default() };
         // Expired by the DC's clock (which may have stepped), missing, unreadable, or released by a process
         // that is not the holder: the holder may still write until its own deadline.
-        let cases = [
-            (held("dead", 40), None),
-            (None, None),
-            (None, Some(unreadable)),
-            (Some(released_elsewhere), None),
-        ];
+        let cases =
+            [(held("dead", 40), None), (None, None), (None, Some(unreadable)), (Some(released_elsewhere), None)];
         for (value, object) in cases {
             for mode in [Mode::Share, Mode::Claim] {
                 let mut seen = watched(value.clone(), &["b"], 50, TTL - Duration::from_millis(1));

@@ -6,17 +6,17 @@
 
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod dn;
 pub mod graph;
 pub mod lease;
+pub mod metrics;
 pub mod model;
 pub mod naming;
 pub mod ownership;
 pub mod plan;
-pub mod state;
-pub mod directory;
-pub mod status;
-pub mod sync;
 pub mod plugins;
 pub mod progress;
-pub mod metrics;
+pub mod state;
+pub mod status;
+pub mod sync;

@@ -119,15 +119,43 @@ impl Metrics {
         };
         registry.register("cycles", "Sync cycles by outcome", metrics.cycles.clone());
         registry.register("cycle_duration_seconds", "Duration of sync cycles", metrics.cycle_seconds.clone());
-        registry.register("graph_requests", "Graph and token requests by HTTP status (0: no answer)", metrics.graph_requests.clone());
-        registry.register("graph_throttled", "Graph answers asking the agent to wait (429, 503 with Retry-After)", metrics.graph_throttled.clone());
-        registry.register("directory_operations", "Directory writes by kind and outcome", metrics.directory_operations.clone());
-        registry.register("directory_connections", "LDAP connections opened (quiet cycles open none)", metrics.directory_connections.clone());
-        registry.register("groups", "Groups by state: managed, held, quarantined, excluded, conflict, pending, and look-alike objects", metrics.groups.clone());
+        registry.register(
+            "graph_requests",
+            "Graph and token requests by HTTP status (0: no answer)",
+            metrics.graph_requests.clone(),
+        );
+        registry.register(
+            "graph_throttled",
+            "Graph answers asking the agent to wait (429, 503 with Retry-After)",
+            metrics.graph_throttled.clone(),
+        );
+        registry.register(
+            "directory_operations",
+            "Directory writes by kind and outcome",
+            metrics.directory_operations.clone(),
+        );
+        registry.register(
+            "directory_connections",
+            "LDAP connections opened (quiet cycles open none)",
+            metrics.directory_connections.clone(),
+        );
+        registry.register(
+            "groups",
+            "Groups by state: managed, held, quarantined, excluded, conflict, pending, and look-alike objects",
+            metrics.groups.clone(),
+        );
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
         registry.register("plugin_calls", "Plugin calls by plugin and outcome", metrics.plugin_calls.clone());
-        registry.register("lease_active", "1 when this agent holds the tenant's writer lease (active), 0 when standby", metrics.lease_active.clone());
-        registry.register("lease_lost", "Writer leases lost without being released (expired or taken over)", metrics.lease_lost.clone());
+        registry.register(
+            "lease_active",
+            "1 when this agent holds the tenant's writer lease (active), 0 when standby",
+            metrics.lease_active.clone(),
+        );
+        registry.register(
+            "lease_lost",
+            "Writer leases lost without being released (expired or taken over)",
+            metrics.lease_lost.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -150,7 +178,9 @@ impl Metrics {
 
     fn record_groups(&self, tenant: &str, status: &crate::status::TenantStatus) {
         let set = |state: &str, value: usize| {
-            self.groups.get_or_create(&GroupStateLabels { tenant: tenant.into(), state: state.into() }).set(value as i64);
+            self.groups
+                .get_or_create(&GroupStateLabels { tenant: tenant.into(), state: state.into() })
+                .set(value as i64);
         };
         set("managed", status.managed_groups);
         let quarantined = status.held_groups.iter().filter(|h| h.reason.starts_with(crate::sync::QUARANTINED)).count();
@@ -213,7 +243,8 @@ impl Metrics {
         }
         let failed = failing.keys().map(|tenant| format!("tenant {tenant}: last cycle failed\n"));
         let lost = lost.keys().map(|tenant| format!("tenant {tenant}: writer lease lost\n"));
-        let twins = duplicates.iter().map(|tenant| format!("tenant {tenant}: agent id used by another running process\n"));
+        let twins =
+            duplicates.iter().map(|tenant| format!("tenant {tenant}: agent id used by another running process\n"));
         Some(failed.chain(lost).chain(twins).collect())
     }
 }
@@ -255,7 +286,10 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics and /healthz");
     let app = axum::Router::new()
-        .route("/metrics", get(|| async { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], global().encode()) }))
+        .route(
+            "/metrics",
+            get(|| async { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], global().encode()) }),
+        )
         .route(
             "/healthz",
             get(|| async {

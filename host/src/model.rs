@@ -106,7 +106,11 @@ pub trait GroupPolicy: Send {
     /// The group's CN, sAMAccountName and OU; `Err` holds the group.
     fn place(&mut self, group: &PolicyGroup) -> Result<Placement, Hold>;
     /// Changes the attributes about to be written, or excludes the group; `Err` holds the group.
-    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold>;
+    fn transform(
+        &mut self,
+        group: &PolicyGroup,
+        attributes: &mut BTreeMap<String, Vec<String>>,
+    ) -> Result<Transformed, Hold>;
 }
 
 /// The built-in policy: cloud sync's naming, no transforms.
@@ -130,12 +134,9 @@ pub fn check_placement(placement: &Placement, settings: &ModelSettings) -> Resul
     if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
         return Err(format!("ou {ou:?} is not a distinguished name"));
     }
-    let allowed = std::iter::once(&settings.target_ou).chain(&settings.allowed_ous).any(|base| crate::dn::is_within(ou, base));
-    if allowed {
-        Ok(())
-    } else {
-        Err(format!("ou {ou:?} is outside the target OU and every allowed_ous entry"))
-    }
+    let allowed =
+        std::iter::once(&settings.target_ou).chain(&settings.allowed_ous).any(|base| crate::dn::is_within(ou, base));
+    if allowed { Ok(()) } else { Err(format!("ou {ou:?} is outside the target OU and every allowed_ous entry")) }
 }
 
 /// A member the group should have, before the directory is asked about it.
@@ -239,7 +240,9 @@ pub fn intent(
     policy: &mut dyn GroupPolicy,
 ) -> Result<(Intent, Vec<SkippedMember>), StateError> {
     if let Some(reason) = state.unreadable(&group.id)? {
-        let reason = format!("Graph sent an entry for this group that cannot be read ({reason}); nothing of it is written or deleted until a full round reads it whole");
+        let reason = format!(
+            "Graph sent an entry for this group that cannot be read ({reason}); nothing of it is written or deleted until a full round reads it whole"
+        );
         return Ok((Intent::Refuse(reason), Vec::new()));
     }
     let kind = match scope(group, settings.m365_default_writeback) {
@@ -248,7 +251,13 @@ pub fn intent(
     };
     // The anchor carries the id, and only `Group_<GUID>` anchors are recognised as writeback's.
     if !crate::ownership::is_guid(&group.id) {
-        return Ok((Intent::Refuse(format!("the group's id {:?} is not a GUID, so its anchor could not be recognised", group.id)), Vec::new()));
+        return Ok((
+            Intent::Refuse(format!(
+                "the group's id {:?} is not a GUID, so its anchor could not be recognised",
+                group.id
+            )),
+            Vec::new(),
+        ));
     }
     let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
         Ok(Ok(found)) => found,
@@ -380,7 +389,11 @@ mod tests {
     use super::*;
 
     fn group(f: impl FnOnce(&mut CloudGroup)) -> CloudGroup {
-        let mut g = CloudGroup { id: "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718".into(), display_name: Some("G".into()), ..Default::default() };
+        let mut g = CloudGroup {
+            id: "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718".into(),
+            display_name: Some("G".into()),
+            ..Default::default()
+        };
         f(&mut g);
         g
     }
@@ -406,7 +419,10 @@ mod tests {
     fn scope_follows_writeback_configuration() {
         let unified = |g: &mut CloudGroup| g.group_types = Some(vec!["Unified".into()]);
         assert_eq!(scope(&group(|g| g.writeback_enabled = Some(true)), true), Ok(GroupKind::Security));
-        assert!(matches!(scope(&group(|_| {}), true), Err(Intent::Leave(_))), "security group with null is not written");
+        assert!(
+            matches!(scope(&group(|_| {}), true), Err(Intent::Leave(_))),
+            "security group with null is not written"
+        );
         assert_eq!(scope(&group(unified), true), Ok(GroupKind::Distribution));
         assert!(matches!(scope(&group(unified), false), Err(Intent::Leave(_))));
         assert!(matches!(scope(&group(|g| g.writeback_enabled = Some(false)), true), Err(Intent::Leave(_))));
@@ -419,10 +435,12 @@ mod tests {
 
     #[test]
     fn group_type_maps_to_kind() {
-        let typed = |t: &str| group(|g| {
-            g.writeback_enabled = Some(true);
-            g.writeback_group_type = Some(t.into());
-        });
+        let typed = |t: &str| {
+            group(|g| {
+                g.writeback_enabled = Some(true);
+                g.writeback_group_type = Some(t.into());
+            })
+        };
         assert_eq!(scope(&typed("universalDistributionGroup"), true), Ok(GroupKind::Distribution));
         assert_eq!(scope(&typed("universalMailEnabledSecurityGroup"), true), Ok(GroupKind::MailEnabledSecurity));
         assert_eq!(scope(&typed("universalSecurityGroup"), true), Ok(GroupKind::Security));
@@ -459,7 +477,12 @@ mod tests {
         let wide = group(|g| g.display_name = Some("😀".repeat(200)));
         let display = &attributes(&wide, GroupKind::Security, &placement, &schema)["displayName"][0];
         assert_eq!(display.encode_utf16().count(), MAX_DISPLAY_NAME, "AD counts UTF-16 units");
-        let dist = attributes(&g, GroupKind::Distribution, &placement, &SchemaSupport { mail_nickname: true, ..Default::default() });
+        let dist = attributes(
+            &g,
+            GroupKind::Distribution,
+            &placement,
+            &SchemaSupport { mail_nickname: true, ..Default::default() },
+        );
         assert_eq!(dist["mail"], ["a@x"]);
         assert_eq!(dist["mailNickname"], ["a"]);
         assert_eq!(dist["groupType"], ["8"]);

@@ -61,10 +61,12 @@ pub fn default_placement(id: &str, display_name: Option<&str>) -> Result<Placeme
 /// counts string lengths in UTF-16 units, so a character outside the BMP (an emoji) counts twice.
 pub fn utf16_prefix(text: &str, units: usize) -> String {
     let mut used = 0;
-    text.chars().take_while(|c| {
-        used += c.len_utf16();
-        used <= units
-    }).collect()
+    text.chars()
+        .take_while(|c| {
+            used += c.len_utf16();
+            used <= units
+        })
+        .collect()
 }
 
 /// Checks the rules Windows AD enforces on names (and Samba does not).
@@ -90,7 +92,10 @@ fn validate_sam(sam: &str) -> Result<(), NamingError> {
     if sam.chars().count() > MAX_SAM {
         return bad("it is longer than 20 characters");
     }
-    let illegal = |c: char| c.is_control() || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>');
+    let illegal = |c: char| {
+        c.is_control()
+            || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>')
+    };
     if sam.chars().any(illegal) {
         return bad("it contains one of \"/\\[]:;|=,+*?<> or a control character");
     }

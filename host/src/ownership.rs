@@ -86,7 +86,10 @@ mod tests {
         let found = [at("a", "CN=G,OU=Users,DC=corp"), at("b", "CN=G,OU=Sub,OU=Finance,DC=corp")];
         assert_eq!(judge(&found, None, &ous()), Verdict { ours: Some(1), lookalikes: vec![0], conflicting: vec![] });
         // A recorded object that is gone (deleted, or its anchor removed) counts as no record.
-        assert_eq!(judge(&found, Some("gone"), &ous()), Verdict { ours: Some(1), lookalikes: vec![0], conflicting: vec![] });
+        assert_eq!(
+            judge(&found, Some("gone"), &ous()),
+            Verdict { ours: Some(1), lookalikes: vec![0], conflicting: vec![] }
+        );
         // Outside every OU of the tenant, an anchored object is never ours.
         let outside = [at("a", "CN=G,OU=Users,DC=corp"), at("b", "CN=G,OU=Writeback2,DC=corp")];
         assert_eq!(judge(&outside, None, &ous()), Verdict { ours: None, lookalikes: vec![0, 1], conflicting: vec![] });
@@ -94,16 +97,33 @@ mod tests {
 
     #[test]
     fn two_objects_inside_the_tenant_ous_without_a_record_are_a_conflict_never_last_one_wins() {
-        let found = [at("a", "CN=G,OU=Writeback,DC=corp"), at("b", "CN=G2,OU=Writeback,DC=corp"), at("c", "CN=G,DC=corp")];
+        let found =
+            [at("a", "CN=G,OU=Writeback,DC=corp"), at("b", "CN=G2,OU=Writeback,DC=corp"), at("c", "CN=G,DC=corp")];
         assert_eq!(judge(&found, None, &ous()), Verdict { ours: None, lookalikes: vec![2], conflicting: vec![0, 1] });
-        assert_eq!(judge(&found, Some("b"), &ous()), Verdict { ours: Some(1), lookalikes: vec![0, 2], conflicting: vec![] });
+        assert_eq!(
+            judge(&found, Some("b"), &ous()),
+            Verdict { ours: Some(1), lookalikes: vec![0, 2], conflicting: vec![] }
+        );
     }
 
     #[test]
     fn only_guid_anchors_are_ours() {
-        assert_eq!(anchor_id("Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718"), Some("2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718"));
-        assert_eq!(anchor_id("Group_2F8A3C1E-5B7D-4E9F-A1B2-C3D4E5F60718"), Some("2F8A3C1E-5B7D-4E9F-A1B2-C3D4E5F60718"));
-        for foreign in ["Group_DoNotSync", "Group_", "Group_2f8a3c1e5b7d4e9fa1b2c3d4e5f60718", "Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f6071g", "group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718", "Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718 "] {
+        assert_eq!(
+            anchor_id("Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718"),
+            Some("2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718")
+        );
+        assert_eq!(
+            anchor_id("Group_2F8A3C1E-5B7D-4E9F-A1B2-C3D4E5F60718"),
+            Some("2F8A3C1E-5B7D-4E9F-A1B2-C3D4E5F60718")
+        );
+        for foreign in [
+            "Group_DoNotSync",
+            "Group_",
+            "Group_2f8a3c1e5b7d4e9fa1b2c3d4e5f60718",
+            "Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f6071g",
+            "group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718",
+            "Group_2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718 ",
+        ] {
             assert_eq!(anchor_id(foreign), None, "{foreign}");
         }
     }

@@ -368,7 +368,12 @@ fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
     [others, sam]
         .into_iter()
         .filter(|changes| !changes.is_empty())
-        .map(|changes| Op::Modify { group_id: desired.id.clone(), guid: current.guid.clone(), dn: current.dn.clone(), changes })
+        .map(|changes| Op::Modify {
+            group_id: desired.id.clone(),
+            guid: current.guid.clone(),
+            dn: current.dn.clone(),
+            changes,
+        })
         .collect()
 }
 
@@ -407,7 +412,9 @@ fn same_values(name: &str, want: &[String], have: &[String]) -> bool {
 fn member_sid<'a>(member: &'a DesiredMember, snapshot: &'a Snapshot) -> Option<String> {
     match member {
         DesiredMember::Sid { sid, .. } => Some(sid.to_uppercase()),
-        DesiredMember::CloudGroup { member_id } => snapshot.managed.get(member_id)?.sid.as_ref().map(|s| s.to_uppercase()),
+        DesiredMember::CloudGroup { member_id } => {
+            snapshot.managed.get(member_id)?.sid.as_ref().map(|s| s.to_uppercase())
+        }
     }
 }
 
@@ -427,7 +434,12 @@ struct MemberDiff {
 }
 
 /// Member values to add, and the members that cannot be written.
-fn member_diff(desired: &DesiredGroup, current: Option<&DirectoryGroup>, snapshot: &Snapshot, nested: &NestedGroups) -> MemberDiff {
+fn member_diff(
+    desired: &DesiredGroup,
+    current: Option<&DirectoryGroup>,
+    snapshot: &Snapshot,
+    nested: &NestedGroups,
+) -> MemberDiff {
     let present: HashSet<String> = current
         .map(|c| c.members.iter().filter_map(|m| m.sid.as_ref().map(|s| s.to_uppercase())).collect())
         .unwrap_or_default();
@@ -454,9 +466,13 @@ fn member_diff(desired: &DesiredGroup, current: Option<&DirectoryGroup>, snapsho
             DesiredMember::CloudGroup { member_id } => match snapshot.managed.get(member_id) {
                 Some(g) if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
                 Some(g) => diff.adds.push(MemberValue::Dn(g.dn.clone())),
-                None if nested.creating.contains(member_id.as_str()) => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
+                None if nested.creating.contains(member_id.as_str()) => {
+                    diff.adds.push(MemberValue::NewGroup(member_id.clone()))
+                }
                 None if (nested.later)(member_id) => diff.waiting = true,
-                None => diff.skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into())),
+                None => {
+                    diff.skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into()))
+                }
             },
         }
     }
@@ -496,7 +512,14 @@ mod tests {
         let mut attributes = BTreeMap::new();
         attributes.insert("displayName".to_string(), vec![cn.to_string()]);
         attributes.insert("description".to_string(), vec![]);
-        DesiredGroup { id: id.into(), cn: cn.into(), parent_dn: OU.into(), kind: GroupKind::Security, attributes, members }
+        DesiredGroup {
+            id: id.into(),
+            cn: cn.into(),
+            parent_dn: OU.into(),
+            kind: GroupKind::Security,
+            attributes,
+            members,
+        }
     }
 
     fn existing(id: &str, cn: &str, members: &[(&str, &str)]) -> DirectoryGroup {
@@ -507,7 +530,10 @@ mod tests {
             sid: Some(format!("S-1-5-21-9-{id}")),
             dn: dn::child(cn, OU),
             attributes,
-            members: members.iter().map(|(dn, sid)| DirectoryMember { dn: dn.to_string(), sid: Some(sid.to_string()) }).collect(),
+            members: members
+                .iter()
+                .map(|(dn, sid)| DirectoryMember { dn: dn.to_string(), sid: Some(sid.to_string()) })
+                .collect(),
         }
     }
 
@@ -518,7 +544,10 @@ mod tests {
     fn snapshot_with_users(sids: &[&str]) -> Snapshot {
         let mut s = Snapshot::default();
         for sid in sids {
-            s.principals.insert(sid.to_string(), Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None, classes: vec!["user".into()] });
+            s.principals.insert(
+                sid.to_string(),
+                Principal { dn: format!("CN={sid},CN=Users,DC=corp"), group_type: None, classes: vec!["user".into()] },
+            );
         }
         s
     }
@@ -551,7 +580,10 @@ mod tests {
         let Op::Create { dn, attributes, .. } = &plan.ops[0] else { panic!("create first") };
         assert_eq!(dn, &format!("CN=G,{OU}"));
         assert!(attributes.iter().all(|(k, v)| k != "description" && !v.is_empty()), "empty attributes are not sent");
-        assert!(attributes.contains(&("member".to_string(), vec!["CN=S-1,CN=Users,DC=corp".to_string()])), "{attributes:?}");
+        assert!(
+            attributes.contains(&("member".to_string(), vec!["CN=S-1,CN=Users,DC=corp".to_string()])),
+            "{attributes:?}"
+        );
     }
 
     #[test]
@@ -563,7 +595,9 @@ mod tests {
         let Op::Create { attributes, .. } = &plan.ops[0] else { panic!("create first") };
         let inline = attributes.iter().find(|(k, _)| k == "member").map(|(_, v)| v.len());
         assert_eq!(inline, Some(INLINE_MEMBERS));
-        let Op::AddMembers { target: GroupRef::New, values, .. } = &plan.ops[1] else { panic!("then adds: {:?}", plan.ops[1]) };
+        let Op::AddMembers { target: GroupRef::New, values, .. } = &plan.ops[1] else {
+            panic!("then adds: {:?}", plan.ops[1])
+        };
         assert_eq!(values.len(), 3);
     }
 
@@ -581,12 +615,19 @@ mod tests {
     #[test]
     fn one_membership_change_is_one_value() {
         let mut snap = snapshot_with_users(&["S-1", "S-2", "S-3"]);
-        snap.managed.insert("g".into(), existing("g", "G", &[("CN=S-1,CN=Users,DC=corp", "S-1"), ("CN=S-2,CN=Users,DC=corp", "S-2")]));
+        snap.managed.insert(
+            "g".into(),
+            existing("g", "G", &[("CN=S-1,CN=Users,DC=corp", "S-1"), ("CN=S-2,CN=Users,DC=corp", "S-2")]),
+        );
         let want = desired("g", "G", vec![user("S-1"), user("S-3")]);
         let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
         assert_eq!(plan.ops.len(), 2);
-        assert!(matches!(&plan.ops[0], Op::AddMembers { values, .. } if values == &[MemberValue::Dn("CN=S-3,CN=Users,DC=corp".into())]));
-        assert!(matches!(&plan.ops[1], Op::RemoveMembers { values, .. } if values == &["CN=S-2,CN=Users,DC=corp".to_string()]));
+        assert!(
+            matches!(&plan.ops[0], Op::AddMembers { values, .. } if values == &[MemberValue::Dn("CN=S-3,CN=Users,DC=corp".into())])
+        );
+        assert!(
+            matches!(&plan.ops[1], Op::RemoveMembers { values, .. } if values == &["CN=S-2,CN=Users,DC=corp".to_string()])
+        );
     }
 
     #[test]
@@ -607,13 +648,20 @@ mod tests {
     #[test]
     fn domain_local_and_unresolved_members_are_refused_and_removed() {
         let mut snap = snapshot_with_users(&["S-1"]);
-        snap.principals.insert("S-LOCAL".into(), Principal { dn: "CN=L,DC=corp".into(), group_type: Some(-2147483644), classes: Vec::new() });
+        snap.principals.insert(
+            "S-LOCAL".into(),
+            Principal { dn: "CN=L,DC=corp".into(), group_type: Some(-2147483644), classes: Vec::new() },
+        );
         snap.managed.insert("g".into(), existing("g", "G", &[("CN=L,DC=corp", "S-LOCAL")]));
         let want = desired("g", "G", vec![user("S-1"), user("S-LOCAL"), user("S-GONE")]);
         let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
         let reasons: Vec<_> = plan.skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(reasons, [LOCAL_MEMBER_REFUSED, "SID S-GONE names no object in the domain"]);
-        assert!(plan.ops.iter().any(|op| matches!(op, Op::RemoveMembers { values, .. } if values == &["CN=L,DC=corp".to_string()])));
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::RemoveMembers { values, .. } if values == &["CN=L,DC=corp".to_string()]))
+        );
         assert!(plan.ops.iter().any(|op| matches!(op, Op::AddMembers { .. })));
     }
 
@@ -624,12 +672,24 @@ mod tests {
         let child = desired("b", "B", vec![]);
         let plan = plan(&intents(vec![("a", Intent::Write(parent)), ("b", Intent::Write(child))]), &snap, OPTS);
         assert!(matches!(plan.ops[0], Op::Create { .. }) && matches!(plan.ops[1], Op::Create { .. }));
-        assert_eq!(plan.ops[2], Op::AddMembers { group_id: "a".into(), target: GroupRef::New, values: vec![MemberValue::NewGroup("b".into())] });
+        assert_eq!(
+            plan.ops[2],
+            Op::AddMembers {
+                group_id: "a".into(),
+                target: GroupRef::New,
+                values: vec![MemberValue::NewGroup("b".into())]
+            }
+        );
     }
 
     #[test]
     fn a_nested_group_that_a_later_batch_creates_makes_its_parent_wait() {
-        let parent = || intents(vec![("a", Intent::Write(desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "z".into() }])))]);
+        let parent = || {
+            intents(vec![(
+                "a",
+                Intent::Write(desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "z".into() }])),
+            )])
+        };
         let batch = plan_batch(&parent(), &Snapshot::default(), &|id| id == "z");
         assert_eq!(batch.waiting, ["a"]);
         assert!(batch.skipped.is_empty(), "{:?}", batch.skipped);
@@ -642,9 +702,8 @@ mod tests {
     #[test]
     fn a_batch_knows_which_ids_later_batches_plan() {
         let ids: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
-        let seen: Vec<(Vec<String>, Vec<bool>)> = batches(&ids, 2)
-            .map(|(batch, later)| (batch.to_vec(), ids.iter().map(|id| later(id)).collect()))
-            .collect();
+        let seen: Vec<(Vec<String>, Vec<bool>)> =
+            batches(&ids, 2).map(|(batch, later)| (batch.to_vec(), ids.iter().map(|id| later(id)).collect())).collect();
         assert_eq!(seen[0], (vec!["a".into(), "b".into()], vec![false, false, true, true, true]));
         assert_eq!(seen[2], (vec!["e".into()], vec![false; 5]));
         assert_eq!(batches(&ids, 0).count(), 5, "a size of 0 plans one group at a time");
@@ -697,7 +756,11 @@ mod tests {
         // One each is under the threshold of 2, but not on top of two applied earlier in the window.
         let fresh = plan(&intents, &snap, PlanOptions { delete_threshold: 2, rename_threshold: 2, ..OPTS });
         assert!(fresh.held_deletes.is_empty() && fresh.held_renames.is_empty());
-        let later = plan(&intents, &snap, PlanOptions { delete_threshold: 2, rename_threshold: 2, recent_deletes: 2, recent_renames: 2, ..OPTS });
+        let later = plan(
+            &intents,
+            &snap,
+            PlanOptions { delete_threshold: 2, rename_threshold: 2, recent_deletes: 2, recent_renames: 2, ..OPTS },
+        );
         assert_eq!((later.held_deletes.len(), later.held_renames.len()), (1, 1));
         // A window that is full already holds nothing when there is nothing to hold.
         let quiet = plan(&BTreeMap::new(), &snap, PlanOptions { delete_threshold: 2, recent_deletes: 9, ..OPTS });
@@ -718,7 +781,11 @@ mod tests {
         // The display name still changes; the new sAMAccountName waits as a rename.
         assert_eq!(held.held_renames.len(), 1, "{held:?}");
         assert!(is_rename(&held.held_renames[0]));
-        assert!(matches!(&held.ops[..], [Op::Modify { changes, .. }] if changes.len() == 1 && !changes.iter().any(changes_sam)), "{:?}", held.ops);
+        assert!(
+            matches!(&held.ops[..], [Op::Modify { changes, .. }] if changes.len() == 1 && !changes.iter().any(changes_sam)),
+            "{:?}",
+            held.ops
+        );
         // Case alone is no change: AD compares sAMAccountNames without case.
         want.attributes.insert("sAMAccountName".into(), vec!["g_OLD".into()]);
         let same = plan(&intents(vec![("g", Intent::Write(want))]), &snap, strict);
@@ -728,14 +795,30 @@ mod tests {
     #[test]
     fn a_sid_of_an_object_that_cannot_be_a_member_is_skipped() {
         let mut snap = Snapshot::default();
-        let fsp = Principal { dn: "CN=S-1-5-11,CN=ForeignSecurityPrincipals,DC=corp".into(), group_type: None, classes: vec!["top".into(), "foreignSecurityPrincipal".into()] };
+        let fsp = Principal {
+            dn: "CN=S-1-5-11,CN=ForeignSecurityPrincipals,DC=corp".into(),
+            group_type: None,
+            classes: vec!["top".into(), "foreignSecurityPrincipal".into()],
+        };
         snap.principals.insert("S-1-5-11".into(), fsp);
-        let computer = Principal { dn: "CN=PC,DC=corp".into(), group_type: None, classes: vec!["top".into(), "person".into(), "user".into(), "computer".into()] };
+        let computer = Principal {
+            dn: "CN=PC,DC=corp".into(),
+            group_type: None,
+            classes: vec!["top".into(), "person".into(), "user".into(), "computer".into()],
+        };
         snap.principals.insert("S-PC".into(), computer);
-        let plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1-5-11"), user("S-PC")])))]), &snap, OPTS);
+        let plan = plan(
+            &intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1-5-11"), user("S-PC")])))]),
+            &snap,
+            OPTS,
+        );
         assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
         assert!(plan.skipped[0].reason.contains("names a foreignSecurityPrincipal object"), "{:?}", plan.skipped);
-        assert!(matches!(&plan.ops[..], [Op::Create { attributes, .. }] if attributes.iter().any(|(k, v)| k == "member" && v == &["CN=PC,DC=corp".to_string()])), "{:?}", plan.ops);
+        assert!(
+            matches!(&plan.ops[..], [Op::Create { attributes, .. }] if attributes.iter().any(|(k, v)| k == "member" && v == &["CN=PC,DC=corp".to_string()])),
+            "{:?}",
+            plan.ops
+        );
     }
 
     #[test]
@@ -746,14 +829,22 @@ mod tests {
         assert_eq!(plan.ops.len(), 1);
         withhold_adds(&mut plan, &[(0, "protected".into())]);
         assert!(plan.ops.is_empty());
-        assert_eq!(plan.skipped, [SkippedMember { group_id: "g".into(), member_id: "CN=S-1,CN=Users,DC=corp".into(), reason: "protected".into() }]);
+        assert_eq!(
+            plan.skipped,
+            [SkippedMember {
+                group_id: "g".into(),
+                member_id: "CN=S-1,CN=Users,DC=corp".into(),
+                reason: "protected".into()
+            }]
+        );
     }
 
     #[test]
     fn leave_and_refuse_touch_nothing() {
         let mut snap = Snapshot::default();
         snap.managed.insert("g".into(), existing("g", "G", &[]));
-        let plan = plan(&intents(vec![("g", Intent::Leave("off".into())), ("h", Intent::Refuse("bad".into()))]), &snap, OPTS);
+        let plan =
+            plan(&intents(vec![("g", Intent::Leave("off".into())), ("h", Intent::Refuse("bad".into()))]), &snap, OPTS);
         assert!(plan.ops.is_empty());
     }
 }

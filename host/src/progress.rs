@@ -89,7 +89,10 @@ impl Progress {
 
     fn on(target: ProgressDrawTarget, tenant: &str, always: bool) -> Progress {
         let bar = ProgressBar::with_draw_target(None, target).with_prefix(tenant.to_string());
-        bar.set_style(ProgressStyle::with_template("{prefix}: {spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix}: {spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.enable_steady_tick(Duration::from_millis(200));
         Progress { bar: Some(bar), always, tally: Arc::default() }
     }

@@ -92,11 +92,21 @@ impl TenantStatus {
         let when = if self.last_cycle == 0 {
             "never".to_string()
         } else {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.last_cycle)).to_string()
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.last_cycle))
+                .to_string()
         };
         let _ = writeln!(out, "tenant {tenant}");
-        let _ = writeln!(out, "  last cycle: {when} ({}) outcome: {}", if self.full { "full" } else { "delta" }, self.outcome);
-        let _ = writeln!(out, "  managed groups: {}  writes: {}  pending: {}", self.managed_groups, self.writes, self.pending_groups);
+        let _ = writeln!(
+            out,
+            "  last cycle: {when} ({}) outcome: {}",
+            if self.full { "full" } else { "delta" },
+            self.outcome
+        );
+        let _ = writeln!(
+            out,
+            "  managed groups: {}  writes: {}  pending: {}",
+            self.managed_groups, self.writes, self.pending_groups
+        );
         if let Some(lease) = &self.lease {
             let _ = writeln!(out, "  lease: {}", render_lease(lease));
         }
@@ -112,7 +122,11 @@ impl TenantStatus {
         list(&mut out, "held groups", self.held_groups.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "held deletes", self.held_deletes.iter().map(|d| format!("group {} at {}", d.group_id, d.dn)));
         list(&mut out, "held renames", self.held_renames.iter().cloned());
-        list(&mut out, "held member removals", self.held_member_removals.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
+        list(
+            &mut out,
+            "held member removals",
+            self.held_member_removals.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)),
+        );
         list(&mut out, "excluded groups", self.excluded.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
         out
@@ -124,7 +138,8 @@ fn render_lease(lease: &crate::lease::LeaseView) -> String {
         crate::lease::Role::Active => "active (this agent writes)",
         crate::lease::Role::Standby => "standby (this agent plans and writes nothing)",
     };
-    let expires = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(lease.expires));
+    let expires =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(lease.expires));
     let held = if lease.holder.is_empty() {
         format!("{role}; free, epoch {}", lease.epoch)
     } else {
@@ -162,7 +177,11 @@ mod tests {
         let status = TenantStatus {
             last_cycle: 1,
             outcome: "ok".into(),
-            skipped_members: vec![SkippedMember { group_id: "g".into(), member_id: "u".into(), reason: "cloud-only user (no on-premises SID)".into() }],
+            skipped_members: vec![SkippedMember {
+                group_id: "g".into(),
+                member_id: "u".into(),
+                reason: "cloud-only user (no on-premises SID)".into(),
+            }],
             held_deletes: vec![HeldDelete { group_id: "d".into(), dn: "CN=d,DC=x".into() }],
             ..Default::default()
         };
@@ -173,7 +192,13 @@ mod tests {
         assert!(text.contains("1 × cloud-only user"), "{text}");
         assert!(text.contains("held deletes: 1"), "{text}");
         assert!(!text.contains("lease:"), "{text}");
-        let lease = crate::lease::LeaseView { role: crate::lease::Role::Standby, holder: "agent-b".into(), epoch: 4, expires: 60, duplicate: None };
+        let lease = crate::lease::LeaseView {
+            role: crate::lease::Role::Standby,
+            holder: "agent-b".into(),
+            epoch: 4,
+            expires: 60,
+            duplicate: None,
+        };
         let text = TenantStatus { lease: Some(lease), ..status }.render("a");
         assert!(text.contains("lease: standby (this agent plans and writes nothing); held by agent-b, epoch 4, expires 1970-01-01T00:01:00Z"), "{text}");
     }

@@ -15,8 +15,7 @@ use serde_json::{Map, Value, json};
 use writeback::directory::sid;
 use writeback::dn::{self, Ava, Rdns};
 use writeback::graph::delta::{
-    self, Field, GroupEntry, GroupFields, MemberChange, MemberKind, NextLink, PageError, Removal, UserEntry,
-    UserFields,
+    self, Field, GroupEntry, GroupFields, MemberChange, MemberKind, NextLink, PageError, Removal, UserEntry, UserFields,
 };
 use writeback::naming::{self, NamingError};
 use writeback::state::{Cursor, Resource, Store, TenantState};
@@ -222,11 +221,7 @@ fn sid_text() -> impl Strategy<Value = String> {
 
 /// Strings near the SID syntax (signs, leading zeros, huge numbers, missing parts) and arbitrary text.
 fn sid_like_text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        any::<String>(),
-        "[sSX]-[0-9]{0,4}(-[+0-9]{0,22}){0,17}-?",
-        sid_text().prop_map(|s| s.to_lowercase()),
-    ]
+    prop_oneof![any::<String>(), "[sSX]-[0-9]{0,4}(-[+0-9]{0,22}){0,17}-?", sid_text().prop_map(|s| s.to_lowercase()),]
 }
 
 /// Bytes for `sid::to_string`: arbitrary, or shaped like a binary SID with a length that is right or
@@ -308,9 +303,24 @@ proptest! {
 /// Object keys: the ones the parsers look for, and arbitrary ones.
 fn json_key() -> impl Strategy<Value = String> {
     const KEYS: &[&str] = &[
-        "value", "@odata.nextLink", "@odata.deltaLink", "@odata.context", "id", "displayName", "description",
-        "mail", "mailEnabled", "groupTypes", "writebackConfiguration", "isEnabled", "onPremisesGroupType",
-        "members@delta", "@odata.type", "@removed", "reason", "userPrincipalName",
+        "value",
+        "@odata.nextLink",
+        "@odata.deltaLink",
+        "@odata.context",
+        "id",
+        "displayName",
+        "description",
+        "mail",
+        "mailEnabled",
+        "groupTypes",
+        "writebackConfiguration",
+        "isEnabled",
+        "onPremisesGroupType",
+        "members@delta",
+        "@odata.type",
+        "@removed",
+        "reason",
+        "userPrincipalName",
     ];
     prop_oneof![2 => select(KEYS).prop_map(str::to_string), 1 => any::<String>()]
 }
@@ -507,13 +517,14 @@ fn member_item() -> impl Strategy<Value = Value> {
 
 /// `writebackConfiguration`: an object with either property of any type, null, or anything.
 fn writeback_value() -> impl Strategy<Value = Value> {
-    let config = (prop::option::of(property_value(Kind::Bool)), prop::option::of(property_value(Kind::Str)))
-        .prop_map(|(enabled, kind)| {
+    let config = (prop::option::of(property_value(Kind::Bool)), prop::option::of(property_value(Kind::Str))).prop_map(
+        |(enabled, kind)| {
             let mut map = Map::new();
             map.extend(enabled.map(|v| ("isEnabled".to_string(), v)));
             map.extend(kind.map(|v| ("onPremisesGroupType".to_string(), v)));
             Value::Object(map)
-        });
+        },
+    );
     prop_oneof![3 => config, 1 => Just(Value::Null), 1 => json_value()]
 }
 
@@ -523,10 +534,8 @@ fn entry_object(
     props: &'static [(&'static str, Kind)],
     annotations: Vec<(&'static str, BoxedStrategy<Value>)>,
 ) -> impl Strategy<Value = Map<String, Value>> {
-    let annotations: Vec<_> = annotations
-        .into_iter()
-        .map(|(name, value)| prop::option::of(value).prop_map(move |v| (name, v)))
-        .collect();
+    let annotations: Vec<_> =
+        annotations.into_iter().map(|(name, value)| prop::option::of(value).prop_map(move |v| (name, v))).collect();
     (id_value(), properties(props), annotations, vec((json_key(), json_value()), 0..3)).prop_map(
         |(id, props, annotations, extra)| {
             let mut map: Map<String, Value> = extra.into_iter().collect();
@@ -645,7 +654,9 @@ fn entry_id(map: &Map<String, Value>) -> Option<String> {
 /// Whether `members@delta` names a member by an id too long or with a control character, which refuses the entry.
 fn bad_member_id(map: &Map<String, Value>) -> bool {
     let Some(Value::Array(items)) = map.get("members@delta") else { return false };
-    items.iter().any(|item| item.get("id").and_then(Value::as_str).is_some_and(|id| !id.trim().is_empty() && !usable_id(id)))
+    items
+        .iter()
+        .any(|item| item.get("id").and_then(Value::as_str).is_some_and(|id| !id.trim().is_empty() && !usable_id(id)))
 }
 
 /// What `parse_group` should return for an object with a usable id, or the names of its ill-typed
@@ -883,8 +894,12 @@ struct Change {
 
 /// A membership change: a member from the pool, one of the `@odata.type`s, added or removed.
 fn change() -> impl Strategy<Value = Change> {
-    (select(MEMBER_IDS), select(MEMBER_TYPES), any::<bool>())
-        .prop_map(|(member, (odata_type, kind), removed)| Change { member, odata_type, kind, removed })
+    (select(MEMBER_IDS), select(MEMBER_TYPES), any::<bool>()).prop_map(|(member, (odata_type, kind), removed)| Change {
+        member,
+        odata_type,
+        kind,
+        removed,
+    })
 }
 
 /// A delta entry for `group` carrying `changes` in `members@delta`.

@@ -182,7 +182,10 @@ impl Agent {
 
     /// When this agent's last cycle of `tenant` ended, in seconds since the Unix epoch (0: never).
     pub fn last_cycle(&self, tenant: &str) -> u64 {
-        StatusFile::load(&self.dir.join("state")).ok().and_then(|s| s.tenants.get(tenant).map(|t| t.last_cycle)).unwrap_or(0)
+        StatusFile::load(&self.dir.join("state"))
+            .ok()
+            .and_then(|s| s.tenants.get(tenant).map(|t| t.last_cycle))
+            .unwrap_or(0)
     }
 
     /// Makes the daemon serve `/metrics` and `/healthz` on a free loopback port (from its next start); returns
@@ -190,14 +193,22 @@ impl Agent {
     pub fn serve_metrics(&self) -> Result<String> {
         let port = crate::e2e::free_port()?;
         let config = std::fs::read_to_string(&self.config_path)?;
-        std::fs::write(&self.config_path, config.replacen("[agent]\n", &format!("[agent]\nmetrics_addr = \"127.0.0.1:{port}\"\n"), 1))?;
+        std::fs::write(
+            &self.config_path,
+            config.replacen("[agent]\n", &format!("[agent]\nmetrics_addr = \"127.0.0.1:{port}\"\n"), 1),
+        )?;
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
     /// The tenants this agent was active for at its last cycle of each.
     pub fn active_tenants(&self) -> Vec<String> {
         let Ok(status) = StatusFile::load(&self.dir.join("state")) else { return Vec::new() };
-        status.tenants.iter().filter(|(_, s)| s.lease.as_ref().is_some_and(|l| l.role == Role::Active)).map(|(t, _)| t.clone()).collect()
+        status
+            .tenants
+            .iter()
+            .filter(|(_, s)| s.lease.as_ref().is_some_and(|l| l.role == Role::Active))
+            .map(|(t, _)| t.clone())
+            .collect()
     }
 
     /// The audit log of `tenant` (the agent must not be running).

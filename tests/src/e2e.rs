@@ -72,7 +72,17 @@ impl Env {
         let sim = GraphSim::start(sim_config)?;
         let dir = tempfile::tempdir()?;
         let config_path = dir.path().join("writeback.toml");
-        let env = Env { dc, ou, sim, dir, config_path, agent_extra: String::new(), tenant_extra: String::new(), tail: String::new(), directory_url: None };
+        let env = Env {
+            dc,
+            ou,
+            sim,
+            dir,
+            config_path,
+            agent_extra: String::new(),
+            tenant_extra: String::new(),
+            tail: String::new(),
+            directory_url: None,
+        };
         env.write_config()?;
         Ok(env)
     }

@@ -83,7 +83,8 @@ impl FaultProxy {
         let (cert, key) = dc.tls_identity()?;
         let acceptor = TlsAcceptor::from(Arc::new(server_config(&cert, &key)?));
         let connector = TlsConnector::from(Arc::new(client_config(&dc.info().ca_file)?));
-        let upstream: SocketAddr = dc.info().url.trim_start_matches("ldaps://").parse().context("parsing the DC's LDAPS address")?;
+        let upstream: SocketAddr =
+            dc.info().url.trim_start_matches("ldaps://").parse().context("parsing the DC's LDAPS address")?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the LDAP proxy")?;
         listener.set_nonblocking(true)?;
         let url = format!("ldaps://127.0.0.1:{}", listener.local_addr()?.port());
@@ -247,7 +248,11 @@ impl Relay {
     async fn serve(&self, client: TcpStream) -> Result<()> {
         let client = self.acceptor.accept(client).await.context("TLS with the agent")?;
         let upstream = TcpStream::connect(self.upstream).await.context("connecting to the DC")?;
-        let upstream = self.connector.connect(ServerName::IpAddress(self.upstream.ip().into()), upstream).await.context("TLS with the DC")?;
+        let upstream = self
+            .connector
+            .connect(ServerName::IpAddress(self.upstream.ip().into()), upstream)
+            .await
+            .context("TLS with the DC")?;
         let (mut from_client, to_client) = tokio::io::split(client);
         let (mut from_dc, mut to_dc) = tokio::io::split(upstream);
         let to_client = Arc::new(tokio::sync::Mutex::new(to_client));
@@ -258,7 +263,11 @@ impl Relay {
             tokio::spawn(async move {
                 while let Ok(Some(message)) = read_message(&mut from_dc).await {
                     let mut to_client = to_client.lock().await;
-                    let lost = lose.lock().unwrap_or_else(|e| e.into_inner()).as_deref().is_some_and(|id| message_id(&message) == Some(id));
+                    let lost = lose
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_deref()
+                        .is_some_and(|id| message_id(&message) == Some(id));
                     if lost {
                         let _ = to_client.shutdown().await;
                         break;
@@ -280,12 +289,16 @@ impl Relay {
         let outcome = async {
             while let Some(message) = read_message(&mut from_client).await? {
                 let fault = match write_request(&message) {
-                    Some(request) => self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write().map(|f| (f, request)),
+                    Some(request) => {
+                        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write().map(|f| (f, request))
+                    }
                     None => None,
                 };
                 match fault {
                     None => send(&mut to_dc, &message).await?,
-                    Some((Fault::Result(code), request)) => send(&mut *to_client.lock().await, &request.answer(code)).await?,
+                    Some((Fault::Result(code), request)) => {
+                        send(&mut *to_client.lock().await, &request.answer(code)).await?
+                    }
                     Some((Fault::Drop, _)) => break,
                     Some((Fault::LoseAnswer, request)) => {
                         *lose.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.message_id);

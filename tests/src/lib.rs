@@ -1,6 +1,6 @@
 //! test support
-pub mod dc;
-pub mod graphsim;
-pub mod e2e;
 pub mod agents;
+pub mod dc;
+pub mod e2e;
+pub mod graphsim;
 pub mod ldap_proxy;

@@ -51,11 +51,17 @@ fn file_mode_check(checks: &mut Vec<Check>, what: &str, path: Option<&std::path:
     use std::os::unix::fs::PermissionsExt;
     let Some(path) = path else { return };
     match std::fs::metadata(path) {
-        Ok(meta) if meta.permissions().mode() & 0o004 != 0 => {
-            checks.push(Check::fail(what, format!("{} is readable by every user", path.display()), &format!("chmod 600 {}", path.display())))
-        }
+        Ok(meta) if meta.permissions().mode() & 0o004 != 0 => checks.push(Check::fail(
+            what,
+            format!("{} is readable by every user", path.display()),
+            &format!("chmod 600 {}", path.display()),
+        )),
         Ok(_) => checks.push(Check::pass(what, format!("{} is private", path.display()))),
-        Err(e) => checks.push(Check::fail(what, format!("cannot read {}: {e}", path.display()), "point the setting at a readable file")),
+        Err(e) => checks.push(Check::fail(
+            what,
+            format!("cannot read {}: {e}", path.display()),
+            "point the setting at a readable file",
+        )),
     }
 }
 
@@ -64,14 +70,20 @@ async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
     file_mode_check(checks, "client key file", tenant.client_key_file.as_deref());
     let credential = match tenant.client_credential() {
         Ok(credential) => credential,
-        Err(e) => return checks.push(Check::fail("client credential", e, "set a client secret or a certificate and key")),
+        Err(e) => {
+            return checks.push(Check::fail("client credential", e, "set a client secret or a certificate and key"));
+        }
     };
     let graph = match GraphClient::new(tenant, credential) {
         Ok(graph) => graph,
         Err(e) => return checks.push(Check::fail("Graph client", e, "check login_url and graph_url")),
     };
     if let Err(e) = graph.authenticate().await {
-        return checks.push(Check::fail("token request", e, "check tenant_id, client_id and the credential in the app registration"));
+        return checks.push(Check::fail(
+            "token request",
+            e,
+            "check tenant_id, client_id and the credential in the app registration",
+        ));
     }
     checks.push(Check::pass("token request", format!("token issued by {}", tenant.login_base())));
     // `$deltatoken=latest` answers with no data, so these cost one cheap request each.
@@ -81,15 +93,25 @@ async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
     ] {
         match graph.delta_page(&format!("{start}&$deltatoken=latest")).await {
             Ok(_) => checks.push(Check::pass(what, format!("{permission} works"))),
-            Err(e) => checks.push(Check::fail(what, e, &format!("grant the application permission {permission} with admin consent"))),
+            Err(e) => checks.push(Check::fail(
+                what,
+                e,
+                &format!("grant the application permission {permission} with admin consent"),
+            )),
         }
     }
     checks.push(check_writeback_source(tenant, &graph).await);
     let what = "Microsoft 365 writeback default";
     match (tenant.m365_default_writeback, graph.m365_writeback_default().await) {
-        (Some(value), _) => checks.push(Check::pass(what, format!("{value}, from the config (m365_default_writeback)"))),
-        (None, Ok(value)) => checks.push(Check::pass(what, format!("{value}, from the tenant setting NewUnifiedGroupWritebackDefault"))),
-        (None, Err(e)) => checks.push(Check::fail(what, e, "grant Group.Read.All, or set m365_default_writeback in the config")),
+        (Some(value), _) => {
+            checks.push(Check::pass(what, format!("{value}, from the config (m365_default_writeback)")))
+        }
+        (None, Ok(value)) => {
+            checks.push(Check::pass(what, format!("{value}, from the tenant setting NewUnifiedGroupWritebackDefault")))
+        }
+        (None, Err(e)) => {
+            checks.push(Check::fail(what, e, "grant Group.Read.All, or set m365_default_writeback in the config"))
+        }
     }
 }
 
@@ -104,7 +126,9 @@ async fn check_writeback_source(tenant: &TenantConfig, graph: &GraphClient) -> C
         Ok(page) => page,
         Err(e) => return Check::fail(what, e, "grant Group.Read.All with admin consent"),
     };
-    let Some(entry) = page.entries.iter().find(|e| e.get("@removed").is_none() && e.get("id").is_some_and(|id| id.is_string())) else {
+    let Some(entry) =
+        page.entries.iter().find(|e| e.get("@removed").is_none() && e.get("id").is_some_and(|id| id.is_string()))
+    else {
         return Check::pass(what, "no group to compare yet");
     };
     let id = entry["id"].as_str().unwrap_or_default().to_string();
@@ -134,11 +158,22 @@ async fn check_directory(tenant: &TenantConfig, checks: &mut Vec<Check>) {
     let mut directory = match Directory::connect(settings, &password).await {
         Ok(directory) => directory,
         Err(e) => {
-            return checks.push(Check::fail("LDAPS connection, certificate and bind", e, "check url, ca_file, bind_dn and the bind password"));
+            return checks.push(Check::fail(
+                "LDAPS connection, certificate and bind",
+                e,
+                "check url, ca_file, bind_dn and the bind password",
+            ));
         }
     };
-    let tls = if settings.insecure_skip_verify { "certificate NOT verified (insecure_skip_verify)" } else { "certificate and host name verified" };
-    checks.push(Check::pass("LDAPS connection, certificate and bind", format!("{}: {tls}, bound as {}", settings.url, settings.bind_dn)));
+    let tls = if settings.insecure_skip_verify {
+        "certificate NOT verified (insecure_skip_verify)"
+    } else {
+        "certificate and host name verified"
+    };
+    checks.push(Check::pass(
+        "LDAPS connection, certificate and bind",
+        format!("{}: {tls}, bound as {}", settings.url, settings.bind_dn),
+    ));
     let schema = &directory.schema;
     checks.push(Check::pass(
         "schema",

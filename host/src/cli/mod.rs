@@ -147,7 +147,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             if !once {
                 bail!("`sync` needs --once (use `run` for the daemon)");
             }
-            let options = CycleOptions { full, allow_deletes, allow_renames, allow_member_removals, ..Default::default() };
+            let options =
+                CycleOptions { full, allow_deletes, allow_renames, allow_member_removals, ..Default::default() };
             sync_once(&config, tenant.as_deref(), options).await
         }
         Command::Plugin(_) => unreachable!("handled above"),
@@ -297,7 +298,12 @@ fn held_elsewhere(lease: &TenantLease) -> String {
 }
 
 /// Runs a cycle and records its status, successful or not.
-async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions, lease: Option<&TenantLease>) -> Result<CycleReport> {
+async fn run_cycle(
+    config: &Config,
+    sync: &TenantSync<'_>,
+    options: CycleOptions,
+    lease: Option<&TenantLease>,
+) -> Result<CycleReport> {
     let started = Instant::now();
     if let Some(lease) = lease {
         // The role shows in `status` as soon as it changes, not only after a takeover's long first cycle.
@@ -312,8 +318,15 @@ async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions
     let mut status = match &result {
         Ok(report) => report.status.clone(),
         Err(e) => {
-            let mut status = StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(&sync.config.name).unwrap_or_default();
-            status.last_cycle = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+            let mut status = StatusFile::load(&config.agent.state_dir)
+                .unwrap_or_default()
+                .tenants
+                .remove(&sync.config.name)
+                .unwrap_or_default();
+            status.last_cycle = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
             status.outcome = format!("failed: {e}");
             status
         }
@@ -327,7 +340,8 @@ async fn run_cycle(config: &Config, sync: &TenantSync<'_>, options: CycleOptions
 }
 
 fn show_lease(config: &Config, tenant: &str, view: crate::lease::LeaseView) {
-    let mut status = StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(tenant).unwrap_or_default();
+    let mut status =
+        StatusFile::load(&config.agent.state_dir).unwrap_or_default().tenants.remove(tenant).unwrap_or_default();
     if status.lease.as_ref() != Some(&view) {
         status.lease = Some(view);
         if let Err(e) = StatusFile::record(&config.agent.state_dir, tenant, status) {
@@ -397,7 +411,8 @@ async fn plan(config: &Config, tenant: Option<&str>, full: bool) -> Result<()> {
 }
 
 fn status(config: &Config, tenant: Option<&str>) -> Result<()> {
-    let file = StatusFile::load(&config.agent.state_dir).with_context(|| format!("cannot read the status in {}", config.agent.state_dir.display()))?;
+    let file = StatusFile::load(&config.agent.state_dir)
+        .with_context(|| format!("cannot read the status in {}", config.agent.state_dir.display()))?;
     for tenant in selected(config, tenant)? {
         let status = file.tenants.get(&tenant.name).cloned().unwrap_or_default();
         print!("{}", status.render(&tenant.name));
@@ -413,7 +428,8 @@ fn reset_state(config: &Config, tenant: &str) -> Result<()> {
         Err(e) => {
             // A store too damaged to open is moved aside whole; every tenant then resyncs.
             let aside = path.join(format!("db.damaged-{}", std::process::id()));
-            std::fs::rename(path.join("db"), &aside).with_context(|| format!("cannot move the damaged state ({e}) aside"))?;
+            std::fs::rename(path.join("db"), &aside)
+                .with_context(|| format!("cannot move the damaged state ({e}) aside"))?;
             println!("the state could not be opened ({e}); moved it to {}", aside.display());
         }
     }
@@ -456,7 +472,8 @@ async fn daemon(config: &Config) -> Result<()> {
         .collect::<Result<_>>()?;
     // Per tenant, how many times this agent had taken its lease at its last cycle as the writer.
     let mut takes_seen: Vec<u64> = vec![0; syncs.len()];
-    let mut watched: Vec<reload::Fingerprint> = config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
+    let mut watched: Vec<reload::Fingerprint> =
+        config.tenants.iter().map(|t| reload::Fingerprint::of(&t.plugins)).collect();
     // The first cycle after start is a full reconcile: the directory may have drifted while we were down.
     let mut next_full = Instant::now();
     tracing::info!(tenants = syncs.len(), interval = ?config.agent.interval, "writeback running");
@@ -476,8 +493,12 @@ async fn daemon(config: &Config) -> Result<()> {
             let lease = leases.tenant(&sync.config.name);
             let role = lease.as_ref().map_or(Role::Active, |l| l.role());
             let takeover = lease.as_ref().is_some_and(|l| is_takeover(role, l.takes(), seen));
-            let options =
-                CycleOptions { full: full || takeover, lazy_directory: true, standby: role == Role::Standby, ..Default::default() };
+            let options = CycleOptions {
+                full: full || takeover,
+                lazy_directory: true,
+                standby: role == Role::Standby,
+                ..Default::default()
+            };
             if let Err(e) = run_cycle(config, sync, options, lease.as_deref()).await {
                 tracing::error!(tenant = %sync.config.name, "cycle failed: {e:#}");
             }
@@ -541,7 +562,8 @@ mod tests {
 
     #[test]
     fn plugin_check_takes_settings_after_the_file() {
-        let cli = Cli::try_parse_from(["writeback", "plugin", "check", "p.wasm", "--config", "a=b", "--config", "c=d"]).unwrap();
+        let cli = Cli::try_parse_from(["writeback", "plugin", "check", "p.wasm", "--config", "a=b", "--config", "c=d"])
+            .unwrap();
         let Command::Plugin(PluginCommand::Check(args)) = cli.command else { panic!("plugin check expected") };
         assert_eq!(args.settings, ["a=b", "c=d"]);
     }

@@ -98,13 +98,20 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         let group = sample.cloud_group();
         let kind = match model::scope(&group, true) {
             Ok(kind) => kind,
-            Err(_) => bail!("group {}: onPremisesGroupType {:?} is not a writeback type", group.id, group.writeback_group_type),
+            Err(_) => bail!(
+                "group {}: onPremisesGroupType {:?} is not a writeback type",
+                group.id,
+                group.writeback_group_type
+            ),
         };
         let name = group.display_name.clone().unwrap_or_default();
         match model::place_and_transform(&group, kind, &settings, &mut plugins) {
             Ok(Ok((placement, attributes))) => {
                 let ou = placement.ou.as_deref().unwrap_or("(target OU)");
-                println!("valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou}", placement.cn, placement.sam_account_name);
+                println!(
+                    "valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou}",
+                    placement.cn, placement.sam_account_name
+                );
                 if world == "transformer" {
                     for (attribute, values) in attributes.iter().filter(|(_, v)| !v.is_empty()) {
                         println!("           {attribute}: {}", values.join("; "));
@@ -136,7 +143,11 @@ fn samples(args: &CheckArgs) -> Result<Vec<SampleGroup>> {
 }
 
 /// Loads the file as a naming plugin, or else as a transform (with the built-in naming).
-fn load_any_world(engine: &PluginEngine, config: &PluginsConfig, file: &std::path::Path) -> Result<(TenantPlugins, &'static str)> {
+fn load_any_world(
+    engine: &PluginEngine,
+    config: &PluginsConfig,
+    file: &std::path::Path,
+) -> Result<(TenantPlugins, &'static str)> {
     let naming = PluginsConfig { naming: Some(file.to_path_buf()), ..config.clone() };
     match TenantPlugins::load(engine, &naming) {
         Ok(plugins) => return Ok((plugins, "naming-policy")),
@@ -146,7 +157,9 @@ fn load_any_world(engine: &PluginEngine, config: &PluginsConfig, file: &std::pat
     let transform = PluginsConfig { transforms: vec![file.to_path_buf()], ..config.clone() };
     match TenantPlugins::load(engine, &transform) {
         Ok(plugins) => Ok((plugins, "transformer")),
-        Err(PluginError::World { .. }) => bail!("{} implements neither the naming-policy nor the transformer world", file.display()),
+        Err(PluginError::World { .. }) => {
+            bail!("{} implements neither the naming-policy nor the transformer world", file.display())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -30,11 +30,13 @@ impl Directory {
     /// Reads the lease object at `dn`, creating it when it is missing.
     pub async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
         let dc_time = self.dc_time().await?;
-        let entry = match self.search(dn, Scope::Base, "(objectClass=container)", &[VALUE_ATTRIBUTE, PRESENCE_ATTRIBUTE]).await {
-            Ok(entries) => entries.into_iter().next(),
-            Err(DirectoryError::Ldap { code: 32, .. }) => None,
-            Err(e) => return Err(e),
-        };
+        let entry =
+            match self.search(dn, Scope::Base, "(objectClass=container)", &[VALUE_ATTRIBUTE, PRESENCE_ATTRIBUTE]).await
+            {
+                Ok(entries) => entries.into_iter().next(),
+                Err(DirectoryError::Ldap { code: 32, .. }) => None,
+                Err(e) => return Err(e),
+            };
         let Some(entry) = entry else {
             self.create_lease_object(dn).await?;
             return Ok(LeaseObject { dc_time, ..Default::default() });
@@ -42,7 +44,11 @@ impl Directory {
         let values = |name: &str| {
             entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
         };
-        Ok(LeaseObject { value: values(VALUE_ATTRIBUTE).into_iter().next(), presence: values(PRESENCE_ATTRIBUTE), dc_time })
+        Ok(LeaseObject {
+            value: values(VALUE_ATTRIBUTE).into_iter().next(),
+            presence: values(PRESENCE_ATTRIBUTE),
+            dc_time,
+        })
     }
 
     /// Creates the lease object; another agent creating it first is fine.
@@ -106,7 +112,15 @@ fn parse_generalized_time(text: &str) -> Option<u64> {
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let rfc3339 = format!("{}-{}-{}T{}:{}:{}Z", &digits[..4], &digits[4..6], &digits[6..8], &digits[8..10], &digits[10..12], &digits[12..14]);
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &digits[..4],
+        &digits[4..6],
+        &digits[6..8],
+        &digits[8..10],
+        &digits[10..12],
+        &digits[12..14]
+    );
     let time = humantime::parse_rfc3339(&rfc3339).ok()?;
     time.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
 }

@@ -21,7 +21,7 @@ use crate::config::{DirectoryConfig, Secret};
 use crate::model::SchemaSupport;
 pub use lease::LeaseObject;
 pub use read::ManagedGroups;
-pub use write::{ApplyError, Applied};
+pub use write::{Applied, ApplyError};
 
 /// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +30,13 @@ pub enum DirectoryError {
     CaFile { path: String, cause: String },
     #[error("cannot connect to {url}: {cause}")]
     Connect { url: String, cause: String },
-    #[error("the DC at {url} refused StartTLS ({cause}); writeback never binds without TLS: enable TLS on the DC or use an ldaps:// URL")]
+    #[error(
+        "the DC at {url} refused StartTLS ({cause}); writeback never binds without TLS: enable TLS on the DC or use an ldaps:// URL"
+    )]
     StartTls { url: String, cause: String },
-    #[error("the connection to {url} is not encrypted, so the password was not sent; use an ldaps:// URL or a DC with StartTLS")]
+    #[error(
+        "the connection to {url} is not encrypted, so the password was not sent; use an ldaps:// URL or a DC with StartTLS"
+    )]
     NoTls { url: String },
     #[error("TLS with {url} failed: {cause}; check ca_file and that the URL's host name is in the DC's certificate")]
     Tls { url: String, cause: String },
@@ -44,7 +48,9 @@ pub enum DirectoryError {
     Transport { operation: String, cause: String },
     #[error("the DC's rootDSE has no {0}")]
     RootDse(&'static str),
-    #[error("tenant {tenant}: this agent no longer holds the writer lease (expired or taken over), so it stopped writing; the lease holder carries on")]
+    #[error(
+        "tenant {tenant}: this agent no longer holds the writer lease (expired or taken over), so it stopped writing; the lease holder carries on"
+    )]
     LeaseLost { tenant: String },
     #[error("tenant {tenant}: the writer lease kept changing while it was being released; try again")]
     LeaseBusy { tenant: String },
@@ -129,7 +135,10 @@ impl Directory {
             "ldap" => true,
             "ldaps" => false,
             other => {
-                return Err(DirectoryError::Connect { url: config.url.clone(), cause: format!("scheme {other}:// is neither ldaps nor ldap") });
+                return Err(DirectoryError::Connect {
+                    url: config.url.clone(),
+                    cause: format!("scheme {other}:// is neither ldaps nor ldap"),
+                });
             }
         };
         let url = parsed.to_string();
@@ -139,7 +148,9 @@ impl Directory {
             .set_starttls(starttls);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(|e| match e {
             // On an ldap:// URL, the only operation before the bind is the StartTLS request.
-            LdapError::LdapResult { .. } if starttls => DirectoryError::StartTls { url: url.clone(), cause: innermost(&e) },
+            LdapError::LdapResult { .. } if starttls => {
+                DirectoryError::StartTls { url: url.clone(), cause: innermost(&e) }
+            }
             e => connect_error(&url, e),
         })?;
         ldap3::drive!(conn);
@@ -159,7 +170,14 @@ impl Directory {
                 message: describe_rc(bind.rc, &bind.text),
             });
         }
-        let mut directory = Directory { ldap, timeout: config.timeout, base_dn: String::new(), schema: SchemaSupport::default(), fence: None, group_attrs: read::group_attributes(&[]) };
+        let mut directory = Directory {
+            ldap,
+            timeout: config.timeout,
+            base_dn: String::new(),
+            schema: SchemaSupport::default(),
+            fence: None,
+            group_attrs: read::group_attributes(&[]),
+        };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
         directory.base_dn = base_dn;
@@ -211,9 +229,14 @@ impl Directory {
         let filter = "(|(lDAPDisplayName=mailNickname)(lDAPDisplayName=msDS-ExternalDirectoryObjectId))";
         let entries = self.search(schema_dn, Scope::OneLevel, filter, &["lDAPDisplayName"]).await?;
         let has = |name: &str| {
-            entries.iter().any(|e| e.attrs.get("lDAPDisplayName").is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case(name))))
+            entries
+                .iter()
+                .any(|e| e.attrs.get("lDAPDisplayName").is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case(name))))
         };
-        Ok(SchemaSupport { mail_nickname: has("mailNickname"), external_directory_object_id: has("msDS-ExternalDirectoryObjectId") })
+        Ok(SchemaSupport {
+            mail_nickname: has("mailNickname"),
+            external_directory_object_id: has("msDS-ExternalDirectoryObjectId"),
+        })
     }
 
     /// The rootDSE's highestCommittedUSN: every real write moves it.

@@ -68,7 +68,8 @@ pub(crate) fn parse_extended_dn(text: &str) -> ExtendedDn {
 
 /// A filter matching groups that carry any of the anchors of `ids`, every value escaped (RFC 4515).
 pub(crate) fn anchor_filter(ids: &[String]) -> String {
-    let anchors: String = ids.iter().map(|id| format!("(adminDescription={})", ldap_escape(anchor_value(id)))).collect();
+    let anchors: String =
+        ids.iter().map(|id| format!("(adminDescription={})", ldap_escape(anchor_value(id)))).collect();
     format!("(&(objectClass=group)(|{anchors}))")
 }
 
@@ -184,7 +185,8 @@ impl Directory {
     /// reconcile walks this index in batches instead of holding every group at once. Anchored groups
     /// elsewhere are another tenant's or look-alikes, and only anchors of the form `Group_<GUID>` count.
     pub async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
-        let entries = self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
+        let entries =
+            self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
         Ok(entries
             .into_iter()
             .filter_map(|entry| {
@@ -269,7 +271,11 @@ impl Directory {
             .collect())
     }
 
-    async fn member_range(&mut self, entry_dn: &str, start: usize) -> Result<(Vec<String>, Option<usize>), DirectoryError> {
+    async fn member_range(
+        &mut self,
+        entry_dn: &str,
+        start: usize,
+    ) -> Result<(Vec<String>, Option<usize>), DirectoryError> {
         let attr = format!("member;range={start}-*");
         let base = parse_extended_dn(entry_dn).dn;
         let (entries, _) = self
@@ -294,8 +300,13 @@ impl Directory {
     /// A protected group that `group_dn` is nested in, directly or through other groups: one carrying
     /// adminCount=1 (as AD's protected groups and their nested members do) or listed in `deny`. A member
     /// added to `group_dn` would gain that group's rights.
-    pub async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError> {
-        let listed: String = deny.iter().map(|dn| format!("(distinguishedName={})", ldap_escape(dn.as_str()))).collect();
+    pub async fn protecting_group(
+        &mut self,
+        group_dn: &str,
+        deny: &[String],
+    ) -> Result<Option<String>, DirectoryError> {
+        let listed: String =
+            deny.iter().map(|dn| format!("(distinguishedName={})", ldap_escape(dn.as_str()))).collect();
         let filter = format!(
             "(&(objectClass=group)(|(adminCount=1){listed})(member:1.2.840.113556.1.4.1941:={}))",
             ldap_escape(group_dn)
@@ -327,7 +338,11 @@ impl Directory {
         Ok(found)
     }
 
-    async fn collect_principals(&mut self, filter: &str, found: &mut HashMap<String, Principal>) -> Result<(), DirectoryError> {
+    async fn collect_principals(
+        &mut self,
+        filter: &str,
+        found: &mut HashMap<String, Principal>,
+    ) -> Result<(), DirectoryError> {
         for entry in self.paged_search(filter, &["objectSid", "groupType", "objectClass"]).await? {
             let Some(sid) = object_sid(&entry) else {
                 continue;
@@ -347,7 +362,10 @@ mod tests {
     #[test]
     fn extended_dns_split() {
         let ext = parse_extended_dn("<GUID=AB-cd>;<SID=s-1-5-21-1>;CN=a\\,b,DC=x");
-        assert_eq!(ext, ExtendedDn { guid: Some("ab-cd".into()), sid: Some("S-1-5-21-1".into()), dn: "CN=a\\,b,DC=x".into() });
+        assert_eq!(
+            ext,
+            ExtendedDn { guid: Some("ab-cd".into()), sid: Some("S-1-5-21-1".into()), dn: "CN=a\\,b,DC=x".into() }
+        );
         let plain = parse_extended_dn("<GUID=g>;CN=contact,DC=x");
         assert_eq!((plain.sid, plain.dn.as_str()), (None, "CN=contact,DC=x"));
         assert_eq!(parse_extended_dn("CN=plain,DC=x").dn, "CN=plain,DC=x");

@@ -51,10 +51,19 @@ impl ApplyError {
     fn from_ldap(operation: &str, error: LdapError) -> Self {
         match error {
             LdapError::LdapResult { result } if matches!(result.rc, 51 | 52) => {
-                ApplyError::Directory(DirectoryError::Ldap { operation: operation.into(), code: result.rc, message: describe_rc(result.rc, &result.text) })
+                ApplyError::Directory(DirectoryError::Ldap {
+                    operation: operation.into(),
+                    code: result.rc,
+                    message: describe_rc(result.rc, &result.text),
+                })
             }
-            LdapError::LdapResult { result } => ApplyError::Refused { code: result.rc, message: describe_rc(result.rc, &result.text) },
-            other => ApplyError::Directory(DirectoryError::Transport { operation: operation.into(), cause: innermost(&other) }),
+            LdapError::LdapResult { result } => {
+                ApplyError::Refused { code: result.rc, message: describe_rc(result.rc, &result.text) }
+            }
+            other => ApplyError::Directory(DirectoryError::Transport {
+                operation: operation.into(),
+                cause: innermost(&other),
+            }),
         }
     }
 
@@ -106,7 +115,8 @@ impl Directory {
             Op::RemoveMembers { guid, values, .. } => self.change_members(&guid_dn(guid), values, false).await,
             Op::Delete { guid, .. } => {
                 let (target, timeout) = (guid_dn(guid), self.timeout);
-                match self.send("delete", &target, async |ldap| ldap.with_timeout(timeout).delete(&target).await).await {
+                match self.send("delete", &target, async |ldap| ldap.with_timeout(timeout).delete(&target).await).await
+                {
                     Ok(()) | Err(ApplyError::Refused { code: 32, .. }) => Ok(Applied::Done),
                     Err(e) => Err(e),
                 }
@@ -145,9 +155,11 @@ impl Directory {
     async fn rename(&mut self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
         let rdn = format!("CN={}", crate::dn::escape_value(new_cn));
         let (target, timeout) = (guid_dn(guid), self.timeout);
-        self.send("rename", &target, async |ldap| ldap.with_timeout(timeout).modifydn(&target, &rdn, true, Some(new_parent)).await)
-            .await
-            .map_err(|e| e.conflict_on(&[68]))?;
+        self.send("rename", &target, async |ldap| {
+            ldap.with_timeout(timeout).modifydn(&target, &rdn, true, Some(new_parent)).await
+        })
+        .await
+        .map_err(|e| e.conflict_on(&[68]))?;
         match self.read_back(&guid_dn(guid)).await? {
             Applied::Created { dn, .. } => Ok(Applied::Moved { dn }),
             other => Ok(other),
@@ -195,7 +207,10 @@ impl Directory {
         let values: HashSet<&str> = set(values);
         let change = if add { Mod::Add("member", values) } else { Mod::Delete("member", values) };
         let (operation, timeout) = (if add { "add members" } else { "remove members" }, self.timeout);
-        self.send(operation, target, async |ldap| ldap.with_timeout(timeout).modify(target, vec![change.clone()]).await).await?;
+        self.send(operation, target, async |ldap| {
+            ldap.with_timeout(timeout).modify(target, vec![change.clone()]).await
+        })
+        .await?;
         Ok(Applied::Done)
     }
 
@@ -221,7 +236,9 @@ impl Directory {
                         return Err(ApplyError::from_ldap(operation, LdapError::LdapResult { result }));
                     };
                     let cause = describe_rc(result.rc, &result.text);
-                    tracing::warn!("LDAP {operation} of {target}: the DC answered {cause}; sending it again in {delay:?}");
+                    tracing::warn!(
+                        "LDAP {operation} of {target}: the DC answered {cause}; sending it again in {delay:?}"
+                    );
                     tokio::time::sleep(*delay).await;
                 }
                 Err(e) => return Err(ApplyError::from_ldap(operation, e)),

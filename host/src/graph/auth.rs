@@ -90,8 +90,9 @@ impl CertificateCredential {
     fn load(files: &CertificateFiles) -> Result<Self, CredentialError> {
         let cert_path = &files.certificate_file;
         let key_path = &files.key_file;
-        let certificate = CertificateDer::from_pem_slice(&files.certificate_pem)
-            .map_err(|e| CredentialError::certificate(cert_path, pem_cause(&e, "PEM certificate (BEGIN CERTIFICATE)")))?;
+        let certificate = CertificateDer::from_pem_slice(&files.certificate_pem).map_err(|e| {
+            CredentialError::certificate(cert_path, pem_cause(&e, "PEM certificate (BEGIN CERTIFICATE)"))
+        })?;
         let (_, parsed) = x509_parser::parse_x509_certificate(&certificate)
             .map_err(|e| CredentialError::certificate(cert_path, format!("the certificate does not parse: {e}")))?;
         warn_if_outside_validity(cert_path, &parsed);
@@ -104,12 +105,20 @@ impl CertificateCredential {
             ));
         }
         let key_der = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).map_err(|e| {
-            CredentialError::key(key_path, pem_cause(&e, "PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)"))
+            CredentialError::key(
+                key_path,
+                pem_cause(&e, "PEM private key (BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)"),
+            )
         })?;
         let key = match &key_der {
             PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
             PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-            _ => return Err(CredentialError::key(key_path, "not an RSA key; Entra ID certificate credentials are signed with RSA")),
+            _ => {
+                return Err(CredentialError::key(
+                    key_path,
+                    "not an RSA key; Entra ID certificate credentials are signed with RSA",
+                ));
+            }
         }
         .map_err(|e| CredentialError::key(key_path, format!("not an RSA private key that can sign ({e})")))?;
         drop(key_der);
@@ -257,21 +266,22 @@ impl TokenCache {
         let c = &self.credentials;
         let form = self.form()?;
         let started = Instant::now();
-        let response = http
-            .post(&c.token_url)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| GraphError::network(&c.token_url, &e))?;
+        let response =
+            http.post(&c.token_url).form(&form).send().await.map_err(|e| GraphError::network(&c.token_url, &e))?;
         let status = response.status();
         if status.is_redirection() {
-            let target = response.headers().get("location").and_then(|v| v.to_str().ok()).map(super::path_of).unwrap_or_default();
+            let target = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(super::path_of)
+                .unwrap_or_default();
             return Err(GraphError::Redirect { url: super::path_of(&c.token_url), status: status.as_u16(), target });
         }
-        let body = super::read_body(response)
-            .await
-            .map_err(|e| GraphError::network(&c.token_url, &e))?
-            .ok_or_else(|| GraphError::TooLarge { path: super::path_of(&c.token_url), limit_mib: super::MAX_BODY_BYTES >> 20 })?;
+        let body =
+            super::read_body(response).await.map_err(|e| GraphError::network(&c.token_url, &e))?.ok_or_else(|| {
+                GraphError::TooLarge { path: super::path_of(&c.token_url), limit_mib: super::MAX_BODY_BYTES >> 20 }
+            })?;
         if !status.is_success() {
             let err: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
             return Err(GraphError::Token {
@@ -372,7 +382,8 @@ mod tests {
             .expect("the openssl CLI runs");
         let text = String::from_utf8(out.stdout).unwrap();
         let hex = text.trim().split_once('=').expect("a fingerprint line").1.replace(':', "");
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
         URL_SAFE_NO_PAD.encode(bytes)
     }
 

@@ -192,8 +192,7 @@ pub const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mai
 groupTypes,proxyAddresses,onPremisesSyncEnabled,onPremisesSecurityIdentifier,writebackConfiguration,members";
 
 /// The `$select` list for users.
-pub const USER_SELECT: &str =
-    "id,displayName,userPrincipalName,onPremisesSyncEnabled,onPremisesSecurityIdentifier";
+pub const USER_SELECT: &str = "id,displayName,userPrincipalName,onPremisesSyncEnabled,onPremisesSecurityIdentifier";
 
 /// Parses one group entry.
 pub fn parse_group(entry: &Value) -> Result<GroupEntry, EntryError> {
@@ -245,7 +244,9 @@ fn usable_id(id: &str) -> bool {
 fn entry_id(map: &Map<String, Value>) -> Result<String, EntryError> {
     match map.get("id") {
         Some(Value::String(id)) if usable_id(id) => Ok(id.clone()),
-        Some(_) => Err(EntryError::unnamed("entry has an id that is not a non-empty string of at most 255 bytes without control characters")),
+        Some(_) => Err(EntryError::unnamed(
+            "entry has an id that is not a non-empty string of at most 255 bytes without control characters",
+        )),
         None => Err(EntryError::unnamed("entry has no id")),
     }
 }
@@ -269,7 +270,9 @@ fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, FieldEr
     for item in items {
         let Some(id) = item.get("id").and_then(Value::as_str).filter(|id| !id.trim().is_empty()) else { continue };
         if !usable_id(id) {
-            return Err(FieldError("members@delta holds an id longer than 255 bytes or with a control character".into()));
+            return Err(FieldError(
+                "members@delta holds an id longer than 255 bytes or with a control character".into(),
+            ));
         }
         let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
         changes.push(MemberChange { id: id.to_string(), kind, removed: item.get("@removed").is_some() });

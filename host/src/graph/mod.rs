@@ -35,21 +35,31 @@ pub enum GraphError {
     GaveUp { path: String, cause: String, attempts: u32 },
     #[error("Graph returned a malformed page for {path}: {cause}")]
     MalformedPage { path: String, cause: delta::PageError },
-    #[error("Graph sent group settings that cannot be read ({path}): {cause}; set m365_default_writeback in the config to decide without them")]
+    #[error(
+        "Graph sent group settings that cannot be read ({path}): {cause}; set m365_default_writeback in the config to decide without them"
+    )]
     MalformedSettings { path: String, cause: String },
     #[error("reading writebackConfiguration in a $batch ({path}) failed: {cause}; the cursor stays where it was")]
     MalformedBatch { path: String, cause: String },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]
     ForeignLink { link: String },
-    #[error("{url} answered with a redirect (HTTP {status}) to {target}; redirects are never followed, so no token or secret is sent on; check graph_url and login_url")]
+    #[error(
+        "{url} answered with a redirect (HTTP {status}) to {target}; redirects are never followed, so no token or secret is sent on; check graph_url and login_url"
+    )]
     Redirect { url: String, status: u16, target: String },
     #[error("Graph's response to {path} is larger than {limit_mib} MiB; refusing to read it")]
     TooLarge { path: String, limit_mib: usize },
-    #[error("Graph sent a link this round has already read ({path}): the round would never end; the cursor stays where it was")]
+    #[error(
+        "Graph sent a link this round has already read ({path}): the round would never end; the cursor stays where it was"
+    )]
     LinkLoop { path: String },
-    #[error("the delta round for {path} went on for more than {pages} pages; stopping it, and the cursor stays where it was")]
+    #[error(
+        "the delta round for {path} went on for more than {pages} pages; stopping it, and the cursor stays where it was"
+    )]
     EndlessRound { path: String, pages: usize },
-    #[error("Graph refused the stored delta link for {path} with HTTP {status}: {code}: {message}; the cursor stays where it was, and the next cycle starts a full round if Graph refuses the link again")]
+    #[error(
+        "Graph refused the stored delta link for {path} with HTTP {status}: {code}: {message}; the cursor stays where it was, and the next cycle starts a full round if Graph refuses the link again"
+    )]
     StoredLinkRefused { status: u16, path: String, code: String, message: String },
 }
 
@@ -144,7 +154,11 @@ struct ErrorBody {
 enum Outcome {
     Done(Vec<u8>),
     /// `status` 0: no answer; `cause` says what happened, for the error when retries run out.
-    Retry { status: u16, wait: Option<Duration>, cause: String },
+    Retry {
+        status: u16,
+        wait: Option<Duration>,
+        cause: String,
+    },
     Unauthorized,
 }
 
@@ -276,7 +290,10 @@ impl GraphClient {
     /// Each group's `writebackConfiguration` as `GET /beta/groups/{id}` gives it, read in `$batch` requests of
     /// 20: the fallback for a delta query that does not return it. A group Graph no longer has is left out.
     /// Items Graph throttles or fails are asked again, within the client's retry bounds.
-    pub async fn writeback_configurations(&self, ids: &[String]) -> Result<HashMap<String, serde_json::Value>, GraphError> {
+    pub async fn writeback_configurations(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, serde_json::Value>, GraphError> {
         let url = format!("{}/beta/$batch", self.graph_base);
         let mut found = HashMap::new();
         for chunk in ids.chunks(BATCH_SIZE) {
@@ -290,13 +307,18 @@ impl GraphClient {
                     .map(|(n, id)| serde_json::json!({"id": n.to_string(), "method": "GET", "url": format!("/groups/{}?$select=id,writebackConfiguration", urlencode(id))}))
                     .collect();
                 let body = self.send(&url, Some(&serde_json::json!({ "requests": requests }))).await?;
-                let (done, again, wait) = batch_answers(&body, &pending).map_err(|cause| GraphError::MalformedBatch { path: path_of(&url), cause })?;
+                let (done, again, wait) = batch_answers(&body, &pending)
+                    .map_err(|cause| GraphError::MalformedBatch { path: path_of(&url), cause })?;
                 found.extend(done);
                 if again.is_empty() {
                     break;
                 }
                 if attempt >= self.retry.attempts {
-                    return Err(GraphError::GaveUp { path: path_of(&url), cause: format!("{} groups were throttled or failed in every batch", again.len()), attempts: attempt });
+                    return Err(GraphError::GaveUp {
+                        path: path_of(&url),
+                        cause: format!("{} groups were throttled or failed in every batch", again.len()),
+                        attempts: attempt,
+                    });
                 }
                 tokio::time::sleep(retry_delay(wait, || self.backoff(attempt))).await;
                 pending = again;
@@ -309,7 +331,11 @@ impl GraphClient {
     async fn exists(&self, url: &str) -> Result<bool, GraphError> {
         match self.get(url).await {
             Ok(_) => Ok(true),
-            Err(GraphError::Http { status: 404, code, .. }) if code.eq_ignore_ascii_case("Request_ResourceNotFound") => Ok(false),
+            Err(GraphError::Http { status: 404, code, .. })
+                if code.eq_ignore_ascii_case("Request_ResourceNotFound") =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -376,7 +402,11 @@ impl GraphClient {
         self.count(status.as_u16(), retry_after.is_some());
         let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
         if status.is_redirection() {
-            return Err(GraphError::Redirect { url: path_of(url), status: status.as_u16(), target: location.as_deref().map(path_of).unwrap_or_default() });
+            return Err(GraphError::Redirect {
+                url: path_of(url),
+                status: status.as_u16(),
+                target: location.as_deref().map(path_of).unwrap_or_default(),
+            });
         }
         let body = match read_body(response).await {
             Ok(Some(body)) => body,
@@ -415,7 +445,10 @@ const BATCH_SIZE: usize = 20;
 /// What one `$batch` answered for `asked` (request id n is `asked[n]`): the values found by group id, the
 /// groups to ask again (throttled or failed for now), and the longest Retry-After among those.
 #[allow(clippy::type_complexity)]
-fn batch_answers<'a>(body: &[u8], asked: &[&'a String]) -> Result<(HashMap<String, serde_json::Value>, Vec<&'a String>, Option<Duration>), String> {
+fn batch_answers<'a>(
+    body: &[u8],
+    asked: &[&'a String],
+) -> Result<(HashMap<String, serde_json::Value>, Vec<&'a String>, Option<Duration>), String> {
     let body: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not a batch response: {e}"))?;
     let responses = body["responses"].as_array().ok_or("the batch response has no responses array")?;
     let mut found = HashMap::new();
@@ -435,7 +468,9 @@ fn batch_answers<'a>(body: &[u8], asked: &[&'a String]) -> Result<(HashMap<Strin
             }
             404 => {}
             429 | 500 | 502 | 503 | 504 => {
-                let after = response["headers"].as_object().and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
+                let after = response["headers"]
+                    .as_object()
+                    .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
                 let after = after.and_then(|(_, v)| v.as_str()?.trim().parse::<u64>().ok()).map(Duration::from_secs);
                 wait = wait.max(after.map(|a| a.min(MAX_RETRY_AFTER)));
                 again.push(asked[n]);
@@ -473,13 +508,18 @@ fn unified_writeback_default(body: &[u8]) -> Result<bool, String> {
         name: Option<String>,
         value: Option<String>,
     }
-    let settings: Settings = serde_json::from_slice(body).map_err(|e| format!("not a groupSettings collection: {e}"))?;
+    let settings: Settings =
+        serde_json::from_slice(body).map_err(|e| format!("not a groupSettings collection: {e}"))?;
     let unified = settings.value.iter().find(|s| {
         s.template_id.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(GROUP_UNIFIED_TEMPLATE))
             || s.display_name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("Group.Unified"))
     });
     let value = unified
-        .and_then(|s| s.values.iter().find(|v| v.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("NewUnifiedGroupWritebackDefault"))))
+        .and_then(|s| {
+            s.values
+                .iter()
+                .find(|v| v.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case("NewUnifiedGroupWritebackDefault")))
+        })
         .and_then(|v| v.value.as_deref());
     match value.map(str::trim) {
         None | Some("") => Ok(true),
@@ -546,7 +586,9 @@ fn classify(
         401 => Ok(Outcome::Unauthorized),
         410 => Err(GraphError::ResyncRequired { location }),
         400 if is_resync_code(&code) => Err(GraphError::ResyncRequired { location }),
-        transient if is_transient(transient) => Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") }),
+        transient if is_transient(transient) => {
+            Ok(Outcome::Retry { status: status.as_u16(), wait: retry_after, cause: format!("HTTP {status}") })
+        }
         other => Err(GraphError::Http { status: other, path: path_of(url), code, message }),
     }
 }
@@ -560,7 +602,9 @@ fn refuses_stored_link(status: u16) -> bool {
 /// The error codes by which Graph asks for a fresh round, in any of the spellings it uses. An expired page
 /// token (`Directory_ExpiredPageToken`) on a stored nextLink means the same.
 fn is_resync_code(code: &str) -> bool {
-    ["syncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"].iter().any(|c| c.eq_ignore_ascii_case(code))
+    ["syncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(code))
 }
 
 fn error_code(body: &[u8]) -> (String, String) {
@@ -589,7 +633,13 @@ mod tests {
     use super::*;
 
     fn outcome(status: u16, body: &str) -> Result<Outcome, GraphError> {
-        classify("http://x/beta/groups/delta?$deltatoken=abc", StatusCode::from_u16(status).unwrap(), None, None, body.into())
+        classify(
+            "http://x/beta/groups/delta?$deltatoken=abc",
+            StatusCode::from_u16(status).unwrap(),
+            None,
+            None,
+            body.into(),
+        )
     }
 
     #[test]
@@ -597,7 +647,9 @@ mod tests {
         assert!(matches!(outcome(410, ""), Err(GraphError::ResyncRequired { .. })));
         let body = r#"{"error":{"code":"syncStateNotFound","message":"x"}}"#;
         assert!(matches!(outcome(400, body), Err(GraphError::ResyncRequired { .. })));
-        for code in ["resyncRequired", "SyncStateNotFound", "syncStateInvalid", "Directory_ExpiredPageToken", "RESYNCREQUIRED"] {
+        for code in
+            ["resyncRequired", "SyncStateNotFound", "syncStateInvalid", "Directory_ExpiredPageToken", "RESYNCREQUIRED"]
+        {
             let body = format!(r#"{{"error":{{"code":"{code}","message":"x"}}}}"#);
             assert!(matches!(outcome(400, &body), Err(GraphError::ResyncRequired { .. })), "{code}");
         }
@@ -608,7 +660,8 @@ mod tests {
         for status in [429, 500, 503, 504] {
             assert!(matches!(outcome(status, ""), Ok(Outcome::Retry { .. })), "{status}");
         }
-        let err = outcome(403, r#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges"}}"#);
+        let err =
+            outcome(403, r#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges"}}"#);
         let Err(err) = err else { panic!("403 must fail") };
         let text = err.to_string();
         assert!(text.contains("Authorization_RequestDenied") && !text.contains("abc"), "{text}");
@@ -661,17 +714,29 @@ mod tests {
         assert_eq!(again, [&b, &d], "throttled, and not answered at all");
         assert_eq!(wait, Some(Duration::from_secs(7)));
         assert!(batch_answers(br#"{"responses":[{"id":"9","status":200}]}"#, &asked).is_err(), "an id never asked");
-        assert!(batch_answers(br#"{"responses":[{"id":"0","status":403,"body":{"error":{"code":"Forbidden"}}}]}"#, &asked).is_err());
+        assert!(
+            batch_answers(br#"{"responses":[{"id":"0","status":403,"body":{"error":{"code":"Forbidden"}}}]}"#, &asked)
+                .is_err()
+        );
     }
 
     #[test]
     fn the_m365_writeback_default_is_read_from_the_group_unified_setting() {
         let setting = |name: &str, value: &str| {
-            format!(r#"{{"value":[{{"id":"x","displayName":"Group.Unified","templateId":"{GROUP_UNIFIED_TEMPLATE}","values":[{{"name":"EnableGroupCreation","value":"true"}},{{"name":"{name}","value":"{value}"}}]}}]}}"#)
+            format!(
+                r#"{{"value":[{{"id":"x","displayName":"Group.Unified","templateId":"{GROUP_UNIFIED_TEMPLATE}","values":[{{"name":"EnableGroupCreation","value":"true"}},{{"name":"{name}","value":"{value}"}}]}}]}}"#
+            )
         };
-        assert_eq!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "False").as_bytes()), Ok(false));
+        assert_eq!(
+            unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "False").as_bytes()),
+            Ok(false)
+        );
         assert_eq!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "true").as_bytes()), Ok(true));
-        assert_eq!(unified_writeback_default(setting("SomethingElse", "false").as_bytes()), Ok(true), "absent: the documented default");
+        assert_eq!(
+            unified_writeback_default(setting("SomethingElse", "false").as_bytes()),
+            Ok(true),
+            "absent: the documented default"
+        );
         assert_eq!(unified_writeback_default(br#"{"value":[]}"#), Ok(true), "no Group.Unified setting at all");
         assert!(unified_writeback_default(setting("NewUnifiedGroupWritebackDefault", "maybe").as_bytes()).is_err());
         assert!(unified_writeback_default(b"[]").is_err());
@@ -684,7 +749,11 @@ mod tests {
         }
         assert!(!is_transient(400) && !is_transient(403));
         let backoff = || Duration::from_secs(1);
-        assert_eq!(retry_delay(Some(Duration::from_secs(90)), backoff), Duration::from_secs(90), "not cut to the back-off cap");
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(90)), backoff),
+            Duration::from_secs(90),
+            "not cut to the back-off cap"
+        );
         assert_eq!(retry_delay(Some(Duration::from_secs(300)), backoff), Duration::from_secs(300));
         assert_eq!(retry_delay(Some(Duration::from_secs(86_400)), backoff), MAX_RETRY_AFTER);
         assert_eq!(retry_delay(None, backoff), Duration::from_secs(1));

@@ -37,7 +37,9 @@ pub enum PluginError {
     World { path: PathBuf, world: &'static str, cause: String },
     #[error("plugin {plugin} ran past its {limit_ms} ms limit and was stopped")]
     Timeout { plugin: String, limit_ms: u128 },
-    #[error("plugin {plugin} tried to wait (sleep, or block on a stream), which plugins may not do; the call was stopped")]
+    #[error(
+        "plugin {plugin} tried to wait (sleep, or block on a stream), which plugins may not do; the call was stopped"
+    )]
     Waited { plugin: String },
     #[error("plugin {plugin} went over its memory limit of {limit_mib} MiB and was stopped")]
     Memory { plugin: String, limit_mib: usize },
@@ -129,7 +131,10 @@ pub fn transform_attributes(config: &PluginsConfig) -> Vec<String> {
     if config.transforms.is_empty() {
         return Vec::new();
     }
-    config.transform_attributes.clone().unwrap_or_else(|| DEFAULT_TRANSFORM_ATTRIBUTES.iter().map(|s| s.to_string()).collect())
+    config
+        .transform_attributes
+        .clone()
+        .unwrap_or_else(|| DEFAULT_TRANSFORM_ATTRIBUTES.iter().map(|s| s.to_string()).collect())
 }
 
 /// Runs `f`, which may call plugins, off the async reactor. WASI's synchronous bindings block on the
@@ -212,7 +217,10 @@ impl CallCounters {
 
 impl<P: Prepared> Plugin<P> {
     /// Calls into the plugin with a fresh deadline; a failure drops the instance.
-    fn call<R>(&mut self, f: impl FnOnce(&P::Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&P::Bindings, &mut Store<Sandbox>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
         if self.warm.is_none() {
             let mut store = Sandbox::store(&self.engine, self.name.clone(), self.config.clone(), self.limits);
             runtime::arm_deadline(&mut store, self.limits.timeout);
@@ -251,7 +259,9 @@ impl<P: Prepared> Plugin<P> {
         }
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             let cause = match trap {
-                wasmtime::Trap::UnreachableCodeReached => format!("{trap} (a panic; the plugin's message is in the log)"),
+                wasmtime::Trap::UnreachableCodeReached => {
+                    format!("{trap} (a panic; the plugin's message is in the log)")
+                }
                 other => other.to_string(),
             };
             return PluginError::Trap { plugin, cause };
@@ -287,25 +297,32 @@ impl TenantPlugins {
         let linker = engine.linker()?;
         let prepare = |path: &Path, world: &'static str| {
             let component = engine.load(path)?;
-            linker
-                .instantiate_pre(&component)
-                .map_err(|e| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") })
+            linker.instantiate_pre(&component).map_err(|e| PluginError::World {
+                path: path.to_path_buf(),
+                world,
+                cause: format!("{e:#}"),
+            })
         };
         let plugin = |path: &Path| (plugin_name(path), engine.engine().clone(), settings.clone(), limits);
-        let naming = match &config.naming {
-            Some(path) => {
-                let pre = NamingPolicyPre::new(prepare(path, "naming-policy")?)
-                    .map_err(|e| PluginError::World { path: path.clone(), world: "naming-policy", cause: format!("{e:#}") })?;
-                let (name, engine, config, limits) = plugin(path);
-                let calls = CallCounters::of(&name);
-                Some(Plugin { name, pre, engine, config, limits, warm: None, calls })
-            }
-            None => None,
-        };
+        let naming =
+            match &config.naming {
+                Some(path) => {
+                    let pre = NamingPolicyPre::new(prepare(path, "naming-policy")?).map_err(|e| {
+                        PluginError::World { path: path.clone(), world: "naming-policy", cause: format!("{e:#}") }
+                    })?;
+                    let (name, engine, config, limits) = plugin(path);
+                    let calls = CallCounters::of(&name);
+                    Some(Plugin { name, pre, engine, config, limits, warm: None, calls })
+                }
+                None => None,
+            };
         let mut transforms = Vec::new();
         for path in &config.transforms {
-            let pre = TransformerPre::new(prepare(path, "transformer")?)
-                .map_err(|e| PluginError::World { path: path.clone(), world: "transformer", cause: format!("{e:#}") })?;
+            let pre = TransformerPre::new(prepare(path, "transformer")?).map_err(|e| PluginError::World {
+                path: path.clone(),
+                world: "transformer",
+                cause: format!("{e:#}"),
+            })?;
             let (name, engine, config, limits) = plugin(path);
             let calls = CallCounters::of(&name);
             transforms.push(Plugin { name, pre, engine, config, limits, warm: None, calls });
@@ -363,29 +380,39 @@ fn wit_group(group: &PolicyGroup) -> types::Group {
 impl GroupPolicy for TenantPlugins {
     fn place(&mut self, group: &PolicyGroup) -> Result<Placement, Hold> {
         let Some(plugin) = self.naming.as_mut() else {
-            return naming::default_placement(group.id, Some(group.display_name)).map_err(|e| Hold::Refused(e.to_string()));
+            return naming::default_placement(group.id, Some(group.display_name))
+                .map_err(|e| Hold::Refused(e.to_string()));
         };
         let input = wit_group(group);
         let name = plugin.name.clone();
         let answer = plugin
             .call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))
             .map_err(|e| Hold::Failed(e.to_string()))?;
-        let placement = answer.map_err(|reason| Hold::Refused(format!("naming plugin {name} refused the group: {reason}")))?;
+        let placement =
+            answer.map_err(|reason| Hold::Refused(format!("naming plugin {name} refused the group: {reason}")))?;
         Ok(Placement { cn: placement.cn, sam_account_name: placement.sam_account_name, ou: placement.ou })
     }
 
-    fn transform(&mut self, group: &PolicyGroup, attributes: &mut BTreeMap<String, Vec<String>>) -> Result<Transformed, Hold> {
+    fn transform(
+        &mut self,
+        group: &PolicyGroup,
+        attributes: &mut BTreeMap<String, Vec<String>>,
+    ) -> Result<Transformed, Hold> {
         let input = wit_group(group);
         for plugin in &mut self.transforms {
-            let offered: Vec<types::Attribute> =
-                attributes.iter().map(|(name, values)| types::Attribute { name: name.clone(), values: values.clone() }).collect();
+            let offered: Vec<types::Attribute> = attributes
+                .iter()
+                .map(|(name, values)| types::Attribute { name: name.clone(), values: values.clone() })
+                .collect();
             let name = plugin.name.clone();
             let answer = plugin
                 .call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))
                 .map_err(|e| Hold::Failed(e.to_string()))?;
             match answer.map_err(|reason| Hold::Refused(format!("transform {name} failed: {reason}")))? {
                 Verdict::Exclude(reason) => return Ok(Transformed::Exclude(format!("excluded by {name}: {reason}"))),
-                Verdict::Write(changes) => apply_changes(&name, &self.allowed_attributes, attributes, changes).map_err(Hold::Failed)?,
+                Verdict::Write(changes) => {
+                    apply_changes(&name, &self.allowed_attributes, attributes, changes).map_err(Hold::Failed)?
+                }
             }
         }
         Ok(Transformed::Write)
@@ -401,7 +428,10 @@ fn apply_changes(
 ) -> Result<(), String> {
     for change in &changes {
         if !allowed.contains(&change.name.to_lowercase()) {
-            return Err(format!("transform {plugin} tried to write {:?}, which is not in the allowed attributes", change.name));
+            return Err(format!(
+                "transform {plugin} tried to write {:?}, which is not in the allowed attributes",
+                change.name
+            ));
         }
     }
     for change in changes {

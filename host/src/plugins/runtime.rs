@@ -24,7 +24,8 @@ const OUTPUT_RECYCLE: usize = OUTPUT_CAPACITY / 2;
 /// Host functions that wait outside wasm code, where epoch interruption never fires: a guest that sleeps or
 /// waits on a stream would hold the agent for as long as it liked. They trap instead, so that every call ends
 /// within its timeout. Non-blocking `pollable.ready` stays, since a loop around it runs in wasm code.
-const WAITING_FUNCTIONS: &[(&str, &str)] = &[("wasi:io/poll@0.2.12", "poll"), ("wasi:io/poll@0.2.12", "[method]pollable.block")];
+const WAITING_FUNCTIONS: &[(&str, &str)] =
+    &[("wasi:io/poll@0.2.12", "poll"), ("wasi:io/poll@0.2.12", "[method]pollable.block")];
 
 /// Counts of what one plugin instance may create. Bytes are budgeted by [`InstanceBudget`]; these bound the
 /// address space that each memory reserves however small it is.
@@ -136,7 +137,8 @@ impl PluginEngine {
     /// Loads a component: from the cache when this engine compiled the same bytes before, else compiled
     /// now and cached.
     pub fn load(&self, path: &Path) -> Result<Component, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
+        let bytes =
+            std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
         let Some(cache) = self.cache_path(&bytes) else {
             return self.compile(path, &bytes);
         };
@@ -185,8 +187,11 @@ impl PluginEngine {
     pub(super) fn linker(&self) -> Result<Linker<Sandbox>, PluginError> {
         let mut linker = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
-        super::bindings::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        super::bindings::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
         refuse_waits(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         Ok(linker)
     }
@@ -302,7 +307,8 @@ mod tests {
     use super::*;
 
     /// A core module with two memories of 600 pages (37.5 MiB) each: each fits a 64 MiB limit, both do not.
-    const TWO_MEMORIES: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x05, 0x07, 0x02, 0x00, 0xd8, 0x04, 0x00, 0xd8, 0x04];
+    const TWO_MEMORIES: &[u8] =
+        &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x05, 0x07, 0x02, 0x00, 0xd8, 0x04, 0x00, 0xd8, 0x04];
 
     #[test]
     fn the_memory_limit_holds_for_the_instance_as_a_whole() {

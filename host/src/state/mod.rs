@@ -253,10 +253,10 @@ impl Store {
     /// A throwaway store (tests, and `plan`'s scratch copy). It holds UPNs, SIDs and memberships, so it
     /// lives in a directory of its own, mode 0700, with its files 0600; sled alone would follow the umask.
     pub fn temporary() -> Result<Store, StateError> {
-        let dir = tempfile::Builder::new().prefix("writeback-scratch-").tempdir().map_err(|cause| StateError::CreateDir {
-            path: std::env::temp_dir(),
-            cause,
-        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("writeback-scratch-")
+            .tempdir()
+            .map_err(|cause| StateError::CreateDir { path: std::env::temp_dir(), cause })?;
         let db = sled::Config::new().path(dir.path().join("db")).temporary(true).cache_capacity(CACHE_BYTES).open()?;
         make_private(dir.path()).map_err(|cause| StateError::CreateDir { path: dir.path().to_path_buf(), cause })?;
         Ok(Store { db, _scratch: Some(std::sync::Arc::new(dir)) })
@@ -380,7 +380,8 @@ impl<'a> PageWrites<'a> {
 
     fn group(&mut self, id: &str) -> Result<&mut CloudGroup, StateError> {
         if !self.groups.contains_key(id) {
-            let stored = self.state.group(id)?.unwrap_or_else(|| CloudGroup { id: id.to_string(), ..Default::default() });
+            let stored =
+                self.state.group(id)?.unwrap_or_else(|| CloudGroup { id: id.to_string(), ..Default::default() });
             self.groups.insert(id.to_string(), stored);
         }
         Ok(self.groups.get_mut(id).expect("inserted above"))
@@ -445,7 +446,11 @@ impl<'a> PageWrites<'a> {
             }
         }
         for (group, list) in &self.members {
-            put_or_remove(&mut self.batch, key("m", &[group]), (!list.is_empty()).then(|| members::encode_members(list)));
+            put_or_remove(
+                &mut self.batch,
+                key("m", &[group]),
+                (!list.is_empty()).then(|| members::encode_members(list)),
+            );
         }
         for (member, list) in &self.parents {
             put_or_remove(&mut self.batch, key("r", &[member]), (!list.is_empty()).then(|| members::encode_ids(list)));
@@ -488,7 +493,11 @@ impl TenantState {
     }
 
     fn corrupt(&self, k: &[u8], cause: impl ToString) -> StateError {
-        StateError::Corrupt { tenant: self.name.clone(), key: String::from_utf8_lossy(k).replace('\0', "/"), cause: cause.to_string() }
+        StateError::Corrupt {
+            tenant: self.name.clone(),
+            key: String::from_utf8_lossy(k).replace('\0', "/"),
+            cause: cause.to_string(),
+        }
     }
 
     /// A group's stored member list.
@@ -534,7 +543,12 @@ impl TenantState {
     /// Merges a page of group entries and records the cursor after it, in one atomic batch. `unreadable` are
     /// the page's entries that named a group but could not be parsed: that group is held (see
     /// [`TenantState::unreadable`]) and, in a full round, counts as listed, so that it is never taken for deleted.
-    pub fn merge_group_page(&self, entries: &[GroupEntry], unreadable: &[Unreadable], cursor: &Cursor) -> Result<MergeStats, StateError> {
+    pub fn merge_group_page(
+        &self,
+        entries: &[GroupEntry],
+        unreadable: &[Unreadable],
+        cursor: &Cursor,
+    ) -> Result<MergeStats, StateError> {
         let mut writes = PageWrites::new(self);
         let mut stats = MergeStats::default();
         let mut resync = false;
@@ -637,7 +651,11 @@ impl TenantState {
 
     /// Counts one more cycle in which Graph refused the stored delta link, and returns the count in a row.
     pub fn count_link_refusal(&self, resource: Resource) -> Result<u32, StateError> {
-        let previous = self.tree.get(resource.refusals_key())?.and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok()).map_or(0, u32::from_be_bytes);
+        let previous = self
+            .tree
+            .get(resource.refusals_key())?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map_or(0, u32::from_be_bytes);
         let count = previous.saturating_add(1);
         self.tree.insert(resource.refusals_key(), &count.to_be_bytes())?;
         Ok(count)
@@ -651,10 +669,17 @@ impl TenantState {
 
     /// Merges a page of user entries; groups that contain a changed user become dirty. A user in `unreadable`
     /// keeps what was stored about it and, in a full round, counts as listed.
-    pub fn merge_user_page(&self, entries: &[UserEntry], unreadable: &[Unreadable], cursor: &Cursor) -> Result<MergeStats, StateError> {
+    pub fn merge_user_page(
+        &self,
+        entries: &[UserEntry],
+        unreadable: &[Unreadable],
+        cursor: &Cursor,
+    ) -> Result<MergeStats, StateError> {
         let mut writes = PageWrites::new(self);
         for entry in entries {
-            let first = cursor.full && writes.cleared.insert(entry.id.clone()) && !self.tree.contains_key(key("su", &[&entry.id]))?;
+            let first = cursor.full
+                && writes.cleared.insert(entry.id.clone())
+                && !self.tree.contains_key(key("su", &[&entry.id]))?;
             if cursor.full {
                 writes.batch.insert(key("su", &[&entry.id]), vec![]);
             }
@@ -663,7 +688,11 @@ impl TenantState {
                 None => self.user(&entry.id)?,
             };
             // In a full round the first entry is the whole user: properties it leaves out are unset.
-            let base = if first { current.as_ref().map(|u| CloudUser { id: u.id.clone(), ..Default::default() }) } else { current.clone() };
+            let base = if first {
+                current.as_ref().map(|u| CloudUser { id: u.id.clone(), ..Default::default() })
+            } else {
+                current.clone()
+            };
             let updated = apply_user_entry(base, entry);
             if current.as_ref().map(user_identity) != updated.as_ref().map(user_identity) {
                 for group in self.groups_containing(&entry.id)? {
@@ -745,7 +774,10 @@ impl TenantState {
 
     /// Applies the writes (`None` removes) in batches of [`BATCH_KEYS`]: one batch of 100,000 removals made
     /// sled allocate about 250 MB while applying it, and the allocator kept that memory afterwards.
-    fn apply_in_batches(&self, writes: impl Iterator<Item = sled::Result<(Vec<u8>, Option<Vec<u8>>)>>) -> Result<(), StateError> {
+    fn apply_in_batches(
+        &self,
+        writes: impl Iterator<Item = sled::Result<(Vec<u8>, Option<Vec<u8>>)>>,
+    ) -> Result<(), StateError> {
         let mut batch = sled::Batch::default();
         let mut pending = 0;
         for write in writes {
@@ -869,7 +901,11 @@ impl TenantState {
         for member in self.member_list(id)?.into_keys() {
             let mut parents = self.parent_list(&member)?;
             parents.remove(id);
-            put_or_remove(&mut batch, key("r", &[&member]), (!parents.is_empty()).then(|| members::encode_ids(&parents)));
+            put_or_remove(
+                &mut batch,
+                key("r", &[&member]),
+                (!parents.is_empty()).then(|| members::encode_ids(&parents)),
+            );
         }
         for kind in ["g", "a", "d", "s", "p", "m", "b"] {
             batch.remove(key(kind, &[id]));
@@ -938,7 +974,9 @@ impl TenantState {
             })
             .map_err(|e| match e {
                 sled::transaction::TransactionError::Storage(e) => StateError::Store(e),
-                sled::transaction::TransactionError::Abort(()) => StateError::Store(sled::Error::Unsupported("transaction aborted".into())),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StateError::Store(sled::Error::Unsupported("transaction aborted".into()))
+                }
             })
     }
 
@@ -949,7 +987,8 @@ impl TenantState {
         for item in self.journal.iter() {
             let (k, v) = item?;
             let mut record: AuditRecord = self.decode(&k, &v)?;
-            record.outcome = "interrupted: the agent stopped before the outcome was recorded; the next cycle reconciled it".into();
+            record.outcome =
+                "interrupted: the agent stopped before the outcome was recorded; the next cycle reconciled it".into();
             let key = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             self.settle(key, Some(&record))?;
             filed += 1;
@@ -1062,9 +1101,13 @@ mod tests {
     #[test]
     fn partial_updates_keep_absent_properties_and_replays_are_harmless() {
         let s = state();
-        let first = group_entries(json!([{"id":"g","displayName":"G","description":"d","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
+        let first = group_entries(
+            json!([{"id":"g","displayName":"G","description":"d","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]),
+        );
         s.merge_group_page(&first, &[], &cursor(true)).unwrap();
-        let later = group_entries(json!([{"id":"g","description":null,"members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1","@removed":{"reason":"deleted"}}]}]));
+        let later = group_entries(
+            json!([{"id":"g","description":null,"members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1","@removed":{"reason":"deleted"}}]}]),
+        );
         s.merge_group_page(&later, &[], &cursor(false)).unwrap();
         s.merge_group_page(&later, &[], &cursor(false)).unwrap();
         let group = s.group("g").unwrap().unwrap();
@@ -1077,12 +1120,21 @@ mod tests {
     #[test]
     fn a_full_round_replaces_stale_members_and_finds_missing_groups() {
         let s = state();
-        let members = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u1","u2"])},{"id":"h"}])), &[], &cursor(true)).unwrap();
+        let members = |ids: &[&str]| {
+            json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>())
+        };
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","members@delta":members(&["u1","u2"])},{"id":"h"}])),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_group_round_marks().unwrap();
         // A resync lists g with u2 and u3 over two entries, and no longer lists h.
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u2"])}])), &[], &cursor(true)).unwrap();
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u3"])}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u2"])}])), &[], &cursor(true))
+            .unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":members(&["u3"])}])), &[], &cursor(true))
+            .unwrap();
         let ids: Vec<_> = s.members("g").unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["u2", "u3"]);
         assert_eq!(s.groups_missing_from_full_round().unwrap(), ["h"]);
@@ -1095,12 +1147,18 @@ mod tests {
         s.merge_group_page(&group_entries(full), &[], &cursor(true)).unwrap();
         s.clear_group_round_marks().unwrap();
         // A resync while the description, mail and addresses were cleared: Graph leaves them out.
-        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G","groupTypes":[]}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G","groupTypes":[]}])), &[], &cursor(true))
+            .unwrap();
         let group = s.group("g").unwrap().unwrap();
         assert_eq!((group.description, group.mail, group.proxy_addresses), (None, None, None));
         assert_eq!(group.display_name.as_deref(), Some("G"));
         // Later entries of the same round (a large group's members) add to it and keep what the first set.
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().display_name.as_deref(), Some("G"));
         assert_eq!(s.members("g").unwrap().len(), 1);
     }
@@ -1109,7 +1167,12 @@ mod tests {
     fn a_full_user_entry_replaces_every_stored_property() {
         let s = state();
         let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
-        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000","onPremisesSyncEnabled":true})), &[], &cursor(true)).unwrap();
+        s.merge_user_page(
+            &user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000","onPremisesSyncEnabled":true})),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_user_round_marks().unwrap();
         s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &[], &cursor(true)).unwrap();
         let stored = s.user("u1").unwrap().unwrap();
@@ -1123,9 +1186,19 @@ mod tests {
     #[test]
     fn an_unreadable_entry_in_a_full_round_counts_as_listed_and_holds_its_group() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"G"},{"id":"h","displayName":"H"}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","displayName":"G"},{"id":"h","displayName":"H"}])),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_group_round_marks().unwrap();
-        s.merge_group_page(&group_entries(json!([{"id":"h","displayName":"H"}])), &unreadable(Some("g")), &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"h","displayName":"H"}])),
+            &unreadable(Some("g")),
+            &cursor(true),
+        )
+        .unwrap();
         assert!(s.groups_missing_from_full_round().unwrap().is_empty(), "g was listed, if unreadably");
         assert!(s.unreadable("g").unwrap().unwrap().contains("proxyAddresses"));
         assert!(!s.take_resync_request(Resource::Groups).unwrap(), "a full round needs no other full round");
@@ -1176,9 +1249,19 @@ mod tests {
     #[test]
     fn a_soft_deleted_user_keeps_its_memberships_until_the_hard_delete() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
-        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &[], &cursor(true)).unwrap();
+        s.merge_user_page(
+            &user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_dirty("g").unwrap();
         s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"changed"}})), &[], &cursor(false)).unwrap();
         assert!(s.user("u1").unwrap().is_some());
@@ -1191,7 +1274,12 @@ mod tests {
     #[test]
     fn a_user_identity_change_dirties_its_groups() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}])),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_dirty("g").unwrap();
         let user = |v: serde_json::Value| vec![parse_user(&v).unwrap()];
         s.merge_user_page(&user(json!({"id":"u1","displayName":"A"})), &[], &cursor(true)).unwrap();
@@ -1199,7 +1287,12 @@ mod tests {
         s.clear_dirty("g").unwrap();
         s.merge_user_page(&user(json!({"id":"u1","displayName":"B"})), &[], &cursor(false)).unwrap();
         assert!(s.dirty().unwrap().is_empty(), "a display name change does not touch membership");
-        s.merge_user_page(&user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})), &[], &cursor(false)).unwrap();
+        s.merge_user_page(
+            &user(json!({"id":"u1","onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1000"})),
+            &[],
+            &cursor(false),
+        )
+        .unwrap();
         assert_eq!(s.dirty().unwrap(), ["g"]);
         s.merge_user_page(&user(json!({"id":"u1","@removed":{"reason":"deleted"}})), &[], &cursor(false)).unwrap();
         assert_eq!(s.user("u1").unwrap(), None);
@@ -1208,9 +1301,21 @@ mod tests {
     #[test]
     fn a_nested_group_change_dirties_its_parents() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"parent","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"child"}]}])), &[], &cursor(true)).unwrap();
+        s.merge_group_page(
+            &group_entries(
+                json!([{"id":"parent","members@delta":[{"@odata.type":"#microsoft.graph.group","id":"child"}]}]),
+            ),
+            &[],
+            &cursor(true),
+        )
+        .unwrap();
         s.clear_dirty("parent").unwrap();
-        s.merge_group_page(&group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])), &[], &cursor(false)).unwrap();
+        s.merge_group_page(
+            &group_entries(json!([{"id":"child","writebackConfiguration":{"isEnabled":false}}])),
+            &[],
+            &cursor(false),
+        )
+        .unwrap();
         assert_eq!(s.dirty().unwrap(), ["child", "parent"]);
     }
 
@@ -1224,19 +1329,33 @@ mod tests {
         let s = store.tenant("t").unwrap();
         assert_eq!(s.cursor(Resource::Groups).unwrap(), None, "the next cycle resyncs in full");
         assert!(s.members("g").unwrap().is_empty());
-        let page = group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
+        let page =
+            group_entries(json!([{"id":"g","members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"}]}]));
         s.merge_group_page(&page, &[], &cursor(false)).unwrap();
         s.reset().unwrap();
         s.merge_group_page(&page, &[], &cursor(false)).unwrap();
         let reopened = store.tenant("t").unwrap();
-        assert_eq!(reopened.members("g").unwrap(), [("u1".to_string(), MemberKind::User)], "a current layout is kept, also after a reset");
+        assert_eq!(
+            reopened.members("g").unwrap(),
+            [("u1".to_string(), MemberKind::User)],
+            "a current layout is kept, also after a reset"
+        );
     }
 
     #[test]
     fn purging_a_group_forgets_it_as_a_parent_only() {
         let s = state();
-        let users = |ids: &[&str]| json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>());
-        s.merge_group_page(&group_entries(json!([{"id":"g","members@delta":users(&["u1","u2"])},{"id":"h","members@delta":users(&["u1"])}])), &[], &cursor(false)).unwrap();
+        let users = |ids: &[&str]| {
+            json!(ids.iter().map(|id| json!({"@odata.type":"#microsoft.graph.user","id":id})).collect::<Vec<_>>())
+        };
+        s.merge_group_page(
+            &group_entries(
+                json!([{"id":"g","members@delta":users(&["u1","u2"])},{"id":"h","members@delta":users(&["u1"])}]),
+            ),
+            &[],
+            &cursor(false),
+        )
+        .unwrap();
         s.purge_group("g").unwrap();
         assert!(s.members("g").unwrap().is_empty());
         assert_eq!(s.groups_containing("u1").unwrap(), ["h"]);
@@ -1247,7 +1366,8 @@ mod tests {
     #[test]
     fn restore_clears_removal() {
         let s = state();
-        s.merge_group_page(&group_entries(json!([{"id":"g","@removed":{"reason":"changed"}}])), &[], &cursor(false)).unwrap();
+        s.merge_group_page(&group_entries(json!([{"id":"g","@removed":{"reason":"changed"}}])), &[], &cursor(false))
+            .unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().removed, Some(Removal::Changed));
         s.merge_group_page(&group_entries(json!([{"id":"g","displayName":"back"}])), &[], &cursor(false)).unwrap();
         assert_eq!(s.group("g").unwrap().unwrap().removed, None);
@@ -1270,7 +1390,8 @@ mod tests {
         s.settle(keys[2], None).unwrap();
         assert_eq!(s.file_interrupted().unwrap(), 1);
         let log = s.audit_log().unwrap();
-        let outcomes: Vec<_> = log.iter().map(|r| (r.operation.as_str(), r.outcome.starts_with("interrupted"))).collect();
+        let outcomes: Vec<_> =
+            log.iter().map(|r| (r.operation.as_str(), r.outcome.starts_with("interrupted"))).collect();
         assert_eq!(outcomes, [("create", false), ("add-members", true)]);
         assert_eq!(s.file_interrupted().unwrap(), 0, "filed once");
     }

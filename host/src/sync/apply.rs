@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{APPLY_FAILED, CycleReport, SyncError, TenantSync, now};
-use crate::directory::{ApplyError, Applied, Directory};
+use crate::directory::{Applied, ApplyError, Directory};
 use crate::plan::{self, Op, Plan, Snapshot};
 use crate::state::{Anchor, AuditRecord, StateError};
 use crate::status::GroupProblem;
@@ -28,7 +28,9 @@ impl TenantSync<'_> {
                 fence.confirm(directory).await?;
             }
             // The intents are durable before any of these writes is sent: a crash cannot hide a write.
-            let keys = self.state.journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
+            let keys = self
+                .state
+                .journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
             self.store.flush().await?;
             let mut journaled = chunk.iter().zip(keys);
             while let Some((op, key)) = journaled.next() {
@@ -108,7 +110,11 @@ impl TenantSync<'_> {
             Err(ApplyError::Conflict { .. }) => "conflict",
             Err(_) => "failed",
         };
-        let labels = crate::metrics::DirectoryLabels { tenant: self.config.name.clone(), kind: kind.into(), outcome: outcome.into() };
+        let labels = crate::metrics::DirectoryLabels {
+            tenant: self.config.name.clone(),
+            kind: kind.into(),
+            outcome: outcome.into(),
+        };
         crate::metrics::global().directory_operations.get_or_create(&labels).inc();
     }
 
@@ -136,9 +142,14 @@ impl TenantSync<'_> {
         unsettled: &BTreeSet<String>,
     ) -> Result<(), StateError> {
         // Held deletes and renames stay pending, so they are planned again until they are allowed.
-        let held: BTreeSet<&str> =
-            plan.held_deletes.iter().map(|d| d.group_id.as_str()).chain(plan.held_renames.iter().map(Op::group_id)).collect();
-        let deleted: BTreeSet<&str> = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
+        let held: BTreeSet<&str> = plan
+            .held_deletes
+            .iter()
+            .map(|d| d.group_id.as_str())
+            .chain(plan.held_renames.iter().map(Op::group_id))
+            .collect();
+        let deleted: BTreeSet<&str> =
+            plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
         for id in ids {
             if failed.contains_key(id) || held.contains(id.as_str()) {
                 continue;

@@ -7,8 +7,8 @@ mod problems;
 mod reconcile;
 mod rounds;
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{ConfigError, TenantConfig};
 use crate::directory::{Directory, DirectoryError};
@@ -113,9 +113,14 @@ impl CycleReport {
                 s.held_renames.len()
             ));
         }
-        let failed: Vec<_> =
-            s.held_groups.iter().filter(|p| p.reason.starts_with(APPLY_FAILED) || p.reason.starts_with(QUARANTINED)).collect();
-        failed.first().map(|first| format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason))
+        let failed: Vec<_> = s
+            .held_groups
+            .iter()
+            .filter(|p| p.reason.starts_with(APPLY_FAILED) || p.reason.starts_with(QUARANTINED))
+            .collect();
+        failed.first().map(|first| {
+            format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason)
+        })
     }
 }
 
@@ -187,7 +192,10 @@ impl TenantSync<'_> {
             if let Some(fence) = &self.fence {
                 directory.set_fence(fence.clone());
             }
-            crate::metrics::global().directory_connections.get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() }).inc();
+            crate::metrics::global()
+                .directory_connections
+                .get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() })
+                .inc();
             let result = self.reconcile(&mut directory, options, &mut report).await;
             directory.close().await;
             result?;
@@ -200,10 +208,20 @@ impl TenantSync<'_> {
         report.status.last_cycle = now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         if options.standby {
-            report.status.outcome = format!("standby: another agent writes; {} groups pending here, {} changes planned", report.status.pending_groups, report.plan.len());
+            report.status.outcome = format!(
+                "standby: another agent writes; {} groups pending here, {} changes planned",
+                report.status.pending_groups,
+                report.plan.len()
+            );
         }
         let s = &report.status;
-        tracing::info!(writes = s.writes, managed = s.managed_groups, pending = s.pending_groups, held = s.held_groups.len(), "cycle applied");
+        tracing::info!(
+            writes = s.writes,
+            managed = s.managed_groups,
+            pending = s.pending_groups,
+            held = s.held_groups.len(),
+            "cycle applied"
+        );
         Ok(report)
     }
 
@@ -266,7 +284,10 @@ impl TenantSync<'_> {
             let Some(group) = self.state.group(&id).map_err(|e| e.to_string())? else { continue };
             let Ok(kind) = model::scope(&group, settings.m365_default_writeback) else { continue };
             if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
-                let already = matches!(model::place_and_transform(&group, kind, settings, current.as_mut()), Err(Hold::Failed(_)));
+                let already = matches!(
+                    model::place_and_transform(&group, kind, settings, current.as_mut()),
+                    Err(Hold::Failed(_))
+                );
                 if !already {
                     return Err(format!("group {id}: {reason}"));
                 }

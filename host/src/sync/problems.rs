@@ -12,8 +12,14 @@ use crate::status::{GroupProblem, TenantStatus};
 impl TenantSync<'_> {
     /// Stores what this cycle found wrong with each planned group, so `status` shows every group's
     /// current problems and not only those of the groups the last cycle touched.
-    pub(super) fn record_problems(&self, ids: &BTreeSet<String>, plan: &Plan, status: &TenantStatus) -> Result<(), StateError> {
-        let mut problems: BTreeMap<&str, GroupProblems> = ids.iter().map(|id| (id.as_str(), GroupProblems::default())).collect();
+    pub(super) fn record_problems(
+        &self,
+        ids: &BTreeSet<String>,
+        plan: &Plan,
+        status: &TenantStatus,
+    ) -> Result<(), StateError> {
+        let mut problems: BTreeMap<&str, GroupProblems> =
+            ids.iter().map(|id| (id.as_str(), GroupProblems::default())).collect();
         for s in &status.skipped_members {
             if let Some(p) = problems.get_mut(s.group_id.as_str()) {
                 p.skipped_members.push((s.member_id.clone(), s.reason.clone()));

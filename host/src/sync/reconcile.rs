@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::PoisonError;
 
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
+use crate::directory::{Directory, ManagedGroups};
 use crate::dn;
 use crate::graph::Presence;
-use crate::directory::{Directory, ManagedGroups};
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
 use crate::state::Threshold;
@@ -28,7 +28,12 @@ struct Carry {
 impl TenantSync<'_> {
     /// Plans the groups that need it (every group on a full reconcile) against the directory and applies
     /// the plan, a batch at a time.
-    pub(super) async fn reconcile(&self, directory: &mut Directory, options: CycleOptions, report: &mut CycleReport) -> Result<(), SyncError> {
+    pub(super) async fn reconcile(
+        &self,
+        directory: &mut Directory,
+        options: CycleOptions,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let settings = self.model_settings(directory.schema.clone());
         let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.dirty()? };
         ids.sort_unstable();
@@ -86,8 +91,9 @@ impl TenantSync<'_> {
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
         drop(intents);
         self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
-        let (deferred, now): (Vec<Op>, Vec<Op>) =
-            std::mem::take(&mut plan.ops).into_iter().partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
+        let (deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
+            .into_iter()
+            .partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
         plan.ops = now;
         let held_removals = self.hold_member_removals(&mut plan, options, report)?;
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
@@ -115,7 +121,13 @@ impl TenantSync<'_> {
 
     /// Applies the renames, moves and deletes of every batch, holding them when there are more than the
     /// tenant's thresholds allow.
-    async fn apply_deferred(&self, directory: &mut Directory, options: CycleOptions, mut carry: Carry, report: &mut CycleReport) -> Result<(), SyncError> {
+    async fn apply_deferred(
+        &self,
+        directory: &mut Directory,
+        options: CycleOptions,
+        mut carry: Carry,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let ids: BTreeSet<String> = carry.deferred.keys().cloned().collect();
         let (mut ops, deletes): (Vec<Op>, Vec<Op>) = carry.deferred.into_values().partition(plan::is_rename);
         ops.extend(deletes);
@@ -176,7 +188,11 @@ impl TenantSync<'_> {
                 let Some(sid) = member.sid.as_ref().map(|s| s.to_uppercase()) else { continue };
                 if wanted.contains(&sid) {
                     holders.insert(group.dn.clone());
-                    present.entry(sid).or_insert_with(|| Principal { dn: member.dn.clone(), group_type: None, classes: Vec::new() });
+                    present.entry(sid).or_insert_with(|| Principal {
+                        dn: member.dn.clone(),
+                        group_type: None,
+                        classes: Vec::new(),
+                    });
                 }
             }
         }
@@ -207,7 +223,12 @@ impl TenantSync<'_> {
 
     /// Takes the batch's member removals out of the plan when they, with those applied within the window,
     /// are more than `member_removal_threshold`, unless allowed. Returns the groups whose removals were held.
-    fn hold_member_removals(&self, plan: &mut Plan, options: CycleOptions, report: &mut CycleReport) -> Result<Vec<String>, SyncError> {
+    fn hold_member_removals(
+        &self,
+        plan: &mut Plan,
+        options: CycleOptions,
+        report: &mut CycleReport,
+    ) -> Result<Vec<String>, SyncError> {
         let planned = plan::member_removals_in(plan);
         if options.allow_member_removals || planned == 0 {
             return Ok(Vec::new());
@@ -260,7 +281,13 @@ impl TenantSync<'_> {
     /// allows the group in `allow_protected_groups`. A new groupType would too (a distribution group that
     /// becomes a security group gives its members the rights), so it is withheld alike. Only groups with
     /// planned adds or type changes are looked at.
-    async fn withhold_protected_adds(&self, directory: &mut Directory, plan: &mut Plan, snapshot: &Snapshot, report: &mut CycleReport) -> Result<(), SyncError> {
+    async fn withhold_protected_adds(
+        &self,
+        directory: &mut Directory,
+        plan: &mut Plan,
+        snapshot: &Snapshot,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let mut withheld = Vec::new();
         for index in 0..plan.ops.len() {
             match &plan.ops[index] {
@@ -292,12 +319,21 @@ impl TenantSync<'_> {
     }
 
     /// The protected group that `group_dn` is in, directly or nested, unless the tenant allows the group.
-    async fn protection(&self, directory: &mut Directory, group_id: &str, group_dn: &str, snapshot: &Snapshot) -> Result<Option<String>, SyncError> {
+    async fn protection(
+        &self,
+        directory: &mut Directory,
+        group_id: &str,
+        group_dn: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Option<String>, SyncError> {
         if self.config.allow_protected_groups.iter().any(|id| id == group_id) {
             return Ok(None);
         }
         let deny = &self.config.protected_groups;
-        let marked = snapshot.managed.get(group_id).is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
+        let marked = snapshot
+            .managed
+            .get(group_id)
+            .is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
         let listed = deny.iter().any(|d| dn::same(d, group_dn));
         if marked || listed {
             return Ok(Some(group_dn.to_string()));
@@ -306,7 +342,12 @@ impl TenantSync<'_> {
     }
 
     /// Intents for `ids`, plus orphans: managed AD groups whose cloud group the state does not know.
-    async fn intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+    async fn intents(
+        &self,
+        ids: &BTreeSet<String>,
+        settings: &ModelSettings,
+        report: &mut CycleReport,
+    ) -> Result<BTreeMap<String, Intent>, SyncError> {
         let mut intents = crate::plugins::off_reactor(|| self.known_intents(ids, settings, report))?;
         // Known to the directory only: the state was lost or the delete was never recorded.
         let orphans: Vec<&String> = ids.iter().filter(|id| !intents.contains_key(*id)).collect();
@@ -322,7 +363,12 @@ impl TenantSync<'_> {
     }
 
     /// Intents of the groups the state knows, through the tenant's policy (plugins run here).
-    fn known_intents(&self, ids: &BTreeSet<String>, settings: &ModelSettings, report: &mut CycleReport) -> Result<BTreeMap<String, Intent>, SyncError> {
+    fn known_intents(
+        &self,
+        ids: &BTreeSet<String>,
+        settings: &ModelSettings,
+        report: &mut CycleReport,
+    ) -> Result<BTreeMap<String, Intent>, SyncError> {
         let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
         let mut intents = BTreeMap::new();
         for id in ids {
@@ -330,8 +376,12 @@ impl TenantSync<'_> {
             let (intent, skipped) = model::intent(&self.state, &group, settings, policy.as_mut())?;
             report.status.skipped_members.extend(skipped);
             match &intent {
-                Intent::Refuse(reason) => report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
-                Intent::Exclude(reason) => report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() }),
+                Intent::Refuse(reason) => {
+                    report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() })
+                }
+                Intent::Exclude(reason) => {
+                    report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() })
+                }
                 _ => {}
             }
             intents.insert(id.clone(), intent);

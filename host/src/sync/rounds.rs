@@ -4,9 +4,9 @@ use super::{CycleReport, SyncError, TenantSync};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
-use crate::graph::{GraphError, MAX_ROUND_PAGES, Page, Presence, STORED_LINK_REFUSALS};
-use crate::graph::delta::{self, NextLink, Removal};
 use crate::config::WritebackSource;
+use crate::graph::delta::{self, NextLink, Removal};
+use crate::graph::{GraphError, MAX_ROUND_PAGES, Page, Presence, STORED_LINK_REFUSALS};
 use crate::state::{Cursor, Resource, Unreadable};
 
 /// What keeps a delta round finite: a link read twice, or more pages than any tenant has, is a Graph fault
@@ -162,17 +162,25 @@ impl TenantSync<'_> {
         }
     }
 
-    pub(super) fn merge(&self, resource: Resource, entries: &[serde_json::Value], cursor: &Cursor, report: &mut CycleReport) -> Result<(), SyncError> {
+    pub(super) fn merge(
+        &self,
+        resource: Resource,
+        entries: &[serde_json::Value],
+        cursor: &Cursor,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let mut unreadable = Vec::new();
         let mut bad = |err: delta::EntryError| unreadable.push(Unreadable { id: err.id, reason: err.reason });
         match resource {
             Resource::Groups => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_group(e).map_err(&mut bad).ok()).collect();
+                let parsed: Vec<_> =
+                    entries.iter().filter_map(|e| delta::parse_group(e).map_err(&mut bad).ok()).collect();
                 self.state.merge_group_page(&parsed, &unreadable, cursor)?;
                 report.read_groups += parsed.len();
             }
             Resource::Users => {
-                let parsed: Vec<_> = entries.iter().filter_map(|e| delta::parse_user(e).map_err(&mut bad).ok()).collect();
+                let parsed: Vec<_> =
+                    entries.iter().filter_map(|e| delta::parse_user(e).map_err(&mut bad).ok()).collect();
                 self.state.merge_user_page(&parsed, &unreadable, cursor)?;
                 report.read_users += parsed.len();
             }

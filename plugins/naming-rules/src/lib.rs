@@ -144,7 +144,8 @@ pub fn validate(placement: &Placement) -> Result<(), String> {
 /// Is `c` refused in a sAMAccountName? (The characters of [`SAM_ILLEGAL`], matched without a search per
 /// character.)
 pub fn is_illegal_sam_char(c: char) -> bool {
-    c.is_control() || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>')
+    c.is_control()
+        || matches!(c, '"' | '/' | '\\' | '[' | ']' | ':' | ';' | '|' | '=' | ',' | '+' | '*' | '?' | '<' | '>')
 }
 
 /// The sAMAccountName rules: not empty, at most 20 characters, none of `"/\[]:;|=,+*?<>` or control

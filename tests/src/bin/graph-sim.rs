@@ -55,9 +55,7 @@ impl Args {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
             client_secret: secret.trim().to_owned(),
-            token_lifetime_secs: self
-                .token_lifetime_secs
-                .unwrap_or(defaults.token_lifetime_secs),
+            token_lifetime_secs: self.token_lifetime_secs.unwrap_or(defaults.token_lifetime_secs),
             page_size: self.page_size.unwrap_or(defaults.page_size),
             members_per_entry: self.members_per_entry.unwrap_or(defaults.members_per_entry),
             shuffle_seed: self.shuffle_seed,
@@ -69,8 +67,7 @@ impl Args {
 /// Writes via a temporary file and a rename, so a watcher never reads half a URL.
 fn write_ready_file(path: &Path, url: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{url}\n"))
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, format!("{url}\n")).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
@@ -85,19 +82,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
-    anyhow::ensure!(
-        args.listen.ip().is_loopback(),
-        "--listen must be a loopback address, not {}",
-        args.listen
-    );
+    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen must be a loopback address, not {}", args.listen);
     let sim = GraphSim::start_on(args.config()?, args.listen)?;
     if let Some(path) = &args.fixture {
-        sim.load_fixture(Fixture::from_path(path)?)
-            .context("loading fixture")?;
+        sim.load_fixture(Fixture::from_path(path)?).context("loading fixture")?;
     }
     println!("graph-sim listening on {}", sim.base_url());
     if let Some(path) = &args.ready_file {

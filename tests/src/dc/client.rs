@@ -10,8 +10,7 @@ use anyhow::{Context, Result, bail};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::RawControl;
 use ldap3::{
-    Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry, SearchResult,
-    dn_escape, ldap_escape,
+    Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry, SearchResult, dn_escape, ldap_escape,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -93,9 +92,7 @@ pub(crate) async fn connect(info: &DcInfo, bind_dn: &str, password: &str) -> Res
 }
 
 async fn connect_once(info: &DcInfo, bind_dn: &str, password: &str) -> Result<Ldap> {
-    let settings = LdapConnSettings::new()
-        .set_conn_timeout(CONNECT_TIMEOUT)
-        .set_config(tls_config(info)?);
+    let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT).set_config(tls_config(info)?);
     let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &info.url)
         .await
         .with_context(|| format!("connecting to {}", info.url))?;
@@ -113,14 +110,11 @@ async fn connect_once(info: &DcInfo, bind_dn: &str, password: &str) -> Result<Ld
 /// explicitly because a program that also links reqwest's rustls has more
 /// than one, and then rustls cannot pick a process default by itself.
 fn tls_config(info: &DcInfo) -> Result<Arc<rustls::ClientConfig>> {
-    let pem =
-        fs::read(&info.ca_file).with_context(|| format!("reading {}", info.ca_file.display()))?;
+    let pem = fs::read(&info.ca_file).with_context(|| format!("reading {}", info.ca_file.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.with_context(|| format!("parsing {}", info.ca_file.display()))?;
-        roots
-            .add(cert)
-            .context("adding the test CA to the root store")?;
+        roots.add(cert).context("adding the test CA to the root store")?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -157,11 +151,7 @@ impl TestDc {
         }
         let suffix = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dn = format!("OU={},{BASE_DN}", dn_escape(format!("{name}-{suffix}")));
-        let ou = TestOu {
-            users_dn: format!("OU=Users,{dn}"),
-            groups_dn: format!("OU=Groups,{dn}"),
-            dn,
-        };
+        let ou = TestOu { users_dn: format!("OU=Users,{dn}"), groups_dn: format!("OU=Groups,{dn}"), dn };
         for dn in [&ou.dn, &ou.users_dn, &ou.groups_dn] {
             add_ou(&mut ldap, dn).await?;
         }
@@ -182,10 +172,7 @@ impl TestDc {
     /// disabled and without a password, which is fine for group membership.
     pub async fn create_user(&self, ou_dn: &str, sam: &str) -> Result<AdObject> {
         let dn = format!("CN={},{ou_dn}", dn_escape(sam));
-        let attrs = vec![
-            ("objectClass", HashSet::from(["user"])),
-            ("sAMAccountName", HashSet::from([sam])),
-        ];
+        let attrs = vec![("objectClass", HashSet::from(["user"])), ("sAMAccountName", HashSet::from([sam]))];
         self.add_and_read_back(&dn, attrs).await
     }
 
@@ -228,14 +215,10 @@ impl TestDc {
     /// The rootDSE's `highestCommittedUSN`: it moves on every real write.
     pub async fn highest_committed_usn(&self) -> Result<u64> {
         let mut ldap = self.admin().await?;
-        let root = read_entry(&mut ldap, "", &["highestCommittedUSN"])
-            .await?
-            .context("rootDSE not readable")?;
+        let root = read_entry(&mut ldap, "", &["highestCommittedUSN"]).await?.context("rootDSE not readable")?;
         ldap.unbind().await.ok();
-        let text = first_value(&root, "highestCommittedUSN")
-            .context("rootDSE has no highestCommittedUSN")?;
-        text.parse()
-            .with_context(|| format!("highestCommittedUSN {text:?} is not a number"))
+        let text = first_value(&root, "highestCommittedUSN").context("rootDSE has no highestCommittedUSN")?;
+        text.parse().with_context(|| format!("highestCommittedUSN {text:?} is not a number"))
     }
 
     /// The highest `uSNChanged` of any object in the subtree at `dn`. Unlike the rootDSE's
@@ -265,14 +248,7 @@ impl TestDc {
     /// Every group in the subtree at `dn`, with all members.
     pub async fn groups_under(&self, dn: &str) -> Result<Vec<GroupEntry>> {
         let mut ldap = self.admin().await?;
-        let entries = search_all(
-            &mut ldap,
-            dn,
-            Scope::Subtree,
-            "(objectClass=group)",
-            &GROUP_ATTRS,
-        )
-        .await?;
+        let entries = search_all(&mut ldap, dn, Scope::Subtree, "(objectClass=group)", &GROUP_ATTRS).await?;
         let mut groups = Vec::with_capacity(entries.len());
         for entry in entries {
             let members = all_members(&mut ldap, &entry).await?;
@@ -325,40 +301,29 @@ impl TestDc {
             .output()
             .context("running samba-tool dsacl set")?;
         if !output.status.success() {
-            anyhow::bail!("samba-tool dsacl set on {object_dn} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            anyhow::bail!(
+                "samba-tool dsacl set on {object_dn} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }
 
-    async fn add_and_read_back(
-        &self,
-        dn: &str,
-        attrs: Vec<(&str, HashSet<&str>)>,
-    ) -> Result<AdObject> {
+    async fn add_and_read_back(&self, dn: &str, attrs: Vec<(&str, HashSet<&str>)>) -> Result<AdObject> {
         let mut ldap = self.admin().await?;
-        ldap.add(dn, attrs)
-            .await
-            .and_then(LdapResult::success)
-            .with_context(|| format!("adding {dn}"))?;
+        ldap.add(dn, attrs).await.and_then(LdapResult::success).with_context(|| format!("adding {dn}"))?;
         let entry = read_entry(&mut ldap, dn, &["objectSid", "objectGUID"])
             .await?
             .with_context(|| format!("{dn} vanished right after it was added"))?;
         ldap.unbind().await.ok();
-        Ok(AdObject {
-            sid: sid_of(&entry)?,
-            guid: guid_of(&entry)?,
-            dn: entry.dn,
-        })
+        Ok(AdObject { sid: sid_of(&entry)?, guid: guid_of(&entry)?, dn: entry.dn })
     }
 }
 
 /// Test OUs an earlier run left for `name`: `<name>-` plus exactly six hex
 /// digits, so the OU of a test called `<name>-more` is never mistaken for one.
 async fn stale_test_ous(ldap: &mut Ldap, name: &str) -> Result<Vec<String>> {
-    let filter = format!(
-        "(&(objectClass=organizationalUnit)(ou={}-*))",
-        ldap_escape(name)
-    );
+    let filter = format!("(&(objectClass=organizationalUnit)(ou={}-*))", ldap_escape(name));
     let entries = search_all(ldap, BASE_DN, Scope::OneLevel, &filter, &["ou"]).await?;
     Ok(entries
         .into_iter()
@@ -381,24 +346,13 @@ fn is_test_ou_name(ou: &str, name: &str) -> bool {
 
 async fn add_ou(ldap: &mut Ldap, dn: &str) -> Result<()> {
     let attrs = vec![("objectClass", HashSet::from(["organizationalUnit"]))];
-    ldap.add(dn, attrs)
-        .await
-        .and_then(LdapResult::success)
-        .with_context(|| format!("adding OU {dn}"))?;
+    ldap.add(dn, attrs).await.and_then(LdapResult::success).with_context(|| format!("adding OU {dn}"))?;
     Ok(())
 }
 
 async fn tree_delete(ldap: &mut Ldap, dn: &str) -> Result<()> {
-    let control = RawControl {
-        ctype: TREE_DELETE_OID.to_owned(),
-        crit: true,
-        val: None,
-    };
-    let result = ldap
-        .with_controls(control)
-        .delete(dn)
-        .await
-        .with_context(|| format!("tree-deleting {dn}"))?;
+    let control = RawControl { ctype: TREE_DELETE_OID.to_owned(), crit: true, val: None };
+    let result = ldap.with_controls(control).delete(dn).await.with_context(|| format!("tree-deleting {dn}"))?;
     if result.rc != 0 && result.rc != NO_SUCH_OBJECT {
         bail!("tree-deleting {dn}: {result}");
     }
@@ -407,10 +361,8 @@ async fn tree_delete(ldap: &mut Ldap, dn: &str) -> Result<()> {
 
 /// A base read of `dn`; `None` when it does not exist.
 async fn read_entry(ldap: &mut Ldap, dn: &str, attrs: &[&str]) -> Result<Option<SearchEntry>> {
-    let SearchResult(entries, result) = ldap
-        .search(dn, Scope::Base, "(objectClass=*)", attrs)
-        .await
-        .with_context(|| format!("reading {dn:?}"))?;
+    let SearchResult(entries, result) =
+        ldap.search(dn, Scope::Base, "(objectClass=*)", attrs).await.with_context(|| format!("reading {dn:?}"))?;
     match result.rc {
         0 => Ok(entries.into_iter().next().map(SearchEntry::construct)),
         NO_SUCH_OBJECT => Ok(None),
@@ -428,15 +380,10 @@ async fn search_all(
     attrs: &[&str],
 ) -> Result<Vec<SearchEntry>> {
     let attrs: Vec<String> = attrs.iter().map(ToString::to_string).collect();
-    let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
-        Box::new(EntriesOnly::new()),
-        Box::new(PagedResults::new(PAGE_SIZE)),
-    ];
+    let adapters: Vec<Box<dyn Adapter<_, _>>> =
+        vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(PAGE_SIZE))];
     let context = || format!("searching {base} for {filter}");
-    let mut stream = ldap
-        .streaming_search_with(adapters, base, scope, filter, attrs)
-        .await
-        .with_context(context)?;
+    let mut stream = ldap.streaming_search_with(adapters, base, scope, filter, attrs).await.with_context(context)?;
     let mut entries = Vec::new();
     while let Some(entry) = stream.next().await.with_context(context)? {
         entries.push(SearchEntry::construct(entry));
@@ -463,29 +410,21 @@ async fn all_members(ldap: &mut Ldap, entry: &SearchEntry) -> Result<Vec<String>
 /// Appends the values of a `member;range=a-b` attribute to `members` and
 /// returns where the next range starts, or `None` once the range ends in `*`.
 fn ranged_member_values(entry: &SearchEntry, members: &mut Vec<String>) -> Option<u64> {
-    let (key, values) = entry
-        .attrs
-        .iter()
-        .find(|(key, _)| key.to_ascii_lowercase().starts_with("member;range="))?;
+    let (key, values) = entry.attrs.iter().find(|(key, _)| key.to_ascii_lowercase().starts_with("member;range="))?;
     members.extend(values.iter().cloned());
     let end = key.rsplit('-').next()?;
     end.parse::<u64>().ok().map(|end| end + 1)
 }
 
 fn group_entry(entry: &SearchEntry, members: Vec<String>) -> Result<GroupEntry> {
-    let required = |attr: &str| {
-        first_value(entry, attr)
-            .map(str::to_owned)
-            .with_context(|| format!("{} has no {attr}", entry.dn))
-    };
+    let required =
+        |attr: &str| first_value(entry, attr).map(str::to_owned).with_context(|| format!("{} has no {attr}", entry.dn));
     let group_type = required("groupType")?;
     Ok(GroupEntry {
         dn: entry.dn.clone(),
         cn: required("cn")?,
         sam: required("sAMAccountName")?,
-        group_type: group_type
-            .parse()
-            .with_context(|| format!("{}: groupType {group_type:?}", entry.dn))?,
+        group_type: group_type.parse().with_context(|| format!("{}: groupType {group_type:?}", entry.dn))?,
         admin_description: first_value(entry, "adminDescription").map(str::to_owned),
         description: first_value(entry, "description").map(str::to_owned),
         display_name: first_value(entry, "displayName").map(str::to_owned),
@@ -498,26 +437,19 @@ fn group_entry(entry: &SearchEntry, members: Vec<String>) -> Result<GroupEntry> 
 }
 
 fn sid_of(entry: &SearchEntry) -> Result<String> {
-    let bytes = binary_value(entry, "objectSid")
-        .with_context(|| format!("{} has no objectSid", entry.dn))?;
+    let bytes = binary_value(entry, "objectSid").with_context(|| format!("{} has no objectSid", entry.dn))?;
     sid_to_string(&bytes).with_context(|| format!("{}: objectSid", entry.dn))
 }
 
 fn guid_of(entry: &SearchEntry) -> Result<String> {
-    let bytes = binary_value(entry, "objectGUID")
-        .with_context(|| format!("{} has no objectGUID", entry.dn))?;
+    let bytes = binary_value(entry, "objectGUID").with_context(|| format!("{} has no objectGUID", entry.dn))?;
     guid_to_string(&bytes).with_context(|| format!("{}: objectGUID", entry.dn))
 }
 
 /// Attribute names come back in the server's spelling, so look them up
 /// ignoring case.
-fn values<'e, V>(
-    map: &'e std::collections::HashMap<String, Vec<V>>,
-    attr: &str,
-) -> Option<&'e [V]> {
-    map.iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(attr))
-        .map(|(_, values)| values.as_slice())
+fn values<'e, V>(map: &'e std::collections::HashMap<String, Vec<V>>, attr: &str) -> Option<&'e [V]> {
+    map.iter().find(|(key, _)| key.eq_ignore_ascii_case(attr)).map(|(_, values)| values.as_slice())
 }
 
 /// The first value of a text attribute.
@@ -527,9 +459,7 @@ pub fn first_value<'e>(entry: &'e SearchEntry, attr: &str) -> Option<&'e str> {
 
 /// Every value of a text attribute; empty when it is absent.
 pub fn all_values(entry: &SearchEntry, attr: &str) -> Vec<String> {
-    values(&entry.attrs, attr)
-        .map(<[String]>::to_vec)
-        .unwrap_or_default()
+    values(&entry.attrs, attr).map(<[String]>::to_vec).unwrap_or_default()
 }
 
 /// The first value of a binary attribute such as objectSid. ldap3 files a
@@ -551,10 +481,7 @@ mod tests {
     fn entry(attrs: &[(&str, &[&str])]) -> SearchEntry {
         SearchEntry {
             dn: "CN=g,DC=x".to_owned(),
-            attrs: attrs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
-                .collect(),
+            attrs: attrs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
             bin_attrs: HashMap::new(),
         }
     }
@@ -579,10 +506,7 @@ mod tests {
         assert_eq!(ranged_member_values(&last, &mut members), None);
         assert_eq!(members, ["a", "b", "c"]);
         // Samba's whole-attribute answer has no range to follow.
-        assert_eq!(
-            ranged_member_values(&entry(&[("member", &["a"])]), &mut members),
-            None
-        );
+        assert_eq!(ranged_member_values(&entry(&[("member", &["a"])]), &mut members), None);
     }
 
     #[test]
@@ -596,8 +520,7 @@ mod tests {
     fn binary_value_survives_utf8_filing() {
         let mut e = entry(&[("objectGUID", &["abc"])]);
         assert_eq!(binary_value(&e, "objectGUID"), Some(b"abc".to_vec()));
-        e.bin_attrs
-            .insert("objectSid".to_owned(), vec![vec![0xff, 0x01]]);
+        e.bin_attrs.insert("objectSid".to_owned(), vec![vec![0xff, 0x01]]);
         assert_eq!(binary_value(&e, "objectsid"), Some(vec![0xff, 0x01]));
     }
 }

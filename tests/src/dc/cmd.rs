@@ -12,17 +12,13 @@ const EXTRA_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
 /// Finds `name` on PATH or in the sbin directories.
 pub(crate) fn program(name: &str) -> Result<PathBuf> {
-    let path_dirs = env::var_os("PATH")
-        .map(|p| env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
+    let path_dirs = env::var_os("PATH").map(|p| env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
     path_dirs
         .into_iter()
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .with_context(|| {
-            format!("`{name}` not found; run tests/setup.sh to install Samba and openssl")
-        })
+        .with_context(|| format!("`{name}` not found; run tests/setup.sh to install Samba and openssl"))
 }
 
 /// Runs `program args…` to completion; on failure the error carries the tail

@@ -38,9 +38,7 @@ impl Layout {
     /// smb.conf and info.json must not depend on the current directory.
     pub(crate) fn create(dir: &Path) -> Result<Layout> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = dir
-            .canonicalize()
-            .with_context(|| format!("resolving {}", dir.display()))?;
+        let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
         if dir.as_os_str().len() > MAX_DIR_LEN {
             bail!(
                 "test DC directory {} is longer than {MAX_DIR_LEN} bytes; samba's Unix socket \
@@ -60,8 +58,7 @@ impl Layout {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
         Ok(DirLock { _file: file })
     }
 

@@ -100,8 +100,7 @@ impl DcInfo {
     /// whether samba still runs; [`ensure`] does.
     pub fn load(dir: &Path) -> Result<DcInfo> {
         let path = dir.join("info.json");
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -142,12 +141,8 @@ impl TestDc {
     /// Wraps an already running DC described by `info`.
     pub fn from_info(info: DcInfo) -> Result<TestDc> {
         let path = &info.admin_password_file;
-        let password =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(TestDc {
-            admin_password: password.trim_end().to_owned(),
-            info,
-        })
+        let password = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(TestDc { admin_password: password.trim_end().to_owned(), info })
     }
 
     /// Where the DC is and how to trust it.

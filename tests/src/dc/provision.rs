@@ -58,8 +58,7 @@ pub(crate) fn provision(layout: &Layout) -> Result<()> {
     make_certificates(layout)?;
     samba_tool_provision(layout, &password)?;
     apply_test_settings(layout)?;
-    fs::create_dir_all(layout.pid_dir())
-        .with_context(|| format!("creating {}", layout.pid_dir().display()))?;
+    fs::create_dir_all(layout.pid_dir()).with_context(|| format!("creating {}", layout.pid_dir().display()))?;
     fs::write(layout.provisioned_marker(), "")
         .with_context(|| format!("writing {}", layout.provisioned_marker().display()))?;
 
@@ -74,11 +73,7 @@ pub(crate) fn provision(layout: &Layout) -> Result<()> {
 /// Meets AD's complexity rule (three of upper, lower, digit, symbol) through
 /// the fixed prefix, whatever the random part turns out to be.
 fn generate_password() -> String {
-    let random: String = rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
+    let random: String = rand::rng().sample_iter(Alphanumeric).take(24).map(char::from).collect();
     format!("Tdc-9{random}")
 }
 
@@ -112,8 +107,7 @@ fn make_certificates(layout: &Layout) -> Result<()> {
     fs::remove_file(tls.join("ca.key")).context("removing ca.key")?;
     fs::remove_file(tls.join("server.csr")).context("removing server.csr")?;
     // Samba refuses to load a key file that others can read.
-    fs::set_permissions(tls.join("server.key"), fs::Permissions::from_mode(0o600))
-        .context("chmod 600 server.key")?;
+    fs::set_permissions(tls.join("server.key"), fs::Permissions::from_mode(0o600)).context("chmod 600 server.key")?;
     Ok(())
 }
 
@@ -139,8 +133,7 @@ fn samba_tool_provision(layout: &Layout, password: &str) -> Result<()> {
 /// Rewrites the generated smb.conf with [`test_settings`].
 fn apply_test_settings(layout: &Layout) -> Result<()> {
     let path = layout.smb_conf();
-    let generated =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let generated = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let edited = override_globals(&generated, &test_settings(layout));
     fs::write(&path, edited).with_context(|| format!("writing {}", path.display()))
 }
@@ -165,10 +158,7 @@ fn test_settings(layout: &Layout) -> Vec<(&'static str, String)> {
         // --targetdir moves lock, state, cache and private dirs but not these
         // two, which would otherwise be shared with a system samba.
         ("pid directory", layout.pid_dir().display().to_string()),
-        (
-            "log file",
-            layout.target().join("log.%m").display().to_string(),
-        ),
+        ("log file", layout.target().join("log.%m").display().to_string()),
     ]
 }
 
@@ -185,11 +175,7 @@ fn override_globals(conf: &str, settings: &[(&str, String)]) -> String {
             in_global = trimmed.eq_ignore_ascii_case("[global]");
             lines.push(line.to_owned());
             if in_global {
-                lines.extend(
-                    settings
-                        .iter()
-                        .map(|(key, value)| format!("\t{key} = {value}")),
-                );
+                lines.extend(settings.iter().map(|(key, value)| format!("\t{key} = {value}")));
             }
             continue;
         }
@@ -202,10 +188,7 @@ fn override_globals(conf: &str, settings: &[(&str, String)]) -> String {
 }
 
 fn normalize_key(key: &str) -> String {
-    key.chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
+    key.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
 }
 
 /// Writes a secret readable by the owner only, from the moment it exists.
@@ -217,8 +200,7 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    file.write_all(contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn remove_dir_if_exists(path: &Path) -> Result<()> {

@@ -113,19 +113,10 @@ fn start(layout: &Layout) -> Result<DcInfo> {
         if child.try_wait().ok().flatten().is_none() {
             let _ = terminate(child.id());
         }
-        bail!(
-            "samba did not come up: {e:#}\nlast lines of {}:\n{}",
-            layout.samba_log().display(),
-            log_tail(layout)
-        );
+        bail!("samba did not come up: {e:#}\nlast lines of {}:\n{}", layout.samba_log().display(), log_tail(layout));
     }
     write_info(layout, &info)?;
-    eprintln!(
-        "testdc: samba pid {} answering on {} after {:.1}s",
-        info.pid,
-        info.url,
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("testdc: samba pid {} answering on {} after {:.1}s", info.pid, info.url, started.elapsed().as_secs_f64());
     Ok(info)
 }
 
@@ -153,9 +144,7 @@ fn spawn_samba(layout: &Layout) -> Result<Child> {
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     writeln!(log, "{LOG_MARKER} at unix time {} ====", now.as_secs())?;
     Command::new(cmd::program("samba")?)
         .arg("-s")
@@ -215,9 +204,7 @@ fn block_on<T: Send>(future: impl Future<Output = Result<T>> + Send) -> Result<T
                 .context("building a tokio runtime")?
                 .block_on(future)
         });
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -234,8 +221,8 @@ fn running_pid(layout: &Layout) -> Option<u32> {
 /// directory, which [`spawn_samba`] sets to the DC directory, can.
 fn is_samba_in(pid: u32, dir: &Path) -> bool {
     let proc_dir = Path::new("/proc").join(pid.to_string());
-    let exe_is_samba = fs::read_link(proc_dir.join("exe"))
-        .is_ok_and(|exe| exe.file_name().is_some_and(|name| name == "samba"));
+    let exe_is_samba =
+        fs::read_link(proc_dir.join("exe")).is_ok_and(|exe| exe.file_name().is_some_and(|name| name == "samba"));
     exe_is_samba && fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| cwd == dir)
 }
 
@@ -344,10 +331,7 @@ mod tests {
     fn unreaped_child_counts_as_exited() {
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
-        assert!(
-            wait_for_exit(pid, Duration::from_secs(5)),
-            "zombie seen as alive"
-        );
+        assert!(wait_for_exit(pid, Duration::from_secs(5)), "zombie seen as alive");
         child.wait().unwrap();
     }
 }

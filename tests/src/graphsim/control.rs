@@ -14,29 +14,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    DeleteOutcome, Fault, FaultKind, FaultTarget, Group, GroupPatch, MemberRef, Simulator,
-    TenantError, User, UserPatch,
+    DeleteOutcome, Fault, FaultKind, FaultTarget, Group, GroupPatch, MemberRef, Simulator, TenantError, User, UserPatch,
 };
 
 /// Routes under `/_sim/`.
 pub(crate) fn router() -> Router<Arc<Simulator>> {
     Router::new()
         .route("/_sim/groups", get(list_groups).post(add_group))
-        .route(
-            "/_sim/groups/{id}",
-            get(get_group).patch(update_group).delete(delete_group),
-        )
+        .route("/_sim/groups/{id}", get(get_group).patch(update_group).delete(delete_group))
         .route("/_sim/groups/{id}/restore", post(restore_group))
         .route("/_sim/groups/{id}/members", post(add_members))
-        .route(
-            "/_sim/groups/{id}/members/{member_id}",
-            delete(remove_member),
-        )
+        .route("/_sim/groups/{id}/members/{member_id}", delete(remove_member))
         .route("/_sim/users", get(list_users).post(add_user))
-        .route(
-            "/_sim/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
+        .route("/_sim/users/{id}", get(get_user).patch(update_user).delete(delete_user))
         .route("/_sim/users/{id}/restore", post(restore_user))
         .route("/_sim/faults", post(add_fault).delete(clear_faults))
         .route("/_sim/revoke-tokens", post(revoke_tokens))
@@ -53,21 +43,13 @@ struct ControlError {
 
 impl ControlError {
     fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "badRequest",
-            message: message.into(),
-        }
+        Self { status: StatusCode::BAD_REQUEST, code: "badRequest", message: message.into() }
     }
 }
 
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response()
+        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } }))).into_response()
     }
 }
 
@@ -78,11 +60,7 @@ impl From<TenantError> for ControlError {
             TenantError::AlreadyExists(_) => (StatusCode::CONFLICT, "alreadyExists"),
             TenantError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
         };
-        Self {
-            status,
-            code,
-            message: error.to_string(),
-        }
+        Self { status, code, message: error.to_string() }
     }
 }
 
@@ -113,10 +91,7 @@ async fn list_groups(State(sim): State<Arc<Simulator>>) -> Json<Vec<Group>> {
     Json(sim.groups())
 }
 
-async fn add_group(
-    State(sim): State<Arc<Simulator>>,
-    body: Result<Json<Group>, JsonRejection>,
-) -> Reply {
+async fn add_group(State(sim): State<Arc<Simulator>>, body: Result<Json<Group>, JsonRejection>) -> Reply {
     seq_reply(sim.add_group(body?.0))
 }
 
@@ -165,10 +140,7 @@ async fn add_members(
     seq_reply(sim.add_members(&id, &body?.0))
 }
 
-async fn remove_member(
-    State(sim): State<Arc<Simulator>>,
-    Path((id, member_id)): Path<(String, String)>,
-) -> Reply {
+async fn remove_member(State(sim): State<Arc<Simulator>>, Path((id, member_id)): Path<(String, String)>) -> Reply {
     seq_reply(sim.remove_members(&id, &[member_id]))
 }
 
@@ -176,10 +148,7 @@ async fn list_users(State(sim): State<Arc<Simulator>>) -> Json<Vec<User>> {
     Json(sim.users())
 }
 
-async fn add_user(
-    State(sim): State<Arc<Simulator>>,
-    body: Result<Json<User>, JsonRejection>,
-) -> Reply {
+async fn add_user(State(sim): State<Arc<Simulator>>, body: Result<Json<User>, JsonRejection>) -> Reply {
     seq_reply(sim.add_user(body?.0))
 }
 
@@ -238,52 +207,37 @@ impl FaultSpec {
             "gone410" => FaultKind::Gone410,
             "syncstatenotfound" => FaultKind::SyncStateNotFound,
             "resyncrequired" => FaultKind::ResyncRequired,
-            "throttle429" => FaultKind::Throttle429 {
-                retry_after_secs: self.retry_after_secs.unwrap_or(1),
-            },
-            "unavailable503" => FaultKind::Unavailable503 {
-                retry_after_secs: self.retry_after_secs,
-            },
+            "throttle429" => FaultKind::Throttle429 { retry_after_secs: self.retry_after_secs.unwrap_or(1) },
+            "unavailable503" => FaultKind::Unavailable503 { retry_after_secs: self.retry_after_secs },
             "gatewaytimeout504" => FaultKind::GatewayTimeout504,
             "status500" => FaultKind::Status500,
             "malformedbody" => FaultKind::MalformedBody,
             "resetconnection" => FaultKind::ResetConnection,
             "nextlinkloop" => FaultKind::NextLinkLoop,
             "status400" => FaultKind::Status400(
-                self.code
-                    .clone()
-                    .ok_or_else(|| ControlError::bad_request("a status400 fault needs code"))?,
+                self.code.clone().ok_or_else(|| ControlError::bad_request("a status400 fault needs code"))?,
             ),
             "clienterror" => FaultKind::ClientError {
                 status: self.status.unwrap_or(400),
                 code: self.code.clone().unwrap_or_else(|| "BadRequest".to_owned()),
             },
             "hugebody" => FaultKind::HugeBody {
-                bytes: self
-                    .bytes
-                    .ok_or_else(|| ControlError::bad_request("a hugeBody fault needs bytes"))?,
+                bytes: self.bytes.ok_or_else(|| ControlError::bad_request("a hugeBody fault needs bytes"))?,
                 content_length: self.content_length.unwrap_or(false),
             },
             "delay" => {
-                let ms = self
-                    .delay_ms
-                    .ok_or_else(|| ControlError::bad_request("a delay fault needs delayMs"))?;
+                let ms = self.delay_ms.ok_or_else(|| ControlError::bad_request("a delay fault needs delayMs"))?;
                 FaultKind::Delay(Duration::from_millis(ms))
             }
             other => {
-                return Err(ControlError::bad_request(format!(
-                    "unknown fault kind '{other}'"
-                )));
+                return Err(ControlError::bad_request(format!("unknown fault kind '{other}'")));
             }
         };
         Ok(kind)
     }
 }
 
-async fn add_fault(
-    State(sim): State<Arc<Simulator>>,
-    body: Result<Json<FaultSpec>, JsonRejection>,
-) -> Reply {
+async fn add_fault(State(sim): State<Arc<Simulator>>, body: Result<Json<FaultSpec>, JsonRejection>) -> Reply {
     let spec = body?.0;
     let kind = spec.kind()?;
     for _ in 0..spec.times.unwrap_or(1) {

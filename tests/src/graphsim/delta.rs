@@ -6,9 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
-use super::model::{
-    BETA_ONLY_PROPERTIES, GROUP_PROPERTIES, Group, MemberRef, USER_PROPERTIES, User,
-};
+use super::model::{BETA_ONLY_PROPERTIES, GROUP_PROPERTIES, Group, MemberRef, USER_PROPERTIES, User};
 use super::tenant::{Change, ChangeKind, ObjectKind, Tenant};
 
 /// The collection a delta query tracks.
@@ -59,11 +57,7 @@ pub(crate) enum ApiVersion {
 impl ApiVersion {
     /// The version a request path starts with, if any.
     pub(crate) fn from_path(path: &str) -> Option<Self> {
-        let first = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default();
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
         match first.to_ascii_lowercase().as_str() {
             "beta" => Some(Self::Beta),
             "v1.0" => Some(Self::V1),
@@ -104,25 +98,15 @@ impl Query {
         expand_members: bool,
     ) -> Result<Self, String> {
         if expand_members && resource != Resource::Groups {
-            return Err(format!(
-                "Could not find a property named 'members' on type '{}'.",
-                resource.type_name()
-            ));
+            return Err(format!("Could not find a property named 'members' on type '{}'.", resource.type_name()));
         }
         let Some(select) = select else {
-            return Ok(Self {
-                resource,
-                version,
-                select: None,
-            });
+            return Ok(Self { resource, version, select: None });
         };
         let mut names = Vec::new();
         for raw in select.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let name = canonical_name(resource, version, raw).ok_or_else(|| {
-                format!(
-                    "Could not find a property named '{raw}' on type '{}'.",
-                    resource.type_name()
-                )
+                format!("Could not find a property named '{raw}' on type '{}'.", resource.type_name())
             })?;
             if !names.contains(&name) {
                 names.push(name);
@@ -131,29 +115,18 @@ impl Query {
         if expand_members && !names.contains(&"members") {
             names.push("members");
         }
-        Ok(Self {
-            resource,
-            version,
-            select: Some(names),
-        })
+        Ok(Self { resource, version, select: Some(names) })
     }
 
     /// Properties an entry carries besides `id`, in schema order.
     pub(crate) fn properties(&self) -> Vec<&'static str> {
         let selected = |name: &&str| self.select.as_ref().is_none_or(|s| s.contains(name));
-        self.resource
-            .catalog()
-            .iter()
-            .copied()
-            .filter(|n| self.version.has_property(n))
-            .filter(selected)
-            .collect()
+        self.resource.catalog().iter().copied().filter(|n| self.version.has_property(n)).filter(selected).collect()
     }
 
     /// Whether membership is tracked (`members` selected, or no `$select`).
     pub(crate) fn tracks_members(&self) -> bool {
-        self.resource == Resource::Groups
-            && self.select.as_ref().is_none_or(|s| s.contains(&"members"))
+        self.resource == Resource::Groups && self.select.as_ref().is_none_or(|s| s.contains(&"members"))
     }
 
     /// The `$select` value, for URLs.
@@ -163,43 +136,25 @@ impl Query {
 
     /// `{base}/{version}/{resource}/delta`.
     pub(crate) fn delta_url(&self, base_url: &str) -> String {
-        format!(
-            "{base_url}/{}/{}/delta",
-            self.version.segment(),
-            self.resource.segment()
-        )
+        format!("{base_url}/{}/{}/delta", self.version.segment(), self.resource.segment())
     }
 
     /// `@odata.context` of a page, naming the selected properties.
     pub(crate) fn context_url(&self, base_url: &str) -> String {
-        let selection = self
-            .select_param()
-            .map(|s| format!("({s})"))
-            .unwrap_or_default();
-        format!(
-            "{base_url}/{}/$metadata#{}{selection}",
-            self.version.segment(),
-            self.resource.segment()
-        )
+        let selection = self.select_param().map(|s| format!("({s})")).unwrap_or_default();
+        format!("{base_url}/{}/$metadata#{}{selection}", self.version.segment(), self.resource.segment())
     }
 
     /// The original query with an empty `$deltatoken`: where a 410 sends the
     /// client to start over.
     pub(crate) fn fresh_start_url(&self, base_url: &str) -> String {
-        let select = self
-            .select_param()
-            .map(|s| format!("$select={s}&"))
-            .unwrap_or_default();
+        let select = self.select_param().map(|s| format!("$select={s}&")).unwrap_or_default();
         format!("{}?{select}$deltatoken=", self.delta_url(base_url))
     }
 }
 
 fn canonical_name(resource: Resource, version: ApiVersion, raw: &str) -> Option<&'static str> {
-    let navigation: &[&'static str] = if resource == Resource::Groups {
-        &["id", "members"]
-    } else {
-        &["id"]
-    };
+    let navigation: &[&'static str] = if resource == Resource::Groups { &["id", "members"] } else { &["id"] };
     navigation
         .iter()
         .chain(resource.catalog())
@@ -221,15 +176,8 @@ pub(crate) struct EntryOptions {
 
 /// What a round says about one object, before it is split into entries.
 enum ObjectDelta {
-    Present {
-        id: String,
-        properties: Map<String, Value>,
-        members: Vec<Value>,
-    },
-    Removed {
-        id: String,
-        reason: &'static str,
-    },
+    Present { id: String, properties: Map<String, Value>, members: Vec<Value> },
+    Removed { id: String, reason: &'static str },
 }
 
 /// A directory object as delta renders it.
@@ -292,10 +240,7 @@ fn is_soft_deleted(tenant: &Tenant, resource: Resource, id: &str) -> bool {
 }
 
 fn render_properties(object: &dyn Tracked, names: &[&'static str]) -> Map<String, Value> {
-    names
-        .iter()
-        .filter_map(|n| object.property(n).map(|v| ((*n).to_owned(), v)))
-        .collect()
+    names.iter().filter_map(|n| object.property(n).map(|v| ((*n).to_owned(), v))).collect()
 }
 
 /// The properties that are set: Graph leaves unset (null) properties out of an object's full entry.
@@ -308,11 +253,7 @@ fn render_set_properties(object: &dyn Tracked, names: &[&'static str]) -> Map<St
 /// The object in full, members listed as additions.
 fn full_delta(object: &dyn Tracked, query: &Query) -> ObjectDelta {
     let members = if query.tracks_members() {
-        object
-            .member_refs()
-            .iter()
-            .map(|m| m.to_delta(false))
-            .collect()
+        object.member_refs().iter().map(|m| m.to_delta(false)).collect()
     } else {
         Vec::new()
     };
@@ -325,16 +266,11 @@ fn full_delta(object: &dyn Tracked, query: &Query) -> ObjectDelta {
 
 /// Entries of an initial round: every live object in full.
 pub(crate) fn initial_entries(tenant: &Tenant, query: &Query, options: EntryOptions) -> Vec<Value> {
-    let mut deltas: Vec<ObjectDelta> = live_objects(tenant, query.resource)
-        .into_iter()
-        .map(|o| full_delta(o, query))
-        .collect();
+    let mut deltas: Vec<ObjectDelta> =
+        live_objects(tenant, query.resource).into_iter().map(|o| full_delta(o, query)).collect();
     if options.report_deleted_initially {
         let removed = soft_deleted_ids(tenant, query.resource).into_iter();
-        deltas.extend(removed.map(|id| ObjectDelta::Removed {
-            id,
-            reason: "changed",
-        }));
+        deltas.extend(removed.map(|id| ObjectDelta::Removed { id, reason: "changed" }));
     }
     split_entries(deltas, options.members_per_entry)
 }
@@ -369,10 +305,7 @@ impl Touched {
 }
 
 /// Folds the changes to objects of `kind` per object, in first-touched order.
-fn summarize<'a>(
-    changes: impl Iterator<Item = &'a Change>,
-    kind: ObjectKind,
-) -> Vec<(String, Touched)> {
+fn summarize<'a>(changes: impl Iterator<Item = &'a Change>, kind: ObjectKind) -> Vec<(String, Touched)> {
     let mut touched: Vec<(String, Touched)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     for change in changes.filter(|c| c.kind == kind) {
@@ -387,24 +320,11 @@ fn summarize<'a>(
 
 /// What an update round says about a live object that was not created in the
 /// window, or None if nothing the query tracks changed.
-fn update_delta(
-    object: &dyn Tracked,
-    touched: Touched,
-    query: &Query,
-    minimal: bool,
-) -> Option<ObjectDelta> {
+fn update_delta(object: &dyn Tracked, touched: Touched, query: &Query, minimal: bool) -> Option<ObjectDelta> {
     let tracked = query.properties();
-    let changed: Vec<&'static str> = tracked
-        .iter()
-        .copied()
-        .filter(|n| touched.properties.contains(n))
-        .collect();
+    let changed: Vec<&'static str> = tracked.iter().copied().filter(|n| touched.properties.contains(n)).collect();
     let members: Vec<Value> = if query.tracks_members() {
-        touched
-            .members
-            .iter()
-            .map(|(m, added)| m.to_delta(!added))
-            .collect()
+        touched.members.iter().map(|(m, added)| m.to_delta(!added)).collect()
     } else {
         Vec::new()
     };
@@ -415,33 +335,20 @@ fn update_delta(
     // `Prefer: return=minimal` the other selected properties come too, those that are set.
     let mut properties = if minimal { Map::new() } else { render_set_properties(object, &tracked) };
     properties.extend(render_properties(object, &changed));
-    Some(ObjectDelta::Present {
-        id: object.id().to_owned(),
-        properties,
-        members,
-    })
+    Some(ObjectDelta::Present { id: object.id().to_owned(), properties, members })
 }
 
 /// Entries of a round that follows a delta token issued at `since`.
-pub(crate) fn change_entries(
-    tenant: &Tenant,
-    query: &Query,
-    since: u64,
-    options: EntryOptions,
-) -> Vec<Value> {
+pub(crate) fn change_entries(tenant: &Tenant, query: &Query, since: u64, options: EntryOptions) -> Vec<Value> {
     let mut deltas = Vec::new();
     for (id, touched) in summarize(tenant.changes_since(since), query.resource.kind()) {
         let delta = match live_object(tenant, query.resource, &id) {
             Some(object) if touched.created => Some(full_delta(object, query)),
             Some(object) => update_delta(object, touched, query, options.minimal),
-            None if is_soft_deleted(tenant, query.resource, &id) => Some(ObjectDelta::Removed {
-                id,
-                reason: "changed",
-            }),
-            None => Some(ObjectDelta::Removed {
-                id,
-                reason: "deleted",
-            }),
+            None if is_soft_deleted(tenant, query.resource, &id) => {
+                Some(ObjectDelta::Removed { id, reason: "changed" })
+            }
+            None => Some(ObjectDelta::Removed { id, reason: "deleted" }),
         };
         deltas.extend(delta);
     }
@@ -458,11 +365,7 @@ fn split_entries(deltas: Vec<ObjectDelta>, members_per_entry: usize) -> Vec<Valu
             ObjectDelta::Removed { id, reason } => {
                 entries.push(json!({ "id": id, "@removed": { "reason": reason } }));
             }
-            ObjectDelta::Present {
-                id,
-                properties,
-                members,
-            } => {
+            ObjectDelta::Present { id, properties, members } => {
                 let mut base = Map::new();
                 base.insert("id".to_owned(), Value::String(id));
                 base.extend(properties);
@@ -486,11 +389,7 @@ mod tests {
     use super::*;
     use crate::graphsim::model::{GroupPatch, User};
 
-    const OPTIONS: EntryOptions = EntryOptions {
-        members_per_entry: 2,
-        minimal: true,
-        report_deleted_initially: false,
-    };
+    const OPTIONS: EntryOptions = EntryOptions { members_per_entry: 2, minimal: true, report_deleted_initially: false };
 
     fn groups_query(select: &str) -> Query {
         Query::new(Resource::Groups, ApiVersion::Beta, Some(select), false).expect("valid select")
@@ -499,17 +398,9 @@ mod tests {
     #[test]
     fn select_is_validated_per_version() {
         let beta = groups_query("DisplayName,writebackConfiguration,members");
-        assert_eq!(
-            beta.select,
-            Some(vec!["displayName", "writebackConfiguration", "members"])
-        );
+        assert_eq!(beta.select, Some(vec!["displayName", "writebackConfiguration", "members"]));
         assert!(beta.tracks_members());
-        let v1 = Query::new(
-            Resource::Groups,
-            ApiVersion::V1,
-            Some("writebackConfiguration"),
-            false,
-        );
+        let v1 = Query::new(Resource::Groups, ApiVersion::V1, Some("writebackConfiguration"), false);
         assert!(v1.is_err_and(|e| e.contains("writebackConfiguration")));
         let users = Query::new(Resource::Users, ApiVersion::V1, Some("members"), false);
         assert!(users.is_err());
@@ -519,89 +410,44 @@ mod tests {
     fn initial_round_splits_large_groups_and_repeats_properties() {
         let mut tenant = Tenant::new(false);
         let members = (0..5).map(|i| MemberRef::user(format!("u{i}"))).collect();
-        tenant
-            .add_group(Group {
-                members,
-                ..Group::security("g", "G")
-            })
-            .expect("add");
+        tenant.add_group(Group { members, ..Group::security("g", "G") }).expect("add");
         let entries = initial_entries(&tenant, &groups_query("displayName,members"), OPTIONS);
         assert_eq!(entries.len(), 3);
-        assert!(
-            entries
-                .iter()
-                .all(|e| e["displayName"] == "G" && e["id"] == "g")
-        );
-        let counts: Vec<usize> = entries
-            .iter()
-            .map(|e| e["members@delta"].as_array().map_or(0, Vec::len))
-            .collect();
+        assert!(entries.iter().all(|e| e["displayName"] == "G" && e["id"] == "g"));
+        let counts: Vec<usize> = entries.iter().map(|e| e["members@delta"].as_array().map_or(0, Vec::len)).collect();
         assert_eq!(counts, vec![2, 2, 1]);
     }
 
     #[test]
     fn update_round_reports_net_member_changes_and_changed_properties() {
         let mut tenant = Tenant::new(false);
-        let group = Group {
-            members: vec![MemberRef::user("a")],
-            ..Group::security("g", "G")
-        };
+        let group = Group { members: vec![MemberRef::user("a")], ..Group::security("g", "G") };
         tenant.add_group(group).expect("add");
         let since = tenant.seq();
-        tenant
-            .add_members("g", &[MemberRef::user("b")])
-            .expect("add b");
+        tenant.add_members("g", &[MemberRef::user("b")]).expect("add b");
         tenant.remove_members("g", &["a"]).expect("remove a");
-        let patch = GroupPatch {
-            description: Some(Some("new".into())),
-            ..GroupPatch::default()
-        };
+        let patch = GroupPatch { description: Some(Some("new".into())), ..GroupPatch::default() };
         tenant.update_group("g", patch).expect("patch");
-        let patch = GroupPatch {
-            mail: Some(Some("x@contoso.com".into())),
-            ..GroupPatch::default()
-        };
+        let patch = GroupPatch { mail: Some(Some("x@contoso.com".into())), ..GroupPatch::default() };
         tenant.update_group("g", patch).expect("untracked patch");
 
-        let entries = change_entries(
-            &tenant,
-            &groups_query("displayName,description,members"),
-            since,
-            OPTIONS,
-        );
+        let entries = change_entries(&tenant, &groups_query("displayName,description,members"), since, OPTIONS);
         assert_eq!(entries.len(), 1);
         let entry = &entries[0];
         assert_eq!(entry["description"], "new");
-        assert!(
-            entry.get("displayName").is_none(),
-            "unchanged property sent in minimal mode: {entry}"
-        );
-        assert_eq!(
-            entry["members@delta"][0],
-            json!({"@odata.type": "#microsoft.graph.user", "id": "b"})
-        );
+        assert!(entry.get("displayName").is_none(), "unchanged property sent in minimal mode: {entry}");
+        assert_eq!(entry["members@delta"][0], json!({"@odata.type": "#microsoft.graph.user", "id": "b"}));
         assert_eq!(entry["members@delta"][1]["@removed"]["reason"], "deleted");
 
-        let full = EntryOptions {
-            minimal: false,
-            ..OPTIONS
-        };
-        let entries = change_entries(
-            &tenant,
-            &groups_query("displayName,description,members"),
-            since,
-            full,
-        );
+        let full = EntryOptions { minimal: false, ..OPTIONS };
+        let entries = change_entries(&tenant, &groups_query("displayName,description,members"), since, full);
         assert_eq!(entries[0]["displayName"], "G");
     }
 
     #[test]
     fn full_entries_leave_unset_properties_out_and_updates_resend_the_set_ones() {
         let mut tenant = Tenant::new(false);
-        let group = Group {
-            description: Some("d".into()),
-            ..Group::security("g", "G")
-        };
+        let group = Group { description: Some("d".into()), ..Group::security("g", "G") };
         tenant.add_group(group).expect("add");
         let query = groups_query("displayName,description,mail");
         let entries = initial_entries(&tenant, &query, OPTIONS);
@@ -609,15 +455,9 @@ mod tests {
         assert_eq!(entries[0]["description"], "d");
 
         let since = tenant.seq();
-        let patch = GroupPatch {
-            description: Some(None),
-            ..GroupPatch::default()
-        };
+        let patch = GroupPatch { description: Some(None), ..GroupPatch::default() };
         tenant.update_group("g", patch).expect("clear");
-        let full = EntryOptions {
-            minimal: false,
-            ..OPTIONS
-        };
+        let full = EntryOptions { minimal: false, ..OPTIONS };
         let entry = &change_entries(&tenant, &query, since, full)[0];
         assert!(entry["description"].is_null(), "a cleared property is sent as null: {entry}");
         assert_eq!(entry["displayName"], "G", "an update re-sends the other selected properties");
@@ -633,10 +473,7 @@ mod tests {
     fn a_soft_deleted_user_keeps_its_memberships_until_the_hard_delete() {
         let mut tenant = Tenant::new(false);
         tenant.add_user(User { id: "u".into(), ..User::default() }).expect("user");
-        let group = Group {
-            members: vec![MemberRef::user("u")],
-            ..Group::security("g", "G")
-        };
+        let group = Group { members: vec![MemberRef::user("u")], ..Group::security("g", "G") };
         tenant.add_group(group).expect("add");
         let since = tenant.seq();
         tenant.delete_user("u", false).expect("soft delete");
@@ -655,18 +492,14 @@ mod tests {
         let mut tenant = Tenant::new(false);
         tenant.add_group(Group::security("g", "G")).expect("add");
         let since = tenant.seq();
-        tenant
-            .add_members("g", &[MemberRef::user("b")])
-            .expect("add b");
+        tenant.add_members("g", &[MemberRef::user("b")]).expect("add b");
         assert!(change_entries(&tenant, &groups_query("displayName"), since, OPTIONS).is_empty());
     }
 
     #[test]
     fn deletions_use_the_documented_reasons() {
         let mut tenant = Tenant::new(false);
-        tenant
-            .add_group(Group::unified("m", "M", "m"))
-            .expect("add");
+        tenant.add_group(Group::unified("m", "M", "m")).expect("add");
         tenant.add_group(Group::security("s", "S")).expect("add");
         let since = tenant.seq();
         tenant.soft_delete_group("m").expect("soft");

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::wire::{
-    EntraError, GRAPH_CONTENT_TYPE, TOKEN_CONTENT_TYPE, UtcTime, current_request_ids, graph_error,
-    graph_json, invalid_token, with_content_type,
+    EntraError, GRAPH_CONTENT_TYPE, TOKEN_CONTENT_TYPE, UtcTime, current_request_ids, graph_error, graph_json,
+    invalid_token, with_content_type,
 };
 
 /// The endpoint a request was addressed to.
@@ -36,10 +36,7 @@ impl Endpoint {
         if path.ends_with("/oauth2/v2.0/token") {
             return Self::Token;
         }
-        let rest = path
-            .strip_prefix("/beta/")
-            .or_else(|| path.strip_prefix("/v1.0/"))
-            .unwrap_or_default();
+        let rest = path.strip_prefix("/beta/").or_else(|| path.strip_prefix("/v1.0/")).unwrap_or_default();
         match rest {
             "groups/delta" | "groups/microsoft.graph.delta" => Self::GroupsDelta,
             "users/delta" | "users/microsoft.graph.delta" => Self::UsersDelta,
@@ -206,13 +203,10 @@ pub(crate) fn action(
         FaultKind::Delay(delay) => FaultAction::Delay(*delay),
         FaultKind::ResetConnection => FaultAction::Reset,
         FaultKind::Redirect307(target) => FaultAction::Respond(redirect(target)),
-        FaultKind::NextLinkLoop => FaultAction::Respond(graph_json(
-            StatusCode::OK,
-            &json!({ "value": [], "@odata.nextLink": own_url() }),
-        )),
-        FaultKind::HugeBody { bytes, content_length } => {
-            FaultAction::Respond(huge_body(*bytes, *content_length))
+        FaultKind::NextLinkLoop => {
+            FaultAction::Respond(graph_json(StatusCode::OK, &json!({ "value": [], "@odata.nextLink": own_url() })))
         }
+        FaultKind::HugeBody { bytes, content_length } => FaultAction::Respond(huge_body(*bytes, *content_length)),
         _ if endpoint == Endpoint::Token => FaultAction::Respond(token_fault(kind)),
         _ => FaultAction::Respond(graph_fault(kind, location)),
     }
@@ -237,11 +231,9 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
             code,
             "The request cannot be served with this token; start a new round.",
         ),
-        FaultKind::ClientError { status, code } => graph_error(
-            client_status(*status),
-            code,
-            "The request cannot be served.",
-        ),
+        FaultKind::ClientError { status, code } => {
+            graph_error(client_status(*status), code, "The request cannot be served.")
+        }
         FaultKind::Throttle429 { retry_after_secs } => throttled(*retry_after_secs),
         FaultKind::Unavailable503 { retry_after_secs } => with_retry_after(
             graph_error(
@@ -251,18 +243,11 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
             ),
             *retry_after_secs,
         ),
-        FaultKind::GatewayTimeout504 => {
-            graph_error(StatusCode::GATEWAY_TIMEOUT, "UnknownError", "")
+        FaultKind::GatewayTimeout504 => graph_error(StatusCode::GATEWAY_TIMEOUT, "UnknownError", ""),
+        FaultKind::Status500 => {
+            graph_error(StatusCode::INTERNAL_SERVER_ERROR, "generalException", "An unspecified error has occurred.")
         }
-        FaultKind::Status500 => graph_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "generalException",
-            "An unspecified error has occurred.",
-        ),
-        FaultKind::MalformedBody => truncated(
-            GRAPH_CONTENT_TYPE,
-            r#"{"@odata.context":"x","value":[{"id":"#,
-        ),
+        FaultKind::MalformedBody => truncated(GRAPH_CONTENT_TYPE, r#"{"@odata.context":"x","value":[{"id":"#),
         FaultKind::Delay(_)
         | FaultKind::ResetConnection
         | FaultKind::Redirect307(_)
@@ -273,10 +258,7 @@ fn graph_fault(kind: &FaultKind, location: impl FnOnce() -> String) -> Response 
 
 /// `status` if it is a client error, else 400.
 fn client_status(status: u16) -> StatusCode {
-    StatusCode::from_u16(status)
-        .ok()
-        .filter(StatusCode::is_client_error)
-        .unwrap_or(StatusCode::BAD_REQUEST)
+    StatusCode::from_u16(status).ok().filter(StatusCode::is_client_error).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// 200 with a body of `bytes` bytes: a page's start, padding, and its end. A whole buffer goes out with
@@ -288,16 +270,9 @@ fn huge_body(bytes: usize, content_length: bool) -> Response {
     page.extend_from_slice(START);
     page.resize(bytes.saturating_sub(END.len()).max(START.len()), b' ');
     page.extend_from_slice(END);
-    let body = if content_length {
-        Body::from(page)
-    } else {
-        Body::from_stream(Body::from(page).into_data_stream())
-    };
+    let body = if content_length { Body::from(page) } else { Body::from_stream(Body::from(page).into_data_stream()) };
     let mut response = Response::new(body);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(GRAPH_CONTENT_TYPE),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(GRAPH_CONTENT_TYPE));
     response
 }
 
@@ -340,10 +315,7 @@ fn throttled(retry_after_secs: u64) -> Response {
             }
         }
     });
-    let mut response = with_retry_after(
-        graph_json(StatusCode::TOO_MANY_REQUESTS, &body),
-        Some(retry_after_secs),
-    );
+    let mut response = with_retry_after(graph_json(StatusCode::TOO_MANY_REQUESTS, &body), Some(retry_after_secs));
     response.headers_mut().insert(
         HeaderName::from_static("x-ms-throttle-information"),
         HeaderValue::from_static("ResourceUnitLimitExceeded"),
@@ -353,9 +325,7 @@ fn throttled(retry_after_secs: u64) -> Response {
 
 fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
     if let Some(secs) = secs {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -367,19 +337,12 @@ fn truncated(content_type: &'static str, body: &str) -> Response {
 /// Faults at the token endpoint answer in Entra's error shape.
 fn token_fault(kind: &FaultKind) -> Response {
     let (status, error, code, description) = match kind {
-        FaultKind::Status401 => (
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7_000_215,
-            "Invalid client secret provided.",
-        ),
+        FaultKind::Status401 => {
+            (StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, "Invalid client secret provided.")
+        }
         FaultKind::Throttle429 { retry_after_secs } => {
-            let error = EntraError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "temporarily_unavailable",
-                90_033,
-                "Too many requests.",
-            );
+            let error =
+                EntraError::new(StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", 90_033, "Too many requests.");
             return with_retry_after(error.into_response(), Some(*retry_after_secs));
         }
         FaultKind::Unavailable503 { retry_after_secs } => {
@@ -391,41 +354,26 @@ fn token_fault(kind: &FaultKind) -> Response {
             );
             return with_retry_after(error.into_response(), *retry_after_secs);
         }
-        FaultKind::GatewayTimeout504 => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "temporarily_unavailable",
-            90_033,
-            "Gateway timeout.",
-        ),
-        FaultKind::MalformedBody => {
-            return truncated(
-                TOKEN_CONTENT_TYPE,
-                r#"{"token_type":"Bearer","expires_in":35"#,
-            );
+        FaultKind::GatewayTimeout504 => {
+            (StatusCode::GATEWAY_TIMEOUT, "temporarily_unavailable", 90_033, "Gateway timeout.")
         }
-        FaultKind::Gone410 | FaultKind::SyncStateNotFound | FaultKind::ResyncRequired | FaultKind::Status400(_) => (
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            90_000,
-            "The request is not valid.",
-        ),
-        FaultKind::ClientError { status, .. } => (
-            client_status(*status),
-            "invalid_request",
-            90_000,
-            "The request is not valid.",
-        ),
+        FaultKind::MalformedBody => {
+            return truncated(TOKEN_CONTENT_TYPE, r#"{"token_type":"Bearer","expires_in":35"#);
+        }
+        FaultKind::Gone410 | FaultKind::SyncStateNotFound | FaultKind::ResyncRequired | FaultKind::Status400(_) => {
+            (StatusCode::BAD_REQUEST, "invalid_request", 90_000, "The request is not valid.")
+        }
+        FaultKind::ClientError { status, .. } => {
+            (client_status(*status), "invalid_request", 90_000, "The request is not valid.")
+        }
         FaultKind::Status500
         | FaultKind::Delay(_)
         | FaultKind::ResetConnection
         | FaultKind::Redirect307(_)
         | FaultKind::NextLinkLoop
-        | FaultKind::HugeBody { .. } => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            50_000,
-            "There was an error issuing a token.",
-        ),
+        | FaultKind::HugeBody { .. } => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "server_error", 50_000, "There was an error issuing a token.")
+        }
     };
     EntraError::new(status, error, code, description).into_response()
 }
@@ -437,22 +385,10 @@ mod tests {
     #[test]
     fn endpoints_are_classified_case_insensitively() {
         assert_eq!(Endpoint::classify("/t/oauth2/v2.0/token"), Endpoint::Token);
-        assert_eq!(
-            Endpoint::classify("/beta/groups/delta"),
-            Endpoint::GroupsDelta
-        );
-        assert_eq!(
-            Endpoint::classify("/v1.0/users/delta"),
-            Endpoint::UsersDelta
-        );
-        assert_eq!(
-            Endpoint::classify("/beta/directory/deleteditems/abc"),
-            Endpoint::DeletedItems
-        );
-        assert_eq!(
-            Endpoint::classify("/beta/directory/deletedItems/abc"),
-            Endpoint::DeletedItems
-        );
+        assert_eq!(Endpoint::classify("/beta/groups/delta"), Endpoint::GroupsDelta);
+        assert_eq!(Endpoint::classify("/v1.0/users/delta"), Endpoint::UsersDelta);
+        assert_eq!(Endpoint::classify("/beta/directory/deleteditems/abc"), Endpoint::DeletedItems);
+        assert_eq!(Endpoint::classify("/beta/directory/deletedItems/abc"), Endpoint::DeletedItems);
         assert_eq!(Endpoint::classify("/beta/groups"), Endpoint::Other);
     }
 

@@ -32,9 +32,7 @@ enum DeltaError {
 impl IntoResponse for DeltaError {
     fn into_response(self) -> Response {
         match self {
-            Self::BadRequest(message) => {
-                graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", &message)
-            }
+            Self::BadRequest(message) => graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", &message),
             Self::SyncStateNotFound => graph_error(
                 StatusCode::BAD_REQUEST,
                 "syncStateNotFound",
@@ -69,9 +67,7 @@ impl DeltaParams {
                     return Err(unsupported_option(&name));
                 }
                 _ if dollar => {
-                    return Err(DeltaError::BadRequest(format!(
-                        "Query option '{name}' is not allowed."
-                    )));
+                    return Err(DeltaError::BadRequest(format!("Query option '{name}' is not allowed.")));
                 }
                 _ => {}
             }
@@ -82,9 +78,7 @@ impl DeltaParams {
 
 // `$filter=id eq '...'` is documented for delta but not simulated.
 fn unsupported_option(name: &str) -> DeltaError {
-    DeltaError::BadRequest(format!(
-        "The query option '{name}' is not supported with delta queries on this simulator."
-    ))
+    DeltaError::BadRequest(format!("The query option '{name}' is not supported with delta queries on this simulator."))
 }
 
 /// `Prefer: return=minimal` asks for changed properties only.
@@ -98,20 +92,12 @@ fn prefers_minimal(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /{version}/groups/delta`.
-pub(crate) async fn groups_delta(
-    State(sim): State<Arc<Simulator>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+pub(crate) async fn groups_delta(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -> Response {
     delta_endpoint(&sim, Resource::Groups, &uri, &headers)
 }
 
 /// `GET /{version}/users/delta`.
-pub(crate) async fn users_delta(
-    State(sim): State<Arc<Simulator>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+pub(crate) async fn users_delta(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -> Response {
     delta_endpoint(&sim, Resource::Users, &uri, &headers)
 }
 
@@ -121,8 +107,7 @@ fn delta_endpoint(sim: &Simulator, resource: Resource, uri: &Uri, headers: &Head
     }
     let version = ApiVersion::from_path(uri.path()).unwrap_or(ApiVersion::V1);
     let minimal = sim.config().changed_only || prefers_minimal(headers);
-    let result = DeltaParams::parse(uri.query())
-        .and_then(|p| sim.serve_delta(resource, version, &p, minimal));
+    let result = DeltaParams::parse(uri.query()).and_then(|p| sim.serve_delta(resource, version, &p, minimal));
     match result {
         Ok(mut body) => {
             if resource == Resource::Groups && sim.config().delta_omits_writeback {
@@ -147,19 +132,12 @@ impl Simulator {
     ) -> Result<Value, DeltaError> {
         if let Some(token) = &params.skip_token {
             if params.select.is_some() {
-                return Err(DeltaError::BadRequest(
-                    "$select cannot be combined with $skiptoken.".into(),
-                ));
+                return Err(DeltaError::BadRequest("$select cannot be combined with $skiptoken.".into()));
             }
             return self.serve_page(resource, token);
         }
-        let requested = Query::new(
-            resource,
-            version,
-            params.select.as_deref(),
-            params.expand_members,
-        )
-        .map_err(DeltaError::BadRequest)?;
+        let requested = Query::new(resource, version, params.select.as_deref(), params.expand_members)
+            .map_err(DeltaError::BadRequest)?;
         match params.delta_token.as_deref() {
             None | Some("") => Ok(self.start_round(requested, None, minimal)),
             Some(token) if token.eq_ignore_ascii_case("latest") => Ok(self.latest(&requested)),
@@ -167,27 +145,19 @@ impl Simulator {
                 let (query, seq) = self.resolve_delta_token(resource, token)?;
                 // A `$select` on a deltaLink re-scopes what is tracked, which
                 // the delta overview announces for directory objects.
-                let query = if params.select.is_some() {
-                    requested
-                } else {
-                    query
-                };
+                let query = if params.select.is_some() { requested } else { query };
                 Ok(self.start_round(query, Some(seq), minimal))
             }
         }
     }
 
-    fn resolve_delta_token(
-        &self,
-        resource: Resource,
-        token: &str,
-    ) -> Result<(Query, u64), DeltaError> {
+    fn resolve_delta_token(&self, resource: Resource, token: &str) -> Result<(Query, u64), DeltaError> {
         match self.lock().rounds.resolve(token) {
             Ok(TokenTarget::Delta { query, seq }) if query.resource == resource => Ok((query, seq)),
             Ok(_) | Err(TokenProblem::Unknown) => Err(DeltaError::SyncStateNotFound),
-            Err(TokenProblem::Expired(query)) => Err(DeltaError::Gone {
-                location: query.fresh_start_url(self.base_url()),
-            }),
+            Err(TokenProblem::Expired(query)) => {
+                Err(DeltaError::Gone { location: query.fresh_start_url(self.base_url()) })
+            }
         }
     }
 
@@ -200,12 +170,10 @@ impl Simulator {
                 .filter(|view| view.resource() == resource)
                 .map(|view| view.body(self.base_url()))
                 .ok_or(DeltaError::SyncStateNotFound),
-            Ok(TokenTarget::Delta { .. }) | Err(TokenProblem::Unknown) => {
-                Err(DeltaError::SyncStateNotFound)
+            Ok(TokenTarget::Delta { .. }) | Err(TokenProblem::Unknown) => Err(DeltaError::SyncStateNotFound),
+            Err(TokenProblem::Expired(query)) => {
+                Err(DeltaError::Gone { location: query.fresh_start_url(self.base_url()) })
             }
-            Err(TokenProblem::Expired(query)) => Err(DeltaError::Gone {
-                location: query.fresh_start_url(self.base_url()),
-            }),
         }
     }
 
@@ -240,13 +208,8 @@ impl Simulator {
             entries.shuffle(&mut rng);
         }
         let seq = state.tenant.seq();
-        let round = state
-            .rounds
-            .start(query, seq, entries, self.config().page_size);
-        state
-            .rounds
-            .page(round, 0)
-            .map_or(Value::Null, |view| view.body(self.base_url()))
+        let round = state.rounds.start(query, seq, entries, self.config().page_size);
+        state.rounds.page(round, 0).map_or(Value::Null, |view| view.body(self.base_url()))
     }
 
     /// Where a 410 for this request sends the client: the same query with an
@@ -257,26 +220,11 @@ impl Simulator {
         };
         let version = ApiVersion::from_path(uri.path()).unwrap_or(ApiVersion::V1);
         let params = DeltaParams::parse(uri.query()).unwrap_or_default();
-        let token = params
-            .skip_token
-            .as_deref()
-            .or(params.delta_token.as_deref());
+        let token = params.skip_token.as_deref().or(params.delta_token.as_deref());
         let from_token = token.and_then(|t| self.lock().rounds.query_for_token(t));
         let query = from_token
-            .or_else(|| {
-                Query::new(
-                    resource,
-                    version,
-                    params.select.as_deref(),
-                    params.expand_members,
-                )
-                .ok()
-            })
-            .unwrap_or(Query {
-                resource,
-                version,
-                select: None,
-            });
+            .or_else(|| Query::new(resource, version, params.select.as_deref(), params.expand_members).ok())
+            .unwrap_or(Query { resource, version, select: None });
         query.fresh_start_url(self.base_url())
     }
 }
@@ -338,7 +286,10 @@ pub(crate) async fn group_settings(State(sim): State<Arc<Simulator>>, headers: H
         })
         .into_iter()
         .collect();
-    graph_json(StatusCode::OK, &json!({ "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groupSettings", "value": settings }))
+    graph_json(
+        StatusCode::OK,
+        &json!({ "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groupSettings", "value": settings }),
+    )
 }
 
 /// `POST /{version}/$batch`: up to 20 requests in one, answered one by one and not in the order sent, as
@@ -353,7 +304,11 @@ pub(crate) async fn batch(State(sim): State<Arc<Simulator>>, uri: Uri, headers: 
         return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid batch payload format.");
     };
     if requests.len() > 20 {
-        return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Number of batch requests exceeds the maximum of 20.");
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Number of batch requests exceeds the maximum of 20.",
+        );
     }
     let mut responses: Vec<Value> = requests.iter().map(|request| sim.batch_item(version, request)).collect();
     responses.reverse();
@@ -365,8 +320,12 @@ impl Simulator {
     fn entity_body(&self, resource: Resource, version: ApiVersion, id: &str, select: Option<&str>) -> Option<Value> {
         let state = self.lock();
         let properties = match resource {
-            Resource::Groups => state.tenant.group(id).map(|g| entity_properties(resource, version, select, |n| g.property(n))),
-            Resource::Users => state.tenant.user(id).map(|u| entity_properties(resource, version, select, |n| u.property(n))),
+            Resource::Groups => {
+                state.tenant.group(id).map(|g| entity_properties(resource, version, select, |n| g.property(n)))
+            }
+            Resource::Users => {
+                state.tenant.user(id).map(|u| entity_properties(resource, version, select, |n| u.property(n)))
+            }
         };
         properties.map(|mut properties| {
             properties.insert("id".into(), json!(id));
@@ -386,13 +345,26 @@ impl Simulator {
             _ => None,
         };
         let answer = |status: u16, body: Value| json!({ "id": id, "status": status, "headers": {"Content-Type": "application/json"}, "body": body });
-        let (Some(resource), Some((_, object)), true) = (resource, target, request["method"].as_str().is_some_and(|m| m.eq_ignore_ascii_case("GET"))) else {
-            return answer(400, super::wire::graph_error_body("BadRequest", "Only GET requests of a group or user are supported here."));
+        let (Some(resource), Some((_, object)), true) =
+            (resource, target, request["method"].as_str().is_some_and(|m| m.eq_ignore_ascii_case("GET")))
+        else {
+            return answer(
+                400,
+                super::wire::graph_error_body("BadRequest", "Only GET requests of a group or user are supported here."),
+            );
         };
         let select = DeltaParams::parse(Some(query)).ok().and_then(|p| p.select);
         match self.entity_body(resource, version, object, select.as_deref()) {
             Some(body) => answer(200, body),
-            None => answer(404, super::wire::graph_error_body("Request_ResourceNotFound", &format!("Resource '{object}' does not exist or one of its queried reference-property objects are not present."))),
+            None => answer(
+                404,
+                super::wire::graph_error_body(
+                    "Request_ResourceNotFound",
+                    &format!(
+                        "Resource '{object}' does not exist or one of its queried reference-property objects are not present."
+                    ),
+                ),
+            ),
         }
     }
 }
@@ -417,49 +389,31 @@ pub(crate) async fn entity(
         None => graph_error(
             StatusCode::NOT_FOUND,
             "Request_ResourceNotFound",
-            &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+            &format!(
+                "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+            ),
         ),
     }
 }
 
 impl Simulator {
     /// A soft-deleted group or user as `deletedItems/{id}` returns it.
-    fn deleted_item_body(
-        &self,
-        id: &str,
-        version: ApiVersion,
-        select: Option<&str>,
-    ) -> Option<Value> {
+    fn deleted_item_body(&self, id: &str, version: ApiVersion, select: Option<&str>) -> Option<Value> {
         let state = self.lock();
-        let (odata_type, mut properties, deleted_at) =
-            if let Some(d) = state.tenant.deleted_group(id) {
-                let properties =
-                    entity_properties(Resource::Groups, version, select, |n| d.object.property(n));
-                (
-                    "#microsoft.graph.group",
-                    properties,
-                    d.deleted_date_time.clone(),
-                )
-            } else {
-                let d = state.tenant.deleted_user(id)?;
-                let properties =
-                    entity_properties(Resource::Users, version, select, |n| d.object.property(n));
-                (
-                    "#microsoft.graph.user",
-                    properties,
-                    d.deleted_date_time.clone(),
-                )
-            };
+        let (odata_type, mut properties, deleted_at) = if let Some(d) = state.tenant.deleted_group(id) {
+            let properties = entity_properties(Resource::Groups, version, select, |n| d.object.property(n));
+            ("#microsoft.graph.group", properties, d.deleted_date_time.clone())
+        } else {
+            let d = state.tenant.deleted_user(id)?;
+            let properties = entity_properties(Resource::Users, version, select, |n| d.object.property(n));
+            ("#microsoft.graph.user", properties, d.deleted_date_time.clone())
+        };
         properties.insert("id".into(), json!(id));
         properties.insert("deletedDateTime".into(), json!(deleted_at));
         properties.insert("@odata.type".into(), json!(odata_type));
         properties.insert(
             "@odata.context".into(),
-            json!(format!(
-                "{}/{}/$metadata#directoryObjects/$entity",
-                self.base_url(),
-                version.segment()
-            )),
+            json!(format!("{}/{}/$metadata#directoryObjects/$entity", self.base_url(), version.segment())),
         );
         Some(Value::Object(properties))
     }
@@ -473,48 +427,21 @@ fn entity_properties(
     select: Option<&str>,
     property: impl Fn(&str) -> Option<Value>,
 ) -> Map<String, Value> {
-    let query = Query {
-        resource,
-        version,
-        select: None,
-    };
-    let wanted = |name: &&str| {
-        select.is_none_or(|s| {
-            s.split(',')
-                .any(|raw| raw.trim().eq_ignore_ascii_case(name))
-        })
-    };
-    query
-        .properties()
-        .into_iter()
-        .filter(wanted)
-        .filter_map(|n| property(n).map(|v| (n.to_owned(), v)))
-        .collect()
+    let query = Query { resource, version, select: None };
+    let wanted = |name: &&str| select.is_none_or(|s| s.split(',').any(|raw| raw.trim().eq_ignore_ascii_case(name)));
+    query.properties().into_iter().filter(wanted).filter_map(|n| property(n).map(|v| (n.to_owned(), v))).collect()
 }
 
 /// Any other path: Graph's answer for a segment it does not know.
-pub(crate) async fn unknown_resource(
-    State(sim): State<Arc<Simulator>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+pub(crate) async fn unknown_resource(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -> Response {
     if ApiVersion::from_path(uri.path()).is_none() {
         return graph_error(StatusCode::NOT_FOUND, "UnknownError", "No such endpoint.");
     }
     if let Err(denied) = sim.authorize(&headers) {
         return denied.into_response();
     }
-    let segment = uri
-        .path()
-        .trim_start_matches('/')
-        .split('/')
-        .nth(1)
-        .unwrap_or_default();
-    graph_error(
-        StatusCode::BAD_REQUEST,
-        "BadRequest",
-        &format!("Resource not found for the segment '{segment}'."),
-    )
+    let segment = uri.path().trim_start_matches('/').split('/').nth(1).unwrap_or_default();
+    graph_error(StatusCode::BAD_REQUEST, "BadRequest", &format!("Resource not found for the segment '{segment}'."))
 }
 
 #[cfg(test)]
@@ -523,30 +450,18 @@ mod tests {
 
     #[test]
     fn query_options_are_parsed_like_graph_does() {
-        let params =
-            DeltaParams::parse(Some("$Select=displayName,members&$deltaToken=abc")).expect("valid");
+        let params = DeltaParams::parse(Some("$Select=displayName,members&$deltaToken=abc")).expect("valid");
         assert_eq!(params.select.as_deref(), Some("displayName,members"));
         assert_eq!(params.delta_token.as_deref(), Some("abc"));
-        assert!(matches!(
-            DeltaParams::parse(Some("$top=5")),
-            Err(DeltaError::BadRequest(_))
-        ));
-        assert!(matches!(
-            DeltaParams::parse(Some("$bogus=1")),
-            Err(DeltaError::BadRequest(_))
-        ));
+        assert!(matches!(DeltaParams::parse(Some("$top=5")), Err(DeltaError::BadRequest(_))));
+        assert!(matches!(DeltaParams::parse(Some("$bogus=1")), Err(DeltaError::BadRequest(_))));
         assert!(DeltaParams::parse(Some("$expand=members")).is_ok_and(|p| p.expand_members));
     }
 
     #[test]
     fn prefer_minimal_is_found_among_other_preferences() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "prefer",
-            "odata.maxpagesize=5, return=minimal"
-                .parse()
-                .expect("header"),
-        );
+        headers.insert("prefer", "odata.maxpagesize=5, return=minimal".parse().expect("header"));
         assert!(prefers_minimal(&headers));
         assert!(!prefers_minimal(&HeaderMap::new()));
     }

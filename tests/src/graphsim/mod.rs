@@ -153,12 +153,7 @@ impl Simulator {
             garbled: HashMap::new(),
             unified_writeback_default: None,
         };
-        Self {
-            started: Instant::now(),
-            config,
-            base_url,
-            state: Mutex::new(state),
-        }
+        Self { started: Instant::now(), config, base_url, state: Mutex::new(state) }
     }
 
     // A panicking test must not wedge every later request, so a poisoned
@@ -193,11 +188,7 @@ impl Simulator {
     }
 
     /// Removes members from a group; fails if one is not a member.
-    pub fn remove_members<S: AsRef<str>>(
-        &self,
-        group_id: &str,
-        member_ids: &[S],
-    ) -> Result<u64, TenantError> {
+    pub fn remove_members<S: AsRef<str>>(&self, group_id: &str, member_ids: &[S]) -> Result<u64, TenantError> {
         let ids: Vec<&str> = member_ids.iter().map(AsRef::as_ref).collect();
         self.lock().tenant.remove_members(group_id, &ids)
     }
@@ -260,10 +251,7 @@ impl Simulator {
 
     /// A group in deleted items.
     pub fn deleted_group(&self, id: &str) -> Option<Group> {
-        self.lock()
-            .tenant
-            .deleted_group(id)
-            .map(|d| d.object.clone())
+        self.lock().tenant.deleted_group(id).map(|d| d.object.clone())
     }
 
     /// Every live group.
@@ -323,10 +311,7 @@ impl Simulator {
     /// when `by_delta_link`.
     pub(crate) fn take_fault(&self, endpoint: Endpoint, by_delta_link: bool) -> Option<Fault> {
         let mut state = self.lock();
-        let index = state
-            .faults
-            .iter()
-            .position(|f| f.hits(endpoint, by_delta_link))?;
+        let index = state.faults.iter().position(|f| f.hits(endpoint, by_delta_link))?;
         state.faults.remove(index)
     }
 
@@ -360,11 +345,7 @@ impl Simulator {
 
     /// How many logged requests have a path starting with `path_prefix`.
     pub fn request_count(&self, path_prefix: &str) -> usize {
-        self.lock()
-            .requests
-            .iter()
-            .filter(|r| r.path.starts_with(path_prefix))
-            .count()
+        self.lock().requests.iter().filter(|r| r.path.starts_with(path_prefix)).count()
     }
 
     /// Empties the request log.
@@ -396,14 +377,9 @@ impl GraphSim {
     /// Starts on the given loopback address; any other address is refused,
     /// since the simulator accepts a fixed secret and must not be reachable.
     pub fn start_on(config: SimConfig, addr: SocketAddr) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            addr.ip().is_loopback(),
-            "graph simulator must listen on loopback, not {addr}"
-        );
-        let runtime = tokio::runtime::Handle::try_current()
-            .context("GraphSim::start needs a tokio runtime")?;
-        let listener =
-            std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        anyhow::ensure!(addr.ip().is_loopback(), "graph simulator must listen on loopback, not {addr}");
+        let runtime = tokio::runtime::Handle::try_current().context("GraphSim::start needs a tokio runtime")?;
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
         listener.set_nonblocking(true)?;
         let listener = {
             let _entered = runtime.enter();
@@ -422,11 +398,7 @@ impl GraphSim {
                 tracing::warn!(%error, "graph simulator stopped with an error");
             }
         });
-        Ok(Self {
-            simulator,
-            addr,
-            shutdown: Some(shutdown),
-        })
+        Ok(Self { simulator, addr, shutdown: Some(shutdown) })
     }
 
     /// The address it listens on.

@@ -16,13 +16,7 @@ pub const SERVICE_PRINCIPAL_TYPE: &str = "#microsoft.graph.servicePrincipal";
 pub const ORG_CONTACT_TYPE: &str = "#microsoft.graph.orgContact";
 
 /// Every member type a group can hold.
-pub const MEMBER_TYPES: [&str; 5] = [
-    USER_TYPE,
-    GROUP_TYPE,
-    DEVICE_TYPE,
-    SERVICE_PRINCIPAL_TYPE,
-    ORG_CONTACT_TYPE,
-];
+pub const MEMBER_TYPES: [&str; 5] = [USER_TYPE, GROUP_TYPE, DEVICE_TYPE, SERVICE_PRINCIPAL_TYPE, ORG_CONTACT_TYPE];
 
 /// A reference to a group member, as it appears in `members@delta`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,10 +31,7 @@ pub struct MemberRef {
 impl MemberRef {
     /// A member of the given `@odata.type`.
     pub fn new(odata_type: &str, id: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            odata_type: odata_type.to_owned(),
-        }
+        Self { id: id.into(), odata_type: odata_type.to_owned() }
     }
 
     /// A user member.
@@ -137,20 +128,11 @@ pub struct Group {
 impl Group {
     /// A cloud security group with no members.
     pub fn security(id: impl Into<String>, display_name: impl Into<String>) -> Self {
-        Self {
-            id: id.into(),
-            display_name: display_name.into(),
-            security_enabled: true,
-            ..Self::default()
-        }
+        Self { id: id.into(), display_name: display_name.into(), security_enabled: true, ..Self::default() }
     }
 
     /// A Microsoft 365 (Unified) group with no members.
-    pub fn unified(
-        id: impl Into<String>,
-        display_name: impl Into<String>,
-        mail_nickname: &str,
-    ) -> Self {
+    pub fn unified(id: impl Into<String>, display_name: impl Into<String>, mail_nickname: &str) -> Self {
         Self {
             id: id.into(),
             display_name: display_name.into(),
@@ -164,9 +146,7 @@ impl Group {
 
     /// Whether this is a Microsoft 365 group, the only kind Entra can restore.
     pub fn is_unified(&self) -> bool {
-        self.group_types
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("Unified"))
+        self.group_types.iter().any(|t| t.eq_ignore_ascii_case("Unified"))
     }
 
     /// Whether `id` is a member.
@@ -247,26 +227,12 @@ impl User {
     /// A cloud-only user.
     pub fn cloud(id: impl Into<String>, user_principal_name: impl Into<String>) -> Self {
         let user_principal_name = user_principal_name.into();
-        let display_name = user_principal_name
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        Self {
-            id: id.into(),
-            display_name,
-            user_principal_name,
-            ..Self::default()
-        }
+        let display_name = user_principal_name.split('@').next().unwrap_or_default().to_owned();
+        Self { id: id.into(), display_name, user_principal_name, ..Self::default() }
     }
 
     /// A user synced from on-premises AD with the given SID and sAMAccountName.
-    pub fn synced(
-        id: impl Into<String>,
-        user_principal_name: impl Into<String>,
-        sid: &str,
-        sam: &str,
-    ) -> Self {
+    pub fn synced(id: impl Into<String>, user_principal_name: impl Into<String>, sid: &str, sam: &str) -> Self {
         Self {
             on_premises_sync_enabled: Some(true),
             on_premises_security_identifier: Some(sid.to_owned()),
@@ -314,12 +280,7 @@ where
 }
 
 /// Sets `field` to `value` if given and different, noting `name` as changed.
-fn assign<T: PartialEq>(
-    field: &mut T,
-    value: Option<T>,
-    name: &'static str,
-    changed: &mut Vec<&'static str>,
-) {
+fn assign<T: PartialEq>(field: &mut T, value: Option<T>, name: &'static str, changed: &mut Vec<&'static str>) {
     if let Some(value) = value
         && *field != value
     {
@@ -360,11 +321,7 @@ pub struct GroupPatch {
     #[serde(default, deserialize_with = "nullable")]
     pub on_premises_security_identifier: Option<Option<String>>,
     /// New writeback settings, or null.
-    #[serde(
-        default,
-        rename = "writebackConfiguration",
-        deserialize_with = "nullable"
-    )]
+    #[serde(default, rename = "writebackConfiguration", deserialize_with = "nullable")]
     pub writeback: Option<Option<WritebackConfiguration>>,
 }
 
@@ -372,49 +329,14 @@ impl GroupPatch {
     /// Applies the patch; returns the names of properties whose value changed.
     pub(crate) fn apply(self, group: &mut Group) -> Vec<&'static str> {
         let mut changed = Vec::new();
-        assign(
-            &mut group.display_name,
-            self.display_name,
-            "displayName",
-            &mut changed,
-        );
-        assign(
-            &mut group.description,
-            self.description,
-            "description",
-            &mut changed,
-        );
-        assign(
-            &mut group.mail_nickname,
-            self.mail_nickname,
-            "mailNickname",
-            &mut changed,
-        );
+        assign(&mut group.display_name, self.display_name, "displayName", &mut changed);
+        assign(&mut group.description, self.description, "description", &mut changed);
+        assign(&mut group.mail_nickname, self.mail_nickname, "mailNickname", &mut changed);
         assign(&mut group.mail, self.mail, "mail", &mut changed);
-        assign(
-            &mut group.mail_enabled,
-            self.mail_enabled,
-            "mailEnabled",
-            &mut changed,
-        );
-        assign(
-            &mut group.security_enabled,
-            self.security_enabled,
-            "securityEnabled",
-            &mut changed,
-        );
-        assign(
-            &mut group.group_types,
-            self.group_types,
-            "groupTypes",
-            &mut changed,
-        );
-        assign(
-            &mut group.proxy_addresses,
-            self.proxy_addresses,
-            "proxyAddresses",
-            &mut changed,
-        );
+        assign(&mut group.mail_enabled, self.mail_enabled, "mailEnabled", &mut changed);
+        assign(&mut group.security_enabled, self.security_enabled, "securityEnabled", &mut changed);
+        assign(&mut group.group_types, self.group_types, "groupTypes", &mut changed);
+        assign(&mut group.proxy_addresses, self.proxy_addresses, "proxyAddresses", &mut changed);
         assign(
             &mut group.on_premises_sync_enabled,
             self.on_premises_sync_enabled,
@@ -427,12 +349,7 @@ impl GroupPatch {
             "onPremisesSecurityIdentifier",
             &mut changed,
         );
-        assign(
-            &mut group.writeback,
-            self.writeback,
-            "writebackConfiguration",
-            &mut changed,
-        );
+        assign(&mut group.writeback, self.writeback, "writebackConfiguration", &mut changed);
         changed
     }
 }
@@ -466,18 +383,8 @@ impl UserPatch {
     /// Applies the patch; returns the names of properties whose value changed.
     pub(crate) fn apply(self, user: &mut User) -> Vec<&'static str> {
         let mut changed = Vec::new();
-        assign(
-            &mut user.display_name,
-            self.display_name,
-            "displayName",
-            &mut changed,
-        );
-        assign(
-            &mut user.user_principal_name,
-            self.user_principal_name,
-            "userPrincipalName",
-            &mut changed,
-        );
+        assign(&mut user.display_name, self.display_name, "displayName", &mut changed);
+        assign(&mut user.user_principal_name, self.user_principal_name, "userPrincipalName", &mut changed);
         assign(
             &mut user.on_premises_sync_enabled,
             self.on_premises_sync_enabled,
@@ -528,8 +435,7 @@ impl Fixture {
     /// Reads a fixture from a JSON file.
     pub fn from_path(path: &std::path::Path) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading fixture {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading fixture {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing fixture {}", path.display()))
     }
 }
@@ -555,18 +461,13 @@ mod tests {
 
     #[test]
     fn patch_distinguishes_absent_from_null() {
-        let mut group = Group {
-            description: Some("old".into()),
-            ..Group::security("g1", "Team")
-        };
-        let patch: GroupPatch =
-            serde_json::from_value(json!({"description": null})).expect("valid patch");
+        let mut group = Group { description: Some("old".into()), ..Group::security("g1", "Team") };
+        let patch: GroupPatch = serde_json::from_value(json!({"description": null})).expect("valid patch");
         assert_eq!(patch.apply(&mut group), vec!["description"]);
         assert_eq!(group.description, None);
         assert_eq!(group.display_name, "Team");
 
-        let unchanged: GroupPatch =
-            serde_json::from_value(json!({"displayName": "Team"})).expect("valid patch");
+        let unchanged: GroupPatch = serde_json::from_value(json!({"displayName": "Team"})).expect("valid patch");
         assert!(unchanged.apply(&mut group).is_empty());
     }
 }

@@ -57,21 +57,13 @@ impl AccessTokens {
     /// Issues an opaque token valid for `lifetime` from `now`.
     pub(crate) fn issue(&mut self, now: Instant, lifetime: Duration) -> String {
         let token = random_token(48);
-        self.issued.insert(
-            token.clone(),
-            IssuedToken {
-                expires_at: now + lifetime,
-                revoked: false,
-            },
-        );
+        self.issued.insert(token.clone(), IssuedToken { expires_at: now + lifetime, revoked: false });
         token
     }
 
     /// Whether `token` is usable at `now`.
     pub(crate) fn is_valid(&self, token: &str, now: Instant) -> bool {
-        self.issued
-            .get(token)
-            .is_some_and(|t| !t.revoked && now < t.expires_at)
+        self.issued.get(token).is_some_and(|t| !t.revoked && now < t.expires_at)
     }
 
     /// Invalidates every token issued so far.
@@ -85,9 +77,7 @@ impl AccessTokens {
         if self.assertion_ids.insert(jti.to_owned()) {
             return Ok(());
         }
-        Err(assertion_rejected(&format!(
-            "The assertion with jti '{jti}' was already used."
-        )))
+        Err(assertion_rejected(&format!("The assertion with jti '{jti}' was already used.")))
     }
 }
 
@@ -120,20 +110,14 @@ impl Simulator {
     /// assertions' `nbf` and `exp` are checked.
     fn unix_now(&self) -> u64 {
         let offset = self.lock().clock_offset;
-        (SystemTime::now() + offset)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        (SystemTime::now() + offset).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
     /// Checks the request's bearer token.
     pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
         let token = bearer_token(headers).ok_or(Denied::NoToken)?;
         let state = self.lock();
-        if state.access_tokens.is_valid(token, state.now()) {
-            Ok(())
-        } else {
-            Err(Denied::BadToken)
-        }
+        if state.access_tokens.is_valid(token, state.now()) { Ok(()) } else { Err(Denied::BadToken) }
     }
 }
 
@@ -153,9 +137,8 @@ pub(crate) async fn token(
     let tenant = tenant.map(|Path(t)| t).unwrap_or_default();
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let now = sim.unix_now();
-    let outcome = check_request(sim.config(), sim.base_url(), &tenant, &form, now).and_then(|jti| {
-        jti.map_or(Ok(()), |jti| sim.lock().access_tokens.first_use_of(&jti))
-    });
+    let outcome = check_request(sim.config(), sim.base_url(), &tenant, &form, now)
+        .and_then(|jti| jti.map_or(Ok(()), |jti| sim.lock().access_tokens.first_use_of(&jti)));
     let record = TokenRequest {
         client_id: form.get("client_id").cloned(),
         client_secret: form.contains_key("client_secret"),
@@ -174,9 +157,7 @@ fn issue(sim: &Simulator) -> Response {
     let token = {
         let mut state = sim.lock();
         let now = state.now();
-        state
-            .access_tokens
-            .issue(now, Duration::from_secs(lifetime))
+        state.access_tokens.issue(now, Duration::from_secs(lifetime))
     };
     let body = json!({
         "token_type": "Bearer",
@@ -248,10 +229,7 @@ fn check_client_id(config: &SimConfig, form: &HashMap<String, String>) -> Result
         StatusCode::BAD_REQUEST,
         "unauthorized_client",
         700_016,
-        format!(
-            "Application with identifier '{client_id}' was not found in the directory '{}'.",
-            config.tenant_id
-        ),
+        format!("Application with identifier '{client_id}' was not found in the directory '{}'.", config.tenant_id),
     ))
 }
 
@@ -279,13 +257,8 @@ fn authenticate_client(
     now: u64,
 ) -> Result<Option<String>, EntraError> {
     if let Some(assertion_type) = form.get("client_assertion_type") {
-        let expected = Expected {
-            token_url,
-            client_id: form.get("client_id").map_or("", String::as_str),
-            now,
-        };
-        return authenticate_assertion(config, assertion_type, form.get("client_assertion"), &expected)
-            .map(Some);
+        let expected = Expected { token_url, client_id: form.get("client_id").map_or("", String::as_str), now };
+        return authenticate_assertion(config, assertion_type, form.get("client_assertion"), &expected).map(Some);
     }
     let Some(secret) = form.get("client_secret") else {
         return Err(EntraError::new(
@@ -335,9 +308,7 @@ fn authenticate_assertion(
     }
     let assertion = assertion.ok_or_else(|| missing("client_assertion"))?;
     let Some(certificate_pem) = config.client_cert_pem.as_deref() else {
-        return Err(assertion_rejected(
-            "No certificate is registered for this application.",
-        ));
+        return Err(assertion_rejected("No certificate is registered for this application."));
     };
     let certificate = RegisteredCertificate::from_pem(certificate_pem)?;
     verify_client_assertion(&certificate, assertion, expected)
@@ -409,10 +380,7 @@ fn verify_client_assertion(
             ));
         }
     };
-    let thumbprint = thumbprint
-        .as_str()
-        .and_then(|t| URL_SAFE_NO_PAD.decode(t).ok())
-        .unwrap_or_default();
+    let thumbprint = thumbprint.as_str().and_then(|t| URL_SAFE_NO_PAD.decode(t).ok()).unwrap_or_default();
     if thumbprint != *registered {
         let hex: String = thumbprint.iter().map(|b| format!("{b:02X}")).collect();
         return Err(assertion_rejected(&format!(
@@ -422,7 +390,9 @@ fn verify_client_assertion(
     let signing_input = &assertion[..header_b64.len() + 1 + claims_b64.len()];
     UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &certificate.public_key)
         .verify(signing_input.as_bytes(), &signature)
-        .map_err(|_| assertion_rejected("[Reason - The signature does not verify with the registered certificate's key.]"))?;
+        .map_err(|_| {
+            assertion_rejected("[Reason - The signature does not verify with the registered certificate's key.]")
+        })?;
 
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
     if text("iss") != Some(expected.client_id) || text("sub") != Some(expected.client_id) {
@@ -444,9 +414,9 @@ fn verify_client_assertion(
             ),
         ));
     }
-    let jti = text("jti").filter(|j| !j.is_empty()).ok_or_else(|| {
-        assertion_rejected("[Reason - The assertion has no jti claim.]")
-    })?;
+    let jti = text("jti")
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| assertion_rejected("[Reason - The assertion has no jti claim.]"))?;
     let time = |name: &str| claims.get(name).and_then(Value::as_f64).map(|t| t.max(0.0) as u64);
     let (nbf, exp) = (time("nbf"), time("exp"));
     let now = expected.now;
@@ -484,10 +454,7 @@ mod tests {
     #[test]
     fn bearer_tokens_are_parsed_leniently_but_not_blindly() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
         assert_eq!(bearer_token(&headers), Some("abc"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_token(&headers), None);
@@ -519,11 +486,8 @@ mod tests {
 
     fn sign(key_der: &[u8], header: &Value, claims: &Value) -> String {
         let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(key_der).expect("RSA key");
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let mut signature = vec![0; key.public_modulus_len()];
         key.sign(
             &aws_lc_rs::signature::RSA_PKCS1_SHA256,

@@ -74,56 +74,28 @@ impl Rounds {
         let token = mint("delta", query, json!(seq));
         self.tokens.insert(
             token.clone(),
-            TokenEntry {
-                target: TokenTarget::Delta {
-                    query: query.clone(),
-                    seq,
-                },
-                expired: false,
-            },
+            TokenEntry { target: TokenTarget::Delta { query: query.clone(), seq }, expired: false },
         );
         token
     }
 
     /// Snapshots a round of `entries` taken at log position `seq`, in pages of
     /// `page_size`, and returns its index.
-    pub(crate) fn start(
-        &mut self,
-        query: Query,
-        seq: u64,
-        entries: Vec<Value>,
-        page_size: usize,
-    ) -> usize {
+    pub(crate) fn start(&mut self, query: Query, seq: u64, entries: Vec<Value>, page_size: usize) -> usize {
         let round = self.rounds.len();
-        let mut pages: Vec<Vec<Value>> = entries
-            .chunks(page_size.max(1))
-            .map(<[Value]>::to_vec)
-            .collect();
+        let mut pages: Vec<Vec<Value>> = entries.chunks(page_size.max(1)).map(<[Value]>::to_vec).collect();
         if pages.is_empty() {
             pages.push(Vec::new());
         }
-        let page_tokens = (0..pages.len())
-            .map(|page| self.issue_page_token(&query, round, page))
-            .collect();
+        let page_tokens = (0..pages.len()).map(|page| self.issue_page_token(&query, round, page)).collect();
         let delta_token = self.issue_delta_token(&query, seq);
-        self.rounds.push(Round {
-            query,
-            pages,
-            page_tokens,
-            delta_token,
-        });
+        self.rounds.push(Round { query, pages, page_tokens, delta_token });
         round
     }
 
     fn issue_page_token(&mut self, query: &Query, round: usize, page: usize) -> String {
         let token = mint("page", query, json!([round, page]));
-        self.tokens.insert(
-            token.clone(),
-            TokenEntry {
-                target: TokenTarget::Page { round, page },
-                expired: false,
-            },
-        );
+        self.tokens.insert(token.clone(), TokenEntry { target: TokenTarget::Page { round, page }, expired: false });
         token
     }
 
@@ -145,9 +117,7 @@ impl Rounds {
 
     /// The query a token belongs to, expired or not.
     pub(crate) fn query_for_token(&self, token: &str) -> Option<Query> {
-        self.tokens
-            .get(token)
-            .map(|e| self.query_of(&e.target).clone())
+        self.tokens.get(token).map(|e| self.query_of(&e.target).clone())
     }
 
     /// A page of a started round.
@@ -158,11 +128,7 @@ impl Rounds {
             Some(next) => Link::Next(next),
             None => Link::Delta(&snapshot.delta_token),
         };
-        Some(PageView {
-            query: &snapshot.query,
-            entries,
-            link,
-        })
+        Some(PageView { query: &snapshot.query, entries, link })
     }
 
     /// Makes every token issued so far answer 410 Gone.
@@ -185,12 +151,8 @@ impl PageView<'_> {
             "value": self.entries,
         });
         match self.link {
-            Link::Next(token) => {
-                body["@odata.nextLink"] = json!(format!("{url}?$skiptoken={token}"))
-            }
-            Link::Delta(token) => {
-                body["@odata.deltaLink"] = json!(format!("{url}?$deltatoken={token}"))
-            }
+            Link::Next(token) => body["@odata.nextLink"] = json!(format!("{url}?$skiptoken={token}")),
+            Link::Delta(token) => body["@odata.deltaLink"] = json!(format!("{url}?$deltatoken={token}")),
         }
         body
     }
@@ -226,13 +188,7 @@ mod tests {
     use crate::graphsim::delta::ApiVersion;
 
     fn query() -> Query {
-        Query::new(
-            Resource::Groups,
-            ApiVersion::Beta,
-            Some("displayName"),
-            false,
-        )
-        .expect("valid")
+        Query::new(Resource::Groups, ApiVersion::Beta, Some("displayName"), false).expect("valid")
     }
 
     #[test]
@@ -243,18 +199,12 @@ mod tests {
         let first = rounds.page(round, 0).expect("page 0").body("http://sim");
         let next = first["@odata.nextLink"].as_str().expect("nextLink");
         let token = next.split("$skiptoken=").nth(1).expect("skiptoken");
-        assert!(matches!(
-            rounds.resolve(token),
-            Ok(TokenTarget::Page { page: 1, .. })
-        ));
+        assert!(matches!(rounds.resolve(token), Ok(TokenTarget::Page { page: 1, .. })));
         let last = rounds.page(round, 2).expect("page 2").body("http://sim");
         assert!(last.get("@odata.nextLink").is_none());
         let delta = last["@odata.deltaLink"].as_str().expect("deltaLink");
         let token = delta.split("$deltatoken=").nth(1).expect("deltatoken");
-        assert!(matches!(
-            rounds.resolve(token),
-            Ok(TokenTarget::Delta { seq: 7, .. })
-        ));
+        assert!(matches!(rounds.resolve(token), Ok(TokenTarget::Delta { seq: 7, .. })));
     }
 
     #[test]
@@ -262,14 +212,8 @@ mod tests {
         let mut rounds = Rounds::default();
         let token = rounds.issue_delta_token(&query(), 3);
         rounds.expire_all();
-        assert!(matches!(
-            rounds.resolve(&token),
-            Err(TokenProblem::Expired(_))
-        ));
-        assert!(matches!(
-            rounds.resolve("garbage"),
-            Err(TokenProblem::Unknown)
-        ));
+        assert!(matches!(rounds.resolve(&token), Err(TokenProblem::Expired(_))));
+        assert!(matches!(rounds.resolve("garbage"), Err(TokenProblem::Unknown)));
         let fresh = rounds.issue_delta_token(&query(), 4);
         assert!(rounds.resolve(&fresh).is_ok());
     }

@@ -44,42 +44,23 @@ pub(crate) fn router(sim: Arc<Simulator>) -> Router {
         .route("/login/{tenant}/oauth2/v2.0/token", post(oauth::token));
     for version in ["beta", "v1.0"] {
         graph_routes = graph_routes
-            .route(
-                &format!("/{version}/groups/delta"),
-                get(graph::groups_delta),
-            )
-            .route(
-                &format!("/{version}/groups/microsoft.graph.delta"),
-                get(graph::groups_delta),
-            )
+            .route(&format!("/{version}/groups/delta"), get(graph::groups_delta))
+            .route(&format!("/{version}/groups/microsoft.graph.delta"), get(graph::groups_delta))
             .route(&format!("/{version}/users/delta"), get(graph::users_delta))
-            .route(
-                &format!("/{version}/users/microsoft.graph.delta"),
-                get(graph::users_delta),
-            )
+            .route(&format!("/{version}/users/microsoft.graph.delta"), get(graph::users_delta))
             .route(&format!("/{version}/groups/{{id}}"), get(graph::entity))
             .route(&format!("/{version}/users/{{id}}"), get(graph::entity))
-            .route(
-                &format!("/{version}/directory/deletedItems/{{id}}"),
-                get(graph::deleted_item),
-            )
-            .route(
-                &format!("/{version}/directory/deleteditems/{{id}}"),
-                get(graph::deleted_item),
-            );
+            .route(&format!("/{version}/directory/deletedItems/{{id}}"), get(graph::deleted_item))
+            .route(&format!("/{version}/directory/deleteditems/{{id}}"), get(graph::deleted_item));
     }
     // Tenant-wide group settings are a v1.0 collection (beta calls them directory settings).
     graph_routes = graph_routes.route("/v1.0/groupSettings", get(graph::group_settings));
     for version in ["beta", "v1.0"] {
         graph_routes = graph_routes.route(&format!("/{version}/$batch"), post(graph::batch));
     }
-    let graph_routes =
-        graph_routes
-            .fallback(graph::unknown_resource)
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&sim),
-                graph_middleware,
-            ));
+    let graph_routes = graph_routes
+        .fallback(graph::unknown_resource)
+        .layer(middleware::from_fn_with_state(Arc::clone(&sim), graph_middleware));
     graph_routes.merge(control::router()).with_state(sim)
 }
 
@@ -90,34 +71,19 @@ fn request_ids(headers: &HeaderMap) -> RequestIds {
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| request_id.clone(), str::to_owned);
-    RequestIds {
-        request_id,
-        client_request_id,
-    }
+    RequestIds { request_id, client_request_id }
 }
 
-async fn graph_middleware(
-    State(sim): State<Arc<Simulator>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn graph_middleware(State(sim): State<Arc<Simulator>>, request: Request, next: Next) -> Response {
     let ids = request_ids(request.headers());
-    let mut response = REQUEST_IDS
-        .scope(ids.clone(), serve(sim, request, next))
-        .await;
+    let mut response = REQUEST_IDS.scope(ids.clone(), serve(sim, request, next)).await;
     let headers = response.headers_mut();
-    for (name, value) in [
-        ("request-id", ids.request_id),
-        ("client-request-id", ids.client_request_id),
-    ] {
+    for (name, value) in [("request-id", ids.request_id), ("client-request-id", ids.client_request_id)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-    headers.insert(
-        HeaderName::from_static("x-ms-resource-unit"),
-        HeaderValue::from_static("1"),
-    );
+    headers.insert(HeaderName::from_static("x-ms-resource-unit"), HeaderValue::from_static("1"));
     response
 }
 
@@ -135,15 +101,14 @@ async fn serve(sim: Arc<Simulator>, request: Request, next: Next) -> Response {
     };
     let fault = sim.take_fault(endpoint, faults::by_delta_link(request.uri().query()));
     record.fault = fault.as_ref().map(|f| f.kind.label());
-    let action =
-        fault.map(|f| {
-            faults::action(
-                &f.kind,
-                endpoint,
-                || sim.fresh_start_url(request.uri()),
-                || format!("{}{}", sim.base_url(), request.uri()),
-            )
-        });
+    let action = fault.map(|f| {
+        faults::action(
+            &f.kind,
+            endpoint,
+            || sim.fresh_start_url(request.uri()),
+            || format!("{}{}", sim.base_url(), request.uri()),
+        )
+    });
     let response = match action {
         None => next.run(request).await,
         Some(FaultAction::Respond(response)) => response,

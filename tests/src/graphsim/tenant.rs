@@ -81,10 +81,7 @@ pub(crate) struct Deleted<T> {
 
 impl<T> Deleted<T> {
     fn now(object: T) -> Self {
-        Self {
-            object,
-            deleted_date_time: UtcTime::now().iso8601(),
-        }
+        Self { object, deleted_date_time: UtcTime::now().iso8601() }
     }
 }
 
@@ -104,10 +101,7 @@ impl Tenant {
     /// An empty tenant. `security_groups_restorable` overrides Entra's rule
     /// that only Microsoft 365 groups go to deleted items.
     pub(crate) fn new(security_groups_restorable: bool) -> Self {
-        Self {
-            security_groups_restorable,
-            ..Self::default()
-        }
+        Self { security_groups_restorable, ..Self::default() }
     }
 
     /// Sequence number of the latest change (0 before any change).
@@ -155,37 +149,24 @@ impl Tenant {
 
     fn record(&mut self, kind: ObjectKind, id: &str, what: ChangeKind) -> u64 {
         self.seq += 1;
-        self.log.push(Change {
-            seq: self.seq,
-            kind,
-            id: id.to_owned(),
-            what,
-        });
+        self.log.push(Change { seq: self.seq, kind, id: id.to_owned(), what });
         self.seq
     }
 
     /// Object ids are unique across the whole directory, deleted items included.
     fn ensure_id_free(&self, id: &str) -> Result<(), TenantError> {
         if id.is_empty() {
-            return Err(TenantError::Invalid(
-                "an object needs a non-empty id".into(),
-            ));
+            return Err(TenantError::Invalid("an object needs a non-empty id".into()));
         }
         let taken = self.groups.contains_key(id)
             || self.deleted_groups.contains_key(id)
             || self.users.contains_key(id)
             || self.deleted_users.contains_key(id);
-        if taken {
-            Err(TenantError::AlreadyExists(id.to_owned()))
-        } else {
-            Ok(())
-        }
+        if taken { Err(TenantError::AlreadyExists(id.to_owned())) } else { Ok(()) }
     }
 
     fn live_group_mut(&mut self, id: &str) -> Result<&mut Group, TenantError> {
-        self.groups
-            .get_mut(id)
-            .ok_or_else(|| TenantError::NotFound(format!("group {id}")))
+        self.groups.get_mut(id).ok_or_else(|| TenantError::NotFound(format!("group {id}")))
     }
 
     /// Creates a group with its initial members.
@@ -208,11 +189,7 @@ impl Tenant {
     }
 
     /// Adds members; ones already present are skipped.
-    pub(crate) fn add_members(
-        &mut self,
-        group_id: &str,
-        members: &[MemberRef],
-    ) -> Result<u64, TenantError> {
+    pub(crate) fn add_members(&mut self, group_id: &str, members: &[MemberRef]) -> Result<u64, TenantError> {
         check_member_types(members)?;
         let group = self.live_group_mut(group_id)?;
         let mut added = Vec::new();
@@ -229,21 +206,12 @@ impl Tenant {
     }
 
     /// Removes members; fails without changing anything if one is not a member.
-    pub(crate) fn remove_members(
-        &mut self,
-        group_id: &str,
-        member_ids: &[&str],
-    ) -> Result<u64, TenantError> {
+    pub(crate) fn remove_members(&mut self, group_id: &str, member_ids: &[&str]) -> Result<u64, TenantError> {
         let group = self.live_group_mut(group_id)?;
         if let Some(missing) = member_ids.iter().find(|id| !group.has_member(id)) {
-            return Err(TenantError::NotFound(format!(
-                "member {missing} of group {group_id}"
-            )));
+            return Err(TenantError::NotFound(format!("member {missing} of group {group_id}")));
         }
-        let (removed, kept) = group
-            .members
-            .drain(..)
-            .partition(|m| member_ids.contains(&m.id.as_str()));
+        let (removed, kept) = group.members.drain(..).partition(|m| member_ids.contains(&m.id.as_str()));
         group.members = kept;
         self.record_removals(group_id, removed);
         Ok(self.seq)
@@ -251,11 +219,7 @@ impl Tenant {
 
     fn record_removals(&mut self, group_id: &str, removed: Vec<MemberRef>) {
         for member in removed {
-            self.record(
-                ObjectKind::Group,
-                group_id,
-                ChangeKind::MemberRemoved(member),
-            );
+            self.record(ObjectKind::Group, group_id, ChangeKind::MemberRemoved(member));
         }
     }
 
@@ -279,13 +243,9 @@ impl Tenant {
     /// Deletes a group. Only Microsoft 365 groups go to deleted items; Entra
     /// deletes security groups permanently (see "Get deleted item").
     pub(crate) fn soft_delete_group(&mut self, id: &str) -> Result<DeleteOutcome, TenantError> {
-        let group = self
-            .groups
-            .remove(id)
-            .ok_or_else(|| TenantError::NotFound(format!("group {id}")))?;
+        let group = self.groups.remove(id).ok_or_else(|| TenantError::NotFound(format!("group {id}")))?;
         let outcome = if group.is_unified() || self.security_groups_restorable {
-            self.deleted_groups
-                .insert(id.to_owned(), Deleted::now(group));
+            self.deleted_groups.insert(id.to_owned(), Deleted::now(group));
             self.record(ObjectKind::Group, id, ChangeKind::SoftDeleted);
             DeleteOutcome::SoftDeleted
         } else {
@@ -298,10 +258,8 @@ impl Tenant {
 
     /// Brings a group back from deleted items, with the members it had.
     pub(crate) fn restore_group(&mut self, id: &str) -> Result<u64, TenantError> {
-        let deleted = self
-            .deleted_groups
-            .remove(id)
-            .ok_or_else(|| TenantError::NotFound(format!("deleted group {id}")))?;
+        let deleted =
+            self.deleted_groups.remove(id).ok_or_else(|| TenantError::NotFound(format!("deleted group {id}")))?;
         self.groups.insert(id.to_owned(), deleted.object);
         Ok(self.record(ObjectKind::Group, id, ChangeKind::Created))
     }
@@ -329,10 +287,7 @@ impl Tenant {
 
     /// Changes some properties of a live user.
     pub(crate) fn update_user(&mut self, id: &str, patch: UserPatch) -> Result<u64, TenantError> {
-        let user = self
-            .users
-            .get_mut(id)
-            .ok_or_else(|| TenantError::NotFound(format!("user {id}")))?;
+        let user = self.users.get_mut(id).ok_or_else(|| TenantError::NotFound(format!("user {id}")))?;
         let changed = patch.apply(user);
         if changed.is_empty() {
             return Ok(self.seq);
@@ -364,24 +319,16 @@ impl Tenant {
 
     /// Brings a user back from deleted items, with the memberships it kept.
     pub(crate) fn restore_user(&mut self, id: &str) -> Result<u64, TenantError> {
-        let deleted = self
-            .deleted_users
-            .remove(id)
-            .ok_or_else(|| TenantError::NotFound(format!("deleted user {id}")))?;
+        let deleted =
+            self.deleted_users.remove(id).ok_or_else(|| TenantError::NotFound(format!("deleted user {id}")))?;
         self.users.insert(id.to_owned(), deleted.object);
         Ok(self.record(ObjectKind::User, id, ChangeKind::Created))
     }
 }
 
 fn check_member_types(members: &[MemberRef]) -> Result<(), TenantError> {
-    match members
-        .iter()
-        .find(|m| !MEMBER_TYPES.contains(&m.odata_type.as_str()))
-    {
-        Some(bad) => Err(TenantError::Invalid(format!(
-            "member {} has unknown type {}",
-            bad.id, bad.odata_type
-        ))),
+    match members.iter().find(|m| !MEMBER_TYPES.contains(&m.odata_type.as_str())) {
+        Some(bad) => Err(TenantError::Invalid(format!("member {} has unknown type {}", bad.id, bad.odata_type))),
         None => Ok(()),
     }
 }
@@ -391,48 +338,29 @@ mod tests {
     use super::*;
 
     fn kinds(tenant: &Tenant, since: u64) -> Vec<ChangeKind> {
-        tenant
-            .changes_since(since)
-            .map(|c| c.what.clone())
-            .collect()
+        tenant.changes_since(since).map(|c| c.what.clone()).collect()
     }
 
     #[test]
     fn security_group_delete_is_permanent_unless_configured() {
         let mut tenant = Tenant::new(false);
         tenant.add_group(Group::security("s", "Sec")).expect("add");
-        tenant
-            .add_group(Group::unified("u", "M365", "m365"))
-            .expect("add");
-        assert_eq!(
-            tenant.soft_delete_group("s"),
-            Ok(DeleteOutcome::HardDeleted)
-        );
-        assert_eq!(
-            tenant.soft_delete_group("u"),
-            Ok(DeleteOutcome::SoftDeleted)
-        );
+        tenant.add_group(Group::unified("u", "M365", "m365")).expect("add");
+        assert_eq!(tenant.soft_delete_group("s"), Ok(DeleteOutcome::HardDeleted));
+        assert_eq!(tenant.soft_delete_group("u"), Ok(DeleteOutcome::SoftDeleted));
         assert!(tenant.deleted_group("s").is_none());
         assert!(tenant.deleted_group("u").is_some());
 
         let mut lenient = Tenant::new(true);
         lenient.add_group(Group::security("s", "Sec")).expect("add");
-        assert_eq!(
-            lenient.soft_delete_group("s"),
-            Ok(DeleteOutcome::SoftDeleted)
-        );
+        assert_eq!(lenient.soft_delete_group("s"), Ok(DeleteOutcome::SoftDeleted));
     }
 
     #[test]
     fn a_soft_deleted_user_keeps_its_memberships_and_a_hard_delete_removes_them() {
         let mut tenant = Tenant::new(false);
-        tenant
-            .add_user(User::cloud("u1", "u1@contoso.com"))
-            .expect("add user");
-        let group = Group {
-            members: vec![MemberRef::user("u1")],
-            ..Group::security("g", "G")
-        };
+        tenant.add_user(User::cloud("u1", "u1@contoso.com")).expect("add user");
+        let group = Group { members: vec![MemberRef::user("u1")], ..Group::security("g", "G") };
         tenant.add_group(group).expect("add group");
         let before = tenant.seq();
         tenant.delete_user("u1", false).expect("delete");
@@ -442,10 +370,7 @@ mod tests {
         tenant.delete_user("u1", true).expect("hard delete");
         assert_eq!(
             kinds(&tenant, before),
-            vec![
-                ChangeKind::HardDeleted,
-                ChangeKind::MemberRemoved(MemberRef::user("u1"))
-            ]
+            vec![ChangeKind::HardDeleted, ChangeKind::MemberRemoved(MemberRef::user("u1"))]
         );
         assert!(tenant.group("g").is_some_and(|g| g.members.is_empty()));
     }
@@ -453,16 +378,10 @@ mod tests {
     #[test]
     fn removing_a_non_member_changes_nothing() {
         let mut tenant = Tenant::new(false);
-        let group = Group {
-            members: vec![MemberRef::user("a")],
-            ..Group::security("g", "G")
-        };
+        let group = Group { members: vec![MemberRef::user("a")], ..Group::security("g", "G") };
         tenant.add_group(group).expect("add");
         let before = tenant.seq();
-        assert!(matches!(
-            tenant.remove_members("g", &["a", "zz"]),
-            Err(TenantError::NotFound(_))
-        ));
+        assert!(matches!(tenant.remove_members("g", &["a", "zz"]), Err(TenantError::NotFound(_))));
         assert_eq!(tenant.seq(), before);
         assert!(tenant.group("g").is_some_and(|g| g.has_member("a")));
     }
@@ -470,14 +389,9 @@ mod tests {
     #[test]
     fn ids_are_unique_across_kinds_and_deleted_items() {
         let mut tenant = Tenant::new(false);
-        tenant
-            .add_group(Group::unified("x", "X", "x"))
-            .expect("add");
+        tenant.add_group(Group::unified("x", "X", "x")).expect("add");
         tenant.soft_delete_group("x").expect("delete");
-        assert_eq!(
-            tenant.add_user(User::cloud("x", "x@contoso.com")),
-            Err(TenantError::AlreadyExists("x".into()))
-        );
+        assert_eq!(tenant.add_user(User::cloud("x", "x@contoso.com")), Err(TenantError::AlreadyExists("x".into())));
         assert!(matches!(
             tenant.add_group(Group {
                 members: vec![MemberRef::new("#microsoft.graph.team", "t")],

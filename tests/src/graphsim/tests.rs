@@ -19,11 +19,7 @@ impl Harness {
     async fn start(config: SimConfig) -> Self {
         let sim = GraphSim::start(config).expect("simulator starts");
         let http = reqwest::Client::new();
-        let mut harness = Self {
-            sim,
-            http,
-            token: String::new(),
-        };
+        let mut harness = Self { sim, http, token: String::new() };
         harness.token = harness.fetch_token().await;
         harness
     }
@@ -34,12 +30,7 @@ impl Harness {
 
     async fn token_request(&self, tenant: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let url = self.url(&format!("/{tenant}/oauth2/v2.0/token"));
-        self.http
-            .post(url)
-            .form(form)
-            .send()
-            .await
-            .expect("token request sent")
+        self.http.post(url).form(form).send().await.expect("token request sent")
     }
 
     fn good_form(&self) -> Vec<(&'static str, String)> {
@@ -54,24 +45,14 @@ impl Harness {
     async fn fetch_token(&self) -> String {
         let form = self.good_form();
         let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let response = self
-            .token_request(&self.sim.config().tenant_id, &form)
-            .await;
+        let response = self.token_request(&self.sim.config().tenant_id, &form).await;
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("token JSON");
-        body["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
+        body["access_token"].as_str().expect("access_token").to_owned()
     }
 
     async fn get(&self, url: &str) -> reqwest::Response {
-        self.http
-            .get(url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("request sent")
+        self.http.get(url).bearer_auth(&self.token).send().await.expect("request sent")
     }
 
     async fn get_json(&self, url: &str) -> Value {
@@ -88,25 +69,14 @@ impl Harness {
         loop {
             let page = self.get_json(&next).await;
             round.pages += 1;
-            round
-                .entries
-                .extend(page["value"].as_array().cloned().unwrap_or_default());
+            round.entries.extend(page["value"].as_array().cloned().unwrap_or_default());
             if let Some(link) = page["@odata.nextLink"].as_str() {
-                assert!(
-                    page.get("@odata.deltaLink").is_none(),
-                    "a page has both links: {page}"
-                );
-                assert!(
-                    !link.contains("$select"),
-                    "nextLink repeats $select: {link}"
-                );
+                assert!(page.get("@odata.deltaLink").is_none(), "a page has both links: {page}");
+                assert!(!link.contains("$select"), "nextLink repeats $select: {link}");
                 next = link.to_owned();
                 continue;
             }
-            round.delta_link = page["@odata.deltaLink"]
-                .as_str()
-                .expect("last page has a deltaLink")
-                .to_owned();
+            round.delta_link = page["@odata.deltaLink"].as_str().expect("last page has a deltaLink").to_owned();
             return round;
         }
     }
@@ -169,10 +139,7 @@ fn member_ids(prefix: &str, count: usize) -> Vec<String> {
 }
 
 fn group_with_members(id: &str, members: &[String]) -> Group {
-    Group {
-        members: members.iter().map(MemberRef::user).collect(),
-        ..Group::security(id, id.to_uppercase())
-    }
+    Group { members: members.iter().map(MemberRef::user).collect(), ..Group::security(id, id.to_uppercase()) }
 }
 
 #[tokio::test]
@@ -194,67 +161,24 @@ async fn token_endpoint_issues_tokens_and_reports_entra_errors() {
     assert_eq!(body["expires_in"], 3599);
     assert!(body["access_token"].as_str().is_some_and(|t| t.len() > 40));
 
-    let (tenant, client, secret) = (
-        config.tenant_id.as_str(),
-        config.client_id.as_str(),
-        config.client_secret.as_str(),
-    );
+    let (tenant, client, secret) =
+        (config.tenant_id.as_str(), config.client_id.as_str(), config.client_secret.as_str());
     let graph_scope = "https://graph.microsoft.com/.default";
     let cases = [
-        (
-            tenant,
-            "wrong",
-            client,
-            scope.as_str(),
-            401,
-            "invalid_client",
-            7_000_215,
-        ),
-        (
-            tenant,
-            secret,
-            "someone-else",
-            scope.as_str(),
-            400,
-            "unauthorized_client",
-            700_016,
-        ),
-        (
-            "other-tenant",
-            secret,
-            client,
-            scope.as_str(),
-            400,
-            "invalid_request",
-            90_002,
-        ),
-        (
-            tenant,
-            secret,
-            client,
-            graph_scope,
-            400,
-            "invalid_scope",
-            70_011,
-        ),
+        (tenant, "wrong", client, scope.as_str(), 401, "invalid_client", 7_000_215),
+        (tenant, secret, "someone-else", scope.as_str(), 400, "unauthorized_client", 700_016),
+        ("other-tenant", secret, client, scope.as_str(), 400, "invalid_request", 90_002),
+        (tenant, secret, client, graph_scope, 400, "invalid_scope", 70_011),
     ];
     for (tenant, secret, client, scope, status, error, code) in cases {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", client),
-            ("client_secret", secret),
-            ("scope", scope),
-        ];
+        let form =
+            [("grant_type", "client_credentials"), ("client_id", client), ("client_secret", secret), ("scope", scope)];
         let response = h.token_request(tenant, &form).await;
         assert_eq!(response.status().as_u16(), status, "{error}");
         let body: Value = response.json().await.expect("JSON error");
         assert_eq!(body["error"], error);
         assert_eq!(body["error_codes"], json!([code]));
-        assert!(
-            body["error_description"]
-                .as_str()
-                .is_some_and(|d| d.starts_with(&format!("AADSTS{code}:")))
-        );
+        assert!(body["error_description"].as_str().is_some_and(|d| d.starts_with(&format!("AADSTS{code}:"))));
     }
 
     let assertion = [
@@ -275,13 +199,7 @@ async fn graph_requires_a_valid_bearer_token_and_sets_common_headers() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
 
-    let anonymous = h
-        .http
-        .get(&url)
-        .header("client-request-id", "abc-123")
-        .send()
-        .await
-        .expect("sent");
+    let anonymous = h.http.get(&url).header("client-request-id", "abc-123").send().await.expect("sent");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.headers()["client-request-id"], "abc-123");
     assert_eq!(anonymous.headers()["x-ms-resource-unit"], "1");
@@ -290,13 +208,7 @@ async fn graph_requires_a_valid_bearer_token_and_sets_common_headers() {
     assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
     assert_eq!(body["error"]["innerError"]["client-request-id"], "abc-123");
 
-    let forged = h
-        .http
-        .get(&url)
-        .bearer_auth("forged")
-        .send()
-        .await
-        .expect("sent");
+    let forged = h.http.get(&url).bearer_auth("forged").send().await.expect("sent");
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
 
     let ok = h.get(&url).await;
@@ -306,23 +218,12 @@ async fn graph_requires_a_valid_bearer_token_and_sets_common_headers() {
 
 #[tokio::test]
 async fn initial_round_pages_to_a_delta_link_and_split_members_merge_back() {
-    let config = SimConfig {
-        page_size: 2,
-        members_per_entry: 2,
-        shuffle_seed: Some(7),
-        ..SimConfig::default()
-    };
+    let config = SimConfig { page_size: 2, members_per_entry: 2, shuffle_seed: Some(7), ..SimConfig::default() };
     let h = Harness::start(config).await;
     let big = member_ids("u", 7);
-    h.sim
-        .add_group(group_with_members("big", &big))
-        .expect("add big");
-    h.sim
-        .add_group(group_with_members("small", &member_ids("s", 1)))
-        .expect("add small");
-    h.sim
-        .add_group(Group::unified("empty", "Empty", "empty"))
-        .expect("add empty");
+    h.sim.add_group(group_with_members("big", &big)).expect("add big");
+    h.sim.add_group(group_with_members("small", &member_ids("s", 1))).expect("add small");
+    h.sim.add_group(Group::unified("empty", "Empty", "empty")).expect("add empty");
 
     let round = h.round(&groups_delta_url(&h)).await;
     // 4 entries for "big" (7 members, 2 per entry), one each for the others.
@@ -330,87 +231,44 @@ async fn initial_round_pages_to_a_delta_link_and_split_members_merge_back() {
     assert_eq!(round.pages, 3);
     let big_entries = round.entries.iter().filter(|e| e["id"] == "big").count();
     assert_eq!(big_entries, 4);
-    assert!(
-        round
-            .entries
-            .iter()
-            .filter(|e| e["id"] == "big")
-            .all(|e| e["displayName"] == "BIG")
-    );
+    assert!(round.entries.iter().filter(|e| e["id"] == "big").all(|e| e["displayName"] == "BIG"));
 
     // Unshuffled, the tenant's order (big, empty, small) would come back.
-    let order: Vec<&str> = round
-        .entries
-        .iter()
-        .filter_map(|e| e["id"].as_str())
-        .collect();
-    assert_ne!(
-        order,
-        ["big", "big", "big", "big", "empty", "small"],
-        "seeded round was not shuffled"
-    );
+    let order: Vec<&str> = round.entries.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_ne!(order, ["big", "big", "big", "big", "empty", "small"], "seeded round was not shuffled");
 
     let merged = merge(&round.entries);
     assert_eq!(merged["big"].members, big.iter().cloned().collect());
     assert_eq!(merged["small"].members, BTreeSet::from(["s0".to_owned()]));
     assert!(merged["empty"].members.is_empty());
-    assert!(
-        round
-            .entries
-            .iter()
-            .any(|e| e["id"] == "empty" && e.get("members@delta").is_none())
-    );
+    assert!(round.entries.iter().any(|e| e["id"] == "empty" && e.get("members@delta").is_none()));
     assert_eq!(
         merged["empty"].properties["writebackConfiguration"],
         json!({"isEnabled": null, "onPremisesGroupType": null})
     );
-    assert!(
-        !merged["empty"].properties.contains_key("description"),
-        "an unset property is left out of a full entry"
-    );
-    assert!(
-        !merged["empty"].properties.contains_key("mailNickname"),
-        "unselected property emitted"
-    );
+    assert!(!merged["empty"].properties.contains_key("description"), "an unset property is left out of a full entry");
+    assert!(!merged["empty"].properties.contains_key("mailNickname"), "unselected property emitted");
 }
 
 #[tokio::test]
 async fn later_round_carries_only_changes_and_can_be_replayed() {
-    let h = Harness::start(SimConfig {
-        changed_only: true,
-        ..SimConfig::default()
-    })
-    .await;
-    h.sim
-        .add_group(group_with_members("g", &member_ids("u", 2)))
-        .expect("add");
-    h.sim
-        .add_group(Group::security("quiet", "Quiet"))
-        .expect("add");
+    let h = Harness::start(SimConfig { changed_only: true, ..SimConfig::default() }).await;
+    h.sim.add_group(group_with_members("g", &member_ids("u", 2))).expect("add");
+    h.sim.add_group(Group::security("quiet", "Quiet")).expect("add");
     let first = h.round(&groups_delta_url(&h)).await;
 
-    let patch = GroupPatch {
-        description: Some(Some("now described".into())),
-        ..GroupPatch::default()
-    };
+    let patch = GroupPatch { description: Some(Some("now described".into())), ..GroupPatch::default() };
     h.sim.update_group("g", patch).expect("patch");
-    h.sim
-        .add_members("g", &[MemberRef::group("quiet")])
-        .expect("add member");
+    h.sim.add_members("g", &[MemberRef::group("quiet")]).expect("add member");
     h.sim.remove_members("g", &["u0"]).expect("remove member");
-    h.sim
-        .add_group(Group::security("new", "New"))
-        .expect("add new");
+    h.sim.add_group(Group::security("new", "New")).expect("add new");
 
     let second = h.round(&first.delta_link).await;
     let changed: Vec<&Value> = second.entries.iter().filter(|e| e["id"] == "g").collect();
     assert_eq!(changed.len(), 1);
     let entry = changed[0];
     assert_eq!(entry["description"], "now described");
-    assert!(
-        entry.get("displayName").is_none(),
-        "unchanged property in a minimal round: {entry}"
-    );
+    assert!(entry.get("displayName").is_none(), "unchanged property in a minimal round: {entry}");
     assert_eq!(
         entry["members@delta"],
         json!([
@@ -418,16 +276,9 @@ async fn later_round_carries_only_changes_and_can_be_replayed() {
             {"@odata.type": "#microsoft.graph.user", "id": "u0", "@removed": {"reason": "deleted"}}
         ])
     );
-    let new = second
-        .entries
-        .iter()
-        .find(|e| e["id"] == "new")
-        .expect("new group reported");
+    let new = second.entries.iter().find(|e| e["id"] == "new").expect("new group reported");
     assert_eq!(new["displayName"], "New");
-    assert!(
-        !second.entries.iter().any(|e| e["id"] == "quiet"),
-        "unchanged group reported"
-    );
+    assert!(!second.entries.iter().any(|e| e["id"] == "quiet"), "unchanged group reported");
 
     let replay = h.round(&first.delta_link).await;
     assert_eq!(merge(&replay.entries), merge(&second.entries));
@@ -441,28 +292,15 @@ async fn updates_resend_every_selected_property_unless_return_minimal_is_preferr
     let h = Harness::start(SimConfig::default()).await;
     h.sim.add_group(Group::security("g", "G")).expect("add");
     let first = h.round(&groups_delta_url(&h)).await;
-    let patch = GroupPatch {
-        description: Some(Some("d".into())),
-        ..GroupPatch::default()
-    };
+    let patch = GroupPatch { description: Some(Some("d".into())), ..GroupPatch::default() };
     h.sim.update_group("g", patch).expect("patch");
 
     let full = h.round(&first.delta_link).await;
     assert_eq!(full.entries[0]["displayName"], "G");
     assert_eq!(full.entries[0]["description"], "d");
 
-    let minimal = h
-        .http
-        .get(&first.delta_link)
-        .bearer_auth(&h.token)
-        .header("Prefer", "return=minimal");
-    let body: Value = minimal
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
+    let minimal = h.http.get(&first.delta_link).bearer_auth(&h.token).header("Prefer", "return=minimal");
+    let body: Value = minimal.send().await.expect("sent").json().await.expect("JSON");
     assert!(body["value"][0].get("displayName").is_none());
     assert_eq!(body["value"][0]["description"], "d");
 }
@@ -470,27 +308,14 @@ async fn updates_resend_every_selected_property_unless_return_minimal_is_preferr
 #[tokio::test]
 async fn deletions_use_documented_forms_and_deleted_items_agree() {
     let h = Harness::start(SimConfig::default()).await;
-    let team = Group {
-        members: vec![MemberRef::user("u1")],
-        ..Group::unified("team", "Team", "team")
-    };
+    let team = Group { members: vec![MemberRef::user("u1")], ..Group::unified("team", "Team", "team") };
     h.sim.add_group(team).expect("add team");
-    h.sim
-        .add_group(Group::security("sec", "Sec"))
-        .expect("add sec");
-    h.sim
-        .add_group(Group::security("gone", "Gone"))
-        .expect("add gone");
+    h.sim.add_group(Group::security("sec", "Sec")).expect("add sec");
+    h.sim.add_group(Group::security("gone", "Gone")).expect("add gone");
     let first = h.round(&groups_delta_url(&h)).await;
 
-    assert_eq!(
-        h.sim.soft_delete_group("team"),
-        Ok(DeleteOutcome::SoftDeleted)
-    );
-    assert_eq!(
-        h.sim.soft_delete_group("sec"),
-        Ok(DeleteOutcome::HardDeleted)
-    );
+    assert_eq!(h.sim.soft_delete_group("team"), Ok(DeleteOutcome::SoftDeleted));
+    assert_eq!(h.sim.soft_delete_group("sec"), Ok(DeleteOutcome::HardDeleted));
     h.sim.hard_delete_group("gone").expect("hard delete");
     let second = h.round(&first.delta_link).await;
     let merged = merge(&second.entries);
@@ -498,23 +323,14 @@ async fn deletions_use_documented_forms_and_deleted_items_agree() {
     assert_eq!(merged["sec"].removed.as_deref(), Some("deleted"));
     assert_eq!(merged["gone"].removed.as_deref(), Some("deleted"));
     assert!(
-        second
-            .entries
-            .iter()
-            .all(|e| e.as_object().is_some_and(|o| o.len() == 2)),
+        second.entries.iter().all(|e| e.as_object().is_some_and(|o| o.len() == 2)),
         "removed entries carry only id and @removed"
     );
 
-    let item = h
-        .get_json(&h.url("/beta/directory/deletedItems/team"))
-        .await;
+    let item = h.get_json(&h.url("/beta/directory/deletedItems/team")).await;
     assert_eq!(item["@odata.type"], "#microsoft.graph.group");
     assert_eq!(item["displayName"], "Team");
-    assert!(
-        item["deletedDateTime"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z'))
-    );
+    assert!(item["deletedDateTime"].as_str().is_some_and(|t| t.ends_with('Z')));
 
     let missing = h.get(&h.url("/beta/directory/deletedItems/sec")).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
@@ -532,15 +348,11 @@ async fn deletions_use_documented_forms_and_deleted_items_agree() {
 async fn latest_token_skips_existing_state() {
     let h = Harness::start(SimConfig::default()).await;
     h.sim.add_group(Group::security("old", "Old")).expect("add");
-    let latest = h
-        .get_json(&h.url("/beta/groups/delta?$select=displayName&$deltatoken=latest"))
-        .await;
+    let latest = h.get_json(&h.url("/beta/groups/delta?$select=displayName&$deltatoken=latest")).await;
     assert_eq!(latest["value"], json!([]));
     let link = latest["@odata.deltaLink"].as_str().expect("deltaLink");
 
-    h.sim
-        .add_group(Group::security("fresh", "Fresh"))
-        .expect("add");
+    h.sim.add_group(Group::security("fresh", "Fresh")).expect("add");
     let round = h.round(link).await;
     let ids: Vec<&Value> = round.entries.iter().map(|e| &e["id"]).collect();
     assert_eq!(ids, vec!["fresh"]);
@@ -548,11 +360,7 @@ async fn latest_token_skips_existing_state() {
 
 #[tokio::test]
 async fn malformed_state_and_queries_are_rejected_like_graph() {
-    let h = Harness::start(SimConfig {
-        page_size: 1,
-        ..SimConfig::default()
-    })
-    .await;
+    let h = Harness::start(SimConfig { page_size: 1, ..SimConfig::default() }).await;
     h.sim.add_group(Group::security("a", "A")).expect("add");
     h.sim.add_group(Group::security("b", "B")).expect("add");
     let first_page = h.get_json(&groups_delta_url(&h)).await;
@@ -561,20 +369,14 @@ async fn malformed_state_and_queries_are_rejected_like_graph() {
     let with_select = h.get(&format!("{next}&$select=displayName")).await;
     assert_eq!(with_select.status(), StatusCode::BAD_REQUEST);
 
-    let garbled = h
-        .get(&h.url("/beta/groups/delta?$deltatoken=not-a-token"))
-        .await;
+    let garbled = h.get(&h.url("/beta/groups/delta?$deltatoken=not-a-token")).await;
     assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
     let body: Value = garbled.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], "syncStateNotFound");
 
-    let unknown_property = h
-        .get(&h.url("/beta/groups/delta?$select=displayName,nonsense"))
-        .await;
+    let unknown_property = h.get(&h.url("/beta/groups/delta?$select=displayName,nonsense")).await;
     assert_eq!(unknown_property.status(), StatusCode::BAD_REQUEST);
-    let v1_writeback = h
-        .get(&h.url("/v1.0/groups/delta?$select=writebackConfiguration"))
-        .await;
+    let v1_writeback = h.get(&h.url("/v1.0/groups/delta?$select=writebackConfiguration")).await;
     assert_eq!(v1_writeback.status(), StatusCode::BAD_REQUEST);
     let v1 = h.get_json(&h.url("/v1.0/groups/delta")).await;
     assert!(v1["value"][0].get("writebackConfiguration").is_none());
@@ -586,31 +388,18 @@ async fn gone_faults_and_expired_tokens_point_to_a_fresh_start() {
     h.sim.add_group(Group::security("g", "G")).expect("add");
     let first = h.round(&groups_delta_url(&h)).await;
 
-    h.sim
-        .inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Gone410));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Gone410));
     let gone = h.get(&first.delta_link).await;
     assert_eq!(gone.status(), StatusCode::GONE);
-    let location = gone.headers()["location"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
-    assert_eq!(
-        location,
-        format!(
-            "{}/beta/groups/delta?$select={GROUP_SELECT}&$deltatoken=",
-            h.sim.base_url()
-        )
-    );
+    let location = gone.headers()["location"].to_str().expect("ASCII").to_owned();
+    assert_eq!(location, format!("{}/beta/groups/delta?$select={GROUP_SELECT}&$deltatoken=", h.sim.base_url()));
     let restart = h.round(&location).await;
     assert_eq!(merge(&restart.entries)["g"].properties["displayName"], "G");
 
     h.sim.expire_delta_tokens();
     let expired = h.get(&first.delta_link).await;
     assert_eq!(expired.status(), StatusCode::GONE);
-    assert_eq!(
-        expired.headers()["location"].to_str().ok(),
-        Some(location.as_str())
-    );
+    assert_eq!(expired.headers()["location"].to_str().ok(), Some(location.as_str()));
     assert_eq!(h.get(&restart.delta_link).await.status(), StatusCode::GONE);
 }
 
@@ -618,20 +407,9 @@ async fn gone_faults_and_expired_tokens_point_to_a_fresh_start() {
 async fn throttling_and_server_faults_hit_only_their_target_once() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
-    h.sim
-        .inject(Fault::new(FaultTarget::UsersDelta, FaultKind::Status500));
-    h.sim.inject(Fault::new(
-        FaultTarget::GroupsDelta,
-        FaultKind::Throttle429 {
-            retry_after_secs: 7,
-        },
-    ));
-    h.sim.inject(Fault::new(
-        FaultTarget::GroupsDelta,
-        FaultKind::Unavailable503 {
-            retry_after_secs: None,
-        },
-    ));
+    h.sim.inject(Fault::new(FaultTarget::UsersDelta, FaultKind::Status500));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Throttle429 { retry_after_secs: 7 }));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Unavailable503 { retry_after_secs: None }));
 
     let throttled = h.get(&url).await;
     assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -644,11 +422,7 @@ async fn throttling_and_server_faults_hit_only_their_target_once() {
     assert!(unavailable.headers().get("retry-after").is_none());
 
     assert_eq!(h.get(&url).await.status(), StatusCode::OK);
-    assert_eq!(
-        h.sim.pending_faults(),
-        1,
-        "the users-delta fault is still queued"
-    );
+    assert_eq!(h.sim.pending_faults(), 1, "the users-delta fault is still queued");
     let users = h.get(&h.url("/v1.0/users/delta")).await;
     assert_eq!(users.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
@@ -662,28 +436,18 @@ async fn malformed_bodies_delays_and_resets_are_injectable() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
 
-    h.sim
-        .inject(Fault::new(FaultTarget::Any, FaultKind::MalformedBody));
+    h.sim.inject(Fault::new(FaultTarget::Any, FaultKind::MalformedBody));
     let malformed = h.get(&url).await;
     assert_eq!(malformed.status(), StatusCode::OK);
     let text = malformed.text().await.expect("body");
-    assert!(
-        serde_json::from_str::<Value>(&text).is_err(),
-        "body parsed: {text}"
-    );
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "body parsed: {text}");
 
-    h.sim.inject(Fault::new(
-        FaultTarget::GroupsDelta,
-        FaultKind::Delay(Duration::from_millis(50)),
-    ));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Delay(Duration::from_millis(50))));
     let started = std::time::Instant::now();
     assert_eq!(h.get(&url).await.status(), StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(50));
 
-    h.sim.inject(Fault::new(
-        FaultTarget::GroupsDelta,
-        FaultKind::ResetConnection,
-    ));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::ResetConnection));
     let reset = h.http.get(&url).bearer_auth(&h.token).send().await;
     assert!(reset.is_err(), "a reset connection produced a response");
     assert_eq!(h.get(&url).await.status(), StatusCode::OK);
@@ -707,8 +471,7 @@ async fn revoked_and_expired_tokens_are_refused() {
     h.sim.advance_clock(Duration::from_secs(3600));
     assert_eq!(h.get(&url).await.status(), StatusCode::UNAUTHORIZED);
 
-    h.sim
-        .inject(Fault::new(FaultTarget::Token, FaultKind::Status401));
+    h.sim.inject(Fault::new(FaultTarget::Token, FaultKind::Status401));
     let form = h.good_form();
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let refused = h.token_request(&h.sim.config().tenant_id, &form).await;
@@ -720,25 +483,12 @@ async fn revoked_and_expired_tokens_are_refused() {
 #[tokio::test]
 async fn users_delta_reports_users_and_their_deletion() {
     let h = Harness::start(SimConfig::default()).await;
-    h.sim
-        .add_user(User::synced(
-            "u1",
-            "ann@contoso.com",
-            "S-1-5-21-1-2-3-1001",
-            "ann",
-        ))
-        .expect("add");
-    h.sim
-        .add_user(User::cloud("u2", "bob@contoso.com"))
-        .expect("add");
-    let url =
-        h.url("/v1.0/users/delta?$select=id,onPremisesSecurityIdentifier,onPremisesSamAccountName");
+    h.sim.add_user(User::synced("u1", "ann@contoso.com", "S-1-5-21-1-2-3-1001", "ann")).expect("add");
+    h.sim.add_user(User::cloud("u2", "bob@contoso.com")).expect("add");
+    let url = h.url("/v1.0/users/delta?$select=id,onPremisesSecurityIdentifier,onPremisesSamAccountName");
     let first = h.round(&url).await;
     let merged = merge(&first.entries);
-    assert_eq!(
-        merged["u1"].properties["onPremisesSecurityIdentifier"],
-        "S-1-5-21-1-2-3-1001"
-    );
+    assert_eq!(merged["u1"].properties["onPremisesSecurityIdentifier"], "S-1-5-21-1-2-3-1001");
     assert!(
         !merged["u2"].properties.contains_key("onPremisesSamAccountName"),
         "an unset property is left out of a full entry"
@@ -759,75 +509,28 @@ async fn control_api_drives_the_same_tenant() {
     let h = Harness::start(SimConfig::default()).await;
     let group = json!({"id": "c1", "displayName": "Via HTTP", "securityEnabled": true,
                        "members": [{"@odata.type": "#microsoft.graph.user", "id": "u9"}]});
-    let created = h
-        .http
-        .post(h.url("/_sim/groups"))
-        .json(&group)
-        .send()
-        .await
-        .expect("sent");
+    let created = h.http.post(h.url("/_sim/groups")).json(&group).send().await.expect("sent");
     assert_eq!(created.status(), StatusCode::OK);
-    let duplicate = h
-        .http
-        .post(h.url("/_sim/groups"))
-        .json(&group)
-        .send()
-        .await
-        .expect("sent");
+    let duplicate = h.http.post(h.url("/_sim/groups")).json(&group).send().await.expect("sent");
     assert_eq!(duplicate.status(), StatusCode::CONFLICT);
-    let patch = h
-        .http
-        .patch(h.url("/_sim/groups/c1"))
-        .json(&json!({"description": "d"}))
-        .send()
-        .await
-        .expect("sent");
+    let patch = h.http.patch(h.url("/_sim/groups/c1")).json(&json!({"description": "d"})).send().await.expect("sent");
     assert_eq!(patch.status(), StatusCode::OK);
-    assert_eq!(
-        h.sim.group("c1").and_then(|g| g.description).as_deref(),
-        Some("d")
-    );
+    assert_eq!(h.sim.group("c1").and_then(|g| g.description).as_deref(), Some("d"));
 
-    let fault =
-        json!({"target": "groupsDelta", "kind": "throttle429", "retryAfterSecs": 3, "times": 2});
-    let queued = h
-        .http
-        .post(h.url("/_sim/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .expect("sent");
+    let fault = json!({"target": "groupsDelta", "kind": "throttle429", "retryAfterSecs": 3, "times": 2});
+    let queued = h.http.post(h.url("/_sim/faults")).json(&fault).send().await.expect("sent");
     assert_eq!(queued.status(), StatusCode::OK);
     assert_eq!(h.sim.pending_faults(), 2);
-    let bad = h
-        .http
-        .post(h.url("/_sim/faults"))
-        .json(&json!({"target": "any", "kind": "meteor"}))
-        .send()
-        .await;
+    let bad = h.http.post(h.url("/_sim/faults")).json(&json!({"target": "any", "kind": "meteor"})).send().await;
     assert_eq!(bad.expect("sent").status(), StatusCode::BAD_REQUEST);
 
-    let deleted = h
-        .http
-        .delete(h.url("/_sim/groups/c1?hard=true"))
-        .send()
-        .await
-        .expect("sent");
+    let deleted = h.http.delete(h.url("/_sim/groups/c1?hard=true")).send().await.expect("sent");
     assert_eq!(deleted.status(), StatusCode::OK);
     assert!(h.sim.group("c1").is_none());
-    let log: Value = h
-        .http
-        .get(h.url("/_sim/requests"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(log.as_array().is_some_and(|l| {
-        l.iter()
-            .all(|r| !r["path"].as_str().unwrap_or("").starts_with("/_sim"))
-    }));
+    let log: Value = h.http.get(h.url("/_sim/requests")).send().await.expect("sent").json().await.expect("JSON");
+    assert!(
+        log.as_array().is_some_and(|l| { l.iter().all(|r| !r["path"].as_str().unwrap_or("").starts_with("/_sim")) })
+    );
 }
 
 #[tokio::test]
@@ -835,26 +538,12 @@ async fn redirects_and_looping_next_links_are_injectable() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
     let target = "http://127.0.0.1:9/elsewhere".to_owned();
-    h.sim.inject(Fault::new(
-        FaultTarget::GroupsDelta,
-        FaultKind::Redirect307(target.clone()),
-    ));
+    h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::Redirect307(target.clone())));
     h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::NextLinkLoop));
-    let plain = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let redirected = plain
-        .get(&url)
-        .bearer_auth(&h.token)
-        .send()
-        .await
-        .expect("sent");
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let redirected = plain.get(&url).bearer_auth(&h.token).send().await.expect("sent");
     assert_eq!(redirected.status(), StatusCode::TEMPORARY_REDIRECT);
-    assert_eq!(
-        redirected.headers()["location"].to_str().ok(),
-        Some(target.as_str())
-    );
+    assert_eq!(redirected.headers()["location"].to_str().ok(), Some(target.as_str()));
     let looping = h.get_json(&url).await;
     assert_eq!(looping["value"], json!([]));
     assert_eq!(looping["@odata.nextLink"].as_str(), Some(url.as_str()));
@@ -865,12 +554,8 @@ async fn redirects_and_looping_next_links_are_injectable() {
 #[tokio::test]
 async fn a_soft_deleted_user_stays_a_member_until_the_hard_delete() {
     let h = Harness::start(SimConfig::default()).await;
-    h.sim
-        .add_user(User::cloud("u", "ann@contoso.com"))
-        .expect("add user");
-    h.sim
-        .add_group(group_with_members("g", &["u".to_owned()]))
-        .expect("add group");
+    h.sim.add_user(User::cloud("u", "ann@contoso.com")).expect("add user");
+    h.sim.add_group(group_with_members("g", &["u".to_owned()])).expect("add group");
     let users_url = h.url("/v1.0/users/delta?$select=id,displayName");
     let groups = h.round(&groups_delta_url(&h)).await;
     let users = h.round(&users_url).await;
@@ -889,34 +574,21 @@ async fn a_soft_deleted_user_stays_a_member_until_the_hard_delete() {
 
     h.sim.delete_user("u", true).expect("hard delete");
     let after_hard = h.round(&after_soft.delta_link).await;
-    assert_eq!(
-        after_hard.entries[0]["members@delta"][0]["@removed"]["reason"],
-        "deleted"
-    );
+    assert_eq!(after_hard.entries[0]["members@delta"][0]["@removed"]["reason"], "deleted");
     assert!(h.sim.group("g").expect("group g").members.is_empty());
 }
 
 /// Posts a fault to the control API.
 async fn post_fault(h: &Harness, fault: Value) -> reqwest::Response {
-    h.http
-        .post(h.url("/_sim/faults"))
-        .json(&fault)
-        .send()
-        .await
-        .expect("sent")
+    h.http.post(h.url("/_sim/faults")).json(&fault).send().await.expect("sent")
 }
 
 #[tokio::test]
 async fn every_resync_signal_spelling_can_be_sent() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
-    let spellings = [
-        "syncStateNotFound",
-        "SyncStateNotFound",
-        "resyncRequired",
-        "syncStateInvalid",
-        "Directory_ExpiredPageToken",
-    ];
+    let spellings =
+        ["syncStateNotFound", "SyncStateNotFound", "resyncRequired", "syncStateInvalid", "Directory_ExpiredPageToken"];
     for code in spellings {
         let fault = json!({"target": "groupsDelta", "kind": "status400", "code": code});
         let queued = post_fault(&h, fault).await;
@@ -943,10 +615,9 @@ async fn every_resync_signal_spelling_can_be_sent() {
 async fn a_long_retry_after_is_sent_as_asked() {
     let h = Harness::start(SimConfig::default()).await;
     let url = groups_delta_url(&h);
-    for (kind, status) in [
-        ("throttle429", StatusCode::TOO_MANY_REQUESTS),
-        ("unavailable503", StatusCode::SERVICE_UNAVAILABLE),
-    ] {
+    for (kind, status) in
+        [("throttle429", StatusCode::TOO_MANY_REQUESTS), ("unavailable503", StatusCode::SERVICE_UNAVAILABLE)]
+    {
         let fault = json!({"target": "groupsDelta", "kind": kind, "retryAfterSecs": 300});
         assert_eq!(post_fault(&h, fault).await.status(), StatusCode::OK);
         let answer = h.get(&url).await;
@@ -957,11 +628,7 @@ async fn a_long_retry_after_is_sent_as_asked() {
 
 #[tokio::test]
 async fn a_client_error_on_delta_links_spares_starts_and_next_links() {
-    let h = Harness::start(SimConfig {
-        page_size: 1,
-        ..SimConfig::default()
-    })
-    .await;
+    let h = Harness::start(SimConfig { page_size: 1, ..SimConfig::default() }).await;
     h.sim.add_group(Group::security("a", "A")).expect("add");
     h.sim.add_group(Group::security("b", "B")).expect("add");
     let fault = json!({"target": "groupsDeltaLink", "kind": "clientError",
@@ -969,20 +636,16 @@ async fn a_client_error_on_delta_links_spares_starts_and_next_links() {
     assert_eq!(post_fault(&h, fault).await.status(), StatusCode::OK);
     h.sim.inject(Fault::new(
         FaultTarget::GroupsDeltaLink,
-        FaultKind::ClientError {
-            status: 400,
-            code: "Request_UnsupportedQuery".into(),
-        },
+        FaultKind::ClientError { status: 400, code: "Request_UnsupportedQuery".into() },
     ));
     // A round from its start, through its nextLink, is untouched.
     let round = h.round(&groups_delta_url(&h)).await;
     assert_eq!(round.pages, 2);
     assert_eq!(h.sim.pending_faults(), 2);
 
-    for (status, code) in [
-        (StatusCode::NOT_FOUND, "UnknownError"),
-        (StatusCode::BAD_REQUEST, "Request_UnsupportedQuery"),
-    ] {
+    for (status, code) in
+        [(StatusCode::NOT_FOUND, "UnknownError"), (StatusCode::BAD_REQUEST, "Request_UnsupportedQuery")]
+    {
         let refused = h.get(&round.delta_link).await;
         assert_eq!(refused.status(), status);
         let body: Value = refused.json().await.expect("JSON");
@@ -997,13 +660,7 @@ async fn huge_bodies_are_sent_chunked_or_with_their_length() {
     let url = groups_delta_url(&h);
     let bytes = (1 << 20) + 3;
     for content_length in [false, true] {
-        h.sim.inject(Fault::new(
-            FaultTarget::GroupsDelta,
-            FaultKind::HugeBody {
-                bytes,
-                content_length,
-            },
-        ));
+        h.sim.inject(Fault::new(FaultTarget::GroupsDelta, FaultKind::HugeBody { bytes, content_length }));
         let answer = h.get(&url).await;
         assert_eq!(answer.status(), StatusCode::OK);
         let announced = answer.headers().get("content-length").cloned();
@@ -1059,6 +716,13 @@ async fn a_batch_answers_each_group_get_by_id_and_refuses_more_than_twenty() {
     assert_eq!(by_id("0")["body"]["writebackConfiguration"]["isEnabled"], true);
     assert_eq!(by_id("1")["status"], 404);
     let too_many: Vec<Value> = (0..21).map(|n| request("g1", n)).collect();
-    let refused = h.http.post(h.url("/beta/$batch")).bearer_auth(&h.token).json(&json!({"requests": too_many})).send().await.expect("sent");
+    let refused = h
+        .http
+        .post(h.url("/beta/$batch"))
+        .bearer_auth(&h.token)
+        .json(&json!({"requests": too_many}))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
 }

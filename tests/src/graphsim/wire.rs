@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// Content type Microsoft Graph puts on its JSON responses.
-pub(crate) const GRAPH_CONTENT_TYPE: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+pub(crate) const GRAPH_CONTENT_TYPE: &str =
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
 /// Content type the Entra token endpoint puts on its responses.
 pub(crate) const TOKEN_CONTENT_TYPE: &str = "application/json; charset=utf-8";
@@ -30,10 +31,7 @@ tokio::task_local! {
 pub(crate) fn current_request_ids() -> RequestIds {
     REQUEST_IDS.try_with(Clone::clone).unwrap_or_else(|_| {
         let id = new_guid();
-        RequestIds {
-            request_id: id.clone(),
-            client_request_id: id,
-        }
+        RequestIds { request_id: id.clone(), client_request_id: id }
     })
 }
 
@@ -43,14 +41,7 @@ pub(crate) fn new_guid() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// `len` random bytes, base64url-encoded: an unguessable opaque string.
@@ -64,10 +55,7 @@ pub(crate) fn base64url(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let word = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let word = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             let index = (word >> (18 - 6 * i)) & 0x3f;
             out.push(char::from(ALPHABET[index as usize]));
@@ -90,9 +78,7 @@ pub(crate) struct UtcTime {
 impl UtcTime {
     /// The current time.
     pub(crate) fn now() -> Self {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Self::from_unix(secs)
     }
 
@@ -100,14 +86,7 @@ impl UtcTime {
     pub(crate) fn from_unix(secs: u64) -> Self {
         let (year, month, day) = civil_from_days((secs / 86_400) as i64);
         let rest = secs % 86_400;
-        Self {
-            year,
-            month,
-            day,
-            hour: rest / 3600,
-            minute: rest % 3600 / 60,
-            second: rest % 60,
-        }
+        Self { year, month, day, hour: rest / 3600, minute: rest % 3600 / 60, second: rest % 60 }
     }
 
     /// `2024-05-01T12:00:00`, the form Graph uses in `innerError.date`.
@@ -139,16 +118,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -159,15 +133,9 @@ pub(crate) fn graph_json(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A raw body with the given status and content type.
-pub(crate) fn with_content_type(
-    status: StatusCode,
-    body: String,
-    content_type: &'static str,
-) -> Response {
+pub(crate) fn with_content_type(status: StatusCode, body: String, content_type: &'static str) -> Response {
     let mut response = (status, body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -195,11 +163,7 @@ pub(crate) fn graph_error(status: StatusCode, code: &str, message: &str) -> Resp
 /// The 401 Graph sends for a missing, expired or revoked access token. Real
 /// Graph also names the authority in `WWW-Authenticate`.
 pub(crate) fn invalid_token(message: &str) -> Response {
-    let mut response = graph_error(
-        StatusCode::UNAUTHORIZED,
-        "InvalidAuthenticationToken",
-        message,
-    );
+    let mut response = graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", message);
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""),
@@ -218,18 +182,8 @@ pub(crate) struct EntraError {
 
 impl EntraError {
     /// Builds an error; `description` is the text after `AADSTS<code>: `.
-    pub(crate) fn new(
-        status: StatusCode,
-        error: &'static str,
-        code: u32,
-        description: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            error,
-            code,
-            description: description.into(),
-        }
+    pub(crate) fn new(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> Self {
+        Self { status, error, code, description: description.into() }
     }
 }
 
@@ -271,14 +225,8 @@ mod tests {
     #[test]
     fn calendar_conversion_handles_epoch_and_leap_days() {
         assert_eq!(UtcTime::from_unix(0).iso8601(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            UtcTime::from_unix(951_782_400).iso8601(),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            UtcTime::from_unix(1_709_251_199).entra_timestamp(),
-            "2024-02-29 23:59:59Z"
-        );
+        assert_eq!(UtcTime::from_unix(951_782_400).iso8601(), "2000-02-29T00:00:00Z");
+        assert_eq!(UtcTime::from_unix(1_709_251_199).entra_timestamp(), "2024-02-29 23:59:59Z");
     }
 
     #[test]

@@ -82,7 +82,10 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
         match g % 4 {
             0 => env.sim.add_members(id, &[MemberRef::user(&users[(g + 101) % USERS].0)]).map(|_| ()),
             1 => env.sim.remove_members(id, &[env.sim.group(id).unwrap().members[0].id.clone()]).map(|_| ()),
-            2 => env.sim.update_group(id, GroupPatch { display_name: Some(format!("Renamed {g:03}")), ..Default::default() }).map(|_| ()),
+            2 => env
+                .sim
+                .update_group(id, GroupPatch { display_name: Some(format!("Renamed {g:03}")), ..Default::default() })
+                .map(|_| ()),
             _ => env.sim.hard_delete_group(id).map(|_| ()),
         }
         .unwrap();
@@ -112,7 +115,8 @@ async fn verify_directory(env: &Env, user_dn: &BTreeMap<String, String>) -> Resu
     let cloud = env.sim.groups();
     assert_eq!(by_anchor.len(), cloud.len(), "AD holds exactly the cloud's groups");
     for group in cloud {
-        let found = by_anchor.get(&format!("Group_{}", group.id)).with_context(|| format!("group {} is missing", group.id))?;
+        let found =
+            by_anchor.get(&format!("Group_{}", group.id)).with_context(|| format!("group {} is missing", group.id))?;
         assert_eq!(found.len(), 1, "group {} exists {} times", group.id, found.len());
         let ad = found[0];
         assert_eq!(ad.cn, format!("{}_{}", group.display_name, &group.id[group.id.len() - 12..]));
@@ -136,7 +140,9 @@ async fn verify_audit(env: &Env) -> Result<()> {
         for member in &group.members {
             let rdn = member.split(',').next().unwrap();
             // A new group's members are written inside its create; later ones by member adds.
-            let audited = records.iter().any(|r| matches!(r.operation.as_str(), "add-members" | "create") && r.detail.contains(rdn));
+            let audited = records
+                .iter()
+                .any(|r| matches!(r.operation.as_str(), "add-members" | "create") && r.detail.contains(rdn));
             assert!(audited, "member {member} of {id} was never audited as added");
         }
     }

@@ -18,7 +18,10 @@ async fn the_daemon_follows_changes_and_stops_on_sigterm() -> anyhow::Result<()>
     env.eventually(Duration::from_secs(20), || async { Ok(env.group(&id).await?.is_some()) }).await?;
 
     env.sim.add_members(&id, &[MemberRef::user(&u1)]).unwrap();
-    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&id).await?.is_some_and(|g| g.members.len() == 1)) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.group(&id).await?.is_some_and(|g| g.members.len() == 1))
+    })
+    .await?;
 
     daemon.signal(Signal::TERM)?;
     let status = daemon.wait(Duration::from_secs(20)).await?;
@@ -56,14 +59,22 @@ async fn the_daemons_reconcile_repairs_on_prem_edits_without_a_cloud_change() ->
     g.members = vec![MemberRef::user(&u1)];
     env.sim.add_group(g).unwrap();
     let _daemon = env.start_daemon()?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&id).await?.is_some_and(|g| g.members.len() == 1)) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.group(&id).await?.is_some_and(|g| g.members.len() == 1))
+    })
+    .await?;
 
     let written = env.group(&id).await?.unwrap();
     let mut ldap = env.dc.admin().await?;
-    ldap.modify(&written.dn, vec![
-        Mod::Replace("description", HashSet::from(["edited on-prem"])),
-        Mod::Delete("member", HashSet::from([u1_ad.dn.as_str()])),
-    ]).await?.success()?;
+    ldap.modify(
+        &written.dn,
+        vec![
+            Mod::Replace("description", HashSet::from(["edited on-prem"])),
+            Mod::Delete("member", HashSet::from([u1_ad.dn.as_str()])),
+        ],
+    )
+    .await?
+    .success()?;
     // Nothing changes in the cloud, so only the daemon's periodic full reconcile can repair this.
     env.eventually(Duration::from_secs(30), || async {
         let group = env.group(&id).await?.unwrap();

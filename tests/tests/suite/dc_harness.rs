@@ -8,8 +8,7 @@ use std::thread;
 use anyhow::{Context, Result, ensure};
 use ldap3::{LdapConnAsync, LdapError, Mod};
 use writeback_tests::dc::{
-    ADMIN_DN, AdObject, DcInfo, LDAP_PORT, LISTEN_IP, TestDc, TestOu, UNIVERSAL_SECURITY,
-    first_value,
+    ADMIN_DN, AdObject, DcInfo, LDAP_PORT, LISTEN_IP, TestDc, TestOu, UNIVERSAL_SECURITY, first_value,
 };
 
 #[tokio::test]
@@ -19,11 +18,7 @@ async fn creates_objects_resolves_sid_members_and_counts_writes() -> Result<()> 
     let outcome = exercise(&dc, &ou).await;
     dc.delete_tree(&ou.dn).await?;
     outcome?;
-    ensure!(
-        dc.entry(&ou.dn, &["ou"]).await?.is_none(),
-        "{} still exists after delete_tree",
-        ou.dn
-    );
+    ensure!(dc.entry(&ou.dn, &["ou"]).await?.is_none(), "{} still exists after delete_tree", ou.dn);
     Ok(())
 }
 
@@ -32,9 +27,7 @@ async fn exercise(dc: &TestDc, ou: &TestOu) -> Result<()> {
         ensure!(dc.entry(dn, &["ou"]).await?.is_some(), "{dn} missing");
     }
     let user = dc.create_user(&ou.users_dn, "harness-user").await?;
-    let group = dc
-        .create_group(&ou.groups_dn, "harness-group", UNIVERSAL_SECURITY)
-        .await?;
+    let group = dc.create_group(&ou.groups_dn, "harness-group", UNIVERSAL_SECURITY).await?;
     check_identities(dc, &user).await?;
     check_identities(dc, &group).await?;
 
@@ -44,43 +37,26 @@ async fn exercise(dc: &TestDc, ou: &TestOu) -> Result<()> {
     dc.groups_under(&ou.dn).await?;
     dc.entry(&user.dn, &["objectSid"]).await?;
     let after_reads = dc.subtree_usn(&ou.dn).await?;
-    ensure!(
-        before_reads == after_reads,
-        "reads moved the USN: {before_reads} -> {after_reads}"
-    );
+    ensure!(before_reads == after_reads, "reads moved the USN: {before_reads} -> {after_reads}");
 
     let global_before = dc.highest_committed_usn().await?;
     add_member_by_sid(dc, &group.dn, &user.sid).await?;
     ensure!(dc.highest_committed_usn().await? > global_before, "a write did not move highestCommittedUSN");
     let after_write = dc.subtree_usn(&ou.dn).await?;
-    ensure!(
-        after_write > after_reads,
-        "a write did not move the USN: {after_reads} -> {after_write}"
-    );
+    ensure!(after_write > after_reads, "a write did not move the USN: {after_reads} -> {after_write}");
 
     let groups = dc.groups_under(&ou.dn).await?;
     let [read] = groups.as_slice() else {
         anyhow::bail!("expected one group under {}, got {groups:?}", ou.dn);
     };
-    ensure!(
-        read.guid == group.guid && read.sid == group.sid,
-        "{read:?} vs {group:?}"
-    );
+    ensure!(read.guid == group.guid && read.sid == group.sid, "{read:?} vs {group:?}");
     ensure!(read.sam == "harness-group", "sAMAccountName {:?}", read.sam);
-    ensure!(
-        read.group_type == UNIVERSAL_SECURITY,
-        "groupType {}",
-        read.group_type
-    );
+    ensure!(read.group_type == UNIVERSAL_SECURITY, "groupType {}", read.group_type);
     // The member was written as <SID=…> and must read back as the user's DN.
     let [member] = read.members.as_slice() else {
         anyhow::bail!("expected one member, got {:?}", read.members);
     };
-    ensure!(
-        member.eq_ignore_ascii_case(&user.dn),
-        "member {member} is not {}",
-        user.dn
-    );
+    ensure!(member.eq_ignore_ascii_case(&user.dn), "member {member} is not {}", user.dn);
     Ok(())
 }
 
@@ -88,17 +64,10 @@ async fn exercise(dc: &TestDc, ou: &TestOu) -> Result<()> {
 /// object up by `<SID=…>` and `<GUID=…>` finds it.
 async fn check_identities(dc: &TestDc, object: &AdObject) -> Result<()> {
     ensure!(object.sid.starts_with("S-1-5-21-"), "SID {}", object.sid);
-    for key in [
-        format!("<SID={}>", object.sid),
-        format!("<GUID={}>", object.guid),
-    ] {
+    for key in [format!("<SID={}>", object.sid), format!("<GUID={}>", object.guid)] {
         let found = dc.entry(&key, &["cn"]).await?;
         let dn = found.map(|entry| entry.dn).unwrap_or_default();
-        ensure!(
-            dn.eq_ignore_ascii_case(&object.dn),
-            "{key} finds {dn:?}, not {}",
-            object.dn
-        );
+        ensure!(dn.eq_ignore_ascii_case(&object.dn), "{key} finds {dn:?}, not {}", object.dn);
     }
     Ok(())
 }
@@ -107,13 +76,10 @@ async fn check_identities(dc: &TestDc, object: &AdObject) -> Result<()> {
 async fn add_member_by_sid(dc: &TestDc, group_dn: &str, sid: &str) -> Result<()> {
     let mut ldap = dc.admin().await?;
     let value = format!("<SID={sid}>");
-    ldap.modify(
-        group_dn,
-        vec![Mod::Add("member", HashSet::from([value.as_str()]))],
-    )
-    .await?
-    .success()
-    .with_context(|| format!("adding {value} to {group_dn}"))?;
+    ldap.modify(group_dn, vec![Mod::Add("member", HashSet::from([value.as_str()]))])
+        .await?
+        .success()
+        .with_context(|| format!("adding {value} to {group_dn}"))?;
     ldap.unbind().await?;
     Ok(())
 }
@@ -123,18 +89,10 @@ async fn add_member_by_sid(dc: &TestDc, group_dn: &str, sid: &str) -> Result<()>
 #[test]
 fn concurrent_callers_share_one_dc() -> Result<()> {
     let pids: Vec<u32> = thread::scope(|scope| {
-        let callers: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| TestDc::shared().map(|dc| dc.info().pid)))
-            .collect();
-        callers
-            .into_iter()
-            .map(|caller| caller.join().expect("caller panicked"))
-            .collect::<Result<_>>()
+        let callers: Vec<_> = (0..4).map(|_| scope.spawn(|| TestDc::shared().map(|dc| dc.info().pid))).collect();
+        callers.into_iter().map(|caller| caller.join().expect("caller panicked")).collect::<Result<_>>()
     })?;
-    ensure!(
-        pids.iter().all(|&pid| pid == pids[0]),
-        "callers got different DCs: {pids:?}"
-    );
+    ensure!(pids.iter().all(|&pid| pid == pids[0]), "callers got different DCs: {pids:?}");
     let again = TestDc::shared()?;
     ensure!(again.info().pid == pids[0], "DC changed between calls");
     Ok(())
@@ -143,15 +101,9 @@ fn concurrent_callers_share_one_dc() -> Result<()> {
 #[tokio::test]
 async fn root_dse_names_the_test_domain() -> Result<()> {
     let dc = TestDc::shared()?;
-    let root = dc
-        .entry("", &["defaultNamingContext"])
-        .await?
-        .context("no rootDSE")?;
+    let root = dc.entry("", &["defaultNamingContext"]).await?.context("no rootDSE")?;
     let naming_context = first_value(&root, "defaultNamingContext");
-    ensure!(
-        naming_context == Some(dc.info().base_dn.as_str()),
-        "defaultNamingContext {naming_context:?}"
-    );
+    ensure!(naming_context == Some(dc.info().base_dn.as_str()), "defaultNamingContext {naming_context:?}");
     Ok(())
 }
 
@@ -162,10 +114,7 @@ async fn wrong_password_is_invalid_credentials() -> Result<()> {
     let Err(error) = dc.connect_as(ADMIN_DN, "not-the-password").await else {
         anyhow::bail!("bind with a wrong password succeeded");
     };
-    ensure!(
-        ldap_rc(&error) == Some(49),
-        "expected invalidCredentials: {error:#}"
-    );
+    ensure!(ldap_rc(&error) == Some(49), "expected invalidCredentials: {error:#}");
     Ok(())
 }
 
@@ -178,20 +127,15 @@ async fn plaintext_simple_bind_is_refused() -> Result<()> {
     let (conn, mut ldap) = LdapConnAsync::new(&url).await?;
     ldap3::drive!(conn);
     let result = ldap.simple_bind(ADMIN_DN, dc.admin_password()).await?;
-    ensure!(
-        result.rc == 8,
-        "expected strongerAuthRequired, got {result}"
-    );
+    ensure!(result.rc == 8, "expected strongerAuthRequired, got {result}");
     Ok(())
 }
 
 fn ldap_rc(error: &anyhow::Error) -> Option<u32> {
-    error
-        .chain()
-        .find_map(|cause| match cause.downcast_ref::<LdapError>() {
-            Some(LdapError::LdapResult { result }) => Some(result.rc),
-            _ => None,
-        })
+    error.chain().find_map(|cause| match cause.downcast_ref::<LdapError>() {
+        Some(LdapError::LdapResult { result }) => Some(result.rc),
+        _ => None,
+    })
 }
 
 /// The harness verifies samba's certificate for real: trusting a different CA
@@ -202,30 +146,17 @@ async fn certificate_from_another_ca_is_rejected() -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let other_ca = scratch.path().join("other-ca.pem");
     let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
         .args(["-nodes", "-days", "1", "-subj", "/CN=other CA", "-keyout"])
         .arg(scratch.path().join("other-ca.key"))
         .arg("-out")
         .arg(&other_ca)
         .status()?;
     ensure!(status.success(), "openssl failed: {status}");
-    let untrusting = TestDc::from_info(DcInfo {
-        ca_file: other_ca,
-        ..dc.info().clone()
-    })?;
+    let untrusting = TestDc::from_info(DcInfo { ca_file: other_ca, ..dc.info().clone() })?;
     let Err(error) = untrusting.admin().await else {
         anyhow::bail!("connected although samba's CA is not trusted");
     };
-    ensure!(
-        format!("{error:#}").contains("certificate"),
-        "expected a certificate error: {error:#}"
-    );
+    ensure!(format!("{error:#}").contains("certificate"), "expected a certificate error: {error:#}");
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rustix::process::Signal;
 use writeback::lease::Role;
-use writeback_tests::agents::{Agent, TEST_TTL, USERS, add_groups, converged, output_text, share_tenant, shared_world, until, world};
+use writeback_tests::agents::{
+    Agent, TEST_TTL, USERS, add_groups, converged, output_text, share_tenant, shared_world, until, world,
+};
 use writeback_tests::e2e::Env;
 use writeback_tests::graphsim::MemberRef;
 
@@ -33,7 +35,8 @@ async fn three_agents_share_a_tenant_and_exactly_one_writes() -> Result<()> {
     until(&all, Duration::from_secs(120), async || converged(&env, &users).await).await?;
     until(&all, Duration::from_secs(30), async || {
         let roles = roles(&all);
-        Ok(roles.iter().filter(|r| **r == Some(Role::Active)).count() == 1 && roles.iter().filter(|r| **r == Some(Role::Standby)).count() == 2)
+        Ok(roles.iter().filter(|r| **r == Some(Role::Active)).count() == 1
+            && roles.iter().filter(|r| **r == Some(Role::Standby)).count() == 2)
     })
     .await?;
     // A later change is written too, still by one agent.
@@ -110,7 +113,11 @@ async fn a_paused_writer_resumes_without_writing_on_a_stale_lease() -> Result<()
     assert_eq!(env.dc.subtree_usn(&env.ou.groups_dn).await?, before, "the resumed agent wrote to the groups");
     a1.stop().await?;
     a2.stop().await?;
-    assert!(a1.log().contains("no longer holds the writer lease"), "the resumed cycle stopped at the fence:\n{}", a1.log());
+    assert!(
+        a1.log().contains("no longer holds the writer lease"),
+        "the resumed cycle stopped at the fence:\n{}",
+        a1.log()
+    );
     Ok(())
 }
 
@@ -157,7 +164,10 @@ async fn two_agents_split_four_tenants_and_a_survivor_takes_all() -> Result<()> 
     let (mut a, mut b) = (Agent::new(base, "agent-a", &blocks)?, Agent::new(base, "agent-b", &blocks)?);
     a.start()?;
     b.start()?;
-    until(&[&a, &b], Duration::from_secs(60), async || Ok(a.active_tenants().len() == 2 && b.active_tenants().len() == 2)).await?;
+    until(&[&a, &b], Duration::from_secs(60), async || {
+        Ok(a.active_tenants().len() == 2 && b.active_tenants().len() == 2)
+    })
+    .await?;
     let (held_a, held_b) = (a.active_tenants(), b.active_tenants());
     assert!(held_a.iter().all(|t| !held_b.contains(t)), "{held_a:?} and {held_b:?} overlap");
     a.kill()?;
@@ -218,7 +228,8 @@ async fn two_processes_with_one_agent_id_write_nothing_and_say_why() -> Result<(
     let mut second = Agent::new(&env.dir.path().join("server2"), "wb1", &env.tenant_block("contoso")?)?;
     let health = second.serve_metrics()?;
     second.start()?;
-    let twin = |agent: &Agent| agent.lease_view("contoso").is_some_and(|l| l.duplicate.is_some() && l.role == Role::Standby);
+    let twin =
+        |agent: &Agent| agent.lease_view("contoso").is_some_and(|l| l.duplicate.is_some() && l.role == Role::Standby);
     until(&[&first, &second], Duration::from_secs(60), async || Ok(twin(&first) && twin(&second))).await?;
 
     // Neither writes a cloud change while both run: each cycles twice after it, and the groups stay as they were.

@@ -4,8 +4,8 @@
 
 use writeback_tests::agents::{add_groups, converged, world};
 use writeback_tests::e2e::{Env, new_id, text};
-use writeback_tests::ldap_proxy::{BUSY, Fault, FaultProxy, UNAVAILABLE};
 use writeback_tests::graphsim::{Group, GroupPatch, WritebackConfiguration};
+use writeback_tests::ldap_proxy::{BUSY, Fault, FaultProxy, UNAVAILABLE};
 
 fn enabled(id: &str, name: &str) -> Group {
     let mut g = Group::security(id, name);

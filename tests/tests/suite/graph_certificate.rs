@@ -135,7 +135,10 @@ async fn a_certificate_the_app_does_not_know_is_refused() -> anyhow::Result<()> 
     assert!(line.contains("token request failed with HTTP 401: invalid_client: AADSTS700027"), "{line}");
     assert!(line.contains("The key was not found"), "{line}");
     let requests = env.sim.token_requests();
-    assert!(requests.iter().all(|r| r.client_assertion && !r.client_secret && r.error_code == Some(700_027)), "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.client_assertion && !r.client_secret && r.error_code == Some(700_027)),
+        "{requests:?}"
+    );
     Ok(())
 }
 
@@ -165,7 +168,10 @@ async fn a_key_file_without_a_usable_key_is_named() -> anyhow::Result<()> {
     std::fs::copy(&other.key, &app.key)?;
     let line = failing_sync(&env, &[&app, &other]).await?;
     let key = app.key.display().to_string();
-    assert!(line.contains(&format!("tenant contoso: client_key_file {key}: this key does not belong to the certificate")), "{line}");
+    assert!(
+        line.contains(&format!("tenant contoso: client_key_file {key}: this key does not belong to the certificate")),
+        "{line}"
+    );
 
     // Not a key at all.
     std::fs::write(&app.key, "this is not a key\n")?;

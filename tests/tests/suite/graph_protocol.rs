@@ -194,7 +194,9 @@ async fn a_graph_that_stays_slow_fails_the_cycle_in_one_line_and_loses_nothing()
 async fn tokens_come_from_the_login_url_for_the_graph_scope_and_each_delta_from_its_version() -> anyhow::Result<()> {
     let env = Env::new("endpoints").await?;
     let base = env.sim.base_url().to_string();
-    env.edit_config(|text| text.replacen(&format!("login_url = \"{base}\""), &format!("login_url = \"{base}/login\""), 1))?;
+    env.edit_config(|text| {
+        text.replacen(&format!("login_url = \"{base}\""), &format!("login_url = \"{base}/login\""), 1)
+    })?;
     let id = new_id();
     env.sim.add_group(enabled_group(&id, "Endpoints", &[])).unwrap();
     env.sync(&[]).await?;
@@ -416,7 +418,10 @@ async fn a_stored_link_refused_in_two_cycles_in_a_row_starts_a_full_round_and_lo
     let pages = group_pages(&env);
     let last_refused = pages.iter().rposition(|r| r.fault.is_some()).expect("the stored link was refused");
     let next = pages.get(last_refused + 1).and_then(|r| r.query.as_deref()).unwrap_or_default();
-    assert!(!next.contains("deltatoken") && !next.contains("skiptoken"), "the next request starts a full round: {pages:?}");
+    assert!(
+        !next.contains("deltatoken") && !next.contains("skiptoken"),
+        "the next request starts a full round: {pages:?}"
+    );
     assert!(env.group(&gone).await?.is_none(), "the full round found the hard delete");
     Ok(())
 }

@@ -30,7 +30,8 @@ async fn delegated_world(name: &str) -> Result<(Env, String)> {
     let password_file = env.dir.path().join("svc.password");
     std::fs::write(&password_file, &password)?;
     std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let (admin_dn, admin_password) = (env.dc.info().admin_dn.clone(), env.dc.info().admin_password_file.display().to_string());
+    let (admin_dn, admin_password) =
+        (env.dc.info().admin_dn.clone(), env.dc.info().admin_password_file.display().to_string());
     env.edit_config(|t| {
         t.replace(&format!("bind_dn = \"{admin_dn}\""), &format!("bind_dn = \"{}\"", toml_escape(&account.dn)))
             .replace(&admin_password, &password_file.display().to_string())
@@ -65,7 +66,10 @@ async fn a_delegated_account_with_the_documented_rights_does_everything() -> Res
     assert!(kept.cn.starts_with("Kept_"), "renamed: {}", kept.cn);
     assert_eq!(kept.members.len(), 1);
     assert!(env.group(&gone).await?.is_none(), "deleted");
-    assert!(env.dc.entry(&format!("CN=writeback-lease,{}", env.ou.groups_dn), &["1.1"]).await?.is_some(), "the lease object was created");
+    assert!(
+        env.dc.entry(&format!("CN=writeback-lease,{}", env.ou.groups_dn), &["1.1"]).await?.is_some(),
+        "the lease object was created"
+    );
 
     let doctor = env.run(&["doctor"]).await?;
     assert!(doctor.status.success(), "{}{}", text(&doctor.stdout), text(&doctor.stderr));

@@ -21,7 +21,9 @@ fn sample(metrics: &str, line_start: &str) -> Option<f64> {
 async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Result<()> {
     let env = Env::new("metrics").await?;
     let port = free_port()?;
-    env.edit_config(|t| t.replace("interval = \"1s\"", &format!("interval = \"1s\"\nmetrics_addr = \"127.0.0.1:{port}\"")))?;
+    env.edit_config(|t| {
+        t.replace("interval = \"1s\"", &format!("interval = \"1s\"\nmetrics_addr = \"127.0.0.1:{port}\""))
+    })?;
     let (u1, _) = env.synced_user("metrics-u1").await?;
     let cloud_only = new_id();
     env.sim.add_user(writeback_tests::graphsim::User::cloud(cloud_only.clone(), "c@contoso.com")).unwrap();
@@ -31,20 +33,39 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     let base = format!("http://127.0.0.1:{port}");
     let scrape = || async { Ok::<_, anyhow::Error>(http.get(format!("{base}/metrics")).send().await?.text().await?) };
     env.eventually(Duration::from_secs(20), || async {
-        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#)).is_some_and(|v| v >= 1.0))
+        Ok(scrape()
+            .await
+            .ok()
+            .and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
+            .is_some_and(|v| v >= 1.0))
     })
     .await?;
     let metrics = scrape().await?;
-    assert_eq!(sample(&metrics, r#"writeback_directory_operations_total{tenant="contoso",kind="create",outcome="ok"}"#), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, r#"writeback_directory_operations_total{tenant="contoso",kind="create",outcome="ok"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
     assert_eq!(sample(&metrics, r#"writeback_groups{tenant="contoso",state="managed"}"#), Some(1.0), "{metrics}");
-    assert_eq!(sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(metrics.contains("writeback_cycle_duration_seconds_bucket"), "{metrics}");
-    assert!(sample(&metrics, r#"writeback_graph_requests_total{tenant="contoso",status="200"}"#).is_some_and(|v| v >= 2.0), "{metrics}");
+    assert!(
+        sample(&metrics, r#"writeback_graph_requests_total{tenant="contoso",status="200"}"#).is_some_and(|v| v >= 2.0),
+        "{metrics}"
+    );
 
     // A throttled Graph answer is counted.
     env.sim.inject(Fault { target: FaultTarget::GroupsDelta, kind: FaultKind::Throttle429 { retry_after_secs: 0 } });
     env.eventually(Duration::from_secs(20), || async {
-        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_graph_throttled_total{tenant="contoso"}"#)).is_some_and(|v| v >= 1.0))
+        Ok(scrape()
+            .await
+            .ok()
+            .and_then(|m| sample(&m, r#"writeback_graph_throttled_total{tenant="contoso"}"#))
+            .is_some_and(|v| v >= 1.0))
     })
     .await?;
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
@@ -53,7 +74,11 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     let connections = sample(&metrics, r#"writeback_directory_connections_total{tenant="contoso"}"#);
     let cycles = sample(&metrics, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#).unwrap();
     env.eventually(Duration::from_secs(20), || async {
-        Ok(scrape().await.ok().and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#)).is_some_and(|v| v >= cycles + 2.0))
+        Ok(scrape()
+            .await
+            .ok()
+            .and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
+            .is_some_and(|v| v >= cycles + 2.0))
     })
     .await?;
     assert_eq!(sample(&scrape().await?, r#"writeback_directory_connections_total{tenant="contoso"}"#), connections);
@@ -62,12 +87,21 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     for _ in 0..2 {
         env.sim.inject(Fault { target: FaultTarget::GroupsDelta, kind: FaultKind::Status401 });
     }
-    env.eventually(Duration::from_secs(20), || async { Ok(http.get(format!("{base}/healthz")).send().await?.status() == 503) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(http.get(format!("{base}/healthz")).send().await?.status() == 503)
+    })
+    .await?;
     let why = http.get(format!("{base}/healthz")).send().await?.text().await?;
     assert!(why.contains("tenant contoso: last cycle failed"), "{why}");
-    assert!(!why.contains("401") && !why.contains("127.0.0.1") && !why.contains("http"), "/healthz keeps causes and hosts to itself: {why}");
+    assert!(
+        !why.contains("401") && !why.contains("127.0.0.1") && !why.contains("http"),
+        "/healthz keeps causes and hosts to itself: {why}"
+    );
     // The next good cycle makes it healthy again.
-    env.eventually(Duration::from_secs(20), || async { Ok(http.get(format!("{base}/healthz")).send().await?.status() == 200) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(http.get(format!("{base}/healthz")).send().await?.status() == 200)
+    })
+    .await?;
     Ok(())
 }
 
@@ -81,7 +115,8 @@ async fn the_audit_log_prints_as_filtered_json_lines() -> anyhow::Result<()> {
     env.sync(&[]).await?;
     let output = env.run(&["audit"]).await?;
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let records: Vec<serde_json::Value> = text(&output.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let records: Vec<serde_json::Value> =
+        text(&output.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let ops: Vec<(&str, &str)> =
         records.iter().map(|r| (r["group_id"].as_str().unwrap(), r["operation"].as_str().unwrap())).collect();
     assert!(ops.contains(&(a.as_str(), "create")) && ops.contains(&(b.as_str(), "create")), "{ops:?}");
@@ -105,8 +140,18 @@ async fn doctor_passes_a_good_setup_and_names_the_fix_for_a_broken_one() -> anyh
     let good = env.run(&["doctor"]).await?;
     let out = text(&good.stdout);
     assert!(good.status.success(), "{out}{}", text(&good.stderr));
-    for check in ["token request", "Graph group read", "Graph user read", "LDAPS connection, certificate and bind", "schema", "rights in the target OU"] {
-        assert!(out.lines().any(|l| l.trim_start().starts_with("pass") && l.contains(check)), "{check} missing:\n{out}");
+    for check in [
+        "token request",
+        "Graph group read",
+        "Graph user read",
+        "LDAPS connection, certificate and bind",
+        "schema",
+        "rights in the target OU",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with("pass") && l.contains(check)),
+            "{check} missing:\n{out}"
+        );
     }
     assert!(env.groups().await?.is_empty(), "the probe group was deleted again");
 
@@ -132,11 +177,16 @@ async fn json_logs_are_one_object_per_line_with_the_cycle_span() -> anyhow::Resu
     command.args(["--log-format", "json", "--config"]).arg(&env.config_path).args(["sync", "--once"]);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let lines: Vec<serde_json::Value> = text(&output.stderr).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let lines: Vec<serde_json::Value> =
+        text(&output.stderr).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let finished = lines.iter().find(|l| l["fields"]["message"] == "cycle finished").expect("a cycle-finished line");
     assert_eq!(finished["level"], "INFO");
     let in_cycle = lines.iter().any(|l| l["span"]["name"] == "cycle" && l["span"]["tenant"] == "contoso");
-    assert!(in_cycle || lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["tenant"] == "contoso"))), "{lines:?}");
+    assert!(
+        in_cycle
+            || lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["tenant"] == "contoso"))),
+        "{lines:?}"
+    );
     Ok(())
 }
 

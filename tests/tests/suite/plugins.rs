@@ -24,7 +24,15 @@ fn plugins(naming: Option<&str>, transforms: &[&str], settings: &[(&str, &str)])
 }
 
 fn group<'a>(id: &'a str, name: &'a str) -> PolicyGroup<'a> {
-    PolicyGroup { id, display_name: name, description: None, mail_nickname: None, mail: None, unified: false, kind: GroupKind::Security }
+    PolicyGroup {
+        id,
+        display_name: name,
+        description: None,
+        mail_nickname: None,
+        mail: None,
+        unified: false,
+        kind: GroupKind::Security,
+    }
 }
 
 fn settings(allowed_ous: &[&str]) -> ModelSettings {
@@ -46,9 +54,21 @@ const ID: &str = "6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60";
 fn cloud_sync_naming_reproduces_the_builtin_default_on_a_corpus() {
     let mut plugin = plugins(Some("cloud_sync_naming"), &[], &[]);
     let names = [
-        "Finance", "  padded  ", r#"Ops, "Tier 0" + #Admins\"#, "#hash", "semi;colon=eq<less>more", "Ünïcødé 名前 ✓",
-        &"x".repeat(51), &"y".repeat(52), &"z".repeat(80), &format!("{}   tail", "a".repeat(49)), "tab\there", "line\nfeed",
-        "a", "😀 emoji group", " ",
+        "Finance",
+        "  padded  ",
+        r#"Ops, "Tier 0" + #Admins\"#,
+        "#hash",
+        "semi;colon=eq<less>more",
+        "Ünïcødé 名前 ✓",
+        &"x".repeat(51),
+        &"y".repeat(52),
+        &"z".repeat(80),
+        &format!("{}   tail", "a".repeat(49)),
+        "tab\there",
+        "line\nfeed",
+        "a",
+        "😀 emoji group",
+        " ",
     ];
     let ids = [ID, "0a7b9c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d", "short-id", "ABCDEF012345", "--------------------"];
     let mut compared = 0;
@@ -114,19 +134,25 @@ fn a_runaway_allocation_costs_one_call() {
 fn placements_outside_the_allowed_ous_and_bad_names_are_invalid() {
     let group = cloud_group(ID, "Escapee");
     let mut escape = plugins(Some("escape_ou"), &[], &[]);
-    let err = model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut escape).unwrap_err().to_string();
+    let err =
+        model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut escape).unwrap_err().to_string();
     assert!(err.contains("outside the target OU"), "{err}");
     let allowed = settings(&["OU=Elsewhere,DC=evil,DC=example"]);
     assert!(model::place_and_transform(&group, GroupKind::Security, &allowed, &mut escape).is_ok());
     let mut bad = plugins(Some("bad_names"), &[], &[("break", "sam")]);
-    let err = model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut bad).unwrap_err().to_string();
+    let err =
+        model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut bad).unwrap_err().to_string();
     assert!(err.contains("sAMAccountName"), "{err}");
 }
 
 #[test]
 fn department_ou_routes_by_prefix_and_names_from_the_mail_nickname() {
     let finance = format!("OU=Finance,{TARGET_OU}");
-    let mut routed = plugins(Some("department_ou"), &[], &[("prefixes", "FIN-,HR-"), ("ou.FIN-", &finance), ("ou.HR-", &format!("OU=HR,{TARGET_OU}"))]);
+    let mut routed = plugins(
+        Some("department_ou"),
+        &[],
+        &[("prefixes", "FIN-,HR-"), ("ou.FIN-", &finance), ("ou.HR-", &format!("OU=HR,{TARGET_OU}"))],
+    );
     let mut payroll = group(ID, "fin-Payroll");
     payroll.mail_nickname = Some("fin.payroll");
     let placed = routed.place(&payroll).unwrap();
@@ -162,7 +188,8 @@ fn compiled_plugins_are_cached_by_content_and_engine() {
     let cache = dir.path().join("cache");
     let config = PluginsConfig { naming: Some(plugin_wasm("cloud_sync_naming").unwrap()), ..PluginsConfig::default() };
     let files = || -> Vec<PathBuf> {
-        let mut f: Vec<PathBuf> = std::fs::read_dir(&cache).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        let mut f: Vec<PathBuf> =
+            std::fs::read_dir(&cache).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
         f.sort();
         f
     };

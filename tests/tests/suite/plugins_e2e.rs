@@ -48,9 +48,15 @@ async fn department_routing_and_provenance_notes_land_in_ad() -> anyhow::Result<
 }
 
 #[tokio::test]
-async fn what_a_transform_wrote_is_read_back_so_a_full_reconcile_writes_nothing_and_a_clear_clears() -> anyhow::Result<()> {
+async fn what_a_transform_wrote_is_read_back_so_a_full_reconcile_writes_nothing_and_a_clear_clears()
+-> anyhow::Result<()> {
     let mut env = Env::new("plug-readback").await?;
-    let plugin = |note: &str| format!("[tenant.plugins]\ntransforms = [\"{}\"]\n[tenant.plugins.config]\nnote = \"{note}\"\n", wasm("provenance_note"));
+    let plugin = |note: &str| {
+        format!(
+            "[tenant.plugins]\ntransforms = [\"{}\"]\n[tenant.plugins.config]\nnote = \"{note}\"\n",
+            wasm("provenance_note")
+        )
+    };
     env.append_config(&plugin("Entra group {id}"))?;
     let id = new_id();
     env.sim.add_group(enabled(&id, "Noted")).unwrap();
@@ -200,19 +206,29 @@ async fn a_plugin_replaced_during_run_is_checked_before_it_is_used() -> anyhow::
 
     // A broken file is refused, the agent goes on with the version it has.
     std::fs::write(&live, b"\0asm this is not a component")?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("keeping the current plugins")) }).await?;
+    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("keeping the current plugins")) })
+        .await?;
     let second = new_id();
     env.sim.add_group(enabled(&second, "During")).unwrap();
-    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&second).await?.is_some_and(|g| g.cn.starts_with("During_"))) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.group(&second).await?.is_some_and(|g| g.cn.starts_with("During_")))
+    })
+    .await?;
 
     // A version whose output is invalid for the current groups is refused too.
     std::fs::copy(plugin_wasm("escape_ou")?, &live)?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("gives invalid output for group")) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.daemon_log().contains("gives invalid output for group"))
+    })
+    .await?;
 
     // A valid new version is switched to on SIGHUP as well as on change, and renames the groups.
     std::fs::copy(plugin_wasm("suffix_v2")?, &live)?;
     daemon.signal(rustix::process::Signal::HUP)?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&first).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_"))) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.group(&first).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_")))
+    })
+    .await?;
     assert!(env.daemon_log().contains("switched to the new plugin version"));
     Ok(())
 }
@@ -233,13 +249,19 @@ async fn a_new_version_is_not_refused_for_what_the_current_one_refuses_or_fails_
     env.eventually(Duration::from_secs(20), || async { Ok(env.group(&fine).await?.is_some()) }).await?;
 
     std::fs::copy(plugin_wasm("sleeper")?, &live)?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("switched to the new plugin version")) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.daemon_log().contains("switched to the new plugin version"))
+    })
+    .await?;
     assert!(!env.daemon_log().contains("keeping the current plugins"), "{}", env.daemon_log());
 
     // A version that renames everything, and still refuses the same group, is taken as well.
     std::fs::copy(plugin_wasm("suffix_v2")?, &live)?;
     daemon.signal(rustix::process::Signal::HUP)?;
-    env.eventually(Duration::from_secs(20), || async { Ok(env.group(&fine).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_"))) }).await?;
+    env.eventually(Duration::from_secs(20), || async {
+        Ok(env.group(&fine).await?.is_some_and(|g| g.cn.starts_with("Before (v2)_")))
+    })
+    .await?;
     assert!(env.group(&refused).await?.is_none());
     Ok(())
 }
@@ -252,7 +274,10 @@ async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::R
         command.args(["plugin", "check"]).arg(plugin_wasm(plugin).unwrap()).args(extra);
         command.output().unwrap()
     };
-    let good = check("cloud_sync_naming", &["--group", r#"{"id":"6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60","displayName":"Finance"}"#]);
+    let good = check(
+        "cloud_sync_naming",
+        &["--group", r#"{"id":"6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60","displayName":"Finance"}"#],
+    );
     assert!(good.status.success(), "{}", text(&good.stderr));
     assert!(text(&good.stdout).contains(r#"valid    "Finance": cn="Finance_1b2c3d4e5f60""#), "{}", text(&good.stdout));
     let bad = check("bad_names", &[]);
@@ -261,7 +286,12 @@ async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::R
     let transform = check("provenance_note", &["--config", "exclude=Mark*"]);
     assert!(transform.status.success());
     let out = text(&transform.stdout);
-    assert!(out.contains("(transformer)") && out.contains("excluded \"Marketing\"") && out.contains("info: Managed by writeback"), "{out}");
+    assert!(
+        out.contains("(transformer)")
+            && out.contains("excluded \"Marketing\"")
+            && out.contains("info: Managed by writeback"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -284,7 +314,12 @@ async fn a_tenant_whose_plugin_does_not_load_is_held_while_the_other_tenants_run
         let status = writeback::status::StatusFile::load(&agent.dir.join("state")).ok()?;
         status.tenants.get("alpha")?.held_groups.iter().find(|p| p.group_id == a).map(|p| p.reason.clone())
     };
-    until(&[&agent], Duration::from_secs(30), async || Ok(healthy.group(&b).await?.is_some() && held(&agent).is_some())).await?;
+    until(
+        &[&agent],
+        Duration::from_secs(30),
+        async || Ok(healthy.group(&b).await?.is_some() && held(&agent).is_some()),
+    )
+    .await?;
     let reason = held(&agent).unwrap_or_default();
     assert!(reason.contains("did not load") && reason.contains("not a valid WebAssembly component"), "{reason}");
     assert!(broken.group(&a).await?.is_none(), "nothing of the tenant is written under another naming");

@@ -33,7 +33,12 @@ async fn members_are_not_added_to_groups_nested_in_protected_groups() -> anyhow:
     let middle = env.dc.create_group(&env.ou.users_dn, "Middle", UNIVERSAL_SECURITY).await?;
     let vault = env.dc.create_group(&env.ou.users_dn, "Vault Admins", UNIVERSAL_SECURITY).await?;
     let mut ldap = env.dc.admin().await?;
-    ldap.modify(&tier0.dn, vec![Mod::Replace("adminCount", HashSet::from(["1"])), Mod::Add("member", HashSet::from([middle.dn.as_str()]))]).await?.success()?;
+    ldap.modify(
+        &tier0.dn,
+        vec![Mod::Replace("adminCount", HashSet::from(["1"])), Mod::Add("member", HashSet::from([middle.dn.as_str()]))],
+    )
+    .await?
+    .success()?;
     env.dc.add_member(&middle.dn, &group.dn).await?;
     env.dc.add_member(&vault.dn, &listed.dn).await?;
     env.tenant_settings(&format!("protected_groups = [\"{}\"]", writeback_tests::e2e::toml_escape(&vault.dn)))?;
@@ -64,7 +69,10 @@ async fn insecure_skip_verify_connects_to_an_unknown_ca_and_says_so_loudly() -> 
     env.edit_config(|t| t.replace("target_ou = ", "insecure_skip_verify = true\ntarget_ou = "))?;
     let output = env.sync(&[]).await?;
     let stderr = text(&output.stderr);
-    assert!(stderr.lines().any(|l| l.contains("WARN") && l.contains("INSECURE") && l.contains("NOT verified")), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("WARN") && l.contains("INSECURE") && l.contains("NOT verified")),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -89,15 +97,31 @@ async fn world_readable_secret_and_config_files_are_warned_about() -> anyhow::Re
 async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Result<()> {
     let env = Env::new("hostile").await?;
     let names = [
-        "Domain Admins", "Administrators", "krbtgt", "*)(objectClass=*", r"\2a\29", "#leading hash", " leading space",
-        "trailing space ", r#",+"\<>;="#, "名前 ✓ Ünïcødé", "a\u{0}b", "line\nfeed", "tab\tinside", &"long".repeat(100),
+        "Domain Admins",
+        "Administrators",
+        "krbtgt",
+        "*)(objectClass=*",
+        r"\2a\29",
+        "#leading hash",
+        " leading space",
+        "trailing space ",
+        r#",+"\<>;="#,
+        "名前 ✓ Ünïcødé",
+        "a\u{0}b",
+        "line\nfeed",
+        "tab\tinside",
+        &"long".repeat(100),
     ];
     let ids: Vec<String> = names.iter().map(|_| new_id()).collect();
     for (id, name) in ids.iter().zip(names) {
         env.sim.add_group(enabled(id, name, &[])).unwrap();
     }
     let base = env.dc.info().base_dn.clone();
-    let well_known = [format!("CN=Domain Admins,CN=Users,{base}"), format!("CN=Administrators,CN=Builtin,{base}"), format!("CN=krbtgt,CN=Users,{base}")];
+    let well_known = [
+        format!("CN=Domain Admins,CN=Users,{base}"),
+        format!("CN=Administrators,CN=Builtin,{base}"),
+        format!("CN=krbtgt,CN=Users,{base}"),
+    ];
     let mut usn_before = Vec::new();
     for dn in &well_known {
         usn_before.push(env.dc.subtree_usn(dn).await?);
@@ -115,7 +139,10 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
             }
             None => {
                 assert!(name.chars().any(char::is_control), "{name:?} was neither written nor should be refused");
-                assert!(status.contains(&format!("group {id}: the display name contains a control character")), "{status}");
+                assert!(
+                    status.contains(&format!("group {id}: the display name contains a control character")),
+                    "{status}"
+                );
             }
         }
     }
@@ -128,7 +155,8 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
     }
     let anchors: HashSet<String> = ids.iter().map(|id| format!("Group_{id}")).collect();
     let everywhere = env.dc.groups_under(&base).await?;
-    let ours: Vec<_> = everywhere.iter().filter(|g| g.admin_description.as_ref().is_some_and(|a| anchors.contains(a))).collect();
+    let ours: Vec<_> =
+        everywhere.iter().filter(|g| g.admin_description.as_ref().is_some_and(|a| anchors.contains(a))).collect();
     assert_eq!(ours.len(), written);
     assert!(ours.iter().all(|g| writeback::dn::is_within(&g.dn, &env.ou.groups_dn)));
     Ok(())

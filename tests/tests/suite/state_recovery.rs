@@ -30,7 +30,11 @@ async fn a_damaged_state_is_named_and_reset_state_recovers_without_recreating_gr
     let damaged = env.run(&["sync", "--once"]).await?;
     let stderr = text(&damaged.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    println!("with the damaged state, sync {}: {}", if damaged.status.success() { "resynced" } else { "stopped" }, stderr.lines().last().unwrap_or_default());
+    println!(
+        "with the damaged state, sync {}: {}",
+        if damaged.status.success() { "resynced" } else { "stopped" },
+        stderr.lines().last().unwrap_or_default()
+    );
     if damaged.status.success() {
         // sled dropped what it could not read: the cycle resynced, and found every group by its anchor.
         let now: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();

@@ -38,9 +38,15 @@ async fn an_entry_that_cannot_be_read_in_a_resync_holds_its_group_and_deletes_no
     assert_eq!(after.guid, before.guid);
     assert_eq!(after.members.len(), 1, "{after:?}");
     let kept = env.group(&other).await?.expect("other group");
-    assert!(kept.members.iter().any(|m| writeback::dn::same(m, &user_ad.dn)), "the user keeps its memberships: {kept:?}");
+    assert!(
+        kept.members.iter().any(|m| writeback::dn::same(m, &user_ad.dn)),
+        "the user keeps its memberships: {kept:?}"
+    );
     let status = text(&env.run(&["status"]).await?.stdout);
-    assert!(status.contains(&format!("group {group}: Graph sent an entry for this group that cannot be read")), "{status}");
+    assert!(
+        status.contains(&format!("group {group}: Graph sent an entry for this group that cannot be read")),
+        "{status}"
+    );
 
     // A readable full round releases the group.
     env.sim.garble(&group, "proxyAddresses", None);
@@ -108,7 +114,10 @@ async fn a_soft_deleted_user_keeps_its_ad_memberships_and_a_hard_delete_removes_
 
     env.sim.delete_user(&user, false).unwrap();
     env.sync(&[]).await?;
-    assert!(is_member(&env.group(&id).await?.expect("kept").members), "Entra ID keeps a soft-deleted user's memberships");
+    assert!(
+        is_member(&env.group(&id).await?.expect("kept").members),
+        "Entra ID keeps a soft-deleted user's memberships"
+    );
     // A resync does not list the soft-deleted user; Graph's deleted items still hold it.
     resync(&env);
     env.sync(&[]).await?;
@@ -182,7 +191,8 @@ async fn a_copied_anchor_is_never_written_nested_or_deleted() -> anyhow::Result<
 }
 
 #[tokio::test]
-async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_and_foreign_anchors_are_ignored() -> anyhow::Result<()> {
+async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_and_foreign_anchors_are_ignored()
+-> anyhow::Result<()> {
     let env = Env::new("trust-twins").await?;
     let (u1, _) = env.synced_user("twins-u1").await?;
     let id = new_id();
@@ -203,7 +213,10 @@ async fn two_anchored_objects_in_the_tenant_ou_without_a_record_are_a_conflict_a
     env.sync(&[]).await?;
     assert_eq!(env.dc.subtree_usn(&env.ou.groups_dn).await?, before, "neither object is written");
     let status = text(&env.run(&["status"]).await?.stdout);
-    assert!(status.contains(&format!("group {id}: 2 objects inside the tenant's OUs carry this group's anchor")), "{status}");
+    assert!(
+        status.contains(&format!("group {id}: 2 objects inside the tenant's OUs carry this group's anchor")),
+        "{status}"
+    );
     assert!(group_at(&env, &connect.dn).await?.is_some(), "a group with a foreign anchor is not deleted");
 
     // Once an admin removes the twin, the group is written again.
@@ -275,7 +288,10 @@ async fn a_group_type_change_under_a_protected_group_is_refused_like_a_member_ad
     let (u1, _) = env.synced_user("type-u1").await?;
     let id = new_id();
     let mut group = enabled_group(&id, "Mailing list", &[&u1]);
-    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalDistributionGroup".into()) });
+    group.writeback = Some(WritebackConfiguration {
+        is_enabled: Some(true),
+        on_premises_group_type: Some("universalDistributionGroup".into()),
+    });
     env.sim.add_group(group).unwrap();
     env.sync(&[]).await?;
     let written = env.group(&id).await?.expect("written");
@@ -286,14 +302,29 @@ async fn a_group_type_change_under_a_protected_group_is_refused_like_a_member_ad
     let vault = env.dc.create_group(&env.ou.users_dn, "Type Vault", -2147483640).await?;
     env.dc.add_member(&vault.dn, &written.dn).await?;
     env.tenant_settings(&format!("protected_groups = [\"{}\"]", writeback_tests::e2e::toml_escape(&vault.dn)))?;
-    let security = WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalSecurityGroup".into()) };
-    env.sim.update_group(&id, GroupPatch { writeback: Some(Some(security)), description: Some(Some("now security".into())), ..GroupPatch::default() }).unwrap();
+    let security = WritebackConfiguration {
+        is_enabled: Some(true),
+        on_premises_group_type: Some("universalSecurityGroup".into()),
+    };
+    env.sim
+        .update_group(
+            &id,
+            GroupPatch {
+                writeback: Some(Some(security)),
+                description: Some(Some("now security".into())),
+                ..GroupPatch::default()
+            },
+        )
+        .unwrap();
     env.sync(&[]).await?;
     let now = env.group(&id).await?.expect("kept");
     assert_eq!(now.group_type, 8, "the type change is refused");
     assert_eq!(now.description.as_deref(), Some("now security"), "the rest of the change is written");
     let status = text(&env.run(&["status"]).await?.stdout);
-    assert!(status.contains(&format!("group {id}: groupType change refused: the group is in protected group")), "{status}");
+    assert!(
+        status.contains(&format!("group {id}: groupType change refused: the group is in protected group")),
+        "{status}"
+    );
 
     env.tenant_settings(&format!("allow_protected_groups = [\"{id}\"]"))?;
     env.sync(&["--full"]).await?;
@@ -308,7 +339,14 @@ async fn a_user_whose_sid_names_a_foreign_security_principal_is_skipped_with_a_r
     // A cloud user claiming the SID of Authenticated Users: the DC resolves it to a foreign security principal,
     // and as a member it would give the group to everyone.
     let everyone = new_id();
-    env.sim.add_user(writeback_tests::graphsim::User::synced(everyone.clone(), "everyone@contoso.com", "S-1-5-11", "fsp-everyone")).unwrap();
+    env.sim
+        .add_user(writeback_tests::graphsim::User::synced(
+            everyone.clone(),
+            "everyone@contoso.com",
+            "S-1-5-11",
+            "fsp-everyone",
+        ))
+        .unwrap();
     let id = new_id();
     env.sim.add_group(enabled_group(&id, "Not everyone", &[&user, &everyone])).unwrap();
     env.sync(&[]).await?;
@@ -329,7 +367,12 @@ async fn the_tenant_m365_writeback_default_decides_when_the_config_does_not() ->
     env.sync(&[]).await?;
     assert!(env.group(&unified).await?.is_none(), "the tenant's setting keeps it out");
     let doctor = text(&env.run(&["doctor"]).await?.stdout);
-    assert!(doctor.contains("Microsoft 365 writeback default: false, from the tenant setting NewUnifiedGroupWritebackDefault"), "{doctor}");
+    assert!(
+        doctor.contains(
+            "Microsoft 365 writeback default: false, from the tenant setting NewUnifiedGroupWritebackDefault"
+        ),
+        "{doctor}"
+    );
 
     // Turned back on: the next full cycle reads it and plans every group again.
     env.sim.set_unified_writeback_default(None);
@@ -352,7 +395,10 @@ async fn a_delta_without_writeback_configuration_is_caught_by_doctor_and_read_in
     let doctor = env.run(&["doctor"]).await?;
     assert!(!doctor.status.success());
     let said = text(&doctor.stdout);
-    assert!(said.contains("FAIL  writebackConfiguration source") && said.contains("writeback_source = \"batch\""), "{said}");
+    assert!(
+        said.contains("FAIL  writebackConfiguration source") && said.contains("writeback_source = \"batch\""),
+        "{said}"
+    );
     // Reading delta alone, the agent sees no enabled group, and writes nothing.
     env.sync(&[]).await?;
     assert!(env.groups().await?.is_empty());

@@ -166,7 +166,8 @@ async fn renames_member_changes_and_deletes_follow_the_cloud() -> anyhow::Result
     let before = env.group(&id).await?.expect("created");
 
     // Rename plus one add and one remove: same object, incremental members.
-    let patch = writeback_tests::graphsim::GroupPatch { display_name: Some("Finance EMEA".into()), ..Default::default() };
+    let patch =
+        writeback_tests::graphsim::GroupPatch { display_name: Some("Finance EMEA".into()), ..Default::default() };
     env.sim.update_group(&id, patch).unwrap();
     env.sim.add_members(&id, &[MemberRef::user(&u3)]).unwrap();
     env.sim.remove_members(&id, &[&u1]).unwrap();
@@ -205,7 +206,12 @@ async fn renames_member_changes_and_deletes_follow_the_cloud() -> anyhow::Result
     env.sync(&[]).await?;
     assert!(env.group(&m365_id).await?.is_some(), "soft-deleted groups are kept");
     env.sim.restore_group(&m365_id).unwrap();
-    env.sim.update_group(&m365_id, writeback_tests::graphsim::GroupPatch { display_name: Some("Team restored".into()), ..Default::default() }).unwrap();
+    env.sim
+        .update_group(
+            &m365_id,
+            writeback_tests::graphsim::GroupPatch { display_name: Some("Team restored".into()), ..Default::default() },
+        )
+        .unwrap();
     env.sync(&[]).await?;
     assert_eq!(env.group(&m365_id).await?.unwrap().display_name.as_deref(), Some("Team restored"));
 
@@ -279,12 +285,19 @@ async fn nested_groups_resolve_in_any_order_and_local_groups_are_refused() -> an
     assert_eq!(parent_ad.members.len(), 3);
 
     let status = text(&env.run(&["status"]).await?.stdout);
-    assert!(status.contains(&format!("member {}: A universal group cannot have a local group as a member", local_cloud.id)), "{status}");
-    assert!(status.contains(&format!("member {}: nested cloud group that is not written back", not_written.id)), "{status}");
+    assert!(
+        status.contains(&format!("member {}: A universal group cannot have a local group as a member", local_cloud.id)),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("member {}: nested cloud group that is not written back", not_written.id)),
+        "{status}"
+    );
     assert!(status.contains("a device cannot be a member"), "{status}");
 
     // The child stops being written back: a delta cycle takes it out of the parent and keeps it in AD.
-    let patch = writeback_tests::graphsim::GroupPatch { writeback: Some(writeback(Some(false), None)), ..Default::default() };
+    let patch =
+        writeback_tests::graphsim::GroupPatch { writeback: Some(writeback(Some(false), None)), ..Default::default() };
     env.sim.update_group(&child, patch).unwrap();
     env.sync(&[]).await?;
     let parent_ad = env.group(&parent).await?.unwrap();
@@ -342,7 +355,11 @@ async fn small_batches_nest_groups_created_later_and_count_deletes_over_the_whol
     env.sync(&[]).await?;
     let child_ad = env.group(&child).await?.expect("child written");
     let parent_ad = env.group(&parent).await?.expect("parent written");
-    assert!(parent_ad.members.iter().any(|m| writeback::dn::same(m, &child_ad.dn)), "nested in the same cycle: {:?}", parent_ad.members);
+    assert!(
+        parent_ad.members.iter().any(|m| writeback::dn::same(m, &child_ad.dn)),
+        "nested in the same cycle: {:?}",
+        parent_ad.members
+    );
     assert_eq!(parent_ad.members.len(), 2);
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(!status.contains("nested group is not in AD"), "{status}");
@@ -366,7 +383,8 @@ async fn a_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() ->
     let env = Env::new("conflict").await?;
     let (taken, free) = (new_id(), new_id());
     let squatter_cn = format!("Taken_{}", last12(&taken));
-    let squatter = env.dc.create_group(&env.ou.groups_dn, &squatter_cn, writeback_tests::dc::UNIVERSAL_SECURITY).await?;
+    let squatter =
+        env.dc.create_group(&env.ou.groups_dn, &squatter_cn, writeback_tests::dc::UNIVERSAL_SECURITY).await?;
     env.sim.add_group(enabled_group(&taken, "Taken", &[])).unwrap();
     env.sim.add_group(enabled_group(&free, "Free", &[])).unwrap();
     let output = env.run(&["sync", "--once"]).await?;
@@ -374,7 +392,8 @@ async fn a_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() ->
     assert!(stdout.contains("1 conflicts"), "{stdout}");
     assert!(env.group(&free).await?.is_some(), "the other group is written");
     assert!(env.group(&taken).await?.is_none());
-    let foreign = env.groups().await?.into_iter().find(|g| g.guid == squatter.guid).expect("the foreign group is left alone");
+    let foreign =
+        env.groups().await?.into_iter().find(|g| g.guid == squatter.guid).expect("the foreign group is left alone");
     assert_eq!(foreign.admin_description, None);
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(status.contains(&format!("group {taken}:")) && status.contains("not manage"), "{status}");
@@ -419,11 +438,16 @@ async fn full_sync_repairs_drift_in_attributes_members_and_ou() -> anyhow::Resul
     let elsewhere = env.dc.create_ou(&env.ou.dn, "Elsewhere").await?;
     let mut ldap = env.dc.admin().await?;
     let dn = original.dn.clone();
-    ldap.modify(&dn, vec![
-        Mod::Replace("description", HashSet::from(["edited on-prem"])),
-        Mod::Delete("member", HashSet::from([u1_ad.dn.as_str()])),
-        Mod::Add("member", HashSet::from([u2_ad.dn.as_str()])),
-    ]).await?.success()?;
+    ldap.modify(
+        &dn,
+        vec![
+            Mod::Replace("description", HashSet::from(["edited on-prem"])),
+            Mod::Delete("member", HashSet::from([u1_ad.dn.as_str()])),
+            Mod::Add("member", HashSet::from([u2_ad.dn.as_str()])),
+        ],
+    )
+    .await?
+    .success()?;
     let rdn = format!("CN={}", writeback::dn::escape_value(&original.cn));
     ldap.modifydn(&dn, &rdn, true, Some(&elsewhere)).await?.success()?;
 
@@ -504,7 +528,8 @@ async fn a_lost_state_directory_costs_a_resync_not_duplicates() -> anyhow::Resul
         env.sim.add_group(enabled_group(id, "Kept", &[&u1])).unwrap();
     }
     env.sync(&[]).await?;
-    let survivors: Vec<_> = env.groups().await?.into_iter().filter(|g| g.admin_description != Some(format!("Group_{}", ids[0]))).collect();
+    let survivors: Vec<_> =
+        env.groups().await?.into_iter().filter(|g| g.admin_description != Some(format!("Group_{}", ids[0]))).collect();
     let before: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();
     let mut usns = Vec::new();
     for g in &survivors {

@@ -18,12 +18,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use writeback::config::defaults::reconcile_batch;
 use writeback::dn;
 use writeback::graph::delta::{GROUP_SELECT, NextLink, USER_SELECT, parse_group, parse_page, parse_user};
 use writeback::model::{self, BuiltinPolicy, DesiredMember, Intent, ModelSettings, SchemaSupport};
 use writeback::plan::{self, DirectoryGroup, DirectoryMember, Principal, Snapshot};
 use writeback::state::{Cursor, Resource, Store, TenantState};
-use writeback::config::defaults::reconcile_batch;
 use writeback_tests::graphsim::{GraphSim, Group, MemberRef, SimConfig, User, WritebackConfiguration};
 
 use crate::Sizes;
