@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use writeback::attributes::SchemaSupport;
+use writeback::cloud::CloudGroup;
 use writeback::config::PluginsConfig;
-use writeback::model::{self, GroupKind, GroupPolicy, ModelSettings, SchemaSupport};
+use writeback::model::{self, GroupKind, GroupPolicy, ModelSettings};
 use writeback::plugins::{PluginEngine, TenantPlugins};
-use writeback::state::CloudGroup;
 
 fn wasm(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

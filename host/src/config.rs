@@ -590,12 +590,12 @@ impl PluginsConfig {
             }
         }
         for name in self.transform_attributes.iter().flatten() {
-            if !crate::plugins::is_attribute_name(name) {
+            if !crate::attributes::is_attribute_name(name) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {tenant}: transform_attributes entry {name:?} is not an attribute name; give names such as \"info\", not OIDs or options"
                 )));
             }
-            if crate::plugins::FORBIDDEN_ATTRIBUTES.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            if crate::attributes::forbidden_to_transforms(name) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {tenant}: transform_attributes may not include {name}: it carries identity, membership, type or security"
                 )));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DirectoryConfig, TenantConfig};
-use crate::directory::{Directory, DirectoryError, LeaseObject};
+use crate::directory::{Directory, DirectoryError, LeaseObject, WriteGate};
 
 /// The lease value as stored in the lease object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -135,6 +135,17 @@ pub struct Fence {
     writes: Arc<tokio::sync::RwLock<()>>,
 }
 
+impl WriteGate for Fence {
+    /// Fails unless this agent may write now. Called before every directory write.
+    fn check(&self) -> Result<(), DirectoryError> {
+        if self.permits() { Ok(()) } else { Err(DirectoryError::LeaseLost { tenant: self.tenant.to_string() }) }
+    }
+
+    fn writes(&self) -> Arc<tokio::sync::RwLock<()>> {
+        self.writes.clone()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Held {
     epoch: u64,
@@ -153,11 +164,6 @@ impl Fence {
         }
     }
 
-    /// A permit for one write, from its fence check until the DC answers it.
-    pub async fn writing(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
-        self.writes.clone().read_owned().await
-    }
-
     /// Waits until no write that passed its fence check is still waiting for the DC.
     async fn drain(&self) {
         let _quiet = self.writes.write().await;
@@ -170,11 +176,6 @@ impl Fence {
     /// Whether this agent may write now.
     pub fn permits(&self) -> bool {
         self.held().is_some_and(|h| Instant::now() < h.deadline)
-    }
-
-    /// Fails unless this agent may write now. Called before every directory write.
-    pub fn check(&self) -> Result<(), DirectoryError> {
-        if self.permits() { Ok(()) } else { Err(DirectoryError::LeaseLost { tenant: self.tenant.to_string() }) }
     }
 
     /// Re-reads the lease and fails (revoking the fence) unless this process still holds it in the same epoch.

@@ -65,6 +65,20 @@ pub struct GraphLabels {
     pub status: String,
 }
 
+/// A tenant's groups by state after a cycle, and its skipped members by reason label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    pub managed: usize,
+    pub held: usize,
+    pub quarantined: usize,
+    pub excluded: usize,
+    pub conflict: usize,
+    pub lookalike: usize,
+    pub pending: usize,
+    /// Every label, those with no member too, so that a reason that no longer occurs is reported as 0.
+    pub skipped: BTreeMap<&'static str, usize>,
+}
+
 /// Builds the cycle-duration histograms: 10 ms to about 40 minutes.
 #[derive(Clone)]
 pub struct CycleBuckets;
@@ -160,7 +174,7 @@ impl Metrics {
     }
 
     /// Records a finished cycle of `tenant`: its outcome, duration and the group and member counts.
-    pub fn record_cycle(&self, tenant: &str, status: Result<&crate::status::TenantStatus, String>, seconds: f64) {
+    pub fn record_cycle(&self, tenant: &str, status: Result<GroupCounts, String>, seconds: f64) {
         let outcome = if status.is_ok() { "ok" } else { "failed" };
         self.cycles.get_or_create(&CycleLabels { tenant: tenant.into(), outcome: outcome.into() }).inc();
         self.cycle_seconds.get_or_create(&TenantLabel { tenant: tenant.into() }).observe(seconds);
@@ -168,7 +182,7 @@ impl Metrics {
         match status {
             Ok(status) => {
                 failing.remove(tenant);
-                self.record_groups(tenant, status);
+                self.record_groups(tenant, &status);
             }
             Err(cause) => {
                 failing.insert(tenant.to_string(), cause);
@@ -176,26 +190,23 @@ impl Metrics {
         }
     }
 
-    fn record_groups(&self, tenant: &str, status: &crate::status::TenantStatus) {
+    fn record_groups(&self, tenant: &str, counts: &GroupCounts) {
         let set = |state: &str, value: usize| {
             self.groups
                 .get_or_create(&GroupStateLabels { tenant: tenant.into(), state: state.into() })
                 .set(value as i64);
         };
-        set("managed", status.managed_groups);
-        let quarantined = status.held_groups.iter().filter(|h| h.reason.starts_with(crate::sync::QUARANTINED)).count();
-        set("held", status.held_groups.len() - quarantined);
-        set("quarantined", quarantined);
-        set("excluded", status.excluded.len());
-        set("conflict", status.conflicts.len());
-        set("lookalike", status.lookalikes.len());
-        set("pending", status.pending_groups);
-        let mut reasons: BTreeMap<&str, i64> = REASON_CLASSES.iter().map(|r| (*r, 0)).collect();
-        for skipped in &status.skipped_members {
-            *reasons.entry(reason_class(&skipped.reason)).or_default() += 1;
-        }
-        for (reason, count) in reasons {
-            self.members_skipped.get_or_create(&SkipLabels { tenant: tenant.into(), reason: reason.into() }).set(count);
+        set("managed", counts.managed);
+        set("held", counts.held);
+        set("quarantined", counts.quarantined);
+        set("excluded", counts.excluded);
+        set("conflict", counts.conflict);
+        set("lookalike", counts.lookalike);
+        set("pending", counts.pending);
+        for (reason, count) in &counts.skipped {
+            self.members_skipped
+                .get_or_create(&SkipLabels { tenant: tenant.into(), reason: reason.to_string() })
+                .set(*count as i64);
         }
     }
 
@@ -249,32 +260,6 @@ impl Metrics {
     }
 }
 
-/// Every value `reason_class` gives, so that a reason that no longer occurs is reported as 0.
-const REASON_CLASSES: &[&str] = &[
-    "cloud_only_user",
-    "unresolved_sid",
-    "domain_local_group",
-    "protected_group",
-    "nested_group_not_written",
-    "unsupported_member_type",
-    "unknown_member",
-    "other",
-];
-
-/// A short, bounded label for a skip reason (the full reasons carry SIDs and DNs).
-fn reason_class(reason: &str) -> &'static str {
-    match reason {
-        r if r.starts_with("cloud-only user") => "cloud_only_user",
-        r if r.contains("names no object") => "unresolved_sid",
-        r if r.contains("local group") => "domain_local_group",
-        r if r.contains("protected group") => "protected_group",
-        r if r.contains("nested") => "nested_group_not_written",
-        r if r.contains("cannot be a member") => "unsupported_member_type",
-        r if r.contains("not known") => "unknown_member",
-        _ => "other",
-    }
-}
-
 /// The process-wide metrics.
 pub fn global() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -314,8 +299,8 @@ mod tests {
     #[test]
     fn cycles_and_health_are_recorded() {
         let metrics = Metrics::new();
-        let status = crate::status::TenantStatus { managed_groups: 3, ..Default::default() };
-        metrics.record_cycle("a", Ok(&status), 0.5);
+        let counts = GroupCounts { managed: 3, skipped: [("unresolved_sid", 2)].into(), ..Default::default() };
+        metrics.record_cycle("a", Ok(counts.clone()), 0.5);
         assert_eq!(metrics.unhealthy(), None);
         metrics.record_cycle("b", Err("cannot reach ldaps://dc1.corp.example:636".into()), 1.0);
         let why = metrics.unhealthy().unwrap();
@@ -323,7 +308,8 @@ mod tests {
         let text = metrics.encode();
         assert!(text.contains(r#"writeback_cycles_total{tenant="a",outcome="ok"} 1"#), "{text}");
         assert!(text.contains(r#"writeback_groups{tenant="a",state="managed"} 3"#), "{text}");
-        metrics.record_cycle("b", Ok(&status), 0.1);
+        assert!(text.contains(r#"writeback_members_skipped{tenant="a",reason="unresolved_sid"} 2"#), "{text}");
+        metrics.record_cycle("b", Ok(counts), 0.1);
         assert_eq!(metrics.unhealthy(), None);
     }
 
@@ -340,12 +326,5 @@ mod tests {
         assert!(metrics.unhealthy().is_some());
         metrics.record_lease_role("a", true);
         assert_eq!(metrics.unhealthy(), None);
-    }
-
-    #[test]
-    fn skip_reasons_are_bounded_labels() {
-        assert_eq!(reason_class("cloud-only user (no on-premises SID)"), "cloud_only_user");
-        assert_eq!(reason_class("SID S-1-5-21-1 names no object in the domain"), "unresolved_sid");
-        assert_eq!(reason_class("A universal group cannot have a local group as a member"), "domain_local_group");
     }
 }

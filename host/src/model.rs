@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::graph::delta::{MemberKind, Removal};
+use crate::attributes::{self, Cut, SchemaSupport, Source};
+use crate::cloud::{CloudGroup, CloudView, MemberKind, Removal};
 use crate::naming::{self, Placement};
-use crate::state::{CloudGroup, StateError, TenantState};
+use crate::reasons::{HeldReason, SkipReason};
 
 /// AD `groupType` of a universal security group.
 pub const UNIVERSAL_SECURITY: i32 = -2147483640;
@@ -15,10 +16,6 @@ pub const UNIVERSAL_SECURITY: i32 = -2147483640;
 pub const UNIVERSAL_DISTRIBUTION: i32 = 8;
 /// The groupType bit of a domain-local group.
 pub const DOMAIN_LOCAL_FLAG: i32 = 0x4;
-/// Longest description written; longer text is cut.
-pub const MAX_DESCRIPTION: usize = 448;
-/// AD's limit (rangeUpper) for displayName, in UTF-16 units; longer text is cut rather than refused by the DC.
-pub const MAX_DISPLAY_NAME: usize = 256;
 
 /// What kind of AD group a cloud group becomes. Always universal scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +38,6 @@ impl GroupKind {
     pub fn mail_enabled(self) -> bool {
         !matches!(self, GroupKind::Security)
     }
-}
-
-/// The schema facts that decide which optional attributes may be written.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SchemaSupport {
-    /// Exchange's `mailNickname`.
-    pub mail_nickname: bool,
-    /// Windows Server 2016's `msDS-ExternalDirectoryObjectId`.
-    pub external_directory_object_id: bool,
 }
 
 /// Tenant settings the model needs.
@@ -91,12 +79,25 @@ pub enum Hold {
     Refused(String),
     /// The policy broke (trap, timeout, memory) or answered with something that cannot be used.
     Failed(String),
+    /// The tenant's plugins did not load, so there is no policy to ask.
+    NotLoaded(String),
+}
+
+impl From<Hold> for HeldReason {
+    fn from(hold: Hold) -> HeldReason {
+        match hold {
+            Hold::Refused(cause) => HeldReason::Refused { cause },
+            Hold::Failed(cause) => HeldReason::PolicyFailed { cause },
+            Hold::NotLoaded(cause) => HeldReason::PluginsNotLoaded { cause },
+        }
+    }
 }
 
 impl std::fmt::Display for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Hold::Refused(reason) | Hold::Failed(reason) => f.write_str(reason),
+            Hold::NotLoaded(cause) => write!(f, "the tenant's plugins did not load: {cause}"),
         }
     }
 }
@@ -153,7 +154,7 @@ pub enum DesiredMember {
 pub struct SkippedMember {
     pub group_id: String,
     pub member_id: String,
-    pub reason: String,
+    pub reason: SkipReason,
 }
 
 /// How a group should look in AD.
@@ -178,7 +179,7 @@ pub enum Intent {
     /// Delete the AD group carrying its anchor.
     Delete,
     /// The group cannot be written as it is; nothing of it is written.
-    Refuse(String),
+    Refuse(HeldReason),
     /// A transform keeps the group out of AD; any AD group is left as it is.
     Exclude(String),
 }
@@ -189,6 +190,7 @@ pub fn anchor_value(id: &str) -> String {
 }
 
 /// Decides whether a group is written and as what kind, or why not.
+#[expect(clippy::result_large_err, reason = "the error is never the large Write intent, and is built once per group")]
 pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent> {
     match group.removed {
         Some(Removal::Deleted) => return Err(Intent::Delete),
@@ -214,7 +216,9 @@ pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent
         Some("universalDistributionGroup") => Ok(GroupKind::Distribution),
         None if unified => Ok(GroupKind::Distribution),
         None => Ok(GroupKind::Security),
-        Some(other) => Err(Intent::Refuse(format!("unknown onPremisesGroupType {other:?}"))),
+        Some(other) => {
+            Err(Intent::Refuse(HeldReason::Refused { cause: format!("unknown onPremisesGroupType {other:?}") }))
+        }
     }
 }
 
@@ -233,17 +237,17 @@ pub fn policy_group(group: &CloudGroup, kind: GroupKind) -> Option<PolicyGroup<'
 }
 
 /// Builds the intent for one group, with the members that cannot be written.
-pub fn intent(
-    state: &TenantState,
+pub fn intent<V: CloudView>(
+    state: &V,
     group: &CloudGroup,
     settings: &ModelSettings,
     policy: &mut dyn GroupPolicy,
-) -> Result<(Intent, Vec<SkippedMember>), StateError> {
+) -> Result<(Intent, Vec<SkippedMember>), V::Error> {
     if let Some(reason) = state.unreadable(&group.id)? {
-        let reason = format!(
+        let cause = format!(
             "Graph sent an entry for this group that cannot be read ({reason}); nothing of it is written or deleted until a full round reads it whole"
         );
-        return Ok((Intent::Refuse(reason), Vec::new()));
+        return Ok((Intent::Refuse(HeldReason::Refused { cause }), Vec::new()));
     }
     let kind = match scope(group, settings.m365_default_writeback) {
         Ok(kind) => kind,
@@ -252,17 +256,16 @@ pub fn intent(
     // The anchor carries the id, and only `Group_<GUID>` anchors are recognised as writeback's.
     if !crate::ownership::is_guid(&group.id) {
         return Ok((
-            Intent::Refuse(format!(
-                "the group's id {:?} is not a GUID, so its anchor could not be recognised",
-                group.id
-            )),
+            Intent::Refuse(HeldReason::Refused {
+                cause: format!("the group's id {:?} is not a GUID, so its anchor could not be recognised", group.id),
+            }),
             Vec::new(),
         ));
     }
     let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
         Ok(Ok(found)) => found,
         Ok(Err(excluded)) => return Ok((Intent::Exclude(excluded), Vec::new())),
-        Err(hold) => return Ok((Intent::Refuse(hold.to_string()), Vec::new())),
+        Err(hold) => return Ok((Intent::Refuse(hold.into()), Vec::new())),
     };
     let (members, skipped) = members(state, group, settings)?;
     let desired = DesiredGroup {
@@ -276,13 +279,16 @@ pub fn intent(
     Ok((Intent::Write(desired), skipped))
 }
 
+/// Where a group goes and the attributes written for it.
+pub type Placed = (Placement, BTreeMap<String, Vec<String>>);
+
 /// Names the group and transforms its attributes. The outer `Err` holds the group; the inner one excludes it.
 pub fn place_and_transform(
     group: &CloudGroup,
     kind: GroupKind,
     settings: &ModelSettings,
     policy: &mut dyn GroupPolicy,
-) -> Result<Result<(Placement, BTreeMap<String, Vec<String>>), String>, Hold> {
+) -> Result<Result<Placed, String>, Hold> {
     let view = policy_group(group, kind)
         .ok_or_else(|| Hold::Refused(format!("cannot name the group: {}", naming::NamingError::NoDisplayName)))?;
     let placement = policy.place(&view)?;
@@ -294,55 +300,42 @@ pub fn place_and_transform(
     }
 }
 
-/// Every attribute [`attributes`] may write, besides `member`. The directory reads the same list back (with
-/// the tenant's transform attributes), so that a plan never rewrites what it cannot see: one list, so the
-/// two cannot drift apart.
-pub const WRITTEN_ATTRIBUTES: &[&str] = &[
-    "sAMAccountName",
-    "groupType",
-    "adminDescription",
-    "displayName",
-    "description",
-    "mail",
-    "proxyAddresses",
-    "mailNickname",
-    "msDS-ExternalDirectoryObjectId",
-];
-
-/// The managed attributes; the ones the schema lacks are left out entirely.
+/// The managed attributes ([`attributes::written`]); those the schema lacks are left out entirely, and the
+/// mail attributes of a kind without mail are empty (absent in AD).
 fn attributes(
     group: &CloudGroup,
     kind: GroupKind,
     placement: &Placement,
     schema: &SchemaSupport,
 ) -> BTreeMap<String, Vec<String>> {
-    let one = |v: Option<String>| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>();
-    let mail = kind.mail_enabled();
     let mut attrs = BTreeMap::new();
-    attrs.insert("sAMAccountName".into(), vec![placement.sam_account_name.clone()]);
-    attrs.insert("groupType".into(), vec![kind.group_type().to_string()]);
-    attrs.insert("adminDescription".into(), vec![anchor_value(&group.id)]);
-    let display_name = group.display_name.as_ref().map(|d| naming::utf16_prefix(d, MAX_DISPLAY_NAME));
-    attrs.insert("displayName".into(), one(display_name));
-    let description = group.description.as_ref().map(|d| d.chars().take(MAX_DESCRIPTION).collect());
-    attrs.insert("description".into(), one(description));
-    attrs.insert("mail".into(), if mail { one(group.mail.clone()) } else { vec![] });
-    let proxies = group.proxy_addresses.clone().unwrap_or_default();
-    attrs.insert("proxyAddresses".into(), if mail { proxies } else { vec![] });
-    if schema.mail_nickname {
-        attrs.insert("mailNickname".into(), if mail { one(group.mail_nickname.clone()) } else { vec![] });
-    }
-    if schema.external_directory_object_id {
-        attrs.insert("msDS-ExternalDirectoryObjectId".into(), vec![anchor_value(&group.id)]);
+    for attribute in attributes::written().filter(|a| schema.has(a.ad)) {
+        let values = match attribute.source {
+            _ if attribute.mail_only && !kind.mail_enabled() => Vec::new(),
+            Source::None => continue,
+            Source::Placement => vec![placement.sam_account_name.clone()],
+            Source::GroupType => vec![kind.group_type().to_string()],
+            Source::Anchor => vec![anchor_value(&group.id)],
+            Source::Cloud { value, cut } => value(group).into_iter().map(|v| cut_value(v, cut)).collect(),
+        };
+        attrs.insert(attribute.ad.to_string(), values);
     }
     attrs
 }
 
-fn members(
-    state: &TenantState,
+fn cut_value(value: String, cut: Cut) -> String {
+    match cut {
+        Cut::None => value,
+        Cut::Chars(max) => value.chars().take(max).collect(),
+        Cut::Utf16(max) => naming::utf16_prefix(&value, max),
+    }
+}
+
+fn members<V: CloudView>(
+    state: &V,
     group: &CloudGroup,
     settings: &ModelSettings,
-) -> Result<(Vec<DesiredMember>, Vec<SkippedMember>), StateError> {
+) -> Result<(Vec<DesiredMember>, Vec<SkippedMember>), V::Error> {
     let mut desired = Vec::new();
     let mut skipped = Vec::new();
     for (member_id, kind) in state.members(&group.id)? {
@@ -354,33 +347,33 @@ fn members(
     Ok((desired, skipped))
 }
 
-fn member(
-    state: &TenantState,
+fn member<V: CloudView>(
+    state: &V,
     id: &str,
     kind: MemberKind,
     settings: &ModelSettings,
-) -> Result<Result<DesiredMember, String>, StateError> {
+) -> Result<Result<DesiredMember, SkipReason>, V::Error> {
     let sid = |sid: &str| DesiredMember::Sid { member_id: id.to_string(), sid: sid.to_string() };
     Ok(match kind {
         MemberKind::User => match state.user(id)? {
-            None => Err("user not known to the agent yet".into()),
+            None => Err(SkipReason::UserNotKnown),
             Some(user) => match (user.on_premises_sync_enabled, user.on_premises_security_identifier.as_deref()) {
                 (Some(true), Some(s)) if !s.is_empty() => Ok(sid(s)),
-                _ => Err("cloud-only user (no on-premises SID)".into()),
+                _ => Err(SkipReason::CloudOnlyUser),
             },
         },
         MemberKind::Group => match state.group(id)? {
-            None => Err("group not known to the agent".into()),
+            None => Err(SkipReason::GroupNotKnown),
             Some(g) if g.on_premises_sync_enabled == Some(true) => match g.on_premises_security_identifier.as_deref() {
                 Some(s) if !s.is_empty() => Ok(sid(s)),
-                _ => Err("group synced from AD without an on-premises SID".into()),
+                _ => Err(SkipReason::SyncedGroupWithoutSid),
             },
             Some(g) => match scope(&g, settings.m365_default_writeback) {
                 Ok(_) => Ok(DesiredMember::CloudGroup { member_id: id.to_string() }),
-                Err(_) => Err("nested cloud group that is not written back".into()),
+                Err(_) => Err(SkipReason::NestedGroupNotWritten),
             },
         },
-        other => Err(format!("a {} cannot be a member of an AD group", other.label())),
+        member_kind => Err(SkipReason::UnsupportedType { member_kind }),
     })
 }
 
@@ -400,7 +393,8 @@ mod tests {
 
     #[test]
     fn every_attribute_written_is_in_the_list_the_directory_reads_back() {
-        let full_schema = SchemaSupport { mail_nickname: true, external_directory_object_id: true };
+        let full_schema = SchemaSupport::full();
+        let read_back: Vec<&str> = attributes::read_back().collect();
         let placement = Placement { cn: "G".into(), sam_account_name: "G".into(), ou: None };
         let mailed = group(|g| {
             g.mail = Some("g@x".into());
@@ -410,7 +404,7 @@ mod tests {
         });
         for kind in [GroupKind::Security, GroupKind::Distribution, GroupKind::MailEnabledSecurity] {
             for name in attributes(&mailed, kind, &placement, &full_schema).keys() {
-                assert!(WRITTEN_ATTRIBUTES.contains(&name.as_str()), "{name} is written but never read back");
+                assert!(read_back.contains(&name.as_str()), "{name} is written but never read back");
             }
         }
     }
@@ -473,16 +467,11 @@ mod tests {
         let sec = attributes(&g, GroupKind::Security, &placement, &schema);
         assert!(sec["mail"].is_empty() && sec["proxyAddresses"].is_empty());
         assert!(!sec.contains_key("mailNickname"));
-        assert_eq!(sec["description"][0].chars().count(), MAX_DESCRIPTION);
+        assert_eq!(sec["description"][0].chars().count(), attributes::MAX_DESCRIPTION);
         let wide = group(|g| g.display_name = Some("😀".repeat(200)));
         let display = &attributes(&wide, GroupKind::Security, &placement, &schema)["displayName"][0];
-        assert_eq!(display.encode_utf16().count(), MAX_DISPLAY_NAME, "AD counts UTF-16 units");
-        let dist = attributes(
-            &g,
-            GroupKind::Distribution,
-            &placement,
-            &SchemaSupport { mail_nickname: true, ..Default::default() },
-        );
+        assert_eq!(display.encode_utf16().count(), attributes::MAX_DISPLAY_NAME, "AD counts UTF-16 units");
+        let dist = attributes(&g, GroupKind::Distribution, &placement, &SchemaSupport::with(["mailNickname"]));
         assert_eq!(dist["mail"], ["a@x"]);
         assert_eq!(dist["mailNickname"], ["a"]);
         assert_eq!(dist["groupType"], ["8"]);

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::dn;
 use crate::model::{DOMAIN_LOCAL_FLAG, DesiredGroup, DesiredMember, Intent, SkippedMember};
+use crate::reasons::SkipReason;
 
 /// A managed group as read from the directory.
 #[derive(Debug, Clone, PartialEq)]
@@ -193,9 +194,6 @@ pub struct PlanOptions {
     pub recent_renames: usize,
 }
 
-/// The message Windows AD gives for a domain-local member of a universal group; Samba does not enforce it.
-pub const LOCAL_MEMBER_REFUSED: &str = "A universal group cannot have a local group as a member";
-
 /// Diffs one batch of intents against the snapshot, holding nothing back (see [`hold_over_thresholds`]). A nested member group that is
 /// not in the directory yet but that `later` says a later batch plans is not skipped: its parent is listed
 /// in [`Plan::waiting`], to be planned again once that batch has created it.
@@ -295,7 +293,7 @@ pub fn hold_over_thresholds(plan: &mut Plan, options: PlanOptions) {
 
 /// Takes the member adds at the given op indices out of the plan, reporting each value as a skipped member
 /// with the given reason.
-pub fn withhold_adds(plan: &mut Plan, withheld: &[(usize, String)]) {
+pub fn withhold_adds(plan: &mut Plan, withheld: &[(usize, SkipReason)]) {
     for (index, reason) in withheld.iter().rev() {
         if let Op::AddMembers { group_id, values, .. } = plan.ops.remove(*index) {
             for value in values {
@@ -444,7 +442,7 @@ fn member_diff(
         .map(|c| c.members.iter().filter_map(|m| m.sid.as_ref().map(|s| s.to_uppercase())).collect())
         .unwrap_or_default();
     let mut diff = MemberDiff { adds: Vec::new(), skipped: Vec::new(), waiting: false };
-    let skip = |member_id: &str, reason: String| SkippedMember {
+    let skip = |member_id: &str, reason: SkipReason| SkippedMember {
         group_id: desired.id.clone(),
         member_id: member_id.to_string(),
         reason,
@@ -452,13 +450,13 @@ fn member_diff(
     for member in &desired.members {
         match member {
             DesiredMember::Sid { member_id, sid } => match snapshot.principals.get(&sid.to_uppercase()) {
-                None => diff.skipped.push(skip(member_id, format!("SID {sid} names no object in the domain"))),
+                None => diff.skipped.push(skip(member_id, SkipReason::UnresolvedSid { sid: sid.clone() })),
                 Some(p) if p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0) => {
-                    diff.skipped.push(skip(member_id, LOCAL_MEMBER_REFUSED.to_string()));
+                    diff.skipped.push(skip(member_id, SkipReason::DomainLocalGroup));
                 }
                 Some(p) if p.wrong_class().is_some() => {
-                    let class = p.wrong_class().unwrap_or_default();
-                    diff.skipped.push(skip(member_id, format!("SID {sid} names a {class} object, which cannot be a member: only users, groups and computers are written")));
+                    let class = p.wrong_class().unwrap_or_default().to_string();
+                    diff.skipped.push(skip(member_id, SkipReason::WrongClass { sid: sid.clone(), class }));
                 }
                 Some(_) if present.contains(&sid.to_uppercase()) => {}
                 Some(p) => diff.adds.push(MemberValue::Dn(p.dn.clone())),
@@ -470,9 +468,7 @@ fn member_diff(
                     diff.adds.push(MemberValue::NewGroup(member_id.clone()))
                 }
                 None if (nested.later)(member_id) => diff.waiting = true,
-                None => {
-                    diff.skipped.push(skip(member_id, "nested group is not in AD (see that group's status)".into()))
-                }
+                None => diff.skipped.push(skip(member_id, SkipReason::NestedGroupNotInDirectory)),
             },
         }
     }
@@ -507,6 +503,10 @@ mod tests {
     use crate::model::GroupKind;
 
     const OU: &str = "OU=Writeback,DC=corp,DC=test";
+
+    fn refused(cause: &str) -> crate::reasons::HeldReason {
+        crate::reasons::HeldReason::Refused { cause: cause.into() }
+    }
 
     fn desired(id: &str, cn: &str, members: Vec<DesiredMember>) -> DesiredGroup {
         let mut attributes = BTreeMap::new();
@@ -655,8 +655,11 @@ mod tests {
         snap.managed.insert("g".into(), existing("g", "G", &[("CN=L,DC=corp", "S-LOCAL")]));
         let want = desired("g", "G", vec![user("S-1"), user("S-LOCAL"), user("S-GONE")]);
         let plan = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
-        let reasons: Vec<_> = plan.skipped.iter().map(|s| s.reason.as_str()).collect();
-        assert_eq!(reasons, [LOCAL_MEMBER_REFUSED, "SID S-GONE names no object in the domain"]);
+        let reasons: Vec<_> = plan.skipped.iter().map(|s| s.reason.to_string()).collect();
+        assert_eq!(
+            reasons,
+            ["A universal group cannot have a local group as a member", "SID S-GONE names no object in the domain"]
+        );
         assert!(
             plan.ops
                 .iter()
@@ -813,7 +816,11 @@ mod tests {
             OPTS,
         );
         assert_eq!(plan.skipped.len(), 1, "{:?}", plan.skipped);
-        assert!(plan.skipped[0].reason.contains("names a foreignSecurityPrincipal object"), "{:?}", plan.skipped);
+        assert!(
+            plan.skipped[0].reason.to_string().contains("names a foreignSecurityPrincipal object"),
+            "{:?}",
+            plan.skipped
+        );
         assert!(
             matches!(&plan.ops[..], [Op::Create { attributes, .. }] if attributes.iter().any(|(k, v)| k == "member" && v == &["CN=PC,DC=corp".to_string()])),
             "{:?}",
@@ -827,15 +834,12 @@ mod tests {
         snap.managed.insert("g".into(), existing("g", "G", &[]));
         let mut plan = plan(&intents(vec![("g", Intent::Write(desired("g", "G", vec![user("S-1")])))]), &snap, OPTS);
         assert_eq!(plan.ops.len(), 1);
-        withhold_adds(&mut plan, &[(0, "protected".into())]);
+        let protected = SkipReason::ProtectedGroup { protected: "CN=P".into() };
+        withhold_adds(&mut plan, &[(0, protected.clone())]);
         assert!(plan.ops.is_empty());
         assert_eq!(
             plan.skipped,
-            [SkippedMember {
-                group_id: "g".into(),
-                member_id: "CN=S-1,CN=Users,DC=corp".into(),
-                reason: "protected".into()
-            }]
+            [SkippedMember { group_id: "g".into(), member_id: "CN=S-1,CN=Users,DC=corp".into(), reason: protected }]
         );
     }
 
@@ -843,8 +847,11 @@ mod tests {
     fn leave_and_refuse_touch_nothing() {
         let mut snap = Snapshot::default();
         snap.managed.insert("g".into(), existing("g", "G", &[]));
-        let plan =
-            plan(&intents(vec![("g", Intent::Leave("off".into())), ("h", Intent::Refuse("bad".into()))]), &snap, OPTS);
+        let plan = plan(
+            &intents(vec![("g", Intent::Leave("off".into())), ("h", Intent::Refuse(refused("bad")))]),
+            &snap,
+            OPTS,
+        );
         assert!(plan.ops.is_empty());
     }
 }

@@ -7,14 +7,23 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::GroupCounts;
 use crate::model::SkippedMember;
 use crate::plan::HeldDelete;
+use crate::reasons::{HeldReason, SkipReason};
 
 /// A group the agent did not write, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupProblem {
     pub group_id: String,
     pub reason: String,
+}
+
+/// A group of which nothing is written, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldGroup {
+    pub group_id: String,
+    pub reason: HeldReason,
 }
 
 /// What the last cycle of one tenant did.
@@ -30,7 +39,7 @@ pub struct TenantStatus {
     pub skipped_members: Vec<SkippedMember>,
     pub conflicts: Vec<GroupProblem>,
     /// Groups held back: refused by naming, or failed to apply.
-    pub held_groups: Vec<GroupProblem>,
+    pub held_groups: Vec<HeldGroup>,
     pub held_deletes: Vec<HeldDelete>,
     /// Renames and moves held back (more than rename_threshold), as `plan` prints them.
     #[serde(default)]
@@ -85,7 +94,36 @@ impl StatusFile {
     }
 }
 
+impl StatusFile {
+    /// Changes one tenant's recorded status in place; `edit` says whether it changed anything, and the file
+    /// is written only then.
+    pub fn update(state_dir: &Path, tenant: &str, edit: impl FnOnce(&mut TenantStatus) -> bool) -> std::io::Result<()> {
+        let mut status = StatusFile::load(state_dir).unwrap_or_default().tenants.remove(tenant).unwrap_or_default();
+        if edit(&mut status) { StatusFile::record(state_dir, tenant, status) } else { Ok(()) }
+    }
+}
+
 impl TenantStatus {
+    /// The counts the metrics export.
+    pub fn counts(&self) -> GroupCounts {
+        let quarantined =
+            self.held_groups.iter().filter(|h| matches!(h.reason, HeldReason::Quarantined { .. })).count();
+        let mut skipped: BTreeMap<&'static str, usize> = SkipReason::LABELS.iter().map(|label| (*label, 0)).collect();
+        for member in &self.skipped_members {
+            *skipped.entry(member.reason.label()).or_default() += 1;
+        }
+        GroupCounts {
+            managed: self.managed_groups,
+            held: self.held_groups.len() - quarantined,
+            quarantined,
+            excluded: self.excluded.len(),
+            conflict: self.conflicts.len(),
+            lookalike: self.lookalikes.len(),
+            pending: self.pending_groups,
+            skipped,
+        }
+    }
+
     /// The human-readable report for one tenant.
     pub fn render(&self, tenant: &str) -> String {
         let mut out = String::new();
@@ -111,7 +149,8 @@ impl TenantStatus {
             let _ = writeln!(out, "  lease: {}", render_lease(lease));
         }
         let _ = writeln!(out, "  members skipped: {}", self.skipped_members.len());
-        for (reason, count) in count_by(&self.skipped_members, |s| s.reason.as_str()) {
+        let reasons: Vec<String> = self.skipped_members.iter().map(|s| s.reason.to_string()).collect();
+        for (reason, count) in count_by(&reasons, String::as_str) {
             let _ = writeln!(out, "    {count} × {reason}");
         }
         for s in &self.skipped_members {
@@ -180,7 +219,7 @@ mod tests {
             skipped_members: vec![SkippedMember {
                 group_id: "g".into(),
                 member_id: "u".into(),
-                reason: "cloud-only user (no on-premises SID)".into(),
+                reason: SkipReason::CloudOnlyUser,
             }],
             held_deletes: vec![HeldDelete { group_id: "d".into(), dn: "CN=d,DC=x".into() }],
             ..Default::default()

@@ -41,7 +41,7 @@ pub fn add_groups(env: &Env, users: &[(String, String)], prefix: &str, count: us
     (0..count)
         .map(|g| {
             let id = new_id();
-            let mut group = Group::security(&id, &format!("{prefix} {g:03}"));
+            let mut group = Group::security(&id, format!("{prefix} {g:03}"));
             group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
             group.members = (0..MEMBERS).map(|k| MemberRef::user(&users[(g * 5 + k * 7) % users.len()].0)).collect();
             env.sim.add_group(group).expect("the simulator takes a new group");

@@ -529,10 +529,7 @@ mod tests {
 
     #[test]
     fn faults_start_after_the_writes_that_pass_and_stop_after_the_count() {
-        let mut schedule = Schedule::default();
-        schedule.pass = 1;
-        schedule.remaining = 2;
-        schedule.fault = Some(BUSY);
+        let mut schedule = Schedule { pass: 1, remaining: 2, fault: Some(BUSY), ..Default::default() };
         let seen: Vec<_> = (0..4).map(|_| schedule.next_write()).collect();
         assert_eq!(seen, [None, Some(BUSY), Some(BUSY), None]);
         assert_eq!(schedule.injected, 2);

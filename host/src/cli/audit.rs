@@ -4,9 +4,30 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use clap::Args;
 
 use crate::config::Config;
 use crate::state::AuditRecord;
+
+/// Arguments of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only records since this time (2026-11-22T10:00:00Z) or this long ago (2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records of this cloud group id.
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// Runs `audit`.
+pub fn run(config: &Config, args: AuditArgs) -> Result<()> {
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    print(config, &super::setup::selected(config, args.tenant.as_deref())?, &Filter { since, group: args.group })
+}
 
 /// Which records to print.
 #[derive(Debug, Default)]
@@ -36,7 +57,7 @@ pub fn parse_since(text: &str) -> Result<u64> {
 
 /// Prints the selected tenants' audit records, oldest first, one JSON object per line.
 pub fn print(config: &Config, tenants: &[&crate::config::TenantConfig], filter: &Filter) -> Result<()> {
-    let store = super::open_store(config)?;
+    let store = super::setup::open_store(config)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for tenant in tenants {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 
 use anyhow::Result;
+use clap::Args;
 
 use crate::config::{Config, TenantConfig};
 use crate::directory::{Applied, Directory};
@@ -27,8 +28,21 @@ impl Check {
     }
 }
 
+/// Arguments of `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// Runs `doctor`.
+pub async fn run(config: &Config, args: DoctorArgs) -> Result<()> {
+    check(config, &super::setup::selected(config, args.tenant.as_deref())?).await
+}
+
 /// Runs every check for the given tenants; fails when any check fails.
-pub async fn run(config: &Config, tenants: &[&TenantConfig]) -> Result<()> {
+async fn check(config: &Config, tenants: &[&TenantConfig]) -> Result<()> {
     println!("pass  config: {} tenants, state in {}", config.tenants.len(), config.agent.state_dir.display());
     let mut failed = 0;
     for tenant in tenants {
@@ -177,11 +191,10 @@ async fn check_directory(tenant: &TenantConfig, checks: &mut Vec<Check>) {
     let schema = &directory.schema;
     checks.push(Check::pass(
         "schema",
-        format!(
-            "mailNickname {}, msDS-ExternalDirectoryObjectId {}",
-            if schema.mail_nickname { "present" } else { "absent (not written)" },
-            if schema.external_directory_object_id { "present" } else { "absent (not written)" }
-        ),
+        crate::attributes::schema_optional()
+            .map(|name| format!("{name} {}", if schema.has(name) { "present" } else { "absent (not written)" }))
+            .collect::<Vec<_>>()
+            .join(", "),
     ));
     checks.push(probe_rights(&mut directory, &settings.target_ou).await);
     directory.close().await;

@@ -4,13 +4,28 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 use serde::Deserialize;
 
+use crate::attributes::SchemaSupport;
+use crate::cloud::CloudGroup;
 use crate::config::PluginsConfig;
-use crate::model::{self, ModelSettings, SchemaSupport};
+use crate::model::{self, ModelSettings};
 use crate::plugins::{PluginEngine, PluginError, TenantPlugins};
-use crate::state::CloudGroup;
+
+/// `writeback plugin …`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Run a plugin on sample groups and print each result with its validation verdict.
+    Check(CheckArgs),
+}
+
+/// Runs `plugin …`.
+pub fn run(command: PluginCommand) -> Result<()> {
+    match command {
+        PluginCommand::Check(args) => check(&args),
+    }
+}
 
 /// Arguments of `plugin check`.
 #[derive(Debug, Args)]
@@ -76,7 +91,7 @@ const BUILTIN_SAMPLES: &str = r#"[
 ]"#;
 
 /// Runs the check; fails when any output is invalid.
-pub fn run(args: &CheckArgs) -> Result<()> {
+fn check(args: &CheckArgs) -> Result<()> {
     let samples = samples(args)?;
     let mut plugin_config = PluginsConfig::default();
     for setting in &args.settings {

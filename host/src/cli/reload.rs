@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::attributes::SchemaSupport;
 use crate::config::PluginsConfig;
-use crate::model::SchemaSupport;
 use crate::plugins::{PluginEngine, TenantPlugins};
-use crate::sync::TenantSync;
+use crate::sync::{LoadedPolicy, TenantSync};
 
 /// Set by SIGHUP: reload every tenant's plugins at the next cycle.
 #[derive(Clone, Default)]
@@ -43,6 +43,12 @@ impl Fingerprint {
     pub fn of(config: &PluginsConfig) -> Fingerprint {
         Fingerprint(crate::plugins::fingerprint(config))
     }
+
+    /// The fingerprint of the policy the tenant uses: a file replaced while it loaded is reloaded at the first
+    /// cycle, and so are plugins that did not load.
+    pub fn loaded(sync: &TenantSync) -> Fingerprint {
+        Fingerprint(sync.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).fingerprint.clone())
+    }
 }
 
 /// Reloads the tenant's plugins when their files changed or `forced`, keeping the old ones unless the new
@@ -57,6 +63,7 @@ pub fn reload_if_changed(sync: &TenantSync, engine: &PluginEngine, seen: &mut Fi
         return;
     }
     // Remember this version either way, so a broken file is reported once, not every cycle.
+    let fingerprint = now.0.clone();
     *seen = now;
     let tenant = &sync.config.name;
     let mut candidate = match TenantPlugins::load(engine, plugins) {
@@ -69,7 +76,7 @@ pub fn reload_if_changed(sync: &TenantSync, engine: &PluginEngine, seen: &mut Fi
     let settings = sync.model_settings(SchemaSupport::default());
     match crate::plugins::off_reactor(|| sync.check_policy(&mut candidate, &settings)) {
         Ok(groups) => {
-            sync.replace_policy(Box::new(candidate));
+            sync.replace_policy(LoadedPolicy { policy: Box::new(candidate), fingerprint });
             tracing::info!(tenant = %tenant, groups, "switched to the new plugin version");
         }
         Err(reason) => {

@@ -12,13 +12,13 @@ mod write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, ldap_escape};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use crate::attributes::{self, SchemaSupport};
 use crate::config::{DirectoryConfig, Secret};
-use crate::model::SchemaSupport;
 pub use lease::LeaseObject;
 pub use read::ManagedGroups;
 pub use write::{Applied, ApplyError};
@@ -110,6 +110,16 @@ fn describe_rc(rc: u32, text: &str) -> String {
     if text.is_empty() { name.to_string() } else { format!("{name}: {}", text.lines().next().unwrap_or(text)) }
 }
 
+/// What every write passes first when several agents share a tenant: the writer lease implements it, so that
+/// the directory needs to know nothing of leases.
+pub trait WriteGate: Send + Sync {
+    /// Fails when this agent may no longer write.
+    fn check(&self) -> Result<(), DirectoryError>;
+    /// Read-held by each write from its check until the DC answers it, so that a release, which takes it for
+    /// writing, waits for every write that passed its check.
+    fn writes(&self) -> Arc<tokio::sync::RwLock<()>>;
+}
+
 /// An open, bound directory connection.
 pub struct Directory {
     ldap: Ldap,
@@ -119,7 +129,7 @@ pub struct Directory {
     /// Which optional attributes the schema has.
     pub schema: SchemaSupport,
     /// When set, every write first checks that this agent still holds the tenant's writer lease.
-    fence: Option<crate::lease::Fence>,
+    gate: Option<Arc<dyn WriteGate>>,
     /// What is read from each managed group (see [`read::group_attributes`]).
     group_attrs: Vec<String>,
 }
@@ -175,7 +185,7 @@ impl Directory {
             timeout: config.timeout,
             base_dn: String::new(),
             schema: SchemaSupport::default(),
-            fence: None,
+            gate: None,
             group_attrs: read::group_attributes(&[]),
         };
         let (base_dn, schema_dn) = directory.root_dse().await?;
@@ -190,23 +200,23 @@ impl Directory {
         self.group_attrs = read::group_attributes(attributes);
     }
 
-    /// Makes every later write check `fence` first.
-    pub fn set_fence(&mut self, fence: crate::lease::Fence) {
-        self.fence = Some(fence);
+    /// Makes every later write pass `gate` first.
+    pub fn set_gate(&mut self, gate: Arc<dyn WriteGate>) {
+        self.gate = Some(gate);
     }
 
     /// While held, the holder cannot release the lease: taken before a write's fence check, given back once
     /// the DC has answered it.
     async fn write_permit(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
-        match &self.fence {
-            Some(fence) => Some(fence.writing().await),
+        match &self.gate {
+            Some(gate) => Some(gate.writes().read_owned().await),
             None => None,
         }
     }
 
     /// Fails when a fence is set and no longer permits writes.
     fn check_fence(&self) -> Result<(), DirectoryError> {
-        self.fence.as_ref().map_or(Ok(()), crate::lease::Fence::check)
+        self.gate.as_ref().map_or(Ok(()), |gate| gate.check())
     }
 
     /// Ends the session politely.
@@ -226,17 +236,12 @@ impl Directory {
     }
 
     async fn schema_support(&mut self, schema_dn: &str) -> Result<SchemaSupport, DirectoryError> {
-        let filter = "(|(lDAPDisplayName=mailNickname)(lDAPDisplayName=msDS-ExternalDirectoryObjectId))";
-        let entries = self.search(schema_dn, Scope::OneLevel, filter, &["lDAPDisplayName"]).await?;
-        let has = |name: &str| {
-            entries
-                .iter()
-                .any(|e| e.attrs.get("lDAPDisplayName").is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case(name))))
-        };
-        Ok(SchemaSupport {
-            mail_nickname: has("mailNickname"),
-            external_directory_object_id: has("msDS-ExternalDirectoryObjectId"),
-        })
+        let names: String =
+            attributes::schema_optional().map(|name| format!("(lDAPDisplayName={})", ldap_escape(name))).collect();
+        let filter = format!("(|{names})");
+        let entries = self.search(schema_dn, Scope::OneLevel, &filter, &["lDAPDisplayName"]).await?;
+        let found = entries.iter().filter_map(|e| e.attrs.get("lDAPDisplayName")).flatten();
+        Ok(SchemaSupport::with(found.map(String::as_str)))
     }
 
     /// The rootDSE's highestCommittedUSN: every real write moves it.

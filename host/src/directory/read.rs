@@ -20,15 +20,11 @@ pub(crate) fn extended_dn_control() -> RawControl {
     RawControl { ctype: "1.2.840.113556.1.4.529".into(), crit: false, val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]) }
 }
 
-/// What is read from every managed group besides the attributes the agent writes
-/// ([`crate::model::WRITTEN_ATTRIBUTES`]): its name, its protection mark and its members.
-const BASE_ATTRS: &[&str] = &["cn", "adminCount", "member"];
-
-/// The attributes read from every managed group: [`BASE_ATTRS`], what the agent writes, and `extra` (the
-/// tenant's transform attributes), each once.
+/// The attributes read from every managed group: those of [`crate::attributes::read_back`] (what the agent
+/// writes, its name, protection mark and members) and `extra` (the tenant's transform attributes), each once.
 pub(super) fn group_attributes(extra: &[String]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    let known = BASE_ATTRS.iter().chain(crate::model::WRITTEN_ATTRIBUTES).map(|s| s.to_string());
+    let known = crate::attributes::read_back().map(str::to_string);
     for name in known.chain(extra.iter().cloned()) {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
             names.push(name);

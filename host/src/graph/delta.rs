@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::cloud::{Field, GroupEntry, GroupFields, MemberChange, MemberKind, Removal, UserEntry, UserFields};
+
 /// Why a page could not be used at all.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PageError {
@@ -50,124 +52,6 @@ pub fn parse_page(body: &[u8]) -> Result<Page, PageError> {
     Ok(Page { entries, link })
 }
 
-/// Why an entry was `@removed`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Removal {
-    /// Soft-deleted: restorable from deleted items for 30 days.
-    Changed,
-    /// Gone for good.
-    Deleted,
-}
-
-/// The kind of a directory object named in `members@delta`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum MemberKind {
-    User,
-    Group,
-    Device,
-    ServicePrincipal,
-    OrgContact,
-    Other,
-}
-
-impl MemberKind {
-    fn from_odata_type(odata_type: Option<&str>) -> MemberKind {
-        // Graph spells type names in more than one case (`#Microsoft.Graph.User` appears too).
-        let name = odata_type.map(str::to_ascii_lowercase);
-        match name.as_deref().map(|t| t.trim_start_matches("#microsoft.graph.")) {
-            Some("user") => MemberKind::User,
-            Some("group") => MemberKind::Group,
-            Some("device") => MemberKind::Device,
-            Some("serviceprincipal") => MemberKind::ServicePrincipal,
-            Some("orgcontact") => MemberKind::OrgContact,
-            _ => MemberKind::Other,
-        }
-    }
-
-    /// A plain name for status output.
-    pub fn label(self) -> &'static str {
-        match self {
-            MemberKind::User => "user",
-            MemberKind::Group => "group",
-            MemberKind::Device => "device",
-            MemberKind::ServicePrincipal => "service principal",
-            MemberKind::OrgContact => "contact",
-            MemberKind::Other => "unknown object type",
-        }
-    }
-}
-
-/// One change to a group's membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberChange {
-    pub id: String,
-    pub kind: MemberKind,
-    pub removed: bool,
-}
-
-/// A property that an entry may carry: absent (unchanged), null, or a value.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Field<T> {
-    #[default]
-    Absent,
-    Null,
-    Set(T),
-}
-
-impl<T> Field<T> {
-    /// Applies this field to a stored value: absent leaves it, null clears it.
-    pub fn apply_to(self, target: &mut Option<T>) {
-        match self {
-            Field::Absent => {}
-            Field::Null => *target = None,
-            Field::Set(value) => *target = Some(value),
-        }
-    }
-}
-
-/// The group properties an entry may change; every field may be absent.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GroupFields {
-    pub display_name: Field<String>,
-    pub description: Field<String>,
-    pub mail_nickname: Field<String>,
-    pub mail: Field<String>,
-    pub mail_enabled: Field<bool>,
-    pub security_enabled: Field<bool>,
-    pub group_types: Field<Vec<String>>,
-    pub proxy_addresses: Field<Vec<String>>,
-    pub on_premises_sync_enabled: Field<bool>,
-    pub on_premises_security_identifier: Field<String>,
-    pub writeback_enabled: Field<bool>,
-    pub writeback_group_type: Field<String>,
-}
-
-/// One group entry of a delta page.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupEntry {
-    pub id: String,
-    pub removed: Option<Removal>,
-    pub fields: GroupFields,
-    pub members: Vec<MemberChange>,
-}
-
-/// The user properties an entry may change.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UserFields {
-    pub display_name: Field<String>,
-    pub user_principal_name: Field<String>,
-    pub on_premises_sync_enabled: Field<bool>,
-    pub on_premises_security_identifier: Field<String>,
-}
-
-/// One user entry of a delta page.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserEntry {
-    pub id: String,
-    pub removed: Option<Removal>,
-    pub fields: UserFields,
-}
-
 /// Why one entry could not be read, and which object it was about when its id could be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -187,9 +71,19 @@ impl EntryError {
 #[derive(Debug)]
 struct FieldError(String);
 
-/// The `$select` list for groups; `writebackConfiguration` exists only on the beta endpoint.
-pub const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,\
-groupTypes,proxyAddresses,onPremisesSyncEnabled,onPremisesSecurityIdentifier,writebackConfiguration,members";
+/// The kind of a member from its `@odata.type`.
+fn member_kind(odata_type: Option<&str>) -> MemberKind {
+    // Graph spells type names in more than one case (`#Microsoft.Graph.User` appears too).
+    let name = odata_type.map(str::to_ascii_lowercase);
+    match name.as_deref().map(|t| t.trim_start_matches("#microsoft.graph.")) {
+        Some("user") => MemberKind::User,
+        Some("group") => MemberKind::Group,
+        Some("device") => MemberKind::Device,
+        Some("serviceprincipal") => MemberKind::ServicePrincipal,
+        Some("orgcontact") => MemberKind::OrgContact,
+        _ => MemberKind::Other,
+    }
+}
 
 /// The `$select` list for users.
 pub const USER_SELECT: &str = "id,displayName,userPrincipalName,onPremisesSyncEnabled,onPremisesSecurityIdentifier";
@@ -274,7 +168,7 @@ fn member_changes(map: &Map<String, Value>) -> Result<Vec<MemberChange>, FieldEr
                 "members@delta holds an id longer than 255 bytes or with a control character".into(),
             ));
         }
-        let kind = MemberKind::from_odata_type(item.get("@odata.type").and_then(Value::as_str));
+        let kind = member_kind(item.get("@odata.type").and_then(Value::as_str));
         changes.push(MemberChange { id: id.to_string(), kind, removed: item.get("@removed").is_some() });
     }
     Ok(changes)

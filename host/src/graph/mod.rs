@@ -228,7 +228,8 @@ impl GraphClient {
 
     /// The first request of a full group delta round.
     pub fn groups_delta_start(&self) -> String {
-        format!("{}/beta/groups/delta?$select={}", self.graph_base, delta::GROUP_SELECT)
+        // `writebackConfiguration` exists only on the beta endpoint.
+        format!("{}/beta/groups/delta?$select={}", self.graph_base, crate::attributes::group_select())
     }
 
     /// The first request of a full user delta round.

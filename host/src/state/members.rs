@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::graph::delta::MemberKind;
+use crate::cloud::MemberKind;
 
 /// Tag of an id stored as the 16 bytes of a canonical (lowercase, hyphenated) GUID. Any other id is stored
 /// as its UTF-8 bytes, tagged with their length (1 to 255).

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::graph::delta::{GroupEntry, MemberKind, Removal, UserEntry};
+use crate::cloud::{CloudGroup, CloudUser, GroupEntry, MemberKind, Removal, UserEntry};
+use crate::reasons::{HeldReason, SkipReason};
 
 /// An entry that could not be read, with its object's id when the id itself could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,43 +37,6 @@ pub enum StateError {
     Corrupt { tenant: String, key: String, cause: String },
     #[error("cannot create the state directory {path}: {cause}")]
     CreateDir { path: PathBuf, cause: std::io::Error },
-}
-
-/// A group as Graph describes it, merged from every delta entry seen so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CloudGroup {
-    pub id: String,
-    pub display_name: Option<String>,
-    pub description: Option<String>,
-    pub mail_nickname: Option<String>,
-    pub mail: Option<String>,
-    pub mail_enabled: Option<bool>,
-    pub security_enabled: Option<bool>,
-    pub group_types: Option<Vec<String>>,
-    pub proxy_addresses: Option<Vec<String>>,
-    pub on_premises_sync_enabled: Option<bool>,
-    pub on_premises_security_identifier: Option<String>,
-    pub writeback_enabled: Option<bool>,
-    pub writeback_group_type: Option<String>,
-    /// Set when Graph reported the group `@removed`; cleared by a restore.
-    pub removed: Option<Removal>,
-}
-
-impl CloudGroup {
-    /// Whether `groupTypes` marks a Microsoft 365 group.
-    pub fn is_unified(&self) -> bool {
-        self.group_types.as_deref().unwrap_or_default().iter().any(|t| t.eq_ignore_ascii_case("Unified"))
-    }
-}
-
-/// A user as Graph describes it: only what membership needs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CloudUser {
-    pub id: String,
-    pub display_name: Option<String>,
-    pub user_principal_name: Option<String>,
-    pub on_premises_sync_enabled: Option<bool>,
-    pub on_premises_security_identifier: Option<String>,
 }
 
 /// Where a managed group was last seen in AD: a hint for reads, never a licence to write.
@@ -152,6 +116,10 @@ pub struct Cursor {
     pub full: bool,
     /// Whether `link` is a deltaLink.
     pub complete: bool,
+    /// The `$select` the round was started with (Graph keeps it in the links). `None` in cursors written
+    /// before it was recorded.
+    #[serde(default)]
+    pub select: Option<String>,
 }
 
 /// One directory write, as recorded in the audit log.
@@ -173,11 +141,11 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupProblems {
     /// Members not written: (member id, reason).
-    pub skipped_members: Vec<(String, String)>,
+    pub skipped_members: Vec<(String, SkipReason)>,
     /// The group's name is taken by an object the agent does not manage.
     pub conflict: Option<String>,
     /// Why nothing of the group is written (refused or failed).
-    pub held: Option<String>,
+    pub held: Option<HeldReason>,
     /// Why a transform keeps the group out of AD.
     #[serde(default)]
     pub excluded: Option<String>,
@@ -272,6 +240,7 @@ impl Store {
             db: self.db.clone(),
         };
         state.check_layout()?;
+        state.drop_untyped_problems()?;
         Ok(state)
     }
 
@@ -492,6 +461,19 @@ impl TenantState {
         Ok(())
     }
 
+    /// Problems recorded with reasons as text (under `p`, before they were typed, under `q`) cannot be read
+    /// as types: they are dropped, and every group is planned again, which records them anew.
+    fn drop_untyped_problems(&self) -> Result<(), StateError> {
+        let old: Vec<sled::IVec> = self.tree.scan_prefix(b"p\0").keys().collect::<Result<_, _>>()?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        for k in old {
+            self.tree.remove(k)?;
+        }
+        self.mark_all_dirty()
+    }
+
     fn corrupt(&self, k: &[u8], cause: impl ToString) -> StateError {
         StateError::Corrupt {
             tenant: self.name.clone(),
@@ -563,7 +545,7 @@ impl TenantState {
                 // What the unreadable entry carried is lost; only a full round makes the group whole again.
                 resync = true;
             }
-            apply_group_entry(writes.group(&entry.id)?, entry);
+            writes.group(&entry.id)?.apply(entry);
             for change in &entry.members {
                 if change.removed {
                     writes.drop_member(&entry.id, &change.id)?;
@@ -693,7 +675,7 @@ impl TenantState {
             } else {
                 current.clone()
             };
-            let updated = apply_user_entry(base, entry);
+            let updated = CloudUser::merged(base, entry);
             if current.as_ref().map(user_identity) != updated.as_ref().map(user_identity) {
                 for group in self.groups_containing(&entry.id)? {
                     writes.mark_dirty(&group);
@@ -917,22 +899,22 @@ impl TenantState {
     /// Records a group's problems, replacing earlier ones; nothing is kept for a group without problems.
     pub fn set_problems(&self, id: &str, problems: &GroupProblems) -> Result<(), StateError> {
         if problems.is_empty() {
-            self.tree.remove(key("p", &[id]))?;
+            self.tree.remove(key("q", &[id]))?;
         } else {
-            self.tree.insert(key("p", &[id]), encode(problems))?;
+            self.tree.insert(key("q", &[id]), encode(problems))?;
         }
         Ok(())
     }
 
     /// One group's recorded problems.
     pub fn problems_of(&self, id: &str) -> Result<Option<GroupProblems>, StateError> {
-        self.get(&key("p", &[id]))
+        self.get(&key("q", &[id]))
     }
 
     /// Every group's current problems.
     pub fn problems(&self) -> Result<Vec<(String, GroupProblems)>, StateError> {
         let mut all = Vec::new();
-        for item in self.tree.scan_prefix(b"p\0") {
+        for item in self.tree.scan_prefix(b"q\0") {
             let (k, v) = item?;
             all.push((key_tail(&k, 2), self.decode(&k, &v)?));
         }
@@ -1019,39 +1001,20 @@ fn user_identity(user: &CloudUser) -> (Option<bool>, Option<String>) {
     (user.on_premises_sync_enabled, user.on_premises_security_identifier.clone())
 }
 
-fn apply_group_entry(group: &mut CloudGroup, entry: &GroupEntry) {
-    let f = entry.fields.clone();
-    f.display_name.apply_to(&mut group.display_name);
-    f.description.apply_to(&mut group.description);
-    f.mail_nickname.apply_to(&mut group.mail_nickname);
-    f.mail.apply_to(&mut group.mail);
-    f.mail_enabled.apply_to(&mut group.mail_enabled);
-    f.security_enabled.apply_to(&mut group.security_enabled);
-    f.group_types.apply_to(&mut group.group_types);
-    f.proxy_addresses.apply_to(&mut group.proxy_addresses);
-    f.on_premises_sync_enabled.apply_to(&mut group.on_premises_sync_enabled);
-    f.on_premises_security_identifier.apply_to(&mut group.on_premises_security_identifier);
-    f.writeback_enabled.apply_to(&mut group.writeback_enabled);
-    f.writeback_group_type.apply_to(&mut group.writeback_group_type);
-    // An entry without @removed for a removed group is a restore.
-    group.removed = entry.removed.clone();
-}
-
-fn apply_user_entry(current: Option<CloudUser>, entry: &UserEntry) -> Option<CloudUser> {
-    match entry.removed {
-        Some(Removal::Deleted) => return None,
-        // Graph keeps a soft-deleted user's memberships (a restore brings them back), and group delta says
-        // nothing until the hard delete; so the user and its AD memberships stay until then.
-        Some(Removal::Changed) => return current,
-        None => {}
+impl crate::cloud::CloudView for TenantState {
+    type Error = StateError;
+    fn unreadable(&self, id: &str) -> Result<Option<String>, StateError> {
+        TenantState::unreadable(self, id)
     }
-    let mut user = current.unwrap_or_else(|| CloudUser { id: entry.id.clone(), ..Default::default() });
-    let f = entry.fields.clone();
-    f.display_name.apply_to(&mut user.display_name);
-    f.user_principal_name.apply_to(&mut user.user_principal_name);
-    f.on_premises_sync_enabled.apply_to(&mut user.on_premises_sync_enabled);
-    f.on_premises_security_identifier.apply_to(&mut user.on_premises_security_identifier);
-    Some(user)
+    fn members(&self, group: &str) -> Result<Vec<(String, MemberKind)>, StateError> {
+        TenantState::members(self, group)
+    }
+    fn user(&self, id: &str) -> Result<Option<CloudUser>, StateError> {
+        TenantState::user(self, id)
+    }
+    fn group(&self, id: &str) -> Result<Option<CloudGroup>, StateError> {
+        TenantState::group(self, id)
+    }
 }
 
 #[cfg(test)]
@@ -1061,7 +1024,7 @@ mod tests {
     use serde_json::json;
 
     fn cursor(full: bool) -> Cursor {
-        Cursor { link: "next".into(), full, complete: false }
+        Cursor { link: "next".into(), full, complete: false, select: None }
     }
 
     fn group_entries(values: serde_json::Value) -> Vec<GroupEntry> {
@@ -1466,5 +1429,26 @@ mod tests {
         assert!(files > 0, "sled wrote its files there");
         drop(scratch);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn problems_recorded_as_text_are_dropped_and_their_groups_planned_again() {
+        let store = Store::temporary().unwrap();
+        let state = store.tenant("t").unwrap();
+        state.merge_group_page(&group_entries(json!([{"id": "g1", "displayName": "G"}])), &[], &cursor(false)).unwrap();
+        state.clear_dirty("g1").unwrap();
+        state
+            .tree
+            .insert(
+                key("p", &["g1"]),
+                br#"{"skipped_members":[],"conflict":null,"held":"apply failed: busy"}"#.to_vec(),
+            )
+            .unwrap();
+        let state = store.tenant("t").unwrap();
+        assert!(state.problems().unwrap().is_empty());
+        assert_eq!(state.dirty().unwrap(), ["g1"]);
+        let held = GroupProblems { held: Some(HeldReason::ApplyFailed { cause: "busy".into() }), ..Default::default() };
+        state.set_problems("g1", &held).unwrap();
+        assert_eq!(store.tenant("t").unwrap().problems_of("g1").unwrap(), Some(held));
     }
 }

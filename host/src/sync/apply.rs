@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{APPLY_FAILED, CycleReport, SyncError, TenantSync, now};
+use super::{CycleReport, SyncError, TenantSync, now};
 use crate::directory::{Applied, ApplyError, Directory};
 use crate::plan::{self, Op, Plan, Snapshot};
+use crate::reasons::HeldReason;
 use crate::state::{Anchor, AuditRecord, StateError};
-use crate::status::GroupProblem;
+use crate::status::{GroupProblem, HeldGroup};
 
 /// How many writes are journaled (and flushed) at a time before they are sent.
 const JOURNAL_CHUNK: usize = 64;
@@ -95,9 +96,9 @@ impl TenantSync<'_> {
             }
             Err(e) => {
                 tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
-                let reason = format!("{APPLY_FAILED}: {e}");
-                report.status.held_groups.push(GroupProblem { group_id: op.group_id().into(), reason: reason.clone() });
-                failed.insert(op.group_id().to_string(), reason);
+                let reason = HeldReason::ApplyFailed { cause: e.to_string() };
+                failed.insert(op.group_id().to_string(), reason.to_string());
+                report.status.held_groups.push(HeldGroup { group_id: op.group_id().into(), reason });
             }
         }
         Ok(())

@@ -10,10 +10,11 @@ mod rounds;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::attributes::SchemaSupport;
 use crate::config::{ConfigError, TenantConfig};
 use crate::directory::{Directory, DirectoryError};
 use crate::graph::{GraphClient, GraphError};
-use crate::model::{self, GroupPolicy, Hold, ModelSettings, SchemaSupport};
+use crate::model::{self, GroupPolicy, Hold, ModelSettings};
 use crate::plan::Op;
 use crate::state::{Resource, StateError, Store, TenantState};
 use crate::status::TenantStatus;
@@ -113,15 +114,19 @@ impl CycleReport {
                 s.held_renames.len()
             ));
         }
-        let failed: Vec<_> = s
-            .held_groups
-            .iter()
-            .filter(|p| p.reason.starts_with(APPLY_FAILED) || p.reason.starts_with(QUARANTINED))
-            .collect();
+        let failed: Vec<_> = s.held_groups.iter().filter(|h| h.reason.is_failure()).collect();
         failed.first().map(|first| {
             format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason)
         })
     }
+}
+
+/// A tenant's naming and transform policy, with the fingerprint of the plugin files and settings it was loaded
+/// from. The fingerprint is the loaded policy's, not the files' as they are now: a file replaced after the
+/// policy was loaded must not count as planned with.
+pub struct LoadedPolicy {
+    pub policy: Box<dyn GroupPolicy>,
+    pub fingerprint: String,
 }
 
 /// A tenant's sync context: its config, state, Graph client and naming/transform policy.
@@ -131,14 +136,15 @@ pub struct TenantSync<'a> {
     pub state: TenantState,
     pub graph: GraphClient,
     pub stop: StopFlag,
-    pub policy: Mutex<Box<dyn GroupPolicy>>,
+    pub policy: Mutex<LoadedPolicy>,
     /// The tenant's writer lease fence, when several agents share the tenant.
     pub fence: Option<crate::lease::Fence>,
     /// What an admin watching the terminal sees.
     pub progress: crate::progress::Progress,
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
@@ -190,7 +196,7 @@ impl TenantSync<'_> {
             let mut directory = Directory::connect(&self.config.directory, &password).await?;
             directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
             if let Some(fence) = &self.fence {
-                directory.set_fence(fence.clone());
+                directory.set_gate(Arc::new(fence.clone()));
             }
             crate::metrics::global()
                 .directory_connections
@@ -261,7 +267,7 @@ impl TenantSync<'_> {
     /// A new plugin version or new plugin settings can change every group's name, place or attributes,
     /// so every group is planned again. The first cycle of a fresh state plans every group anyway.
     fn replan_if_policy_changed(&self) -> Result<(), StateError> {
-        let current = crate::plugins::fingerprint(&self.config.plugins);
+        let current = self.policy.lock().unwrap_or_else(PoisonError::into_inner).fingerprint.clone();
         let previous = self.state.policy_fingerprint()?;
         if previous.as_deref() != Some(current.as_str()) {
             if previous.is_some() {
@@ -285,7 +291,7 @@ impl TenantSync<'_> {
             let Ok(kind) = model::scope(&group, settings.m365_default_writeback) else { continue };
             if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
                 let already = matches!(
-                    model::place_and_transform(&group, kind, settings, current.as_mut()),
+                    model::place_and_transform(&group, kind, settings, current.policy.as_mut()),
                     Err(Hold::Failed(_))
                 );
                 if !already {
@@ -307,15 +313,11 @@ impl TenantSync<'_> {
         }
     }
 
-    /// Switches to a new policy.
-    pub fn replace_policy(&self, policy: Box<dyn GroupPolicy>) {
+    /// Switches to a new policy; the next cycle plans every group with it.
+    pub fn replace_policy(&self, policy: LoadedPolicy) {
         *self.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 }
 
-/// How the reason of a group whose apply failed starts.
-const APPLY_FAILED: &str = "apply failed";
-/// How the reason of a quarantined group starts.
-pub const QUARANTINED: &str = "quarantined";
 /// Failed cycles in a row after which a group is quarantined.
 pub const QUARANTINE_AFTER: u32 = 3;

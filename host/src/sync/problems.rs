@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{APPLY_FAILED, QUARANTINE_AFTER, QUARANTINED, TenantSync};
+use super::{QUARANTINE_AFTER, TenantSync};
 use crate::model::SkippedMember;
 use crate::plan::Plan;
+use crate::reasons::HeldReason;
 use crate::state::{GroupProblems, StateError};
-use crate::status::{GroupProblem, TenantStatus};
+use crate::status::{GroupProblem, HeldGroup, TenantStatus};
 
 impl TenantSync<'_> {
     /// Stores what this cycle found wrong with each planned group, so `status` shows every group's
@@ -59,17 +60,12 @@ impl TenantSync<'_> {
     /// A group whose apply keeps failing is quarantined: it leaves the pending set, so quiet cycles stop
     /// retrying it, until it changes in the cloud or a full reconcile plans it again.
     pub(super) fn count_failures(&self, id: &str, problems: &mut GroupProblems) -> Result<(), StateError> {
-        let failed = problems.held.as_deref().is_some_and(|h| h.starts_with(APPLY_FAILED));
-        if !failed {
+        let Some(HeldReason::ApplyFailed { cause }) = &problems.held else {
             return Ok(());
-        }
+        };
         problems.failures = self.state.problems_of(id)?.map_or(0, |p| p.failures) + 1;
         if problems.failures >= QUARANTINE_AFTER {
-            let reason = problems.held.take().unwrap_or_default();
-            problems.held = Some(format!(
-                "{QUARANTINED} after {} failed attempts; retried when the group changes or at the next full reconcile: {reason}",
-                problems.failures
-            ));
+            problems.held = Some(HeldReason::Quarantined { attempts: problems.failures, cause: cause.clone() });
             self.state.clear_dirty(id)?;
         }
         Ok(())
@@ -96,7 +92,7 @@ impl TenantSync<'_> {
                 status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
             }
             if let Some(reason) = p.held {
-                status.held_groups.push(GroupProblem { group_id: id.clone(), reason });
+                status.held_groups.push(HeldGroup { group_id: id.clone(), reason });
             }
         }
         Ok(())

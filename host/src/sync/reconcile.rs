@@ -11,8 +11,9 @@ use crate::dn;
 use crate::graph::Presence;
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
+use crate::reasons::{HeldReason, SkipReason};
 use crate::state::Threshold;
-use crate::status::GroupProblem;
+use crate::status::{GroupProblem, HeldGroup};
 
 /// What a reconcile carries from one batch to the next.
 #[derive(Default)]
@@ -293,9 +294,7 @@ impl TenantSync<'_> {
             match &plan.ops[index] {
                 Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } => {
                     if let Some(protected) = self.protection(directory, group_id, group_dn, snapshot).await? {
-                        withheld.push((index, format!(
-                            "refused: the group is in protected group {protected}, so the member would gain its rights; list the group in allow_protected_groups to allow it"
-                        )));
+                        withheld.push((index, SkipReason::ProtectedGroup { protected }));
                     }
                 }
                 Op::Modify { group_id, dn: group_dn, changes, .. } if changes.iter().any(changes_group_type) => {
@@ -304,10 +303,8 @@ impl TenantSync<'_> {
                         if let Op::Modify { changes, .. } = &mut plan.ops[index] {
                             changes.retain(|c| !changes_group_type(c));
                         }
-                        let reason = format!(
-                            "groupType change refused: the group is in protected group {protected}, so a new type could give its members that group's rights; list the group in allow_protected_groups to allow it"
-                        );
-                        report.status.held_groups.push(GroupProblem { group_id, reason });
+                        let reason = HeldReason::GroupTypeProtected { protected };
+                        report.status.held_groups.push(HeldGroup { group_id, reason });
                     }
                 }
                 _ => {}
@@ -373,11 +370,11 @@ impl TenantSync<'_> {
         let mut intents = BTreeMap::new();
         for id in ids {
             let Some(group) = self.state.group(id)? else { continue };
-            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.as_mut())?;
+            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.policy.as_mut())?;
             report.status.skipped_members.extend(skipped);
             match &intent {
                 Intent::Refuse(reason) => {
-                    report.status.held_groups.push(GroupProblem { group_id: id.clone(), reason: reason.clone() })
+                    report.status.held_groups.push(HeldGroup { group_id: id.clone(), reason: reason.clone() })
                 }
                 Intent::Exclude(reason) => {
                     report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() })

@@ -4,8 +4,9 @@ use super::{CycleReport, SyncError, TenantSync};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 
+use crate::cloud::Removal;
 use crate::config::WritebackSource;
-use crate::graph::delta::{self, NextLink, Removal};
+use crate::graph::delta::{self, NextLink};
 use crate::graph::{GraphError, MAX_ROUND_PAGES, Page, Presence, STORED_LINK_REFUSALS};
 use crate::state::{Cursor, Resource, Unreadable};
 
@@ -38,6 +39,13 @@ impl TenantSync<'_> {
     pub(super) async fn read_round(&self, resource: Resource, report: &mut CycleReport) -> Result<bool, SyncError> {
         if self.state.take_resync_request(resource)? {
             tracing::warn!(tenant = %self.config.name, ?resource, "the last delta round had an entry that could not be read; reading everything again in a full round");
+            self.state.drop_cursor(resource)?;
+        }
+        // Graph keeps the `$select` in its links, so a cursor made with another one would never deliver what
+        // this version reads (a property added to the attribute table, say).
+        let select = self.select(resource);
+        if self.state.cursor(resource)?.is_some_and(|c| c.select.as_deref() != Some(select.as_str())) {
+            tracing::info!(tenant = %self.config.name, ?resource, "the delta cursor was made with another $select; reading everything again in a full round");
             self.state.drop_cursor(resource)?;
         }
         match self.read_pages(resource, report).await {
@@ -100,7 +108,7 @@ impl TenantSync<'_> {
                 NextLink::Next(next) => (next, false),
                 NextLink::Delta(delta) => (delta, true),
             };
-            let cursor = Cursor { link: next.clone(), full, complete };
+            let cursor = Cursor { link: next.clone(), full, complete, select: Some(self.select(resource)) };
             self.merge(resource, &page.entries, &cursor, report)?;
             self.store.flush().await?;
             if complete {
@@ -152,6 +160,14 @@ impl TenantSync<'_> {
             biased;
             () = self.stop.stopped() => None,
             result = call => Some(result),
+        }
+    }
+
+    /// The `$select` this version reads `resource` with.
+    fn select(&self, resource: Resource) -> String {
+        match resource {
+            Resource::Groups => crate::attributes::group_select(),
+            Resource::Users => delta::USER_SELECT.to_string(),
         }
     }
 

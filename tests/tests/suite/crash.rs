@@ -90,8 +90,8 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
         }
         .unwrap();
     }
-    for g in 0..15 {
-        env.sim.add_group(writeback_group(&new_id(), &format!("Late {g:02}"), &[users[g].0.clone()])).unwrap();
+    for (g, user) in users.iter().take(15).enumerate() {
+        env.sim.add_group(writeback_group(&new_id(), &format!("Late {g:02}"), std::slice::from_ref(&user.0))).unwrap();
     }
     let delta_kills = kill_until_done(&env, steps(1, 24)).await?;
     println!("killed {initial_kills} times during the initial sync and {delta_kills} times during delta cycles");

@@ -1,4 +1,5 @@
-//! What operators use: the metrics endpoint and health check, and the audit log as JSON lines.
+//! What operators use: the metrics endpoint and health check, the audit log as JSON lines, and `status --json`
+//! and `plan --json` for scripts and monitoring.
 
 use std::time::Duration;
 
@@ -105,6 +106,49 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     Ok(())
 }
 
+/// `plan --json` and `status --json` print one document each, in the shape the README documents, with every
+/// reason as an object of a `kind` and its fields.
+#[tokio::test]
+async fn plan_and_status_print_json_with_typed_reasons() -> anyhow::Result<()> {
+    let env = Env::new("json-status").await?;
+    let (u1, _) = env.synced_user("json-u1").await?;
+    let cloud_only = new_id();
+    env.sim.add_user(writeback_tests::graphsim::User::cloud(cloud_only.clone(), "j@contoso.com")).unwrap();
+    let (written, odd) = (new_id(), new_id());
+    env.sim.add_group(enabled(&written, "Json Written", &[&u1, &cloud_only])).unwrap();
+    // A type Graph may add one day: the group is held, with the reason.
+    let mut future = enabled(&odd, "Json Future Type", &[]);
+    future.writeback =
+        Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("futureGroup".into()) });
+    env.sim.add_group(future).unwrap();
+
+    let json = |output: &std::process::Output| -> anyhow::Result<serde_json::Value> {
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let plan = json(&env.run(&["plan", "--json"]).await?)?;
+    let tenant = &plan["tenants"]["contoso"];
+    let changes = tenant["changes"].as_array().expect("changes");
+    assert!(changes.iter().any(|c| c["operation"] == "create" && c["group_id"] == written.as_str()), "{plan:#}");
+    assert_eq!(tenant["skipped_members"][0]["reason"], serde_json::json!({"kind": "cloud_only_user"}), "{plan:#}");
+    assert_eq!(tenant["held_groups"][0]["group_id"], odd.as_str(), "{plan:#}");
+    assert_eq!(tenant["held_groups"][0]["reason"]["kind"], "refused", "{plan:#}");
+
+    env.sync(&[]).await?;
+    let status = json(&env.run(&["status", "--json"]).await?)?;
+    let tenant = &status["tenants"]["contoso"];
+    assert_eq!(tenant["managed_groups"], 1, "{status:#}");
+    assert_eq!(tenant["skipped_members"][0]["member_id"], cloud_only.as_str(), "{status:#}");
+    assert_eq!(tenant["skipped_members"][0]["reason"]["kind"], "cloud_only_user", "{status:#}");
+    let held = &tenant["held_groups"][0]["reason"];
+    assert_eq!(held["kind"], "refused", "{status:#}");
+    assert!(held["cause"].as_str().is_some_and(|c| c.contains("futureGroup")), "{status:#}");
+    // The text report says the same, in words.
+    let plain = text(&env.run(&["status"]).await?.stdout);
+    assert!(plain.contains("cloud-only user (no on-premises SID)") && plain.contains("futureGroup"), "{plain}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_audit_log_prints_as_filtered_json_lines() -> anyhow::Result<()> {
     let env = Env::new("audit").await?;
@@ -200,7 +244,7 @@ async fn a_long_sync_on_a_terminal_shows_a_progress_bar_and_a_pipe_gets_none() -
     let env = Env::new("progress").await?;
     let (alice, _) = env.synced_user("progress-alice").await?;
     for g in 0..400 {
-        let mut group = Group::security(&new_id(), &format!("Progress {g:03}"));
+        let mut group = Group::security(new_id(), format!("Progress {g:03}"));
         group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
         group.members = vec![MemberRef::user(&alice)];
         env.sim.add_group(group).unwrap();
@@ -237,7 +281,7 @@ async fn a_long_sync_on_a_terminal_shows_a_progress_bar_and_a_pipe_gets_none() -
 
     // Output that is not a terminal gets log lines only, for as many writes.
     for g in 0..150 {
-        let mut group = Group::security(&new_id(), &format!("Piped {g:03}"));
+        let mut group = Group::security(new_id(), format!("Piped {g:03}"));
         group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
         group.members = vec![MemberRef::user(&alice)];
         env.sim.add_group(group).unwrap();

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use writeback::attributes::SchemaSupport;
+use writeback::cloud::CloudGroup;
 use writeback::config::PluginsConfig;
-use writeback::model::{self, BuiltinPolicy, GroupKind, GroupPolicy, ModelSettings, PolicyGroup, SchemaSupport};
+use writeback::model::{self, BuiltinPolicy, GroupKind, GroupPolicy, ModelSettings, PolicyGroup};
 use writeback::plugins::{PluginEngine, TenantPlugins};
-use writeback::state::CloudGroup;
 use writeback_tests::e2e::plugin_wasm;
 
 const TARGET_OU: &str = "OU=Writeback,DC=corp,DC=example,DC=test";

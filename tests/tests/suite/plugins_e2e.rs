@@ -312,7 +312,7 @@ async fn a_tenant_whose_plugin_does_not_load_is_held_while_the_other_tenants_run
     // The agent runs on: the other tenant is written, and this one's group is held with the cause.
     let held = |agent: &Agent| {
         let status = writeback::status::StatusFile::load(&agent.dir.join("state")).ok()?;
-        status.tenants.get("alpha")?.held_groups.iter().find(|p| p.group_id == a).map(|p| p.reason.clone())
+        status.tenants.get("alpha")?.held_groups.iter().find(|p| p.group_id == a).map(|p| p.reason.to_string())
     };
     until(
         &[&agent],

@@ -53,3 +53,41 @@ async fn a_damaged_state_is_named_and_reset_state_recovers_without_recreating_gr
     assert!(after.iter().all(|g| before.contains(g)), "no group was recreated");
     Ok(())
 }
+
+/// A delta cursor records the `$select` it was made with, because Graph keeps the select in its links: a
+/// cursor made with another one (an older version's, before a property was added to the attribute table) starts
+/// a full round by itself, and the next cursor records this version's select.
+#[tokio::test]
+async fn a_cursor_made_with_another_select_starts_a_full_round() -> anyhow::Result<()> {
+    use writeback::state::{Resource, Store};
+    use writeback::status::StatusFile;
+
+    let env = Env::new("old-select").await?;
+    let mut g = Group::security(new_id(), "Old Select");
+    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    env.sim.add_group(g).unwrap();
+    env.sync(&[]).await?;
+    env.sync(&[]).await?;
+    let full = || -> anyhow::Result<bool> {
+        Ok(StatusFile::load(&env.state_dir())?.tenants.get("contoso").is_some_and(|s| s.full))
+    };
+    assert!(!full()?, "with this version's cursor, a cycle is a delta cycle");
+
+    let current = writeback::attributes::group_select();
+    {
+        let store = Store::open(&env.state_dir())?;
+        let state = store.tenant("contoso")?;
+        let cursor = state.cursor(Resource::Groups)?.expect("a groups cursor");
+        assert_eq!(cursor.select.as_deref(), Some(current.as_str()));
+        let older = writeback::state::Cursor { select: Some("id,displayName,members".into()), ..cursor };
+        state.merge_group_page(&[], &[], &older)?;
+        store.flush().await?;
+    }
+    env.sync(&[]).await?;
+    assert!(full()?, "a cursor made with another $select starts a full round, and so a full cycle");
+    let store = Store::open(&env.state_dir())?;
+    let cursor = store.tenant("contoso")?.cursor(Resource::Groups)?.expect("a groups cursor");
+    assert_eq!(cursor.select.as_deref(), Some(current.as_str()));
+    assert!(!cursor.full, "the full round finished");
+    Ok(())
+}

@@ -18,10 +18,11 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use writeback::attributes::SchemaSupport;
 use writeback::config::defaults::reconcile_batch;
 use writeback::dn;
-use writeback::graph::delta::{GROUP_SELECT, NextLink, USER_SELECT, parse_group, parse_page, parse_user};
-use writeback::model::{self, BuiltinPolicy, DesiredMember, Intent, ModelSettings, SchemaSupport};
+use writeback::graph::delta::{NextLink, USER_SELECT, parse_group, parse_page, parse_user};
+use writeback::model::{self, BuiltinPolicy, DesiredMember, Intent, ModelSettings};
 use writeback::plan::{self, DirectoryGroup, DirectoryMember, Principal, Snapshot};
 use writeback::state::{Cursor, Resource, Store, TenantState};
 use writeback_tests::graphsim::{GraphSim, Group, MemberRef, SimConfig, User, WritebackConfiguration};
@@ -246,7 +247,7 @@ async fn merge_page(store: &Store, state: &TenantState, resource: Resource, body
         NextLink::Next(link) => (link, false),
         NextLink::Delta(link) => (link, true),
     };
-    let cursor = Cursor { link: link.clone(), full: true, complete };
+    let cursor = Cursor { link: link.clone(), full: true, complete, select: None };
     match resource {
         Resource::Groups => {
             let entries =
@@ -435,7 +436,7 @@ async fn feed_via_simulator(tenant: &Synthetic) -> Result<Duration> {
     let started = Instant::now();
     let users = format!("{}/v1.0/users/delta?$select={USER_SELECT}", sim.base_url());
     read_round(&client, &token, &store, &state, Resource::Users, users).await?;
-    let groups = format!("{}/beta/groups/delta?$select={GROUP_SELECT}", sim.base_url());
+    let groups = format!("{}/beta/groups/delta?$select={}", sim.base_url(), writeback::attributes::group_select());
     read_round(&client, &token, &store, &state, Resource::Groups, groups).await?;
     let elapsed = started.elapsed();
     eprintln!("scale: fed through the HTTP simulator in {}", human(elapsed));
