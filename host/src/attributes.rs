@@ -14,9 +14,8 @@ use crate::cloud::CloudGroup;
 pub enum Transforms {
     /// Never: it carries identity, membership, type or security, and a transform that sets it is refused.
     Never,
-    /// Only when the tenant lists it in `transform_attributes`.
-    IfListed,
-    /// Unless the tenant lists its own `transform_attributes`.
+    /// Unless the tenant lists its own `transform_attributes`. (An attribute the table does not name may be
+    /// written only when the tenant lists it.)
     ByDefault,
 }
 
@@ -55,7 +54,8 @@ pub struct Attribute {
     pub graph: Option<&'static str>,
     /// What the agent writes into it.
     pub source: Source,
-    /// Read from every managed group, so that a plan compares instead of rewriting (every written attribute is).
+    /// Read from every managed group although the agent does not write it as a value (every written attribute
+    /// is read too, so that a plan compares instead of rewriting).
     pub read: bool,
     /// Written only when the directory's schema defines it (Exchange's or a newer Windows Server's schema).
     pub schema_optional: bool,
@@ -103,39 +103,34 @@ fn one(value: &Option<String>) -> Vec<String> {
 
 /// Every attribute the agent knows about. Order is the order in which they are read and listed.
 pub const ATTRIBUTES: &[Attribute] = &[
-    Attribute { source: Source::Placement, read: true, ..never("sAMAccountName") },
-    Attribute { source: Source::GroupType, read: true, ..never("groupType") },
-    Attribute { graph: Some("id"), source: Source::Anchor, read: true, ..never("adminDescription") },
+    Attribute { source: Source::Placement, ..never("sAMAccountName") },
+    Attribute { source: Source::GroupType, ..never("groupType") },
+    Attribute { graph: Some("id"), source: Source::Anchor, ..never("adminDescription") },
     Attribute {
         graph: Some("displayName"),
         source: Source::Cloud { value: |g| one(&g.display_name), cut: Cut::Utf16(MAX_DISPLAY_NAME) },
-        read: true,
         ..plain("displayName", Transforms::ByDefault)
     },
     Attribute {
         graph: Some("description"),
         source: Source::Cloud { value: |g| one(&g.description), cut: Cut::Chars(MAX_DESCRIPTION) },
-        read: true,
         ..plain("description", Transforms::ByDefault)
     },
     Attribute {
         graph: Some("mail"),
         source: Source::Cloud { value: |g| one(&g.mail), cut: Cut::None },
-        read: true,
         mail_only: true,
         ..plain("mail", Transforms::ByDefault)
     },
     Attribute {
         graph: Some("proxyAddresses"),
         source: Source::Cloud { value: |g| g.proxy_addresses.clone().unwrap_or_default(), cut: Cut::None },
-        read: true,
         mail_only: true,
         ..plain("proxyAddresses", Transforms::ByDefault)
     },
     Attribute {
         graph: Some("mailNickname"),
         source: Source::Cloud { value: |g| one(&g.mail_nickname), cut: Cut::None },
-        read: true,
         mail_only: true,
         schema_optional: true,
         ..plain("mailNickname", Transforms::ByDefault)
@@ -143,7 +138,6 @@ pub const ATTRIBUTES: &[Attribute] = &[
     Attribute {
         graph: Some("id"),
         source: Source::Anchor,
-        read: true,
         schema_optional: true,
         ..never("msDS-ExternalDirectoryObjectId")
     },

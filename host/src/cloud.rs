@@ -15,6 +15,7 @@ pub enum Removal {
 
 /// The kind of a directory object named in `members@delta`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MemberKind {
     User,
     Group,

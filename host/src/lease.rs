@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DirectoryConfig, TenantConfig};
-use crate::directory::{Directory, DirectoryError, LeaseObject, WriteGate};
+use crate::directory::{Directory, DirectoryError, GroupDirectory, LeaseObject, WriteGate};
 
 /// The lease value as stored in the lease object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -180,7 +180,7 @@ impl Fence {
 
     /// Re-reads the lease and fails (revoking the fence) unless this process still holds it in the same epoch.
     /// Called before every batch of writes, so that a release or a takeover is seen within one batch.
-    pub async fn confirm(&self, directory: &mut Directory) -> Result<(), DirectoryError> {
+    pub async fn confirm<D: GroupDirectory>(&self, directory: &mut D) -> Result<(), DirectoryError> {
         self.check()?;
         let object = directory.read_lease(&self.dn).await?;
         let current = object.value.as_deref().and_then(LeaseValue::parse);

@@ -95,10 +95,7 @@ impl From<Hold> for HeldReason {
 
 impl std::fmt::Display for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Hold::Refused(reason) | Hold::Failed(reason) => f.write_str(reason),
-            Hold::NotLoaded(cause) => write!(f, "the tenant's plugins did not load: {cause}"),
-        }
+        HeldReason::from(self.clone()).fmt(f)
     }
 }
 

@@ -74,14 +74,33 @@ pub fn path(state_dir: &Path) -> PathBuf {
 }
 
 impl StatusFile {
-    /// Reads the status file; an absent file is an empty status.
+    /// Reads the status file; an absent file is an empty status. A tenant whose entry this version cannot read
+    /// (one an earlier version wrote) is shown as such until its next cycle records it again, and the others are
+    /// read as they are.
     pub fn load(state_dir: &Path) -> std::io::Result<StatusFile> {
-        match std::fs::read(path(state_dir)) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("status.json: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StatusFile::default()),
-            Err(e) => Err(e),
+        let bytes = match std::fs::read(path(state_dir)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StatusFile::default()),
+            Err(e) => return Err(e),
+        };
+        #[derive(Deserialize)]
+        struct Raw {
+            tenants: BTreeMap<String, serde_json::Value>,
         }
+        let raw: Raw = serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("status.json: {e}")))?;
+        let tenants = raw
+            .tenants
+            .into_iter()
+            .map(|(name, value)| {
+                let status = serde_json::from_value(value).unwrap_or_else(|e| TenantStatus {
+                    outcome: format!("unknown: status.json holds an entry this version cannot read ({e}); the next cycle records it again"),
+                    ..TenantStatus::default()
+                });
+                (name, status)
+            })
+            .collect();
+        Ok(StatusFile { tenants })
     }
 
     /// Records one tenant's status, replacing the file atomically.
@@ -240,5 +259,42 @@ mod tests {
         };
         let text = TenantStatus { lease: Some(lease), ..status }.render("a");
         assert!(text.contains("lease: standby (this agent plans and writes nothing); held by agent-b, epoch 4, expires 1970-01-01T00:01:00Z"), "{text}");
+    }
+
+    #[test]
+    fn an_entry_an_earlier_version_wrote_is_named_and_the_others_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = TenantStatus { outcome: "ok".into(), managed_groups: 2, ..Default::default() };
+        let mut file = serde_json::json!({ "tenants": { "new": serde_json::to_value(&current).unwrap() } });
+        file["tenants"]["old"] = serde_json::json!({
+            "last_cycle": 1, "outcome": "ok", "full": false, "managed_groups": 1, "writes": 0,
+            "skipped_members": [{"group_id": "g", "member_id": "u", "reason": "cloud-only user (no on-premises SID)"}],
+            "conflicts": [], "held_groups": [], "held_deletes": [], "bad_entries": [], "pending_groups": 0
+        });
+        std::fs::write(path(dir.path()), serde_json::to_vec(&file).unwrap()).unwrap();
+        let loaded = StatusFile::load(dir.path()).unwrap();
+        assert_eq!(loaded.tenants["new"], current);
+        assert!(loaded.tenants["old"].outcome.starts_with("unknown: status.json holds an entry"), "{:?}", loaded);
+    }
+
+    #[test]
+    fn counts_follow_the_reason_types() {
+        let held = |reason| HeldGroup { group_id: "g".into(), reason };
+        let skipped = |reason| SkippedMember { group_id: "g".into(), member_id: "m".into(), reason };
+        let status = TenantStatus {
+            held_groups: vec![
+                held(HeldReason::ApplyFailed { cause: "busy".into() }),
+                held(HeldReason::Quarantined { attempts: 3, cause: "busy".into() }),
+                // A refusal whose text looks like a quarantine is still a refusal.
+                held(HeldReason::Refused { cause: "quarantined after 9 failed attempts".into() }),
+            ],
+            skipped_members: vec![skipped(SkipReason::SyncedGroupWithoutSid), skipped(SkipReason::CloudOnlyUser)],
+            ..Default::default()
+        };
+        let counts = status.counts();
+        assert_eq!((counts.held, counts.quarantined), (2, 1));
+        assert_eq!(counts.skipped["synced_group_without_sid"], 1);
+        assert_eq!(counts.skipped["cloud_only_user"], 1);
+        assert_eq!(counts.skipped["unresolved_sid"], 0, "every label is reported, 0 too");
     }
 }

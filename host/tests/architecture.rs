@@ -55,7 +55,9 @@ fn code(text: &str) -> String {
             continue;
         }
         if line == "#[cfg(test)]" && lines.peek().is_some_and(|next| next.starts_with("mod ")) {
-            in_tests = !lines.next().unwrap_or_default().ends_with(';');
+            let header = lines.next().unwrap_or_default();
+            // `mod tests;` and a one-line `mod tests { … }` end on their own line.
+            in_tests = !(header.ends_with(';') || header.ends_with('}'));
             continue;
         }
         if !line.trim_start().starts_with("//") {
@@ -95,6 +97,23 @@ fn used(code: &str) -> BTreeSet<String> {
     names
 }
 
+/// Ways to reach another module without naming it as `crate::…`, which the checks would not see: `super::`
+/// where it is the crate root, `super::super::`, and renaming the crate.
+fn hidden_paths(relative: &Path, code: &str) -> Vec<String> {
+    let depth = relative.components().count();
+    let at_root = depth == 1 || (depth == 2 && relative.ends_with("mod.rs"));
+    let mut found = Vec::new();
+    if at_root && code.contains("super::") {
+        found.push("super:: (the crate root here)".to_string());
+    }
+    for pattern in ["super::super", "crate as ", "extern crate self"] {
+        if code.contains(pattern) {
+            found.push(pattern.to_string());
+        }
+    }
+    found
+}
+
 /// Which top-level modules each top-level module uses.
 fn edges() -> BTreeMap<String, BTreeSet<String>> {
     let root = src();
@@ -109,8 +128,15 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
+        let code = code(&text);
+        let hidden = hidden_paths(relative, &code);
+        assert!(
+            hidden.is_empty(),
+            "{} reaches other modules by {hidden:?}; write crate::… instead",
+            relative.display()
+        );
         let uses = edges.entry(module.clone()).or_default();
-        uses.extend(used(&code(&text)).into_iter().filter(|m| *m != module));
+        uses.extend(used(&code).into_iter().filter(|m| *m != module));
     }
     edges
 }
@@ -163,6 +189,12 @@ fn the_checks_see_uses_and_skip_tests_and_comments() {
                 #[cfg(test)]\nmod tests {\n    use crate::cli;\n}\nfn g() { crate::state::y() }\n";
     let names: Vec<String> = used(&code(text)).into_iter().collect();
     assert_eq!(names, ["dn", "model", "plan", "state"]);
+    let one_line = "#[cfg(test)]\nmod tests { }\nfn h() { crate::graph::z() }\n";
+    assert_eq!(used(&code(one_line)).into_iter().collect::<Vec<_>>(), ["graph"]);
+    assert!(!hidden_paths(Path::new("model.rs"), "use super::plan;").is_empty());
+    assert!(!hidden_paths(Path::new("sync/mod.rs"), "use super::plan;").is_empty());
+    assert!(hidden_paths(Path::new("sync/apply.rs"), "use super::TenantSync;").is_empty());
+    assert!(!hidden_paths(Path::new("sync/apply.rs"), "use super::super::cli;").is_empty());
     let edges = edges();
     assert!(edges["sync"].contains("directory"), "{:?}", edges["sync"]);
     assert!(edges.keys().all(|m| LAYERS.iter().any(|(name, _)| name == m)));

@@ -47,7 +47,7 @@ struct TenantPlan {
 /// One planned directory change.
 #[derive(Debug, Serialize)]
 struct Change {
-    /// `create`, `modify`, `add-members`, `remove-members`, `rename`, `move` or `delete`, as the audit log names it.
+    /// The operation as the audit log names it: `create`, `modify`, `rename`, `delete`, or a member change.
     operation: &'static str,
     group_id: String,
     dn: String,

@@ -10,7 +10,7 @@ use crate::model::{BuiltinPolicy, GroupPolicy};
 use crate::plugins::{PluginEngine, TenantPlugins};
 use crate::progress::Progress;
 use crate::state::Store;
-use crate::sync::{LoadedPolicy, StopFlag, TenantSync};
+use crate::sync::{LoadedPolicy, StopFlag, SystemClock, TenantSync};
 
 pub(super) fn selected<'a>(config: &'a Config, tenant: Option<&str>) -> Result<Vec<&'a TenantConfig>> {
     match tenant {
@@ -85,6 +85,7 @@ pub(super) fn tenant_sync<'a>(
         policy: std::sync::Mutex::new(policy),
         fence: leases.and_then(|l| l.tenant(&tenant.name)).map(|l| l.fence()),
         progress,
+        clock: std::sync::Arc::new(SystemClock),
     })
 }
 

@@ -129,7 +129,7 @@ pub(super) async fn run_cycle(
         Ok(report) => StatusFile::record(dir, &sync.config.name, TenantStatus { lease: view, ..report.status.clone() }),
         // A failed cycle keeps what the last good one found, with the failure as its outcome.
         Err(e) => StatusFile::update(dir, &sync.config.name, |status| {
-            status.last_cycle = crate::sync::now();
+            status.last_cycle = sync.clock.now();
             status.outcome = format!("failed: {e}");
             status.lease = view;
             true

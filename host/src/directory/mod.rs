@@ -9,6 +9,7 @@ mod read;
 pub mod sid;
 mod write;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::attributes::{self, SchemaSupport};
 use crate::config::{DirectoryConfig, Secret};
+use crate::plan::{Op, Principal};
 pub use lease::LeaseObject;
 pub use read::ManagedGroups;
 pub use write::{Applied, ApplyError};
@@ -118,6 +120,65 @@ pub trait WriteGate: Send + Sync {
     /// Read-held by each write from its check until the DC answers it, so that a release, which takes it for
     /// writing, waits for every write that passed its check.
     fn writes(&self) -> Arc<tokio::sync::RwLock<()>>;
+}
+
+/// What a sync cycle asks of the directory. [`Directory`] is the real one, over LDAPS; a test can give sync an
+/// in-memory one, so that batching, checkpoints and quarantine are tested without a DC.
+#[allow(async_fn_in_trait, reason = "sync runs on the caller's task; it is never spawned through the trait")]
+pub trait GroupDirectory {
+    /// Which optional attributes the schema has.
+    fn schema(&self) -> SchemaSupport;
+    /// The cloud id and DN of every managed group inside `ous`.
+    async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError>;
+    /// The managed groups of `ids`, found by the recorded objectGUID or by anchor inside `ous`.
+    async fn managed_groups(
+        &mut self,
+        ids: &[String],
+        recorded: &HashMap<String, String>,
+        ous: &[String],
+    ) -> Result<ManagedGroups, DirectoryError>;
+    /// What each SID names, by upper-case SID; SIDs that name nothing are left out.
+    async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError>;
+    /// The groups among the members of `group_dns`, by upper-case SID, with their groupType.
+    async fn member_groups(&mut self, group_dns: &[String]) -> Result<HashMap<String, Principal>, DirectoryError>;
+    /// The group of `deny`, or one marked adminCount=1, that `group_dn` is in, directly or nested.
+    async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError>;
+    /// Applies one operation; `created` maps the cloud ids of groups created earlier in this apply to their DNs.
+    async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError>;
+    /// Reads the writer lease object at `dn`.
+    async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError>;
+}
+
+impl GroupDirectory for Directory {
+    fn schema(&self) -> SchemaSupport {
+        self.schema.clone()
+    }
+    async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
+        Directory::managed_index(self, ous).await
+    }
+    async fn managed_groups(
+        &mut self,
+        ids: &[String],
+        recorded: &HashMap<String, String>,
+        ous: &[String],
+    ) -> Result<ManagedGroups, DirectoryError> {
+        Directory::managed_groups(self, ids, recorded, ous).await
+    }
+    async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        Directory::principals(self, sids).await
+    }
+    async fn member_groups(&mut self, group_dns: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        Directory::member_groups(self, group_dns).await
+    }
+    async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError> {
+        Directory::protecting_group(self, group_dn, deny).await
+    }
+    async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
+        Directory::apply(self, op, created).await
+    }
+    async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
+        Directory::read_lease(self, dn).await
+    }
 }
 
 /// An open, bound directory connection.

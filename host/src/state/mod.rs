@@ -468,10 +468,12 @@ impl TenantState {
         if old.is_empty() {
             return Ok(());
         }
+        // Dirty first: a crash in between leaves old records to drop again, never a group that is not replanned.
+        self.mark_all_dirty()?;
         for k in old {
             self.tree.remove(k)?;
         }
-        self.mark_all_dirty()
+        Ok(())
     }
 
     fn corrupt(&self, k: &[u8], cause: impl ToString) -> StateError {

@@ -1,9 +1,9 @@
 //! Applying a plan: every write journaled before it is sent, its outcome audited, and the checkpoint.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{CycleReport, SyncError, TenantSync, now};
-use crate::directory::{Applied, ApplyError, Directory};
+use super::{CycleReport, SyncError, TenantSync};
+use crate::directory::{Applied, ApplyError, GroupDirectory};
 use crate::plan::{self, Op, Plan, Snapshot};
 use crate::reasons::HeldReason;
 use crate::state::{Anchor, AuditRecord, StateError};
@@ -15,11 +15,11 @@ const JOURNAL_CHUNK: usize = 64;
 impl TenantSync<'_> {
     /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay dirty). The
     /// operations of groups already in `failed` are skipped.
-    pub(super) async fn apply(
+    pub(super) async fn apply<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         plan: &Plan,
-        failed: &mut HashMap<String, String>,
+        failed: &mut HashSet<String>,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         let mut created: HashMap<String, String> = HashMap::new();
@@ -50,20 +50,20 @@ impl TenantSync<'_> {
     }
 
     /// Applies one journaled operation and files its outcome.
-    pub(super) async fn apply_one(
+    pub(super) async fn apply_one<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         op: &Op,
         key: u64,
         created: &mut HashMap<String, String>,
-        failed: &mut HashMap<String, String>,
+        failed: &mut HashSet<String>,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         if self.stop.is_set() {
             report.stopped = true;
-            failed.insert(op.group_id().to_string(), "stopped before this write".into());
+            failed.insert(op.group_id().to_string());
         }
-        if failed.contains_key(op.group_id()) {
+        if failed.contains(op.group_id()) {
             self.state.settle(key, None)?;
             return Ok(());
         }
@@ -92,12 +92,12 @@ impl TenantSync<'_> {
             Err(e @ ApplyError::Conflict { .. }) => {
                 tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
                 report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
-                failed.insert(op.group_id().to_string(), e.to_string());
+                failed.insert(op.group_id().to_string());
             }
             Err(e) => {
                 tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "apply failed: {e}");
                 let reason = HeldReason::ApplyFailed { cause: e.to_string() };
-                failed.insert(op.group_id().to_string(), reason.to_string());
+                failed.insert(op.group_id().to_string());
                 report.status.held_groups.push(HeldGroup { group_id: op.group_id().into(), reason });
             }
         }
@@ -122,7 +122,7 @@ impl TenantSync<'_> {
     pub(super) fn audit_record(&self, op: &Op, outcome: String) -> AuditRecord {
         let (operation, dn, detail) = plan::describe(op);
         AuditRecord {
-            time: now(),
+            time: self.clock.now(),
             tenant: self.config.name.clone(),
             group_id: op.group_id().to_string(),
             operation: operation.to_string(),
@@ -138,7 +138,7 @@ impl TenantSync<'_> {
         &self,
         ids: &BTreeSet<String>,
         plan: &Plan,
-        failed: &HashMap<String, String>,
+        failed: &HashSet<String>,
         snapshot: &Snapshot,
         unsettled: &BTreeSet<String>,
     ) -> Result<(), StateError> {
@@ -152,7 +152,7 @@ impl TenantSync<'_> {
         let deleted: BTreeSet<&str> =
             plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).map(Op::group_id).collect();
         for id in ids {
-            if failed.contains_key(id) || held.contains(id.as_str()) {
+            if failed.contains(id) || held.contains(id.as_str()) {
                 continue;
             }
             if deleted.contains(id.as_str()) || plan.gone.contains(id) {

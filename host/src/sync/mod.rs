@@ -6,6 +6,8 @@ mod apply;
 mod problems;
 mod reconcile;
 mod rounds;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -122,8 +124,8 @@ impl CycleReport {
 }
 
 /// A tenant's naming and transform policy, with the fingerprint of the plugin files and settings it was loaded
-/// from. The fingerprint is the loaded policy's, not the files' as they are now: a file replaced after the
-/// policy was loaded must not count as planned with.
+/// from (prefixed `unloaded` when they did not load). The fingerprint is the loaded policy's, not the files' as
+/// they are now: a file replaced after the policy was loaded must not count as planned with.
 pub struct LoadedPolicy {
     pub policy: Box<dyn GroupPolicy>,
     pub fingerprint: String,
@@ -141,11 +143,24 @@ pub struct TenantSync<'a> {
     pub fence: Option<crate::lease::Fence>,
     /// What an admin watching the terminal sees.
     pub progress: crate::progress::Progress,
+    /// The wall-clock time.
+    pub clock: Arc<dyn Clock>,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+/// Where sync reads the wall-clock time: audit records, the thresholds' window and the last cycle's time.
+pub trait Clock: Send + Sync {
+    /// Seconds since the Unix epoch.
+    fn now(&self) -> u64;
+}
+
+/// The system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    }
 }
 
 impl TenantSync<'_> {
@@ -211,7 +226,7 @@ impl TenantSync<'_> {
         }
         report.status.pending_groups = self.state.dirty()?.len();
         report.status.managed_groups = self.state.managed_count();
-        report.status.last_cycle = now();
+        report.status.last_cycle = self.clock.now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         if options.standby {
             report.status.outcome = format!(
@@ -292,7 +307,7 @@ impl TenantSync<'_> {
             if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
                 let already = matches!(
                     model::place_and_transform(&group, kind, settings, current.policy.as_mut()),
-                    Err(Hold::Failed(_))
+                    Err(Hold::Failed(_) | Hold::NotLoaded(_))
                 );
                 if !already {
                     return Err(format!("group {id}: {reason}"));

@@ -2,11 +2,11 @@
 //! writes and checkpoint, so that memory follows the batch and not the tenant. Renames, moves and deletes
 //! wait for the end of the cycle, where their thresholds count the whole cycle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::PoisonError;
 
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
-use crate::directory::{Directory, ManagedGroups};
+use crate::directory::{GroupDirectory, ManagedGroups};
 use crate::dn;
 use crate::graph::Presence;
 use crate::model::{self, DesiredMember, Intent, ModelSettings};
@@ -23,19 +23,19 @@ struct Carry {
     /// Groups with a nested member group that a later batch creates; planned again after the last batch.
     waiting: BTreeSet<String>,
     /// Groups whose writes failed in this cycle: their later writes are skipped.
-    failed: HashMap<String, String>,
+    failed: HashSet<String>,
 }
 
 impl TenantSync<'_> {
     /// Plans the groups that need it (every group on a full reconcile) against the directory and applies
     /// the plan, a batch at a time.
-    pub(super) async fn reconcile(
+    pub(super) async fn reconcile<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         options: CycleOptions,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
-        let settings = self.model_settings(directory.schema.clone());
+        let settings = self.model_settings(directory.schema());
         let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.dirty()? };
         ids.sort_unstable();
         self.progress.planning(ids.len());
@@ -63,7 +63,7 @@ impl TenantSync<'_> {
 
     /// Every group a full reconcile plans: those the state knows, and the anchored groups in the target OU that
     /// it does not.
-    async fn full_reconcile_ids(&self, directory: &mut Directory) -> Result<Vec<String>, SyncError> {
+    async fn full_reconcile_ids<D: GroupDirectory>(&self, directory: &mut D) -> Result<Vec<String>, SyncError> {
         let mut ids: BTreeSet<String> = self.state.group_ids()?.into_iter().collect();
         // Look-alikes and groups with two anchored objects are reported when their batch reads them. Groups
         // the state does not know are adopted (and perhaps deleted) from the target OU only: an allowed OU may
@@ -76,9 +76,9 @@ impl TenantSync<'_> {
     /// Plans one batch, applies it except for its renames, moves and deletes (carried to the end), and
     /// checkpoints it.
     #[allow(clippy::too_many_arguments)]
-    async fn reconcile_batch(
+    async fn reconcile_batch<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         batch: &[String],
         settings: &ModelSettings,
         later: &dyn Fn(&str) -> bool,
@@ -122,9 +122,9 @@ impl TenantSync<'_> {
 
     /// Applies the renames, moves and deletes of every batch, holding them when there are more than the
     /// tenant's thresholds allow.
-    async fn apply_deferred(
+    async fn apply_deferred<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         options: CycleOptions,
         mut carry: Carry,
         report: &mut CycleReport,
@@ -163,11 +163,11 @@ impl TenantSync<'_> {
     /// its SID and DN, and one search per hundred groups finds which of them are groups, and of what type.
     /// A group whose own object cannot be told apart from another anchored one is left alone (and stays
     /// pending) as a conflict; look-alikes of the batch's groups are reported.
-    async fn snapshot(
+    async fn snapshot<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         intents: &mut BTreeMap<String, Intent>,
-        failed: &mut HashMap<String, String>,
+        failed: &mut HashSet<String>,
         report: &mut CycleReport,
     ) -> Result<Snapshot, SyncError> {
         let ids = lookup_ids(intents);
@@ -213,13 +213,13 @@ impl TenantSync<'_> {
 
     /// Where the thresholds' rolling window starts now, in seconds since the Unix epoch.
     fn window_start(&self) -> u64 {
-        super::now().saturating_sub(self.config.threshold_window.as_secs())
+        self.clock.now().saturating_sub(self.config.threshold_window.as_secs())
     }
 
     /// Counts writes of `kind` this cycle sent against the thresholds' window (failed ones too: they were
     /// meant, and a DC that refuses them now may take them later).
     fn record_applied(&self, kind: Threshold, count: usize) -> Result<(), SyncError> {
-        Ok(self.state.record_applied(kind, count, super::now(), self.window_start())?)
+        Ok(self.state.record_applied(kind, count, self.clock.now(), self.window_start())?)
     }
 
     /// Takes the batch's member removals out of the plan when they, with those applied within the window,
@@ -259,7 +259,7 @@ impl TenantSync<'_> {
         &self,
         found: &ManagedGroups,
         intents: &mut BTreeMap<String, Intent>,
-        failed: &mut HashMap<String, String>,
+        failed: &mut HashSet<String>,
         report: &mut CycleReport,
     ) {
         for (id, dn) in found.lookalikes.iter().filter(|(id, _)| intents.contains_key(id)) {
@@ -272,7 +272,7 @@ impl TenantSync<'_> {
             }
             tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
             intents.insert(id.clone(), Intent::Leave(reason.clone()));
-            failed.insert(id.clone(), reason.clone());
+            failed.insert(id.clone());
             report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason: reason.clone() });
         }
     }
@@ -282,9 +282,9 @@ impl TenantSync<'_> {
     /// allows the group in `allow_protected_groups`. A new groupType would too (a distribution group that
     /// becomes a security group gives its members the rights), so it is withheld alike. Only groups with
     /// planned adds or type changes are looked at.
-    async fn withhold_protected_adds(
+    async fn withhold_protected_adds<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         plan: &mut Plan,
         snapshot: &Snapshot,
         report: &mut CycleReport,
@@ -316,9 +316,9 @@ impl TenantSync<'_> {
     }
 
     /// The protected group that `group_dn` is in, directly or nested, unless the tenant allows the group.
-    async fn protection(
+    async fn protection<D: GroupDirectory>(
         &self,
-        directory: &mut Directory,
+        directory: &mut D,
         group_id: &str,
         group_dn: &str,
         snapshot: &Snapshot,

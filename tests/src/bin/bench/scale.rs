@@ -247,7 +247,8 @@ async fn merge_page(store: &Store, state: &TenantState, resource: Resource, body
         NextLink::Next(link) => (link, false),
         NextLink::Delta(link) => (link, true),
     };
-    let cursor = Cursor { link: link.clone(), full: true, complete, select: None };
+    let cursor =
+        Cursor { link: link.clone(), full: true, complete, select: Some(writeback::attributes::group_select()) };
     match resource {
         Resource::Groups => {
             let entries =

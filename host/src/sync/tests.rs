@@ -1,0 +1,499 @@
+//! Reconcile without a DC: the cloud state in a scratch sled store, the directory in memory ([`Memory`]) and a
+//! clock the test moves. The suite holds the same behaviour against the real Samba DC end to end.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::{ClientCredential, Config, Secret};
+use crate::directory::{Applied, ApplyError, GroupDirectory, LeaseObject, ManagedGroups};
+use crate::dn;
+use crate::graph::delta::{parse_group, parse_user};
+use crate::model::BuiltinPolicy;
+use crate::plan::{AttributeChange, DirectoryGroup, DirectoryMember, GroupRef, MemberValue, Op, Principal};
+use crate::reasons::HeldReason;
+use crate::state::{Cursor, GroupProblems};
+
+const OU: &str = "OU=Writeback,DC=corp,DC=test";
+
+/// One group object of [`Memory`].
+#[derive(Debug, Clone)]
+struct Object {
+    guid: String,
+    sid: String,
+    dn: String,
+    attributes: HashMap<String, Vec<String>>,
+    members: Vec<String>,
+}
+
+/// A directory in memory: groups and users, every write in order, and groups whose writes it refuses.
+#[derive(Debug, Default)]
+struct Memory {
+    objects: Vec<Object>,
+    /// Users by upper-case SID.
+    users: HashMap<String, String>,
+    /// Cloud ids whose writes the directory refuses.
+    refuse: HashSet<String>,
+    /// Every operation applied (refused ones too), in order.
+    writes: Vec<Op>,
+    /// The ids of each `managed_groups` call.
+    lookups: Vec<Vec<String>>,
+    serial: u32,
+}
+
+impl Memory {
+    fn with_users(sids: &[&str]) -> Memory {
+        let users = sids.iter().map(|sid| (sid.to_uppercase(), format!("CN={sid},CN=Users,DC=corp,DC=test"))).collect();
+        Memory { users, ..Memory::default() }
+    }
+
+    fn anchor_of(object: &Object) -> Option<String> {
+        object.attributes.get("admindescription")?.first()?.strip_prefix("Group_").map(str::to_string)
+    }
+
+    fn by_id(&self, id: &str) -> Option<&Object> {
+        self.objects.iter().find(|o| Self::anchor_of(o).as_deref() == Some(id))
+    }
+
+    fn by_guid(&mut self, guid: &str) -> Option<&mut Object> {
+        self.objects.iter_mut().find(|o| o.guid == guid)
+    }
+
+    fn sid_of(&self, member_dn: &str) -> Option<String> {
+        let user = self.users.iter().find(|(_, dn)| dn::same(dn, member_dn)).map(|(sid, _)| sid.clone());
+        user.or_else(|| self.objects.iter().find(|o| dn::same(&o.dn, member_dn)).map(|o| o.sid.clone()))
+    }
+
+    fn group_type(object: &Object) -> Option<i32> {
+        object.attributes.get("grouptype")?.first()?.parse().ok()
+    }
+
+    fn read(&self, object: &Object) -> DirectoryGroup {
+        let mut attributes = object.attributes.clone();
+        attributes.insert("cn".into(), vec![dn::leaf_value(&object.dn).unwrap_or_default()]);
+        let members = object.members.iter().map(|m| DirectoryMember { dn: m.clone(), sid: self.sid_of(m) }).collect();
+        DirectoryGroup {
+            guid: object.guid.clone(),
+            sid: Some(object.sid.clone()),
+            dn: object.dn.clone(),
+            attributes,
+            members,
+        }
+    }
+
+    fn member_dn(value: &MemberValue, created: &HashMap<String, String>) -> String {
+        match value {
+            MemberValue::Dn(dn) => dn.clone(),
+            MemberValue::NewGroup(id) => created.get(id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn write(&mut self, op: &Op, created: &HashMap<String, String>) -> Applied {
+        match op {
+            Op::Create { dn, attributes, .. } => {
+                self.serial += 1;
+                let mut object = Object {
+                    guid: format!("guid-{}", self.serial),
+                    sid: format!("S-1-5-21-9-{}", 1000 + self.serial),
+                    dn: dn.clone(),
+                    attributes: HashMap::new(),
+                    members: Vec::new(),
+                };
+                for (name, values) in attributes {
+                    match name.as_str() {
+                        "member" => object.members.extend(values.iter().cloned()),
+                        "objectClass" => {}
+                        _ => drop(object.attributes.insert(name.to_lowercase(), values.clone())),
+                    }
+                }
+                let applied =
+                    Applied::Created { guid: object.guid.clone(), sid: Some(object.sid.clone()), dn: dn.clone() };
+                self.objects.push(object);
+                applied
+            }
+            Op::Rename { guid, dn: old, new_cn, new_parent, .. } => {
+                let parent = new_parent.clone().or_else(|| dn::parent(old)).unwrap_or_default();
+                let dn = dn::child(new_cn, &parent);
+                if let Some(object) = self.by_guid(guid) {
+                    object.dn = dn.clone();
+                }
+                Applied::Moved { dn }
+            }
+            Op::Modify { guid, changes, .. } => {
+                if let Some(object) = self.by_guid(guid) {
+                    for change in changes {
+                        match change {
+                            AttributeChange::Replace(name, values) => {
+                                object.attributes.insert(name.to_lowercase(), values.clone());
+                            }
+                            AttributeChange::Clear(name) => drop(object.attributes.remove(&name.to_lowercase())),
+                        }
+                    }
+                }
+                Applied::Done
+            }
+            Op::AddMembers { group_id, target, values } => {
+                let dns: Vec<String> = values.iter().map(|v| Self::member_dn(v, created)).collect();
+                let target = match target {
+                    GroupRef::Existing { guid, .. } => guid.clone(),
+                    GroupRef::New => self.by_id(group_id).map(|o| o.guid.clone()).unwrap_or_default(),
+                };
+                if let Some(object) = self.by_guid(&target) {
+                    object.members.extend(dns);
+                }
+                Applied::Done
+            }
+            Op::RemoveMembers { guid, values, .. } => {
+                if let Some(object) = self.by_guid(guid) {
+                    object.members.retain(|m| !values.iter().any(|v| dn::same(v, m)));
+                }
+                Applied::Done
+            }
+            Op::Delete { guid, .. } => {
+                self.objects.retain(|o| &o.guid != guid);
+                Applied::Done
+            }
+        }
+    }
+
+    /// The member DNs of the group written for cloud group `id`.
+    fn members_of(&self, id: &str) -> Vec<String> {
+        self.by_id(id).map(|o| o.members.clone()).unwrap_or_default()
+    }
+}
+
+impl GroupDirectory for Memory {
+    fn schema(&self) -> SchemaSupport {
+        SchemaSupport::default()
+    }
+
+    async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
+        let within = |o: &&Object| ous.iter().any(|ou| dn::is_within(&o.dn, ou));
+        Ok(self.objects.iter().filter(within).filter_map(|o| Some((Self::anchor_of(o)?, o.dn.clone()))).collect())
+    }
+
+    async fn managed_groups(
+        &mut self,
+        ids: &[String],
+        _recorded: &HashMap<String, String>,
+        _ous: &[String],
+    ) -> Result<ManagedGroups, DirectoryError> {
+        self.lookups.push(ids.to_vec());
+        let groups = ids.iter().filter_map(|id| Some((id.clone(), self.read(self.by_id(id)?)))).collect();
+        Ok(ManagedGroups { groups, ..ManagedGroups::default() })
+    }
+
+    async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let mut found = HashMap::new();
+        for sid in sids.iter().map(|s| s.to_uppercase()) {
+            if let Some(dn) = self.users.get(&sid) {
+                found.insert(sid, Principal { dn: dn.clone(), group_type: None, classes: vec!["user".into()] });
+            } else if let Some(object) = self.objects.iter().find(|o| o.sid == sid) {
+                let principal = Principal {
+                    dn: object.dn.clone(),
+                    group_type: Self::group_type(object),
+                    classes: vec!["group".into()],
+                };
+                found.insert(sid, principal);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn member_groups(&mut self, group_dns: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let holders: Vec<&Object> =
+            self.objects.iter().filter(|o| group_dns.iter().any(|d| dn::same(d, &o.dn))).collect();
+        let members: HashSet<String> = holders.iter().flat_map(|o| o.members.iter().map(|m| dn::fold(m))).collect();
+        Ok(self
+            .objects
+            .iter()
+            .filter(|o| members.contains(&dn::fold(&o.dn)))
+            .map(|o| {
+                (o.sid.clone(), Principal { dn: o.dn.clone(), group_type: Self::group_type(o), classes: Vec::new() })
+            })
+            .collect())
+    }
+
+    async fn protecting_group(&mut self, _: &str, _: &[String]) -> Result<Option<String>, DirectoryError> {
+        Ok(None)
+    }
+
+    async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
+        self.writes.push(op.clone());
+        if self.refuse.contains(op.group_id()) {
+            return Err(ApplyError::Refused { code: 53, message: "unwilling to perform".into() });
+        }
+        Ok(self.write(op, created))
+    }
+
+    async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
+        Err(DirectoryError::Connect { url: dn.into(), cause: "the in-memory directory keeps no lease".into() })
+    }
+}
+
+/// A clock that moves only when the test moves it.
+#[derive(Debug)]
+struct TestClock(AtomicU64);
+
+impl Clock for TestClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn tenant(settings: &str) -> TenantConfig {
+    let text = format!(
+        r#"
+[agent]
+state_dir = "/nonexistent/writeback"
+
+[[tenant]]
+name = "t"
+tenant_id = "t"
+client_id = "c"
+client_secret_env = "WRITEBACK_SYNC_TESTS_UNUSED"
+graph_url = "http://127.0.0.1:9"
+login_url = "http://127.0.0.1:9"
+{settings}
+
+[tenant.directory]
+url = "ldaps://127.0.0.1:9"
+bind_dn = "CN=agent,DC=corp,DC=test"
+password_env = "WRITEBACK_SYNC_TESTS_UNUSED"
+target_ou = "{OU}"
+"#
+    );
+    let mut config = Config::parse(&text, Path::new("sync-tests.toml")).expect("the test config parses");
+    config.tenants.remove(0)
+}
+
+/// A tenant's sync over a scratch store, with the built-in policy, no lease and `clock`.
+fn sync_for<'a>(config: &'a TenantConfig, store: &Store, clock: Arc<TestClock>) -> TenantSync<'a> {
+    // No test reaches Graph: the groups are in the state, and none is an orphan.
+    let credential = ClientCredential::Secret(Secret::new("unused".into()));
+    TenantSync {
+        config,
+        store: store.clone(),
+        state: store.tenant(&config.name).expect("a scratch tenant"),
+        graph: crate::graph::GraphClient::new(config, credential).expect("a Graph client"),
+        stop: StopFlag::default(),
+        policy: Mutex::new(LoadedPolicy { policy: Box::new(BuiltinPolicy), fingerprint: String::new() }),
+        fence: None,
+        progress: crate::progress::Progress::hidden(),
+        clock,
+    }
+}
+
+fn id(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+fn sid(n: u32) -> String {
+    format!("S-1-5-21-1-2-3-{}", 1100 + n)
+}
+
+/// A written-back security group with these members: users by number, groups by id.
+fn group(n: u32, name: &str, users: &[u32], groups: &[u32]) -> Value {
+    let mut members: Vec<Value> =
+        users.iter().map(|u| json!({"@odata.type": "#microsoft.graph.user", "id": format!("u{u}")})).collect();
+    members.extend(groups.iter().map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": id(*g)})));
+    json!({
+        "id": id(n),
+        "displayName": name,
+        "securityEnabled": true,
+        "mailEnabled": false,
+        "groupTypes": [],
+        "writebackConfiguration": {"isEnabled": true, "onPremisesGroupType": null},
+        "members@delta": members,
+    })
+}
+
+fn merge_groups(state: &TenantState, entries: Value) {
+    let entries: Vec<_> = entries.as_array().unwrap().iter().map(|e| parse_group(e).unwrap()).collect();
+    let cursor = Cursor { link: "delta".into(), full: false, complete: true, select: None };
+    state.merge_group_page(&entries, &[], &cursor).unwrap();
+}
+
+fn merge_users(state: &TenantState, users: &[u32]) {
+    let entries: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let user =
+                json!({"id": format!("u{u}"), "onPremisesSyncEnabled": true, "onPremisesSecurityIdentifier": sid(*u)});
+            parse_user(&user).unwrap()
+        })
+        .collect();
+    let cursor = Cursor { link: "delta".into(), full: false, complete: true, select: None };
+    state.merge_user_page(&entries, &[], &cursor).unwrap();
+}
+
+fn users(numbers: &[u32]) -> Memory {
+    let sids: Vec<String> = numbers.iter().map(|n| sid(*n)).collect();
+    Memory::with_users(&sids.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+async fn reconcile(sync: &TenantSync<'_>, directory: &mut Memory, options: CycleOptions) -> CycleReport {
+    let mut report = CycleReport::default();
+    sync.reconcile(directory, options, &mut report).await.expect("the reconcile runs");
+    sync.load_problems(&mut report.status).unwrap();
+    report
+}
+
+fn clock() -> Arc<TestClock> {
+    Arc::new(TestClock(AtomicU64::new(1_800_000_000)))
+}
+
+#[tokio::test]
+async fn groups_are_planned_a_batch_at_a_time_and_each_batch_is_checkpointed() {
+    let config = tenant("reconcile_batch = 2");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1]);
+    merge_groups(&sync.state, json!((1..=5).map(|n| group(n, &format!("G{n}"), &[1], &[])).collect::<Vec<_>>()));
+    let mut directory = users(&[1]);
+
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert_eq!(report.status.writes, 5);
+    assert_eq!(directory.lookups.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "batches of reconcile_batch");
+    assert!(sync.state.dirty().unwrap().is_empty(), "every applied group is clean");
+    for n in 1..=5 {
+        let anchor = sync.state.anchor(&id(n)).unwrap().expect("an anchor is recorded");
+        assert_eq!(Some(anchor.guid.as_str()), directory.by_id(&id(n)).map(|o| o.guid.as_str()));
+        assert_eq!(directory.members_of(&id(n)).len(), 1);
+    }
+    // Nothing changed: a second reconcile of every group writes nothing.
+    sync.state.mark_all_dirty().unwrap();
+    let before = directory.writes.len();
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert_eq!((report.status.writes, directory.writes.len()), (0, before));
+}
+
+#[tokio::test]
+async fn a_nested_group_that_a_later_batch_creates_is_linked_in_the_same_cycle() {
+    let config = tenant("reconcile_batch = 1");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    // Group 1 is planned first and holds group 2, which only the second batch creates.
+    merge_groups(&sync.state, json!([group(1, "Parent", &[], &[2]), group(2, "Child", &[], &[])]));
+    let mut directory = Memory::default();
+
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let child = directory.by_id(&id(2)).expect("the child is written").dn.clone();
+    assert_eq!(directory.members_of(&id(1)), [child]);
+    assert!(report.status.skipped_members.is_empty(), "{:?}", report.status.skipped_members);
+    assert!(sync.state.dirty().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn renames_and_deletes_wait_for_the_last_batch_and_deletes_over_the_threshold_are_held() {
+    let config = tenant("reconcile_batch = 1\ndelete_threshold = 1");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_groups(
+        &sync.state,
+        json!([group(1, "One", &[], &[]), group(2, "Two", &[], &[]), group(3, "Three", &[], &[])]),
+    );
+    let mut directory = Memory::default();
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+
+    // Group 1 is renamed, 2 and 3 are deleted, and group 4 is new.
+    let gone = |n: u32| json!({"id": id(n), "@removed": {"reason": "deleted"}});
+    merge_groups(
+        &sync.state,
+        json!([{"id": id(1), "displayName": "One renamed"}, gone(2), gone(3), group(4, "Four", &[], &[])]),
+    );
+    directory.writes.clear();
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let kinds: Vec<&str> = directory.writes.iter().map(|op| crate::plan::describe(op).0).collect();
+    let at = |kind: &str| kinds.iter().position(|k| *k == kind).unwrap_or_else(|| panic!("no {kind} in {kinds:?}"));
+    assert!(at("create") < at("rename"), "the rename waits for the end of the cycle, after a later batch: {kinds:?}");
+    assert!(!kinds.contains(&"delete"), "{kinds:?}");
+    let held: Vec<&str> = report.status.held_deletes.iter().map(|d| d.group_id.as_str()).collect();
+    assert_eq!(held, [id(2), id(3)], "two deletes are more than delete_threshold (1): both are held");
+    assert!(directory.by_id(&id(2)).is_some() && directory.by_id(&id(3)).is_some());
+    assert_eq!(sync.state.dirty().unwrap(), [id(2), id(3)], "held deletes stay pending");
+
+    let allowed = CycleOptions { allow_deletes: true, ..CycleOptions::default() };
+    reconcile(&sync, &mut directory, allowed).await;
+    assert!(directory.by_id(&id(2)).is_none() && directory.by_id(&id(3)).is_none());
+    assert!(sync.state.group(&id(2)).unwrap().is_none(), "a deleted group is forgotten");
+    assert!(sync.state.dirty().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_group_whose_writes_keep_failing_is_quarantined_at_the_third_cycle_and_the_others_go_on() {
+    let config = tenant("");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_groups(&sync.state, json!([group(1, "Refused", &[], &[]), group(2, "Fine", &[], &[])]));
+    let mut directory = Memory { refuse: [id(1)].into(), ..Memory::default() };
+
+    for attempt in 1..=3u32 {
+        let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+        let held = report.status.held_groups.iter().find(|h| h.group_id == id(1)).expect("held").reason.clone();
+        let problems: GroupProblems = sync.state.problems_of(&id(1)).unwrap().unwrap();
+        assert_eq!(problems.failures, attempt);
+        if attempt < 3 {
+            assert!(matches!(held, HeldReason::ApplyFailed { .. }), "{held:?}");
+            assert_eq!(sync.state.dirty().unwrap(), [id(1)], "a failed group stays pending");
+        } else {
+            assert_eq!(
+                held,
+                HeldReason::Quarantined { attempts: 3, cause: "unwilling to perform (LDAP result 53)".into() }
+            );
+            assert!(sync.state.dirty().unwrap().is_empty(), "a quarantined group leaves the pending set");
+        }
+    }
+    assert!(directory.by_id(&id(2)).is_some(), "the other group is written at the first cycle");
+    assert!(directory.by_id(&id(1)).is_none());
+}
+
+#[tokio::test]
+async fn member_removals_count_over_a_window_that_moves_with_the_clock() {
+    let config = tenant("member_removal_threshold = 2\nthreshold_window = \"1h\"");
+    let store = Store::temporary().unwrap();
+    let clock = clock();
+    let sync = sync_for(&config, &store, clock.clone());
+    merge_users(&sync.state, &[1, 2, 3]);
+    merge_groups(&sync.state, json!([group(1, "One", &[1, 2, 3], &[])]));
+    let mut directory = users(&[1, 2, 3]);
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+
+    let remove = |user: u32| json!([{"id": id(1), "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": format!("u{user}"), "@removed": {"reason": "deleted"}}]}]);
+    merge_groups(&sync.state, remove(1));
+    merge_groups(&sync.state, remove(2));
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert!(report.status.held_member_removals.is_empty(), "two removals are within the threshold");
+    assert_eq!(directory.members_of(&id(1)).len(), 1);
+
+    clock.0.fetch_add(1800, Ordering::SeqCst);
+    merge_groups(&sync.state, remove(3));
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert_eq!(report.status.held_member_removals.len(), 1, "a third removal within the hour is held");
+    assert_eq!(directory.members_of(&id(1)).len(), 1);
+    assert_eq!(sync.state.dirty().unwrap(), [id(1)], "held removals keep their group pending");
+
+    clock.0.fetch_add(3600, Ordering::SeqCst);
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert!(report.status.held_member_removals.is_empty(), "an hour later the first two left the window");
+    assert!(directory.members_of(&id(1)).is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_and_leaves_every_group_pending() {
+    let config = tenant("");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_groups(&sync.state, json!([group(1, "One", &[], &[]), group(2, "Two", &[], &[1])]));
+    let mut directory = Memory::default();
+    let mut report = CycleReport::default();
+    let dry = CycleOptions { dry_run: true, ..CycleOptions::default() };
+    sync.reconcile(&mut directory, dry, &mut report).await.unwrap();
+    assert!(directory.writes.is_empty());
+    assert_eq!(report.plan.iter().filter(|op| matches!(op, Op::Create { .. })).count(), 2, "{:?}", report.plan);
+    assert_eq!(sync.state.dirty().unwrap().len(), 2);
+}
