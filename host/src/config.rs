@@ -399,7 +399,7 @@ impl LeaseConfig {
             )));
         }
         if let Some(dn) = &self.dn
-            && crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty())
+            && !crate::dn::is_dn(dn)
         {
             return Err(ConfigError::Invalid(format!("tenant {tenant}: lease dn {dn:?} is not a distinguished name")));
         }
@@ -429,7 +429,7 @@ impl TenantConfig {
         }
         self.one_client_credential()?;
         for dn in &self.protected_groups {
-            if crate::dn::parse(dn).is_none_or(|rdns| rdns.is_empty()) {
+            if !crate::dn::is_dn(dn) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {name}: protected_groups entry {dn:?} is not a distinguished name"
                 )));
@@ -542,7 +542,7 @@ impl DirectoryConfig {
         if self.bind_dn.trim().is_empty() {
             return Err(ConfigError::Invalid(format!("tenant {tenant}: directory bind_dn is empty")));
         }
-        if crate::dn::parse(&self.target_ou).is_none_or(|rdns| rdns.is_empty()) {
+        if !crate::dn::is_dn(&self.target_ou) {
             return Err(ConfigError::Invalid(format!(
                 "tenant {tenant}: directory target_ou {:?} is not a distinguished name",
                 self.target_ou
@@ -576,14 +576,12 @@ impl PluginsConfig {
         }
         for ou in &self.allowed_ous {
             // A domain root would make every anchored group in the domain a candidate of this tenant.
-            if crate::dn::parse(ou).is_some_and(|rdns| {
-                !rdns.is_empty() && rdns.iter().flatten().all(|ava| ava.attr.eq_ignore_ascii_case("DC"))
-            }) {
+            if crate::dn::is_domain_root(ou) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {tenant}: allowed_ous entry {ou:?} is a domain root; name an OU"
                 )));
             }
-            if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
+            if !crate::dn::is_dn(ou) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {tenant}: allowed_ous entry {ou:?} is not a distinguished name"
                 )));

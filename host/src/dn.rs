@@ -25,6 +25,17 @@ pub fn child(cn: &str, parent: &str) -> String {
     format!("CN={},{}", escape_value(cn), parent)
 }
 
+/// Whether `text` is a distinguished name of at least one RDN.
+pub fn is_dn(text: &str) -> bool {
+    parse(text).is_some_and(|rdns| !rdns.is_empty())
+}
+
+/// Whether `dn` names a domain root (every RDN a `DC=`).
+pub fn is_domain_root(dn: &str) -> bool {
+    parse(dn)
+        .is_some_and(|rdns| !rdns.is_empty() && rdns.iter().flatten().all(|ava| ava.attr.eq_ignore_ascii_case("DC")))
+}
+
 /// Parses a string DN; `None` when it is not a valid RFC 4514 DN.
 pub fn parse(dn: &str) -> Option<Rdns> {
     let mut rdns = Vec::new();
@@ -178,6 +189,14 @@ pub fn is_within(dn: &str, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dn_has_an_rdn_and_a_domain_root_only_dcs() {
+        assert!(is_dn("OU=Groups,DC=corp,DC=example"));
+        assert!(!is_dn("") && !is_dn("not a dn"));
+        assert!(is_domain_root("DC=corp,DC=example") && is_domain_root("dc=corp"));
+        assert!(!is_domain_root("OU=Groups,DC=corp,DC=example") && !is_domain_root(""));
+    }
 
     #[test]
     fn specials_round_trip_through_escape_and_parse() {

@@ -129,7 +129,7 @@ impl GroupPolicy for BuiltinPolicy {
 pub fn check_placement(placement: &Placement, settings: &ModelSettings) -> Result<(), String> {
     naming::validate(placement).map_err(|e| e.to_string())?;
     let Some(ou) = &placement.ou else { return Ok(()) };
-    if crate::dn::parse(ou).is_none_or(|rdns| rdns.is_empty()) {
+    if !crate::dn::is_dn(ou) {
         return Err(format!("ou {ou:?} is not a distinguished name"));
     }
     let allowed =

@@ -124,7 +124,7 @@ impl StatusFile {
 
 impl TenantStatus {
     /// The counts the metrics export.
-    pub fn counts(&self) -> GroupCounts {
+    pub(crate) fn counts(&self) -> GroupCounts {
         let quarantined =
             self.held_groups.iter().filter(|h| matches!(h.reason, HeldReason::Quarantined { .. })).count();
         let mut skipped: BTreeMap<&'static str, usize> = SkipReason::LABELS.iter().map(|label| (*label, 0)).collect();

@@ -988,7 +988,7 @@ proptest! {
         let expected = expected_members_of(&pages);
         merge(&state, &pages, 0)?;
         check_members(&state, &["g"], &expected)?;
-        prop_assert_eq!(state.dirty().unwrap(), vec!["g".to_string()]);
+        prop_assert_eq!(state.pending().unwrap(), vec!["g".to_string()]);
         prop_assert_eq!(state.cursor(Resource::Groups).unwrap(), Some(cursor(pages.len() - 1)));
 
         merge(&state, &pages, replay_from.index(pages.len()))?;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use rand::Rng;
 
 use crate::dc::{AdObject, GroupEntry, TestDc, TestOu};
-use crate::graphsim::{GraphSim, SimConfig, User};
+use crate::graphsim::{GraphSim, Group, MemberRef, SimConfig, User, WritebackConfiguration};
 
 /// A fresh cloud object id in Graph's GUID form.
 pub fn new_id() -> String {
@@ -21,6 +21,14 @@ pub fn new_id() -> String {
         rng.random::<u16>() & 0xfff,
         rng.random::<u64>() & 0xffff_ffff_ffff
     )
+}
+
+/// A security group with writeback enabled and these users (by cloud id) as members, as most tests need.
+pub fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
+    let mut group = Group::security(id, name);
+    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    group.members = members.iter().map(|m| MemberRef::user(*m)).collect();
+    group
 }
 
 /// A loopback port free at the time of asking, for a daemon's `metrics_addr`.

@@ -189,12 +189,6 @@ impl GraphClient {
         })
     }
 
-    /// Replaces the retry policy (tests and benchmarks shorten it).
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
     /// Fetches a token now, to check credentials before any other work.
     pub async fn authenticate(&self) -> Result<(), GraphError> {
         self.token().await.map(|_| ())

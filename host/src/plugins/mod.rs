@@ -211,44 +211,49 @@ pub struct TenantPlugins {
     allowed_attributes: BTreeSet<String>,
 }
 
+/// What every plugin of a tenant is loaded with.
+struct Setup<'a> {
+    engine: &'a PluginEngine,
+    linker: &'a wasmtime::component::Linker<Sandbox>,
+    settings: &'a Arc<BTreeMap<String, String>>,
+    limits: CallLimits,
+}
+
+impl Setup<'_> {
+    /// Compiles (or takes from the cache) the component at `path` and prepares it for `world`.
+    fn plugin<P: Prepared>(
+        &self,
+        path: &Path,
+        world: &'static str,
+        wrap: fn(wasmtime::component::InstancePre<Sandbox>) -> wasmtime::Result<P>,
+    ) -> Result<Plugin<P>, PluginError> {
+        let not_world =
+            |e: wasmtime::Error| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") };
+        let component = self.engine.load(path)?;
+        let pre = wrap(self.linker.instantiate_pre(&component).map_err(not_world)?).map_err(not_world)?;
+        let name = plugin_name(path);
+        let calls = CallCounters::of(&name);
+        let (engine, config, limits) = (self.engine.engine().clone(), self.settings.clone(), self.limits);
+        Ok(Plugin { name, pre, engine, config, limits, warm: None, calls })
+    }
+}
+
 impl TenantPlugins {
     /// Loads (and compiles or takes from the cache) every plugin the tenant configures.
     pub fn load(engine: &PluginEngine, config: &PluginsConfig) -> Result<TenantPlugins, PluginError> {
         let settings = Arc::new(config.config.clone());
         let limits = CallLimits { timeout: config.timeout, memory_bytes: config.memory_limit_mib << 20 };
         let linker = engine.linker()?;
-        let prepare = |path: &Path, world: &'static str| {
-            let component = engine.load(path)?;
-            linker.instantiate_pre(&component).map_err(|e| PluginError::World {
-                path: path.to_path_buf(),
-                world,
-                cause: format!("{e:#}"),
-            })
+        let setup = Setup { engine, linker: &linker, settings: &settings, limits };
+        let naming = match &config.naming {
+            Some(path) => Some(setup.plugin(path, "naming-policy", NamingPolicyPre::new)?),
+            None => None,
         };
-        let plugin = |path: &Path| (plugin_name(path), engine.engine().clone(), settings.clone(), limits);
-        let naming =
-            match &config.naming {
-                Some(path) => {
-                    let pre = NamingPolicyPre::new(prepare(path, "naming-policy")?).map_err(|e| {
-                        PluginError::World { path: path.clone(), world: "naming-policy", cause: format!("{e:#}") }
-                    })?;
-                    let (name, engine, config, limits) = plugin(path);
-                    let calls = CallCounters::of(&name);
-                    Some(Plugin { name, pre, engine, config, limits, warm: None, calls })
-                }
-                None => None,
-            };
-        let mut transforms = Vec::new();
-        for path in &config.transforms {
-            let pre = TransformerPre::new(prepare(path, "transformer")?).map_err(|e| PluginError::World {
-                path: path.clone(),
-                world: "transformer",
-                cause: format!("{e:#}"),
-            })?;
-            let (name, engine, config, limits) = plugin(path);
-            let calls = CallCounters::of(&name);
-            transforms.push(Plugin { name, pre, engine, config, limits, warm: None, calls });
-        }
+        let transforms = config
+            .transforms
+            .iter()
+            .map(|path| setup.plugin(path, "transformer", TransformerPre::new))
+            .collect::<Result<_, _>>()?;
         let allowed_attributes = transform_attributes(config).into_iter().map(|a| a.to_lowercase()).collect();
         Ok(TenantPlugins { naming, transforms, allowed_attributes })
     }

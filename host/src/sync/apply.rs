@@ -13,7 +13,7 @@ use crate::status::{GroupProblem, HeldGroup};
 const JOURNAL_CHUNK: usize = 64;
 
 impl TenantSync<'_> {
-    /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay dirty). The
+    /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay pending). The
     /// operations of groups already in `failed` are skipped.
     pub(super) async fn apply<D: GroupDirectory>(
         &self,
@@ -166,7 +166,7 @@ impl TenantSync<'_> {
                 }
             }
             if !unsettled.contains(id) {
-                self.state.clear_dirty(id)?;
+                self.state.clear_pending(id)?;
             }
         }
         Ok(())

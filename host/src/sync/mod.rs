@@ -205,7 +205,7 @@ impl TenantSync<'_> {
             return Ok(report);
         }
         // A quiet daemon cycle has nothing to plan, so it does not even connect to the DC.
-        let quiet = options.lazy_directory && !options.full && (options.standby || self.state.dirty()?.is_empty());
+        let quiet = options.lazy_directory && !options.full && (options.standby || self.state.pending()?.is_empty());
         if !quiet {
             let password = self.config.directory.password(&self.config.name)?;
             let mut directory = Directory::connect(&self.config.directory, &password).await?;
@@ -224,7 +224,7 @@ impl TenantSync<'_> {
         if !options.dry_run && !options.standby {
             self.load_problems(&mut report.status)?;
         }
-        report.status.pending_groups = self.state.dirty()?.len();
+        report.status.pending_groups = self.state.pending()?.len();
         report.status.managed_groups = self.state.managed_count();
         report.status.last_cycle = self.clock.now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
@@ -260,7 +260,7 @@ impl TenantSync<'_> {
         if stored != Some(current) {
             if stored.is_some() {
                 tracing::info!(tenant = %self.config.name, current, "the tenant's NewUnifiedGroupWritebackDefault changed; planning every group again");
-                self.state.mark_all_dirty()?;
+                self.state.mark_all_pending()?;
             }
             self.state.set_m365_default(current)?;
         }
@@ -287,7 +287,7 @@ impl TenantSync<'_> {
         if previous.as_deref() != Some(current.as_str()) {
             if previous.is_some() {
                 tracing::info!(tenant = %self.config.name, "the plugins or their settings changed; planning every group again");
-                self.state.mark_all_dirty()?;
+                self.state.mark_all_pending()?;
             }
             self.state.set_policy_fingerprint(&current)?;
         }

@@ -66,7 +66,7 @@ impl TenantSync<'_> {
         problems.failures = self.state.problems_of(id)?.map_or(0, |p| p.failures) + 1;
         if problems.failures >= QUARANTINE_AFTER {
             problems.held = Some(HeldReason::Quarantined { attempts: problems.failures, cause: cause.clone() });
-            self.state.clear_dirty(id)?;
+            self.state.clear_pending(id)?;
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ impl TenantSync<'_> {
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         let settings = self.model_settings(directory.schema());
-        let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.dirty()? };
+        let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.pending()? };
         ids.sort_unstable();
         self.progress.planning(ids.len());
         let mut carry = Carry::default();

@@ -359,14 +359,14 @@ async fn groups_are_planned_a_batch_at_a_time_and_each_batch_is_checkpointed() {
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
     assert_eq!(report.status.writes, 5);
     assert_eq!(directory.lookups.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1], "batches of reconcile_batch");
-    assert!(sync.state.dirty().unwrap().is_empty(), "every applied group is clean");
+    assert!(sync.state.pending().unwrap().is_empty(), "every applied group is clean");
     for n in 1..=5 {
         let anchor = sync.state.anchor(&id(n)).unwrap().expect("an anchor is recorded");
         assert_eq!(Some(anchor.guid.as_str()), directory.by_id(&id(n)).map(|o| o.guid.as_str()));
         assert_eq!(directory.members_of(&id(n)).len(), 1);
     }
     // Nothing changed: a second reconcile of every group writes nothing.
-    sync.state.mark_all_dirty().unwrap();
+    sync.state.mark_all_pending().unwrap();
     let before = directory.writes.len();
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
     assert_eq!((report.status.writes, directory.writes.len()), (0, before));
@@ -385,7 +385,7 @@ async fn a_nested_group_that_a_later_batch_creates_is_linked_in_the_same_cycle()
     let child = directory.by_id(&id(2)).expect("the child is written").dn.clone();
     assert_eq!(directory.members_of(&id(1)), [child]);
     assert!(report.status.skipped_members.is_empty(), "{:?}", report.status.skipped_members);
-    assert!(sync.state.dirty().unwrap().is_empty());
+    assert!(sync.state.pending().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -415,13 +415,13 @@ async fn renames_and_deletes_wait_for_the_last_batch_and_deletes_over_the_thresh
     let held: Vec<&str> = report.status.held_deletes.iter().map(|d| d.group_id.as_str()).collect();
     assert_eq!(held, [id(2), id(3)], "two deletes are more than delete_threshold (1): both are held");
     assert!(directory.by_id(&id(2)).is_some() && directory.by_id(&id(3)).is_some());
-    assert_eq!(sync.state.dirty().unwrap(), [id(2), id(3)], "held deletes stay pending");
+    assert_eq!(sync.state.pending().unwrap(), [id(2), id(3)], "held deletes stay pending");
 
     let allowed = CycleOptions { allow_deletes: true, ..CycleOptions::default() };
     reconcile(&sync, &mut directory, allowed).await;
     assert!(directory.by_id(&id(2)).is_none() && directory.by_id(&id(3)).is_none());
     assert!(sync.state.group(&id(2)).unwrap().is_none(), "a deleted group is forgotten");
-    assert!(sync.state.dirty().unwrap().is_empty());
+    assert!(sync.state.pending().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -439,13 +439,13 @@ async fn a_group_whose_writes_keep_failing_is_quarantined_at_the_third_cycle_and
         assert_eq!(problems.failures, attempt);
         if attempt < 3 {
             assert!(matches!(held, HeldReason::ApplyFailed { .. }), "{held:?}");
-            assert_eq!(sync.state.dirty().unwrap(), [id(1)], "a failed group stays pending");
+            assert_eq!(sync.state.pending().unwrap(), [id(1)], "a failed group stays pending");
         } else {
             assert_eq!(
                 held,
                 HeldReason::Quarantined { attempts: 3, cause: "unwilling to perform (LDAP result 53)".into() }
             );
-            assert!(sync.state.dirty().unwrap().is_empty(), "a quarantined group leaves the pending set");
+            assert!(sync.state.pending().unwrap().is_empty(), "a quarantined group leaves the pending set");
         }
     }
     assert!(directory.by_id(&id(2)).is_some(), "the other group is written at the first cycle");
@@ -475,7 +475,7 @@ async fn member_removals_count_over_a_window_that_moves_with_the_clock() {
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
     assert_eq!(report.status.held_member_removals.len(), 1, "a third removal within the hour is held");
     assert_eq!(directory.members_of(&id(1)).len(), 1);
-    assert_eq!(sync.state.dirty().unwrap(), [id(1)], "held removals keep their group pending");
+    assert_eq!(sync.state.pending().unwrap(), [id(1)], "held removals keep their group pending");
 
     clock.0.fetch_add(3600, Ordering::SeqCst);
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
@@ -495,5 +495,5 @@ async fn a_dry_run_writes_nothing_and_leaves_every_group_pending() {
     sync.reconcile(&mut directory, dry, &mut report).await.unwrap();
     assert!(directory.writes.is_empty());
     assert_eq!(report.plan.iter().filter(|op| matches!(op, Op::Create { .. })).count(), 2, "{:?}", report.plan);
-    assert_eq!(sync.state.dirty().unwrap().len(), 2);
+    assert_eq!(sync.state.pending().unwrap().len(), 2);
 }

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use writeback_tests::e2e::{Env, new_id, writeback_bin};
-use writeback_tests::graphsim::{Group, GroupPatch, MemberRef, SimConfig, WritebackConfiguration};
+use writeback_tests::e2e::{Env, enabled_group, new_id, writeback_bin};
+use writeback_tests::graphsim::{GroupPatch, MemberRef, SimConfig};
 
 const GROUPS: usize = 240;
 const USERS: usize = 200;
@@ -52,13 +52,6 @@ fn steps(base: u64, count: usize) -> impl Iterator<Item = u64> {
     (0..count as u64).map(move |i| base + (i * 7) % 11).chain(std::iter::repeat(u64::MAX))
 }
 
-fn writeback_group(id: &str, name: &str, members: &[String]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g.members = members.iter().map(MemberRef::user).collect();
-    g
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -> Result<()> {
     let config = SimConfig { page_size: 40, members_per_entry: 25, ..SimConfig::default() };
@@ -72,7 +65,13 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
     let ids: Vec<String> = (0..GROUPS).map(|_| new_id()).collect();
     for (g, id) in ids.iter().enumerate() {
         let members: Vec<String> = (0..MEMBERS_PER_GROUP).map(|k| users[(g * 7 + k * 13) % USERS].0.clone()).collect();
-        env.sim.add_group(writeback_group(id, &format!("Crash {g:03}"), &members)).unwrap();
+        env.sim
+            .add_group(enabled_group(
+                id,
+                &format!("Crash {g:03}"),
+                &members.iter().map(String::as_str).collect::<Vec<_>>(),
+            ))
+            .unwrap();
     }
 
     let initial_kills = kill_until_done(&env, steps(6, 32)).await?;
@@ -91,7 +90,7 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
         .unwrap();
     }
     for (g, user) in users.iter().take(15).enumerate() {
-        env.sim.add_group(writeback_group(&new_id(), &format!("Late {g:02}"), std::slice::from_ref(&user.0))).unwrap();
+        env.sim.add_group(enabled_group(&new_id(), &format!("Late {g:02}"), &[user.0.as_str()])).unwrap();
     }
     let delta_kills = kill_until_done(&env, steps(1, 24)).await?;
     println!("killed {initial_kills} times during the initial sync and {delta_kills} times during delta cycles");

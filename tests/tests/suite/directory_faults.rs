@@ -3,15 +3,9 @@
 //! never a lost or doubled write.
 
 use writeback_tests::agents::{add_groups, converged, world};
-use writeback_tests::e2e::{Env, new_id, text};
-use writeback_tests::graphsim::{Group, GroupPatch, WritebackConfiguration};
+use writeback_tests::e2e::{Env, enabled_group, new_id, text};
+use writeback_tests::graphsim::{Group, GroupPatch};
 use writeback_tests::ldap_proxy::{BUSY, Fault, FaultProxy, UNAVAILABLE};
-
-fn enabled(id: &str, name: &str) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g
-}
 
 #[tokio::test]
 async fn a_group_that_keeps_failing_is_quarantined_and_the_others_go_on() -> anyhow::Result<()> {
@@ -22,7 +16,7 @@ async fn a_group_that_keeps_failing_is_quarantined_and_the_others_go_on() -> any
     g.proxy_addresses = vec![format!("smtp:{}@contoso.com", "x".repeat(2000))];
     env.sim.add_group(g).unwrap();
     let good = new_id();
-    env.sim.add_group(enabled(&good, "Healthy")).unwrap();
+    env.sim.add_group(enabled_group(&good, "Healthy", &[])).unwrap();
 
     let attempts = |audit: &[writeback::state::AuditRecord]| audit.iter().filter(|r| r.group_id == bad).count();
     for round in 1..=3 {
@@ -124,7 +118,7 @@ async fn members_answered_in_ranges_as_windows_ad_does_are_read_whole() -> anyho
         users.push(env.synced_user(&format!("ranged-u{i}")).await?.0);
     }
     let id = new_id();
-    let mut g = enabled(&id, "Ranged");
+    let mut g = enabled_group(&id, "Ranged", &[]);
     g.members = users[..5].iter().map(writeback_tests::graphsim::MemberRef::user).collect();
     env.sim.add_group(g).unwrap();
     env.sync(&[]).await?;

@@ -2,17 +2,8 @@
 //! delta, resyncs, stored links Graph refuses, throttling (and a stop during a long wait), token refresh,
 //! malformed pages and bodies past the size limit.
 
-use writeback_tests::e2e::{Env, new_id, text};
-use writeback_tests::graphsim::{
-    Endpoint, Fault, FaultKind, FaultTarget, Group, MemberRef, SimConfig, UserPatch, WritebackConfiguration,
-};
-
-fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    g
-}
+use writeback_tests::e2e::{Env, enabled_group, new_id, text};
+use writeback_tests::graphsim::{Endpoint, Fault, FaultKind, FaultTarget, Group, MemberRef, SimConfig, UserPatch};
 
 fn fault(target: FaultTarget, kind: FaultKind) -> Fault {
     Fault { target, kind }

@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 use writeback_tests::agents::share_tenant;
-use writeback_tests::e2e::{Env, new_id, text, toml_escape};
-use writeback_tests::graphsim::{Group, GroupPatch, MemberRef, WritebackConfiguration};
+use writeback_tests::e2e::{Env, enabled_group, new_id, text, toml_escape};
+use writeback_tests::graphsim::GroupPatch;
 
 /// The `group` and `container` schema classes.
 const GROUP_CLASS: &str = "bf967a9c-0de6-11d0-a285-00aa003049e2";
@@ -39,13 +39,6 @@ async fn delegated_world(name: &str) -> Result<(Env, String)> {
     Ok((env, account.sid))
 }
 
-fn writeback_group(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut group = Group::security(id, name);
-    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    group.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    group
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegated_account_with_the_documented_rights_does_everything() -> Result<()> {
     let (env, sid) = delegated_world("least-priv").await?;
@@ -53,8 +46,8 @@ async fn a_delegated_account_with_the_documented_rights_does_everything() -> Res
     let (alice, _) = env.synced_user("lp-alice").await?;
     let (bob, _) = env.synced_user("lp-bob").await?;
     let (keep, gone) = (new_id(), new_id());
-    env.sim.add_group(writeback_group(&keep, "Keep", &[&alice, &bob])).unwrap();
-    env.sim.add_group(writeback_group(&gone, "Gone", &[&alice])).unwrap();
+    env.sim.add_group(enabled_group(&keep, "Keep", &[&alice, &bob])).unwrap();
+    env.sim.add_group(enabled_group(&gone, "Gone", &[&alice])).unwrap();
     env.sync(&[]).await?;
     assert_eq!(env.group(&keep).await?.expect("created").members.len(), 2);
 
@@ -80,7 +73,7 @@ async fn a_delegated_account_with_the_documented_rights_does_everything() -> Res
 async fn the_same_account_without_the_rights_is_refused_with_the_cause() -> Result<()> {
     let (env, _) = delegated_world("least-priv-none").await?;
     let (alice, _) = env.synced_user("lpn-alice").await?;
-    env.sim.add_group(writeback_group(&new_id(), "Denied", &[&alice])).unwrap();
+    env.sim.add_group(enabled_group(&new_id(), "Denied", &[&alice])).unwrap();
     let output = env.run(&["sync", "--once"]).await?;
     assert!(!output.status.success());
     let stderr = text(&output.stderr);

@@ -3,15 +3,8 @@
 
 use std::time::Duration;
 
-use writeback_tests::e2e::{Env, free_port, new_id, text};
+use writeback_tests::e2e::{Env, enabled_group, free_port, new_id, text};
 use writeback_tests::graphsim::{Fault, FaultKind, FaultTarget, Group, MemberRef, WritebackConfiguration};
-
-fn enabled(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    g
-}
 
 /// The value of one sample line of the metrics text, if present.
 fn sample(metrics: &str, line_start: &str) -> Option<f64> {
@@ -28,7 +21,7 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
     let (u1, _) = env.synced_user("metrics-u1").await?;
     let cloud_only = new_id();
     env.sim.add_user(writeback_tests::graphsim::User::cloud(cloud_only.clone(), "c@contoso.com")).unwrap();
-    env.sim.add_group(enabled(&new_id(), "Measured", &[&u1, &cloud_only])).unwrap();
+    env.sim.add_group(enabled_group(&new_id(), "Measured", &[&u1, &cloud_only])).unwrap();
     let _daemon = env.start_daemon()?;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
@@ -115,9 +108,9 @@ async fn plan_and_status_print_json_with_typed_reasons() -> anyhow::Result<()> {
     let cloud_only = new_id();
     env.sim.add_user(writeback_tests::graphsim::User::cloud(cloud_only.clone(), "j@contoso.com")).unwrap();
     let (written, odd) = (new_id(), new_id());
-    env.sim.add_group(enabled(&written, "Json Written", &[&u1, &cloud_only])).unwrap();
+    env.sim.add_group(enabled_group(&written, "Json Written", &[&u1, &cloud_only])).unwrap();
     // A type Graph may add one day: the group is held, with the reason.
-    let mut future = enabled(&odd, "Json Future Type", &[]);
+    let mut future = enabled_group(&odd, "Json Future Type", &[]);
     future.writeback =
         Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("futureGroup".into()) });
     env.sim.add_group(future).unwrap();
@@ -154,8 +147,8 @@ async fn the_audit_log_prints_as_filtered_json_lines() -> anyhow::Result<()> {
     let env = Env::new("audit").await?;
     let (u1, _) = env.synced_user("audit-u1").await?;
     let (a, b) = (new_id(), new_id());
-    env.sim.add_group(enabled(&a, "Audited A", &[&u1])).unwrap();
-    env.sim.add_group(enabled(&b, "Audited B", &[])).unwrap();
+    env.sim.add_group(enabled_group(&a, "Audited A", &[&u1])).unwrap();
+    env.sim.add_group(enabled_group(&b, "Audited B", &[])).unwrap();
     env.sync(&[]).await?;
     let output = env.run(&["audit"]).await?;
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -216,7 +209,7 @@ async fn doctor_passes_a_good_setup_and_names_the_fix_for_a_broken_one() -> anyh
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_cycle_span() -> anyhow::Result<()> {
     let env = Env::new("json-logs").await?;
-    env.sim.add_group(enabled(&new_id(), "Logged", &[])).unwrap();
+    env.sim.add_group(enabled_group(&new_id(), "Logged", &[])).unwrap();
     let mut command = std::process::Command::new(writeback_tests::e2e::writeback_bin()?);
     command.args(["--log-format", "json", "--config"]).arg(&env.config_path).args(["sync", "--once"]);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;

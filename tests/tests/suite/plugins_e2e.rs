@@ -3,14 +3,7 @@
 use std::time::Duration;
 
 use writeback_tests::agents::{Agent, until};
-use writeback_tests::e2e::{Env, new_id, plugin_wasm, text, toml_escape, writeback_bin};
-use writeback_tests::graphsim::{Group, WritebackConfiguration};
-
-fn enabled(id: &str, name: &str) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g
-}
+use writeback_tests::e2e::{Env, enabled_group, new_id, plugin_wasm, text, toml_escape, writeback_bin};
 
 fn wasm(name: &str) -> String {
     toml_escape(&plugin_wasm(name).unwrap().display().to_string())
@@ -27,11 +20,11 @@ async fn department_routing_and_provenance_notes_land_in_ad() -> anyhow::Result<
         toml_escape(&finance)
     ))?;
     let (payroll, marketing, scratch) = (new_id(), new_id(), new_id());
-    let mut g = enabled(&payroll, "FIN-Payroll");
+    let mut g = enabled_group(&payroll, "FIN-Payroll", &[]);
     g.mail_nickname = Some("fin-payroll".into());
     env.sim.add_group(g).unwrap();
-    env.sim.add_group(enabled(&marketing, "Marketing")).unwrap();
-    env.sim.add_group(enabled(&scratch, "Scratch space")).unwrap();
+    env.sim.add_group(enabled_group(&marketing, "Marketing", &[])).unwrap();
+    env.sim.add_group(enabled_group(&scratch, "Scratch space", &[])).unwrap();
     env.sync(&[]).await?;
 
     let routed = env.group(&payroll).await?.expect("routed group written");
@@ -59,7 +52,7 @@ async fn what_a_transform_wrote_is_read_back_so_a_full_reconcile_writes_nothing_
     };
     env.append_config(&plugin("Entra group {id}"))?;
     let id = new_id();
-    env.sim.add_group(enabled(&id, "Noted")).unwrap();
+    env.sim.add_group(enabled_group(&id, "Noted", &[])).unwrap();
     env.sync(&[]).await?;
     let written = env.group(&id).await?.expect("written");
     let info = env.dc.entry(&written.dn, &["info"]).await?.unwrap();
@@ -85,8 +78,8 @@ async fn a_failing_plugin_holds_one_group_and_the_others_go_on() -> anyhow::Resu
     let mut env = Env::new("plug-fail").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("panics")))?;
     let (bad, good) = (new_id(), new_id());
-    env.sim.add_group(enabled(&bad, "boom")).unwrap();
-    env.sim.add_group(enabled(&good, "Fine")).unwrap();
+    env.sim.add_group(enabled_group(&bad, "boom", &[])).unwrap();
+    env.sim.add_group(enabled_group(&good, "Fine", &[])).unwrap();
     let output = env.sync(&[]).await?;
     assert!(env.group(&good).await?.is_some());
     assert!(env.group(&bad).await?.is_none(), "nothing of the failed group is written, under no other name");
@@ -102,8 +95,8 @@ async fn a_plugin_that_sleeps_holds_its_group_and_the_sync_ends() -> anyhow::Res
     let mut env = Env::new("plug-sleep").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("sleeper")))?;
     let (sleepy, awake) = (new_id(), new_id());
-    env.sim.add_group(enabled(&sleepy, "sleep well")).unwrap();
-    env.sim.add_group(enabled(&awake, "Awake")).unwrap();
+    env.sim.add_group(enabled_group(&sleepy, "sleep well", &[])).unwrap();
+    env.sim.add_group(enabled_group(&awake, "Awake", &[])).unwrap();
     // The plugin asks for an hour; the sync must end at the plugin's timeout instead.
     env.sync(&[]).await?;
     assert!(env.group(&awake).await?.is_some());
@@ -118,7 +111,7 @@ async fn placements_outside_the_allowed_ous_are_held() -> anyhow::Result<()> {
     let mut env = Env::new("plug-escape").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("escape_ou")))?;
     let id = new_id();
-    env.sim.add_group(enabled(&id, "Escapee")).unwrap();
+    env.sim.add_group(enabled_group(&id, "Escapee", &[])).unwrap();
     env.sync(&[]).await?;
     assert!(env.groups().await?.is_empty());
     let status = text(&env.run(&["status"]).await?.stdout);
@@ -130,7 +123,7 @@ async fn placements_outside_the_allowed_ous_are_held() -> anyhow::Result<()> {
 async fn plugin_output_reaches_the_log_tagged_with_its_name() -> anyhow::Result<()> {
     let mut env = Env::new("plug-chatty").await?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("chatty")))?;
-    env.sim.add_group(enabled(&new_id(), "Talkative")).unwrap();
+    env.sim.add_group(enabled_group(&new_id(), "Talkative", &[])).unwrap();
     let stderr = text(&env.sync(&[]).await?.stderr);
     for line in ["chatty-stdout", "chatty-stderr", "chatty-log"] {
         let found = stderr.lines().find(|l| l.contains(line)).unwrap_or_else(|| panic!("{line} missing: {stderr}"));
@@ -145,7 +138,7 @@ async fn renames_by_a_new_plugin_version_over_the_threshold_are_held() -> anyhow
     env.tenant_settings("rename_threshold = 1")?;
     let ids = [new_id(), new_id()];
     for (i, id) in ids.iter().enumerate() {
-        env.sim.add_group(enabled(id, &format!("Team {i}"))).unwrap();
+        env.sim.add_group(enabled_group(id, &format!("Team {i}"), &[])).unwrap();
     }
     env.sync(&[]).await?;
     let before: Vec<String> = env.groups().await?.into_iter().map(|g| g.cn).collect();
@@ -175,8 +168,8 @@ async fn two_tenants_use_different_naming_plugins_in_one_agent() -> anyhow::Resu
     first.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("cloud_sync_naming")))?;
     second.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("suffix_v2")))?;
     let (a, b) = (new_id(), new_id());
-    first.sim.add_group(enabled(&a, "Alpha")).unwrap();
-    second.sim.add_group(enabled(&b, "Beta")).unwrap();
+    first.sim.add_group(enabled_group(&a, "Alpha", &[])).unwrap();
+    second.sim.add_group(enabled_group(&b, "Beta", &[])).unwrap();
     // One agent, both tenants: the first world's [agent] table and both [[tenant]] blocks.
     let config = std::fs::read_to_string(&first.config_path)?;
     let agent = config.split("[[tenant]]").next().unwrap().to_string();
@@ -200,7 +193,7 @@ async fn a_plugin_replaced_during_run_is_checked_before_it_is_used() -> anyhow::
     std::fs::copy(plugin_wasm("cloud_sync_naming")?, &live)?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
     let first = new_id();
-    env.sim.add_group(enabled(&first, "Before")).unwrap();
+    env.sim.add_group(enabled_group(&first, "Before", &[])).unwrap();
     let daemon = env.start_daemon()?;
     env.eventually(Duration::from_secs(20), || async { Ok(env.group(&first).await?.is_some()) }).await?;
 
@@ -209,7 +202,7 @@ async fn a_plugin_replaced_during_run_is_checked_before_it_is_used() -> anyhow::
     env.eventually(Duration::from_secs(20), || async { Ok(env.daemon_log().contains("keeping the current plugins")) })
         .await?;
     let second = new_id();
-    env.sim.add_group(enabled(&second, "During")).unwrap();
+    env.sim.add_group(enabled_group(&second, "During", &[])).unwrap();
     env.eventually(Duration::from_secs(20), || async {
         Ok(env.group(&second).await?.is_some_and(|g| g.cn.starts_with("During_")))
     })
@@ -240,11 +233,11 @@ async fn a_new_version_is_not_refused_for_what_the_current_one_refuses_or_fails_
     std::fs::copy(plugin_wasm("panics")?, &live)?;
     env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
     let (fine, failing, refused) = (new_id(), new_id(), new_id());
-    env.sim.add_group(enabled(&fine, "Before")).unwrap();
+    env.sim.add_group(enabled_group(&fine, "Before", &[])).unwrap();
     // `panics` traps on this one, and `sleeper` is stopped on it: a failure under both versions.
-    env.sim.add_group(enabled(&failing, "boom sleep")).unwrap();
+    env.sim.add_group(enabled_group(&failing, "boom sleep", &[])).unwrap();
     // The naming rules of every version refuse a control character: a policy's answer, not a fault.
-    env.sim.add_group(enabled(&refused, "tab\there")).unwrap();
+    env.sim.add_group(enabled_group(&refused, "tab\there", &[])).unwrap();
     let daemon = env.start_daemon()?;
     env.eventually(Duration::from_secs(20), || async { Ok(env.group(&fine).await?.is_some()) }).await?;
 
@@ -303,8 +296,8 @@ async fn a_tenant_whose_plugin_does_not_load_is_held_while_the_other_tenants_run
     std::fs::write(&live, b"\0asm this is not a component")?;
     broken.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", toml_escape(&live.display().to_string())))?;
     let (a, b) = (new_id(), new_id());
-    broken.sim.add_group(enabled(&a, "Alpha")).unwrap();
-    healthy.sim.add_group(enabled(&b, "Beta")).unwrap();
+    broken.sim.add_group(enabled_group(&a, "Alpha", &[])).unwrap();
+    healthy.sim.add_group(enabled_group(&b, "Beta", &[])).unwrap();
     let tenants = format!("{}\n{}", broken.tenant_block("alpha")?, healthy.tenant_block("beta")?);
     let mut agent = Agent::new(broken.dir.path(), "agent", &tenants)?;
     agent.start()?;

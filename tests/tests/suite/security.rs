@@ -5,15 +5,8 @@ use std::collections::HashSet;
 
 use ldap3::Mod;
 use writeback_tests::dc::UNIVERSAL_SECURITY;
-use writeback_tests::e2e::{Env, new_id, text};
-use writeback_tests::graphsim::{Group, MemberRef, WritebackConfiguration};
-
-fn enabled(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    g
-}
+use writeback_tests::e2e::{Env, enabled_group, new_id, text};
+use writeback_tests::graphsim::MemberRef;
 
 #[tokio::test]
 async fn members_are_not_added_to_groups_nested_in_protected_groups() -> anyhow::Result<()> {
@@ -21,8 +14,8 @@ async fn members_are_not_added_to_groups_nested_in_protected_groups() -> anyhow:
     let (u1, _) = env.synced_user("prot-u1").await?;
     let (u2, u2_ad) = env.synced_user("prot-u2").await?;
     let (id, listed_id) = (new_id(), new_id());
-    env.sim.add_group(enabled(&id, "Helpdesk", &[&u1])).unwrap();
-    env.sim.add_group(enabled(&listed_id, "Listed", &[&u1])).unwrap();
+    env.sim.add_group(enabled_group(&id, "Helpdesk", &[&u1])).unwrap();
+    env.sim.add_group(enabled_group(&listed_id, "Listed", &[&u1])).unwrap();
     env.sync(&[]).await?;
     let group = env.group(&id).await?.unwrap();
     let listed = env.group(&listed_id).await?.unwrap();
@@ -114,7 +107,7 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
     ];
     let ids: Vec<String> = names.iter().map(|_| new_id()).collect();
     for (id, name) in ids.iter().zip(names) {
-        env.sim.add_group(enabled(id, name, &[])).unwrap();
+        env.sim.add_group(enabled_group(id, name, &[])).unwrap();
     }
     let base = env.dc.info().base_dn.clone();
     let well_known = [
@@ -166,7 +159,7 @@ async fn hostile_display_names_are_written_exactly_or_refused() -> anyhow::Resul
 async fn secrets_never_appear_in_any_output() -> anyhow::Result<()> {
     let env = Env::new("secrets").await?;
     let (u1, _) = env.synced_user("secret-u1").await?;
-    env.sim.add_group(enabled(&new_id(), "Secretive", &[&u1])).unwrap();
+    env.sim.add_group(enabled_group(&new_id(), "Secretive", &[&u1])).unwrap();
     let mut outputs = Vec::new();
     for args in [&["plan"][..], &["sync", "--once"], &["status"], &["sync", "--once", "--full"]] {
         let output = env.run(args).await?;

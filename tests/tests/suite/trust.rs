@@ -3,15 +3,8 @@
 //! test drives the real binary against the Samba DC.
 
 use serde_json::json;
-use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::e2e::{Env, enabled_group, new_id, text};
 use writeback_tests::graphsim::{Fault, FaultKind, FaultTarget, Group, GroupPatch, MemberRef, WritebackConfiguration};
-
-fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
-    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    g
-}
 
 /// Expires the delta tokens the way Graph does after a week: the next request answers 410.
 fn resync(env: &Env) {

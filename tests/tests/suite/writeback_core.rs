@@ -2,7 +2,7 @@
 //! Samba DC.
 
 use writeback_tests::dc::GroupEntry;
-use writeback_tests::e2e::{Env, new_id, text};
+use writeback_tests::e2e::{Env, enabled_group, new_id, text};
 use writeback_tests::graphsim::{Group, MemberRef, WritebackConfiguration};
 
 fn writeback(enabled: Option<bool>, kind: Option<&str>) -> Option<WritebackConfiguration> {
@@ -145,13 +145,6 @@ async fn tenant_limits_a_one_shot_sync_to_the_named_tenant() -> anyhow::Result<(
     assert!(!unknown.status.success());
     assert!(text(&unknown.stderr).contains("nobody"), "{}", text(&unknown.stderr));
     Ok(())
-}
-
-fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
-    let mut g = Group::security(id, name);
-    g.writeback = writeback(Some(true), None);
-    g.members = members.iter().map(|m| MemberRef::user(*m)).collect();
-    g
 }
 
 #[tokio::test]

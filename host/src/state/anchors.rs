@@ -1,0 +1,34 @@
+//! Where each managed group was last seen in AD: a hint for reads, never a licence to write.
+
+use super::*;
+
+/// Where a managed group was last seen in AD: a hint for reads, never a licence to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub guid: String,
+    pub sid: Option<String>,
+    pub dn: String,
+}
+
+impl TenantState {
+    /// Where a managed group was last seen in AD.
+    pub fn anchor(&self, id: &str) -> Result<Option<Anchor>, StateError> {
+        self.get(&key("a", &[id]))
+    }
+
+    /// Every recorded anchor.
+    pub fn anchors(&self) -> Result<BTreeMap<String, Anchor>, StateError> {
+        let mut anchors = BTreeMap::new();
+        for item in self.tree.scan_prefix(b"a\0") {
+            let (k, v) = item?;
+            anchors.insert(key_tail(&k, 2), self.decode(&k, &v)?);
+        }
+        Ok(anchors)
+    }
+
+    /// Records where a managed group lives.
+    pub fn set_anchor(&self, id: &str, anchor: &Anchor) -> Result<(), StateError> {
+        self.tree.insert(key("a", &[id]), encode(anchor))?;
+        Ok(())
+    }
+}

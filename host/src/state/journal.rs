@@ -1,0 +1,87 @@
+//! The audit log of directory writes, and the journal of writes sent or about to be sent.
+
+use super::*;
+
+/// One directory write, as recorded in the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub tenant: String,
+    pub group_id: String,
+    /// `create`, `rename`, `modify`, `add-members`, `remove-members` or `delete`.
+    pub operation: String,
+    pub dn: String,
+    pub detail: String,
+    /// `ok`, or the error.
+    pub outcome: String,
+}
+
+impl TenantState {
+    /// Appends a record to the audit log.
+    pub fn audit(&self, record: &AuditRecord) -> Result<(), StateError> {
+        let seq = self.db.generate_id()?;
+        self.audit.insert(seq.to_be_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    /// Records writes about to be sent. The caller flushes before sending them, so that a crash between a
+    /// write and its audit record still leaves the write accounted for. Returns one key per record.
+    pub fn journal(&self, records: &[AuditRecord]) -> Result<Vec<u64>, StateError> {
+        let mut keys = Vec::with_capacity(records.len());
+        let mut batch = sled::Batch::default();
+        for record in records {
+            let key = self.db.generate_id()?;
+            batch.insert(&key.to_be_bytes(), encode(record));
+            keys.push(key);
+        }
+        self.journal.apply_batch(batch)?;
+        Ok(keys)
+    }
+
+    /// Files a journaled write's outcome in the audit log, in one transaction with removing its intent.
+    pub fn settle(&self, key: u64, outcome: Option<&AuditRecord>) -> Result<(), StateError> {
+        use sled::Transactional;
+        let encoded = outcome.map(encode);
+        (&self.audit, &self.journal)
+            .transaction(|(audit, journal)| {
+                if let Some(record) = &encoded {
+                    audit.insert(&key.to_be_bytes(), record.clone())?;
+                }
+                journal.remove(&key.to_be_bytes())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StateError::Store(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StateError::Store(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })
+    }
+
+    /// Files the intents a crash left behind as writes whose outcome is unknown; the cycle that follows
+    /// reads the directory, so whatever they did is reconciled. Returns how many there were.
+    pub fn file_interrupted(&self) -> Result<usize, StateError> {
+        let mut filed = 0;
+        for item in self.journal.iter() {
+            let (k, v) = item?;
+            let mut record: AuditRecord = self.decode(&k, &v)?;
+            record.outcome =
+                "interrupted: the agent stopped before the outcome was recorded; the next cycle reconciled it".into();
+            let key = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            self.settle(key, Some(&record))?;
+            filed += 1;
+        }
+        Ok(filed)
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditRecord>, StateError> {
+        let mut records = Vec::new();
+        for item in self.audit.iter() {
+            let (k, v) = item?;
+            records.push(self.decode(&k, &v)?);
+        }
+        Ok(records)
+    }
+}
