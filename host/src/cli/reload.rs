@@ -63,11 +63,14 @@ pub fn reload_if_changed(sync: &TenantSync, engine: &PluginEngine, seen: &mut Fi
         return;
     }
     // Remember this version either way, so a broken file is reported once, not every cycle.
-    let fingerprint = now.0.clone();
     *seen = now;
     let tenant = &sync.config.name;
     let mut candidate = match TenantPlugins::load(engine, plugins) {
         Ok(candidate) => candidate,
+        Err(e) if sync.policy.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_unloaded() => {
+            tracing::warn!(tenant = %tenant, "the tenant's plugins still do not load, and its groups stay held: {e}");
+            return;
+        }
         Err(e) => {
             tracing::warn!(tenant = %tenant, "keeping the current plugins: the new version does not load: {e}");
             return;
@@ -76,6 +79,10 @@ pub fn reload_if_changed(sync: &TenantSync, engine: &PluginEngine, seen: &mut Fi
     let settings = sync.model_settings(SchemaSupport::default());
     match crate::plugins::off_reactor(|| sync.check_policy(&mut candidate, &settings)) {
         Ok(groups) => {
+            // What was loaded, which may be newer than what was looked at: a file replaced again since is
+            // noticed by the next check.
+            *seen = Fingerprint(candidate.fingerprint().to_string());
+            let fingerprint = seen.0.clone();
             sync.replace_policy(LoadedPolicy { policy: Box::new(candidate), fingerprint });
             tracing::info!(tenant = %tenant, groups, "switched to the new plugin version");
         }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use crate::config::{Config, TenantConfig};
 use crate::graph::GraphClient;
 use crate::lease::Leases;
-use crate::model::{BuiltinPolicy, GroupPolicy};
+use crate::model::BuiltinPolicy;
 use crate::plugins::{PluginEngine, TenantPlugins};
 use crate::progress::Progress;
 use crate::state::Store;
@@ -43,15 +43,18 @@ pub(super) fn plugin_engine(config: &Config) -> Result<Option<PluginEngine>> {
 
 /// The tenant's policy: its plugins, or the built-in naming when it has none.
 pub(super) fn policy(tenant: &TenantConfig, engine: Option<&PluginEngine>) -> Result<LoadedPolicy> {
-    // Taken before the files are read: a file replaced while they load is noticed by the next reload check.
-    let fingerprint = crate::plugins::fingerprint(&tenant.plugins);
-    let policy: Box<dyn GroupPolicy> = match engine {
+    match engine {
         Some(engine) if tenant.plugins.any() => {
-            Box::new(TenantPlugins::load(engine, &tenant.plugins).with_context(|| format!("tenant {}", tenant.name))?)
+            let plugins =
+                TenantPlugins::load(engine, &tenant.plugins).with_context(|| format!("tenant {}", tenant.name))?;
+            // The fingerprint of the bytes loaded: a file replaced meanwhile is noticed by the next reload check.
+            Ok(LoadedPolicy { fingerprint: plugins.fingerprint().to_string(), policy: Box::new(plugins) })
         }
-        _ => Box::new(BuiltinPolicy),
-    };
-    Ok(LoadedPolicy { policy, fingerprint })
+        _ => Ok(LoadedPolicy {
+            policy: Box::new(BuiltinPolicy),
+            fingerprint: crate::plugins::fingerprint(&tenant.plugins),
+        }),
+    }
 }
 
 /// The daemon's policy for a tenant. Plugins that do not load hold every group of that one tenant, with the
@@ -61,8 +64,7 @@ pub(super) fn daemon_policy(tenant: &TenantConfig, engine: Option<&PluginEngine>
     policy(tenant, engine).unwrap_or_else(|e| {
         let cause = e.root_cause().to_string();
         tracing::error!(tenant = %tenant.name, "the tenant's plugins did not load: {cause}; every group of this tenant is held until a fixed plugin is loaded");
-        let fingerprint = format!("unloaded {}", crate::plugins::fingerprint(&tenant.plugins));
-        LoadedPolicy { policy: Box::new(crate::plugins::Unloaded(cause)), fingerprint }
+        LoadedPolicy::unloaded(&tenant.plugins, cause)
     })
 }
 

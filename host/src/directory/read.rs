@@ -356,6 +356,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_attribute_the_agent_or_a_default_transform_writes_is_read_back() {
+        let defaults: Vec<String> = crate::attributes::transform_defaults().map(str::to_string).collect();
+        let read = group_attributes(&defaults);
+        let written = crate::attributes::written().map(|a| a.ad);
+        for name in written.chain(defaults.iter().map(String::as_str)) {
+            assert!(read.iter().any(|r| r.eq_ignore_ascii_case(name)), "{name} is written but never read back");
+        }
+        assert_eq!(read.len(), read.iter().map(|r| r.to_lowercase()).collect::<std::collections::BTreeSet<_>>().len());
+    }
+
+    #[test]
     fn extended_dns_split() {
         let ext = parse_extended_dn("<GUID=AB-cd>;<SID=s-1-5-21-1>;CN=a\\,b,DC=x");
         assert_eq!(

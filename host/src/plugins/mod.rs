@@ -78,11 +78,22 @@ pub fn off_reactor<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// and the plugin settings. When it changes, every group must be planned again.
 pub fn fingerprint(config: &crate::config::PluginsConfig) -> String {
     use sha2::Digest;
+    // An unreadable file hashes as empty: the cycle that loads it reports the cause.
+    let digests = config
+        .naming
+        .iter()
+        .chain(&config.transforms)
+        .map(|path| sha2::Sha256::digest(std::fs::read(path).unwrap_or_default()).to_vec());
+    fingerprint_of(config, digests)
+}
+
+/// The fingerprint of `config` with these digests of its files, in the order naming, then transforms.
+fn fingerprint_of(config: &PluginsConfig, digests: impl Iterator<Item = Vec<u8>>) -> String {
+    use sha2::Digest;
     let mut hash = sha2::Sha256::new();
-    for path in config.naming.iter().chain(&config.transforms) {
+    for (path, digest) in config.naming.iter().chain(&config.transforms).zip(digests) {
         hash.update(path.to_string_lossy().as_bytes());
-        // An unreadable file hashes as empty: the cycle that loads it reports the cause.
-        hash.update(sha2::Sha256::digest(std::fs::read(path).unwrap_or_default()));
+        hash.update(digest);
     }
     hash.update(format!("{:?}{:?}{:?}", config.config, config.allowed_ous, config.transform_attributes).as_bytes());
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -209,6 +220,8 @@ pub struct TenantPlugins {
     naming: Option<Plugin<NamingPolicyPre<Sandbox>>>,
     transforms: Vec<Plugin<TransformerPre<Sandbox>>>,
     allowed_attributes: BTreeSet<String>,
+    /// The fingerprint of the files as they were loaded and of the settings (see [`fingerprint`]).
+    fingerprint: String,
 }
 
 /// What every plugin of a tenant is loaded with.
@@ -226,10 +239,12 @@ impl Setup<'_> {
         path: &Path,
         world: &'static str,
         wrap: fn(wasmtime::component::InstancePre<Sandbox>) -> wasmtime::Result<P>,
+        digests: &mut Vec<Vec<u8>>,
     ) -> Result<Plugin<P>, PluginError> {
         let not_world =
             |e: wasmtime::Error| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") };
-        let component = self.engine.load(path)?;
+        let (component, digest) = self.engine.load(path)?;
+        digests.push(digest);
         let pre = wrap(self.linker.instantiate_pre(&component).map_err(not_world)?).map_err(not_world)?;
         let name = plugin_name(path);
         let calls = CallCounters::of(&name);
@@ -245,17 +260,24 @@ impl TenantPlugins {
         let limits = CallLimits { timeout: config.timeout, memory_bytes: config.memory_limit_mib << 20 };
         let linker = engine.linker()?;
         let setup = Setup { engine, linker: &linker, settings: &settings, limits };
+        let mut digests = Vec::new();
         let naming = match &config.naming {
-            Some(path) => Some(setup.plugin(path, "naming-policy", NamingPolicyPre::new)?),
+            Some(path) => Some(setup.plugin(path, "naming-policy", NamingPolicyPre::new, &mut digests)?),
             None => None,
         };
         let transforms = config
             .transforms
             .iter()
-            .map(|path| setup.plugin(path, "transformer", TransformerPre::new))
+            .map(|path| setup.plugin(path, "transformer", TransformerPre::new, &mut digests))
             .collect::<Result<_, _>>()?;
         let allowed_attributes = transform_attributes(config).into_iter().map(|a| a.to_lowercase()).collect();
-        Ok(TenantPlugins { naming, transforms, allowed_attributes })
+        let fingerprint = fingerprint_of(config, digests.into_iter());
+        Ok(TenantPlugins { naming, transforms, allowed_attributes, fingerprint })
+    }
+
+    /// The fingerprint of what was loaded: the files' content as read, and the settings.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Forgets the warm instances; the next calls instantiate afresh (for measuring that cost).

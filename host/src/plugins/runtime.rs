@@ -135,12 +135,21 @@ impl PluginEngine {
     }
 
     /// Loads a component: from the cache when this engine compiled the same bytes before, else compiled
-    /// now and cached.
-    pub fn load(&self, path: &Path) -> Result<Component, PluginError> {
+    /// now and cached. Also returns the SHA-256 of the bytes it loaded, so that the policy's fingerprint is
+    /// that of what runs, even when the file is replaced meanwhile.
+    pub fn load(&self, path: &Path) -> Result<(Component, Vec<u8>), PluginError> {
         let bytes =
             std::fs::read(path).map_err(|e| PluginError::Read { path: path.to_path_buf(), cause: e.to_string() })?;
-        let Some(cache) = self.cache_path(&bytes) else {
-            return self.compile(path, &bytes);
+        let digest = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&bytes).to_vec()
+        };
+        self.component(path, &bytes).map(|component| (component, digest))
+    }
+
+    fn component(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        let Some(cache) = self.cache_path(bytes) else {
+            return self.compile(path, bytes);
         };
         // Read into memory rather than mapped: a mapped file truncated by someone else would crash the agent.
         if let Ok(artifact) = std::fs::read(&cache) {
@@ -152,7 +161,7 @@ impl PluginEngine {
                 Err(e) => tracing::warn!(cache = %cache.display(), "ignoring an unusable compiled plugin: {e}"),
             }
         }
-        let component = self.compile(path, &bytes)?;
+        let component = self.compile(path, bytes)?;
         if let Err(e) = self.store_artifact(&component, &cache) {
             tracing::warn!(cache = %cache.display(), "cannot cache the compiled plugin: {e}");
         }

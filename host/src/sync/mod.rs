@@ -131,6 +131,22 @@ pub struct LoadedPolicy {
     pub fingerprint: String,
 }
 
+/// How the fingerprint of a tenant whose plugins did not load starts.
+const UNLOADED: &str = "unloaded ";
+
+impl LoadedPolicy {
+    /// The policy of a tenant whose plugins did not load, for this cause: every group is held.
+    pub fn unloaded(plugins: &crate::config::PluginsConfig, cause: String) -> LoadedPolicy {
+        let fingerprint = format!("{UNLOADED}{}", crate::plugins::fingerprint(plugins));
+        LoadedPolicy { policy: Box::new(crate::plugins::Unloaded(cause)), fingerprint }
+    }
+
+    /// Whether this is the policy of plugins that did not load.
+    pub fn is_unloaded(&self) -> bool {
+        self.fingerprint.starts_with(UNLOADED)
+    }
+}
+
 /// A tenant's sync context: its config, state, Graph client and naming/transform policy.
 pub struct TenantSync<'a> {
     pub config: &'a TenantConfig,

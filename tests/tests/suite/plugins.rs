@@ -208,3 +208,19 @@ fn compiled_plugins_are_cached_by_content_and_engine() {
     assert!(rebuilt.place(&group(ID, "Rebuilt")).is_ok());
     assert_ne!(std::fs::read(&first[0]).unwrap(), b"not a compiled component");
 }
+
+/// A loaded policy's fingerprint is that of the bytes it loaded, not of the file as it is later: a file
+/// replaced after the load must not count as what the groups were planned with.
+#[test]
+fn the_fingerprint_is_that_of_the_bytes_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("naming.wasm");
+    std::fs::copy(plugin_wasm("cloud_sync_naming").unwrap(), &live).unwrap();
+    let config = PluginsConfig { naming: Some(live.clone()), ..PluginsConfig::default() };
+    let loaded = TenantPlugins::load(&PluginEngine::new(None).unwrap(), &config).unwrap();
+    assert_eq!(loaded.fingerprint(), writeback::plugins::fingerprint(&config), "the same bytes, the same fingerprint");
+    std::fs::copy(plugin_wasm("suffix_v2").unwrap(), &live).unwrap();
+    assert_ne!(loaded.fingerprint(), writeback::plugins::fingerprint(&config));
+    let reloaded = TenantPlugins::load(&PluginEngine::new(None).unwrap(), &config).unwrap();
+    assert_eq!(reloaded.fingerprint(), writeback::plugins::fingerprint(&config));
+}
