@@ -35,6 +35,7 @@ fn main() {
         target_ou: "OU=Writeback,DC=corp,DC=example".into(),
         allowed_ous: vec![],
         schema: SchemaSupport::default(),
+        rules: Default::default(),
     };
     let group = CloudGroup {
         id: "6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60".into(),

@@ -128,6 +128,48 @@ pub struct TenantConfig {
     #[serde(default)]
     pub plugins: PluginsConfig,
     pub lease: Option<LeaseConfig>,
+    /// Which groups are written back, by rule.
+    #[serde(default)]
+    pub scope: ScopeConfig,
+}
+
+/// `[tenant.scope]`: which groups are written back, by rule rather than one group at a time. A group whose
+/// `writebackConfiguration.isEnabled` is false is never written, whatever the rules say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    /// Which security groups are written: those switched on one by one, or also every one left unset.
+    #[serde(default)]
+    pub security_groups: SecurityGroups,
+    /// Globs on displayName (`*`, `?`, `[…]`, case-insensitive); when given, only matching groups are written.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Globs on displayName, applied after `include`: matching groups are not written.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl ScopeConfig {
+    /// The rules as the model applies them. Patterns were checked when the config was loaded.
+    pub fn rules(&self) -> crate::model::WritebackRules {
+        let patterns = |list: &[String]| list.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect();
+        crate::model::WritebackRules {
+            all_security_groups: self.security_groups == SecurityGroups::All,
+            include: patterns(&self.include),
+            exclude: patterns(&self.exclude),
+        }
+    }
+}
+
+/// Which security groups `[tenant.scope]` writes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityGroups {
+    /// Only those whose `writebackConfiguration.isEnabled` is true, as Microsoft's tools do.
+    #[default]
+    OptedIn,
+    /// Also those whose `isEnabled` is null.
+    All,
 }
 
 /// `[tenant.plugins]`: the tenant's WebAssembly naming policy and transforms.
@@ -435,6 +477,14 @@ impl TenantConfig {
                 )));
             }
         }
+        for pattern in self.scope.include.iter().chain(&self.scope.exclude) {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {name}: scope pattern {pattern:?} is not a glob: {}",
+                    e.msg
+                )));
+            }
+        }
         self.directory.validate(name)?;
         if let Some(lease) = &self.lease {
             lease.validate(name)?;
@@ -713,6 +763,20 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn scope_rules_parse_and_a_bad_glob_is_named() {
+        let with = |table: &str| parse(&format!("{GOOD}\n[tenant.scope]\n{table}\n"));
+        let config = with("security_groups = \"all\"\ninclude = [\"SG-*\"]\nexclude = [\"*-test\"]").unwrap();
+        let rules = config.tenants[0].scope.rules();
+        assert!(rules.all_security_groups);
+        assert_eq!((rules.include.len(), rules.exclude.len()), (1, 1));
+        assert_eq!(parse(GOOD).unwrap().tenants[0].scope, ScopeConfig::default(), "opted-in, every name, by default");
+        let err = with("include = [\"SG-[\"]").unwrap_err().to_string();
+        assert!(err.contains("scope pattern \"SG-[\" is not a glob"), "{err}");
+        assert!(with("security_groups = \"some\"").is_err());
+        assert!(with("includes = []").is_err(), "unknown fields are refused");
     }
 
     #[test]

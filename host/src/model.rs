@@ -48,6 +48,8 @@ pub struct ModelSettings {
     /// OUs besides the target OU (and their subtrees) that a naming policy may place groups in.
     pub allowed_ous: Vec<String>,
     pub schema: SchemaSupport,
+    /// Which groups the tenant writes back by rule.
+    pub rules: WritebackRules,
 }
 
 /// A group as naming and transform policies see it.
@@ -186,9 +188,41 @@ pub fn anchor_value(id: &str) -> String {
     format!("Group_{id}")
 }
 
-/// Decides whether a group is written and as what kind, or why not.
+/// The tenant's rules for which groups are written back, besides each group's own `writebackConfiguration`.
+#[derive(Debug, Clone, Default)]
+pub struct WritebackRules {
+    /// Security groups whose `isEnabled` is null are written too.
+    pub all_security_groups: bool,
+    /// When not empty, only groups whose displayName matches one of these are written.
+    pub include: Vec<glob::Pattern>,
+    /// Groups whose displayName matches one of these are not written.
+    pub exclude: Vec<glob::Pattern>,
+}
+
+/// Microsoft's rules: only what is switched on, every name.
+pub const OPTED_IN: WritebackRules =
+    WritebackRules { all_security_groups: false, include: Vec::new(), exclude: Vec::new() };
+
+impl WritebackRules {
+    /// Why the rules leave a group with this display name out, if they do. Names match without regard to case.
+    fn leaves_out(&self, display_name: Option<&str>) -> Option<String> {
+        let options = glob::MatchOptions { case_sensitive: false, ..glob::MatchOptions::new() };
+        let name = display_name.unwrap_or_default();
+        if !self.include.is_empty() && !self.include.iter().any(|p| p.matches_with(name, options)) {
+            return Some("left out: its name matches no include pattern of the tenant's [tenant.scope]".into());
+        }
+        let excluded = self.exclude.iter().find(|p| p.matches_with(name, options))?;
+        Some(format!(
+            "left out: its name matches the exclude pattern {:?} of the tenant's [tenant.scope]",
+            excluded.as_str()
+        ))
+    }
+}
+
+/// Decides whether a group is written and as what kind, or why not. An admin's explicit "no"
+/// (`isEnabled = false`) wins over every rule.
 #[expect(clippy::result_large_err, reason = "the error is never the large Write intent, and is built once per group")]
-pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent> {
+pub fn scope(group: &CloudGroup, m365_default: bool, rules: &WritebackRules) -> Result<GroupKind, Intent> {
     match group.removed {
         Some(Removal::Deleted) => return Err(Intent::Delete),
         Some(Removal::Changed) => {
@@ -200,11 +234,17 @@ pub fn scope(group: &CloudGroup, m365_default: bool) -> Result<GroupKind, Intent
         return Err(Intent::Leave("mastered in on-premises AD".into()));
     }
     let unified = group.is_unified();
+    if group.writeback_enabled == Some(false) {
+        return Err(Intent::Leave("writeback is turned off for this group".into()));
+    }
+    if let Some(reason) = rules.leaves_out(group.display_name.as_deref()) {
+        return Err(Intent::Leave(reason));
+    }
     match group.writeback_enabled {
-        Some(true) => {}
-        Some(false) => return Err(Intent::Leave("writeback is turned off for this group".into())),
+        Some(_) => {}
         None if unified && m365_default => {}
         None if unified => return Err(Intent::Leave("Microsoft 365 group writeback is off by default".into())),
+        None if rules.all_security_groups => {}
         None => return Err(Intent::Leave("security group without writeback enabled".into())),
     }
     match group.writeback_group_type.as_deref() {
@@ -246,7 +286,7 @@ pub fn intent<V: CloudView>(
         );
         return Ok((Intent::Refuse(HeldReason::Refused { cause }), Vec::new()));
     }
-    let kind = match scope(group, settings.m365_default_writeback) {
+    let kind = match scope(group, settings.m365_default_writeback, &settings.rules) {
         Ok(kind) => kind,
         Err(intent) => return Ok((intent, Vec::new())),
     };
@@ -365,7 +405,7 @@ fn member<V: CloudView>(
                 Some(s) if !s.is_empty() => Ok(sid(s)),
                 _ => Err(SkipReason::SyncedGroupWithoutSid),
             },
-            Some(g) => match scope(&g, settings.m365_default_writeback) {
+            Some(g) => match scope(&g, settings.m365_default_writeback, &settings.rules) {
                 Ok(_) => Ok(DesiredMember::CloudGroup { member_id: id.to_string() }),
                 Err(_) => Err(SkipReason::NestedGroupNotWritten),
             },
@@ -377,6 +417,38 @@ fn member<V: CloudView>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rules_take_null_security_groups_by_name_and_an_explicit_no_wins() {
+        let patterns = |list: &[&str]| list.iter().map(|p| glob::Pattern::new(p).unwrap()).collect();
+        let rules = WritebackRules {
+            all_security_groups: true,
+            include: patterns(&["SG-*", "DSG-*"]),
+            exclude: patterns(&["*-test"]),
+        };
+        let named = |name: &str, enabled: Option<bool>| {
+            group(|g| {
+                g.display_name = Some(name.into());
+                g.writeback_enabled = enabled;
+            })
+        };
+        assert_eq!(scope(&named("SG-Finance", None), true, &rules), Ok(GroupKind::Security));
+        assert_eq!(
+            scope(&named("sg-finance", None), true, &rules),
+            Ok(GroupKind::Security),
+            "names match without case"
+        );
+        assert_eq!(scope(&named("DSG-Mail", Some(true)), true, &rules), Ok(GroupKind::Security));
+        let left_out = |name: &str, enabled: Option<bool>| match scope(&named(name, enabled), true, &rules) {
+            Err(Intent::Leave(reason)) => reason,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(left_out("SG-Finance-test", None).contains("exclude pattern \"*-test\""));
+        assert!(left_out("Finance", Some(true)).contains("no include pattern"), "include narrows opted-in groups too");
+        assert_eq!(left_out("SG-Off", Some(false)), "writeback is turned off for this group", "an explicit no wins");
+        let opted_in = WritebackRules { all_security_groups: false, ..rules };
+        assert!(matches!(scope(&named("SG-Null", None), true, &opted_in), Err(Intent::Leave(_))));
+    }
 
     fn group(f: impl FnOnce(&mut CloudGroup)) -> CloudGroup {
         let mut g = CloudGroup {
@@ -409,19 +481,19 @@ mod tests {
     #[test]
     fn scope_follows_writeback_configuration() {
         let unified = |g: &mut CloudGroup| g.group_types = Some(vec!["Unified".into()]);
-        assert_eq!(scope(&group(|g| g.writeback_enabled = Some(true)), true), Ok(GroupKind::Security));
+        assert_eq!(scope(&group(|g| g.writeback_enabled = Some(true)), true, &OPTED_IN), Ok(GroupKind::Security));
         assert!(
-            matches!(scope(&group(|_| {}), true), Err(Intent::Leave(_))),
+            matches!(scope(&group(|_| {}), true, &OPTED_IN), Err(Intent::Leave(_))),
             "security group with null is not written"
         );
-        assert_eq!(scope(&group(unified), true), Ok(GroupKind::Distribution));
-        assert!(matches!(scope(&group(unified), false), Err(Intent::Leave(_))));
-        assert!(matches!(scope(&group(|g| g.writeback_enabled = Some(false)), true), Err(Intent::Leave(_))));
+        assert_eq!(scope(&group(unified), true, &OPTED_IN), Ok(GroupKind::Distribution));
+        assert!(matches!(scope(&group(unified), false, &OPTED_IN), Err(Intent::Leave(_))));
+        assert!(matches!(scope(&group(|g| g.writeback_enabled = Some(false)), true, &OPTED_IN), Err(Intent::Leave(_))));
         let synced = group(|g| {
             g.writeback_enabled = Some(true);
             g.on_premises_sync_enabled = Some(true);
         });
-        assert!(matches!(scope(&synced, true), Err(Intent::Leave(_))));
+        assert!(matches!(scope(&synced, true, &OPTED_IN), Err(Intent::Leave(_))));
     }
 
     #[test]
@@ -432,10 +504,13 @@ mod tests {
                 g.writeback_group_type = Some(t.into());
             })
         };
-        assert_eq!(scope(&typed("universalDistributionGroup"), true), Ok(GroupKind::Distribution));
-        assert_eq!(scope(&typed("universalMailEnabledSecurityGroup"), true), Ok(GroupKind::MailEnabledSecurity));
-        assert_eq!(scope(&typed("universalSecurityGroup"), true), Ok(GroupKind::Security));
-        assert!(matches!(scope(&typed("globalSecurityGroup"), true), Err(Intent::Refuse(_))));
+        assert_eq!(scope(&typed("universalDistributionGroup"), true, &OPTED_IN), Ok(GroupKind::Distribution));
+        assert_eq!(
+            scope(&typed("universalMailEnabledSecurityGroup"), true, &OPTED_IN),
+            Ok(GroupKind::MailEnabledSecurity)
+        );
+        assert_eq!(scope(&typed("universalSecurityGroup"), true, &OPTED_IN), Ok(GroupKind::Security));
+        assert!(matches!(scope(&typed("globalSecurityGroup"), true, &OPTED_IN), Err(Intent::Refuse(_))));
         assert_eq!(GroupKind::Security.group_type(), -2147483640);
         assert_eq!(GroupKind::Distribution.group_type(), 8);
     }
@@ -443,12 +518,12 @@ mod tests {
     #[test]
     fn removals_decide_before_anything_else() {
         let deleted = group(|g| g.removed = Some(Removal::Deleted));
-        assert_eq!(scope(&deleted, true), Err(Intent::Delete));
+        assert_eq!(scope(&deleted, true, &OPTED_IN), Err(Intent::Delete));
         let soft = group(|g| {
             g.removed = Some(Removal::Changed);
             g.writeback_enabled = Some(true);
         });
-        assert!(matches!(scope(&soft, true), Err(Intent::Leave(_))));
+        assert!(matches!(scope(&soft, true, &OPTED_IN), Err(Intent::Leave(_))));
     }
 
     #[test]

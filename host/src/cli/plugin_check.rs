@@ -107,11 +107,12 @@ fn check(args: &CheckArgs) -> Result<()> {
         target_ou: args.target_ou.clone(),
         allowed_ous: args.allowed_ous.clone(),
         schema: SchemaSupport::default(),
+        rules: Default::default(),
     };
     let mut invalid = 0;
     for sample in samples {
         let group = sample.cloud_group();
-        let kind = match model::scope(&group, true) {
+        let kind = match model::scope(&group, true, &model::OPTED_IN) {
             Ok(kind) => kind,
             Err(_) => bail!(
                 "group {}: onPremisesGroupType {:?} is not a writeback type",

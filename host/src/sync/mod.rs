@@ -295,10 +295,16 @@ impl TenantSync<'_> {
         }
     }
 
-    /// A new plugin version or new plugin settings can change every group's name, place or attributes,
-    /// so every group is planned again. The first cycle of a fresh state plans every group anyway.
+    /// A new plugin version or new plugin settings can change every group's name, place or attributes, and
+    /// new `[tenant.scope]` rules which groups are written, so every group is planned again (and its deletes
+    /// and renames count against the thresholds). The first cycle of a fresh state plans every group anyway.
     fn replan_if_policy_changed(&self) -> Result<(), StateError> {
-        let current = self.policy.lock().unwrap_or_else(PoisonError::into_inner).fingerprint.clone();
+        let mut current = self.policy.lock().unwrap_or_else(PoisonError::into_inner).fingerprint.clone();
+        // Only rules that differ from Microsoft's join the fingerprint, so that states from before they existed
+        // are not planned again for nothing.
+        if self.config.scope != crate::config::ScopeConfig::default() {
+            current.push_str(&format!(" scope {:?}", self.config.scope));
+        }
         let previous = self.state.policy_fingerprint()?;
         if previous.as_deref() != Some(current.as_str()) {
             if previous.is_some() {
@@ -319,7 +325,7 @@ impl TenantSync<'_> {
         let mut checked = 0;
         for id in self.state.group_ids().map_err(|e| e.to_string())? {
             let Some(group) = self.state.group(&id).map_err(|e| e.to_string())? else { continue };
-            let Ok(kind) = model::scope(&group, settings.m365_default_writeback) else { continue };
+            let Ok(kind) = model::scope(&group, settings.m365_default_writeback, &settings.rules) else { continue };
             if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
                 let already = matches!(
                     model::place_and_transform(&group, kind, settings, current.policy.as_mut()),
@@ -341,6 +347,7 @@ impl TenantSync<'_> {
             target_ou: self.config.directory.target_ou.clone(),
             allowed_ous: self.config.plugins.allowed_ous.clone(),
             schema,
+            rules: self.config.scope.rules(),
         }
     }
 

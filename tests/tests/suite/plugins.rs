@@ -42,6 +42,7 @@ fn settings(allowed_ous: &[&str]) -> ModelSettings {
         target_ou: TARGET_OU.into(),
         allowed_ous: allowed_ous.iter().map(|s| s.to_string()).collect(),
         schema: SchemaSupport::default(),
+        rules: Default::default(),
     }
 }
 

@@ -542,3 +542,62 @@ async fn a_lost_state_directory_costs_a_resync_not_duplicates() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// `[tenant.scope]` writes security groups by rule: with `security_groups = "all"`, a group whose `isEnabled` is
+/// null is written when its name passes `include` and `exclude`, and an explicit `isEnabled = false` always wins.
+/// `plan` shows what a wider rule would create before it is applied, and a group a narrower rule leaves out is
+/// kept in AD and no longer changed, as when writeback is turned off.
+#[tokio::test]
+async fn security_groups_are_written_by_rule_and_an_explicit_no_wins() -> anyhow::Result<()> {
+    let mut env = Env::new("scope-rules").await?;
+    env.append_config(
+        "[tenant.scope]\nsecurity_groups = \"all\"\ninclude = [\"SG-*\", \"DSG-*\"]\nexclude = [\"*-test\"]\n",
+    )?;
+    let group = |name: &str, enabled: Option<bool>| {
+        let mut g = Group::security(new_id(), name);
+        g.writeback = Some(WritebackConfiguration { is_enabled: enabled, on_premises_group_type: None });
+        g
+    };
+    let (finance, finance_test, other, off, mail) = (
+        group("SG-Finance", None),
+        group("SG-Finance-test", None),
+        group("Other", None),
+        group("SG-Off", Some(false)),
+        group("DSG-Mail", Some(true)),
+    );
+    for g in [&finance, &finance_test, &other, &off, &mail] {
+        env.sim.add_group(g.clone()).unwrap();
+    }
+    env.sync(&[]).await?;
+    async fn written(env: &Env, g: &Group) -> anyhow::Result<bool> {
+        Ok(env.group(&g.id).await?.is_some())
+    }
+    assert!(written(&env, &finance).await? && written(&env, &mail).await?);
+    for left_out in [&finance_test, &other, &off] {
+        assert!(!written(&env, left_out).await?, "{} is left out", left_out.display_name);
+    }
+
+    // A wider rule: plan shows the one group it adds, before anything is written.
+    env.edit_config(|text| text.replace("include = [\"SG-*\", \"DSG-*\"]\n", ""))?;
+    let plan = text(&env.run(&["plan"]).await?.stdout);
+    let creates: Vec<&str> = plan.lines().filter(|l| l.trim_start().starts_with("create ")).collect();
+    assert_eq!(creates.len(), 1, "{plan}");
+    assert!(creates[0].contains("Other"), "{plan}");
+    assert!(!written(&env, &other).await?, "plan writes nothing");
+    env.sync(&[]).await?;
+    assert!(written(&env, &other).await?);
+    assert!(
+        !written(&env, &off).await? && !written(&env, &finance_test).await?,
+        "isEnabled = false and exclude still win"
+    );
+
+    // A narrower rule: the group is kept in AD, and a later cloud change no longer reaches it.
+    env.edit_config(|text| text.replace("exclude = [\"*-test\"]", "exclude = [\"*-test\", \"SG-Finance*\"]"))?;
+    let patch =
+        writeback_tests::graphsim::GroupPatch { display_name: Some("SG-Finance renamed".into()), ..Default::default() };
+    env.sim.update_group(&finance.id, patch).unwrap();
+    env.sync(&["--full"]).await?;
+    let kept = env.group(&finance.id).await?.expect("kept in AD");
+    assert_eq!(kept.display_name.as_deref(), Some("SG-Finance"), "no longer managed");
+    Ok(())
+}

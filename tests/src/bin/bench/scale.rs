@@ -95,6 +95,7 @@ pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale
         target_ou: TARGET_OU.into(),
         allowed_ous: Vec::new(),
         schema: SchemaSupport::default(),
+        rules: Default::default(),
     };
     let planned = plan_in_batches(&state, &settings)?;
     eprintln!(
