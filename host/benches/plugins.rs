@@ -36,6 +36,7 @@ fn main() {
         allowed_ous: vec![],
         schema: SchemaSupport::default(),
         rules: Default::default(),
+        group_scope: Default::default(),
     };
     let group = CloudGroup {
         id: "6f1c2a9e-0b1d-4c3e-9f6a-1b2c3d4e5f60".into(),

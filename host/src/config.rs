@@ -131,6 +131,9 @@ pub struct TenantConfig {
     /// Which groups are written back, by rule.
     #[serde(default)]
     pub scope: ScopeConfig,
+    /// The scope of the groups written: `universal` (as Microsoft's tools), `global` or `domain-local`.
+    #[serde(default)]
+    pub group_scope: crate::model::GroupScope,
 }
 
 /// `[tenant.scope]`: which groups are written back, by rule rather than one group at a time. A group whose

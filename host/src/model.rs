@@ -12,12 +12,53 @@ use crate::reasons::{HeldReason, SkipReason};
 
 /// AD `groupType` of a universal security group.
 pub const UNIVERSAL_SECURITY: i32 = -2147483640;
-/// AD `groupType` of a universal distribution group.
-pub const UNIVERSAL_DISTRIBUTION: i32 = 8;
-/// The groupType bit of a domain-local group.
-pub const DOMAIN_LOCAL_FLAG: i32 = 0x4;
+/// The groupType bit of a security group (as opposed to a distribution group).
+const SECURITY_FLAG: i32 = i32::MIN;
 
-/// What kind of AD group a cloud group becomes. Always universal scope.
+/// An AD group's scope, which decides what it may hold and where it may be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupScope {
+    /// Members from any domain of the forest; usable anywhere in the forest. What Microsoft's tools write.
+    #[default]
+    Universal,
+    /// Members from its own domain only; usable anywhere, and in groups such as Domain Admins.
+    Global,
+    /// Members from anywhere, trusted domains too; usable in its own domain only.
+    DomainLocal,
+}
+
+impl GroupScope {
+    /// The groupType bit of this scope.
+    pub fn flag(self) -> i32 {
+        match self {
+            GroupScope::Global => 0x2,
+            GroupScope::DomainLocal => 0x4,
+            GroupScope::Universal => 0x8,
+        }
+    }
+
+    /// The scope a groupType value carries, if it carries exactly one.
+    pub fn of(group_type: i32) -> Option<GroupScope> {
+        match group_type & 0xE {
+            0x2 => Some(GroupScope::Global),
+            0x4 => Some(GroupScope::DomainLocal),
+            0x8 => Some(GroupScope::Universal),
+            _ => None,
+        }
+    }
+
+    /// Its name as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupScope::Universal => "universal",
+            GroupScope::Global => "global",
+            GroupScope::DomainLocal => "domain-local",
+        }
+    }
+}
+
+/// What kind of AD group a cloud group becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKind {
     Security,
@@ -26,11 +67,11 @@ pub enum GroupKind {
 }
 
 impl GroupKind {
-    /// The AD `groupType` value.
-    pub fn group_type(self) -> i32 {
+    /// The AD `groupType` value of this kind in `scope`.
+    pub fn group_type(self, scope: GroupScope) -> i32 {
         match self {
-            GroupKind::Security | GroupKind::MailEnabledSecurity => UNIVERSAL_SECURITY,
-            GroupKind::Distribution => UNIVERSAL_DISTRIBUTION,
+            GroupKind::Security | GroupKind::MailEnabledSecurity => SECURITY_FLAG | scope.flag(),
+            GroupKind::Distribution => scope.flag(),
         }
     }
 
@@ -50,6 +91,8 @@ pub struct ModelSettings {
     pub schema: SchemaSupport,
     /// Which groups the tenant writes back by rule.
     pub rules: WritebackRules,
+    /// The scope of the groups the tenant writes.
+    pub group_scope: GroupScope,
 }
 
 /// A group as naming and transform policies see it.
@@ -163,6 +206,7 @@ pub struct DesiredGroup {
     pub cn: String,
     pub parent_dn: String,
     pub kind: GroupKind,
+    pub scope: GroupScope,
     /// Every managed attribute; an empty list means the attribute must be absent.
     pub attributes: BTreeMap<String, Vec<String>>,
     pub members: Vec<DesiredMember>,
@@ -311,6 +355,7 @@ pub fn intent<V: CloudView>(
         cn: placement.cn,
         attributes,
         kind,
+        scope: settings.group_scope,
         members,
     };
     Ok((Intent::Write(desired), skipped))
@@ -330,7 +375,7 @@ pub fn place_and_transform(
         .ok_or_else(|| Hold::Refused(format!("cannot name the group: {}", naming::NamingError::NoDisplayName)))?;
     let placement = policy.place(&view)?;
     check_placement(&placement, settings).map_err(|e| Hold::Failed(format!("invalid placement: {e}")))?;
-    let mut attrs = attributes(group, kind, &placement, &settings.schema);
+    let mut attrs = attributes(group, kind, settings.group_scope, &placement, &settings.schema);
     match policy.transform(&view, &mut attrs)? {
         Transformed::Write => Ok(Ok((placement, attrs))),
         Transformed::Exclude(reason) => Ok(Err(reason)),
@@ -342,6 +387,7 @@ pub fn place_and_transform(
 fn attributes(
     group: &CloudGroup,
     kind: GroupKind,
+    scope: GroupScope,
     placement: &Placement,
     schema: &SchemaSupport,
 ) -> BTreeMap<String, Vec<String>> {
@@ -351,7 +397,7 @@ fn attributes(
             _ if attribute.mail_only && !kind.mail_enabled() => Vec::new(),
             Source::None => continue,
             Source::Placement => vec![placement.sam_account_name.clone()],
-            Source::GroupType => vec![kind.group_type().to_string()],
+            Source::GroupType => vec![kind.group_type(scope).to_string()],
             Source::Anchor => vec![anchor_value(&group.id)],
             Source::Cloud { value, cut } => value(group).into_iter().map(|v| cut_value(v, cut)).collect(),
         };
@@ -472,7 +518,7 @@ mod tests {
             g.description = Some("d".into());
         });
         for kind in [GroupKind::Security, GroupKind::Distribution, GroupKind::MailEnabledSecurity] {
-            for name in attributes(&mailed, kind, &placement, &full_schema).keys() {
+            for name in attributes(&mailed, kind, GroupScope::Universal, &placement, &full_schema).keys() {
                 assert!(read_back.contains(&name.as_str()), "{name} is written but never read back");
             }
         }
@@ -511,8 +557,13 @@ mod tests {
         );
         assert_eq!(scope(&typed("universalSecurityGroup"), true, &OPTED_IN), Ok(GroupKind::Security));
         assert!(matches!(scope(&typed("globalSecurityGroup"), true, &OPTED_IN), Err(Intent::Refuse(_))));
-        assert_eq!(GroupKind::Security.group_type(), -2147483640);
-        assert_eq!(GroupKind::Distribution.group_type(), 8);
+        let types = |scope| (GroupKind::Security.group_type(scope), GroupKind::Distribution.group_type(scope));
+        assert_eq!(types(GroupScope::Universal), (-2147483640, 8));
+        assert_eq!(types(GroupScope::Global), (-2147483646, 2));
+        assert_eq!(types(GroupScope::DomainLocal), (-2147483644, 4));
+        for scope in [GroupScope::Universal, GroupScope::Global, GroupScope::DomainLocal] {
+            assert_eq!(GroupScope::of(GroupKind::MailEnabledSecurity.group_type(scope)), Some(scope));
+        }
     }
 
     #[test]
@@ -536,14 +587,21 @@ mod tests {
         });
         let placement = naming::default_placement(&g.id, Some("G")).unwrap();
         let schema = SchemaSupport::default();
-        let sec = attributes(&g, GroupKind::Security, &placement, &schema);
+        let sec = attributes(&g, GroupKind::Security, GroupScope::Universal, &placement, &schema);
         assert!(sec["mail"].is_empty() && sec["proxyAddresses"].is_empty());
         assert!(!sec.contains_key("mailNickname"));
         assert_eq!(sec["description"][0].chars().count(), attributes::MAX_DESCRIPTION);
         let wide = group(|g| g.display_name = Some("😀".repeat(200)));
-        let display = &attributes(&wide, GroupKind::Security, &placement, &schema)["displayName"][0];
+        let display =
+            &attributes(&wide, GroupKind::Security, GroupScope::Universal, &placement, &schema)["displayName"][0];
         assert_eq!(display.encode_utf16().count(), attributes::MAX_DISPLAY_NAME, "AD counts UTF-16 units");
-        let dist = attributes(&g, GroupKind::Distribution, &placement, &SchemaSupport::with(["mailNickname"]));
+        let dist = attributes(
+            &g,
+            GroupKind::Distribution,
+            GroupScope::Universal,
+            &placement,
+            &SchemaSupport::with(["mailNickname"]),
+        );
         assert_eq!(dist["mail"], ["a@x"]);
         assert_eq!(dist["mailNickname"], ["a"]);
         assert_eq!(dist["groupType"], ["8"]);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::dn;
-use crate::model::{DOMAIN_LOCAL_FLAG, DesiredGroup, DesiredMember, Intent, SkippedMember};
+use crate::model::{DesiredGroup, DesiredMember, GroupScope, Intent, SkippedMember};
 use crate::reasons::SkipReason;
 
 /// A managed group as read from the directory.
@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub managed: HashMap<String, DirectoryGroup>,
     /// Principals by upper-case SID.
     pub principals: HashMap<String, Principal>,
+    /// The domain's SID, when the directory gave it: a member whose SID lies outside it is of another domain.
+    pub domain_sid: Option<String>,
 }
 
 /// A value to add to `member`.
@@ -208,6 +210,9 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
     let mut creates = Vec::new();
     let mut updates = Vec::new();
     let mut member_ops = Vec::new();
+    // A group changing scope loses the members its new scope refuses first, and gains those only it takes
+    // after: AD checks each step against the members the group has then.
+    let mut scope_changes = Vec::new();
     let mut deletes = Vec::new();
     for (id, intent) in intents {
         let existing = snapshot.managed.get(id);
@@ -239,14 +244,17 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                     member_ops.push(Op::AddMembers { group_id: id.clone(), target, values: diff.adds });
                 }
                 let removes = member_removals(desired, current, snapshot);
+                let steps = scope_steps(desired, current);
                 if !removes.is_empty() {
-                    member_ops.push(Op::RemoveMembers {
+                    let op = Op::RemoveMembers {
                         group_id: id.clone(),
                         guid: current.guid.clone(),
                         dn: current.dn.clone(),
                         values: removes,
-                    });
+                    };
+                    if steps.is_empty() { member_ops.push(op) } else { scope_changes.push(op) }
                 }
+                scope_changes.extend(steps);
             }
             (Intent::Delete, Some(current)) => {
                 deletes.push(Op::Delete { group_id: id.clone(), guid: current.guid.clone(), dn: current.dn.clone() });
@@ -255,7 +263,7 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
             (Intent::Leave(_) | Intent::Refuse(_) | Intent::Exclude(_), _) => {}
         }
     }
-    out.ops = creates.into_iter().chain(updates).chain(member_ops).chain(deletes).collect();
+    out.ops = creates.into_iter().chain(updates).chain(scope_changes).chain(member_ops).chain(deletes).collect();
     out
 }
 
@@ -347,11 +355,44 @@ fn rename(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
     })
 }
 
+/// The scope an existing group has, from its groupType.
+fn current_scope(current: &DirectoryGroup) -> Option<GroupScope> {
+    current.attributes.get("grouptype")?.first()?.parse().ok().and_then(GroupScope::of)
+}
+
+/// A change of an existing group's scope, as the groupType modifies AD accepts: global and domain-local groups
+/// convert only through universal, one step each. Empty when the scope stays.
+fn scope_steps(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
+    let Some(from) = current_scope(current).filter(|from| *from != desired.scope) else { return Vec::new() };
+    let path = match (from, desired.scope) {
+        (GroupScope::Global, GroupScope::DomainLocal) | (GroupScope::DomainLocal, GroupScope::Global) => {
+            vec![GroupScope::Universal, desired.scope]
+        }
+        _ => vec![desired.scope],
+    };
+    path.into_iter()
+        .map(|scope| Op::Modify {
+            group_id: desired.id.clone(),
+            guid: current.guid.clone(),
+            dn: current.dn.clone(),
+            changes: vec![AttributeChange::Replace(
+                "groupType".into(),
+                vec![desired.kind.group_type(scope).to_string()],
+            )],
+        })
+        .collect()
+}
+
 /// The attribute modify, and a sAMAccountName change as an op of its own: it renames the group for every
-/// script and ACL tool that names it, so it counts and is held as a rename (see [`is_rename`]).
+/// script and ACL tool that names it, so it counts and is held as a rename (see [`is_rename`]). A new scope is
+/// left to [`scope_steps`].
 fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
+    let scope_changes = current_scope(current).is_some_and(|from| from != desired.scope);
     let mut changes = Vec::new();
     for (name, want) in &desired.attributes {
+        if scope_changes && name.eq_ignore_ascii_case("groupType") {
+            continue;
+        }
         let have = current.attributes.get(&name.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
         if same_values(name, want, have) {
             continue;
@@ -451,15 +492,11 @@ fn member_diff(
         match member {
             DesiredMember::Sid { member_id, sid } => match snapshot.principals.get(&sid.to_uppercase()) {
                 None => diff.skipped.push(skip(member_id, SkipReason::UnresolvedSid { sid: sid.clone() })),
-                Some(p) if p.group_type.is_some_and(|t| t & DOMAIN_LOCAL_FLAG != 0) => {
-                    diff.skipped.push(skip(member_id, SkipReason::DomainLocalGroup));
-                }
-                Some(p) if p.wrong_class().is_some() => {
-                    let class = p.wrong_class().unwrap_or_default().to_string();
-                    diff.skipped.push(skip(member_id, SkipReason::WrongClass { sid: sid.clone(), class }));
-                }
-                Some(_) if present.contains(&sid.to_uppercase()) => {}
-                Some(p) => diff.adds.push(MemberValue::Dn(p.dn.clone())),
+                Some(p) => match refusal(desired.scope, sid, p, snapshot.domain_sid.as_deref()) {
+                    Some(reason) => diff.skipped.push(skip(member_id, reason)),
+                    None if present.contains(&sid.to_uppercase()) => {}
+                    None => diff.adds.push(MemberValue::Dn(p.dn.clone())),
+                },
             },
             DesiredMember::CloudGroup { member_id } => match snapshot.managed.get(member_id) {
                 Some(g) if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
@@ -475,6 +512,35 @@ fn member_diff(
     diff
 }
 
+/// Why AD refuses the principal with SID `sid` as a member of a group of scope `parent`, in AD's own words.
+/// Samba does not enforce these rules, so the agent does. A universal group holds no domain-local group; a
+/// global group holds only users, computers and global groups of its own domain; a domain-local group holds
+/// anything, foreign security principals too, except domain-local groups of other domains.
+fn refusal(parent: GroupScope, sid: &str, principal: &Principal, domain_sid: Option<&str>) -> Option<SkipReason> {
+    let foreign_principal = principal.classes.iter().any(|c| c.eq_ignore_ascii_case("foreignSecurityPrincipal"));
+    if let Some(class) = principal.wrong_class()
+        && !(foreign_principal && parent == GroupScope::DomainLocal)
+    {
+        return Some(SkipReason::WrongClass { sid: sid.to_string(), class: class.to_string() });
+    }
+    let other_domain = foreign_principal || domain_sid.is_some_and(|domain| !in_domain(sid, domain));
+    match (parent, principal.group_type.and_then(GroupScope::of)) {
+        (GroupScope::Universal, Some(GroupScope::DomainLocal)) => Some(SkipReason::DomainLocalGroup),
+        (GroupScope::Global, Some(GroupScope::DomainLocal)) => Some(SkipReason::GlobalCantHaveLocal),
+        (GroupScope::Global, Some(GroupScope::Universal)) => Some(SkipReason::GlobalCantHaveUniversal),
+        (GroupScope::Global, _) if other_domain => Some(SkipReason::GlobalCantHaveCrossDomain),
+        (GroupScope::DomainLocal, Some(GroupScope::DomainLocal)) if other_domain => {
+            Some(SkipReason::LocalCantHaveCrossDomainLocal)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `sid` is an account SID of the domain with SID `domain`.
+fn in_domain(sid: &str, domain: &str) -> bool {
+    sid.rsplit_once('-').is_some_and(|(prefix, _)| prefix.eq_ignore_ascii_case(domain))
+}
+
 /// Current member values that the desired model does not list (including refused and unknown ones).
 fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &Snapshot) -> Vec<String> {
     let keep: HashSet<String> = desired
@@ -484,7 +550,7 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
             DesiredMember::Sid { sid, .. } => snapshot
                 .principals
                 .get(&sid.to_uppercase())
-                .is_some_and(|p| p.group_type.is_none_or(|t| t & DOMAIN_LOCAL_FLAG == 0) && p.wrong_class().is_none()),
+                .is_some_and(|p| refusal(desired.scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
             DesiredMember::CloudGroup { .. } => true,
         })
         .filter_map(|m| member_sid(m, snapshot))
@@ -508,6 +574,35 @@ mod tests {
         crate::reasons::HeldReason::Refused { cause: cause.into() }
     }
 
+    #[test]
+    fn each_scope_refuses_what_windows_ad_refuses() {
+        use GroupScope::{DomainLocal, Global, Universal};
+        let domain = Some("S-1-5-21-1-2-3");
+        let group = |group_type: i32| Principal { dn: "CN=g".into(), group_type: Some(group_type), classes: vec![] };
+        let user = Principal { dn: "CN=u".into(), group_type: None, classes: vec!["user".into()] };
+        let fsp = Principal { dn: "CN=f".into(), group_type: None, classes: vec!["foreignSecurityPrincipal".into()] };
+        let (ours, theirs) = ("S-1-5-21-1-2-3-1105", "S-1-5-21-9-9-9-1105");
+        let (global, universal, local) = (group(-2147483646), group(-2147483640), group(-2147483644));
+        let check = |parent, sid, p: &Principal| refusal(parent, sid, p, domain);
+        assert_eq!(check(Universal, ours, &local), Some(SkipReason::DomainLocalGroup));
+        assert_eq!(check(Universal, theirs, &user), None, "a universal group takes members of any domain");
+        assert_eq!(check(Global, ours, &universal), Some(SkipReason::GlobalCantHaveUniversal));
+        assert_eq!(check(Global, ours, &local), Some(SkipReason::GlobalCantHaveLocal));
+        assert_eq!(check(Global, theirs, &user), Some(SkipReason::GlobalCantHaveCrossDomain));
+        assert_eq!(check(Global, theirs, &global), Some(SkipReason::GlobalCantHaveCrossDomain));
+        assert_eq!((check(Global, ours, &global), check(Global, ours, &user)), (None, None));
+        assert_eq!(check(DomainLocal, theirs, &local), Some(SkipReason::LocalCantHaveCrossDomainLocal));
+        assert_eq!(check(DomainLocal, ours, &local), None);
+        assert_eq!(
+            check(DomainLocal, "S-1-5-21-7-7-7-500", &fsp),
+            None,
+            "a domain-local group takes trusted principals"
+        );
+        assert!(matches!(check(Universal, "S-1-5-21-7-7-7-500", &fsp), Some(SkipReason::WrongClass { .. })));
+        assert!(matches!(check(Global, "S-1-5-21-7-7-7-500", &fsp), Some(SkipReason::WrongClass { .. })));
+        assert_eq!(refusal(Global, theirs, &user, None), None, "without the domain's SID, no cross-domain check");
+    }
+
     fn desired(id: &str, cn: &str, members: Vec<DesiredMember>) -> DesiredGroup {
         let mut attributes = BTreeMap::new();
         attributes.insert("displayName".to_string(), vec![cn.to_string()]);
@@ -517,6 +612,7 @@ mod tests {
             cn: cn.into(),
             parent_dn: OU.into(),
             kind: GroupKind::Security,
+            scope: GroupScope::Universal,
             attributes,
             members,
         }

@@ -30,6 +30,14 @@ pub enum SkipReason {
     UnresolvedSid { sid: String },
     /// The SID names a domain-local group, which a universal group cannot hold.
     DomainLocalGroup,
+    /// A global group cannot hold a domain-local group.
+    GlobalCantHaveLocal,
+    /// A global group cannot hold a universal group.
+    GlobalCantHaveUniversal,
+    /// A global group holds members of its own domain only.
+    GlobalCantHaveCrossDomain,
+    /// A domain-local group cannot hold a domain-local group of another domain.
+    LocalCantHaveCrossDomainLocal,
     /// The SID names an object of a class that cannot be a member.
     WrongClass { sid: String, class: String },
     /// The group is in a protected group, so the member would gain that group's rights.
@@ -47,6 +55,7 @@ impl SkipReason {
         "unsupported_member_type",
         "unknown_member",
         "synced_group_without_sid",
+        "group_scope_nesting",
     ];
 
     /// A short, bounded metric label (the texts carry SIDs and DNs).
@@ -59,6 +68,10 @@ impl SkipReason {
             SkipReason::UnsupportedType { .. } | SkipReason::WrongClass { .. } => "unsupported_member_type",
             SkipReason::UnresolvedSid { .. } => "unresolved_sid",
             SkipReason::DomainLocalGroup => "domain_local_group",
+            SkipReason::GlobalCantHaveLocal
+            | SkipReason::GlobalCantHaveUniversal
+            | SkipReason::GlobalCantHaveCrossDomain
+            | SkipReason::LocalCantHaveCrossDomainLocal => "group_scope_nesting",
             SkipReason::ProtectedGroup { .. } => "protected_group",
         }
     }
@@ -79,6 +92,14 @@ impl fmt::Display for SkipReason {
             SkipReason::UnresolvedSid { sid } => write!(f, "SID {sid} names no object in the domain"),
             // AD's own words for this refusal.
             SkipReason::DomainLocalGroup => f.write_str("A universal group cannot have a local group as a member"),
+            SkipReason::GlobalCantHaveLocal => f.write_str("A global group cannot have a local group as a member."),
+            SkipReason::GlobalCantHaveUniversal => {
+                f.write_str("A global group cannot have a universal group as a member.")
+            }
+            SkipReason::GlobalCantHaveCrossDomain => f.write_str("A global group cannot have a cross-domain member."),
+            SkipReason::LocalCantHaveCrossDomainLocal => {
+                f.write_str("A local group cannot have another cross domain local group as a member.")
+            }
             SkipReason::WrongClass { sid, class } => write!(
                 f,
                 "SID {sid} names a {class} object, which cannot be a member: only users, groups and computers are written"
@@ -108,6 +129,8 @@ pub enum HeldReason {
     Quarantined { attempts: u32, cause: String },
     /// A new groupType would give the members of this group the rights of a protected group it is in.
     GroupTypeProtected { protected: String },
+    /// AD would refuse the change of the group's scope; `cause` is AD's own message.
+    ScopeChangeRefused { from: String, to: String, cause: String },
 }
 
 impl HeldReason {
@@ -126,6 +149,10 @@ impl fmt::Display for HeldReason {
             HeldReason::Quarantined { attempts, cause } => write!(
                 f,
                 "quarantined after {attempts} failed attempts; retried when the group changes or at the next full reconcile: apply failed: {cause}"
+            ),
+            HeldReason::ScopeChangeRefused { from, to, cause } => write!(
+                f,
+                "scope change from {from} to {to} refused, as AD would refuse it: {cause} Take the group out of that group, or keep group_scope as it was"
             ),
             HeldReason::GroupTypeProtected { protected } => write!(
                 f,
@@ -151,6 +178,10 @@ mod tests {
             SkipReason::UnsupportedType { member_kind: MemberKind::Device },
             SkipReason::UnresolvedSid { sid: "S-1-5-21-1".into() },
             SkipReason::DomainLocalGroup,
+            SkipReason::GlobalCantHaveLocal,
+            SkipReason::GlobalCantHaveUniversal,
+            SkipReason::GlobalCantHaveCrossDomain,
+            SkipReason::LocalCantHaveCrossDomainLocal,
             SkipReason::WrongClass { sid: "S-1".into(), class: "contact".into() },
             SkipReason::ProtectedGroup { protected: "CN=Domain Admins".into() },
         ];

@@ -108,6 +108,7 @@ fn check(args: &CheckArgs) -> Result<()> {
         allowed_ous: args.allowed_ous.clone(),
         schema: SchemaSupport::default(),
         rules: Default::default(),
+        group_scope: Default::default(),
     };
     let mut invalid = 0;
     for sample in samples {

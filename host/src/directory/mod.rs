@@ -128,6 +128,8 @@ pub trait WriteGate: Send + Sync {
 pub trait GroupDirectory {
     /// Which optional attributes the schema has.
     fn schema(&self) -> SchemaSupport;
+    /// The domain's SID, when known.
+    fn domain_sid(&self) -> Option<String>;
     /// The cloud id and DN of every managed group inside `ous`.
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError>;
     /// The managed groups of `ids`, found by the recorded objectGUID or by anchor inside `ous`.
@@ -141,6 +143,8 @@ pub trait GroupDirectory {
     async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError>;
     /// The groups among the members of `group_dns`, by upper-case SID, with their groupType.
     async fn member_groups(&mut self, group_dns: &[String]) -> Result<HashMap<String, Principal>, DirectoryError>;
+    /// The groups `dn` is a direct member of, by upper-case SID, with their groupType.
+    async fn containing_groups(&mut self, dn: &str) -> Result<HashMap<String, Principal>, DirectoryError>;
     /// The group of `deny`, or one marked adminCount=1, that `group_dn` is in, directly or nested.
     async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError>;
     /// Applies one operation; `created` maps the cloud ids of groups created earlier in this apply to their DNs.
@@ -152,6 +156,9 @@ pub trait GroupDirectory {
 impl GroupDirectory for Directory {
     fn schema(&self) -> SchemaSupport {
         self.schema.clone()
+    }
+    fn domain_sid(&self) -> Option<String> {
+        self.domain_sid.clone()
     }
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
         Directory::managed_index(self, ous).await
@@ -173,6 +180,9 @@ impl GroupDirectory for Directory {
     async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError> {
         Directory::protecting_group(self, group_dn, deny).await
     }
+    async fn containing_groups(&mut self, dn: &str) -> Result<HashMap<String, Principal>, DirectoryError> {
+        Directory::containing_groups(self, dn).await
+    }
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         Directory::apply(self, op, created).await
     }
@@ -189,6 +199,8 @@ pub struct Directory {
     pub base_dn: String,
     /// Which optional attributes the schema has.
     pub schema: SchemaSupport,
+    /// The domain's objectSid: a member SID outside it belongs to another domain.
+    pub domain_sid: Option<String>,
     /// When set, every write first checks that this agent still holds the tenant's writer lease.
     gate: Option<Arc<dyn WriteGate>>,
     /// What is read from each managed group (see [`read::group_attributes`]).
@@ -246,11 +258,15 @@ impl Directory {
             timeout: config.timeout,
             base_dn: String::new(),
             schema: SchemaSupport::default(),
+            domain_sid: None,
             gate: None,
             group_attrs: read::group_attributes(&[]),
         };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
+        // Without it the cross-domain nesting checks are off, which is no reason to refuse to work.
+        let domain = directory.search_one(&base_dn, Scope::Base, "(objectClass=*)", &["objectSid"]).await;
+        directory.domain_sid = domain.ok().flatten().as_ref().and_then(read::object_sid);
         directory.base_dn = base_dn;
         Ok(directory)
     }

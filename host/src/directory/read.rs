@@ -71,7 +71,7 @@ pub(crate) fn anchor_filter(ids: &[String]) -> String {
 
 /// An entry's objectSid. ldap3 files a value that happens to be valid UTF-8 as text, and short SIDs such as
 /// `S-1-5-11` (Authenticated Users) or `S-1-5-32-544` are, so both places are looked at.
-fn object_sid(entry: &SearchEntry) -> Option<String> {
+pub(super) fn object_sid(entry: &SearchEntry) -> Option<String> {
     let binary = entry.bin_attrs.get("objectSid").and_then(|v| v.first()).cloned();
     let text = || entry.attrs.get("objectSid").and_then(|v| v.first()).map(|t| t.as_bytes().to_vec());
     sid::to_string(&binary.or_else(text)?)
@@ -319,6 +319,14 @@ impl Directory {
             let values: String = chunk.iter().map(|f| format!("(objectSid={f})")).collect();
             self.collect_principals(&format!("(|{values})"), &mut found).await?;
         }
+        Ok(found)
+    }
+
+    /// The groups `dn` is a direct member of, as principals by upper-case SID, with their groupType.
+    pub async fn containing_groups(&mut self, dn: &str) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let mut found = HashMap::new();
+        let filter = format!("(&(objectClass=group)(member={}))", ldap_escape(dn));
+        self.collect_principals(&filter, &mut found).await?;
         Ok(found)
     }
 

@@ -295,8 +295,8 @@ impl TenantSync<'_> {
         }
     }
 
-    /// A new plugin version or new plugin settings can change every group's name, place or attributes, and
-    /// new `[tenant.scope]` rules which groups are written, so every group is planned again (and its deletes
+    /// A new plugin version or new plugin settings can change every group's name, place or attributes, new
+    /// `[tenant.scope]` rules which groups are written, and a new `group_scope` every group's scope, so every group is planned again (and its deletes
     /// and renames count against the thresholds). The first cycle of a fresh state plans every group anyway.
     fn replan_if_policy_changed(&self) -> Result<(), StateError> {
         let mut current = self.policy.lock().unwrap_or_else(PoisonError::into_inner).fingerprint.clone();
@@ -304,6 +304,9 @@ impl TenantSync<'_> {
         // are not planned again for nothing.
         if self.config.scope != crate::config::ScopeConfig::default() {
             current.push_str(&format!(" scope {:?}", self.config.scope));
+        }
+        if self.config.group_scope != model::GroupScope::Universal {
+            current.push_str(&format!(" group_scope {}", self.config.group_scope.name()));
         }
         let previous = self.state.policy_fingerprint()?;
         if previous.as_deref() != Some(current.as_str()) {
@@ -348,6 +351,7 @@ impl TenantSync<'_> {
             allowed_ous: self.config.plugins.allowed_ous.clone(),
             schema,
             rules: self.config.scope.rules(),
+            group_scope: self.config.group_scope,
         }
     }
 

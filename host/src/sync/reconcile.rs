@@ -9,7 +9,7 @@ use super::{CycleOptions, CycleReport, SyncError, TenantSync};
 use crate::directory::{GroupDirectory, ManagedGroups};
 use crate::dn;
 use crate::graph::Presence;
-use crate::model::{self, DesiredMember, Intent, ModelSettings};
+use crate::model::{self, DesiredMember, GroupScope, Intent, ModelSettings};
 use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
 use crate::reasons::{HeldReason, SkipReason};
 use crate::state::Threshold;
@@ -92,6 +92,7 @@ impl TenantSync<'_> {
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
         drop(intents);
         self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
+        self.check_scope_changes(directory, &mut plan, &snapshot, report).await?;
         let (deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
             .into_iter()
             .partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
@@ -208,7 +209,7 @@ impl TenantSync<'_> {
             }
         }
         principals.extend(present);
-        Ok(Snapshot { managed, principals })
+        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid() })
     }
 
     /// Where the thresholds' rolling window starts now, in seconds since the Unix epoch.
@@ -250,6 +251,8 @@ impl TenantSync<'_> {
             held.push(group_id.clone());
             false
         });
+        // A scope change waits for the removals that make it possible.
+        plan.ops.retain(|op| !(scope_step(op).is_some() && held.iter().any(|id| id == op.group_id())));
         tracing::warn!(tenant = %self.config.name, planned, recent, groups = held.len(), "member removals held: more than member_removal_threshold within threshold_window");
         Ok(held)
     }
@@ -312,6 +315,50 @@ impl TenantSync<'_> {
         }
         plan.ops.retain(|op| !matches!(op, Op::Modify { changes, .. } if changes.is_empty()));
         plan::withhold_adds(plan, &withheld);
+        Ok(())
+    }
+
+    /// Holds each scope change that AD would refuse because of the groups the group is in: a global group in a
+    /// global group cannot become universal, and a universal group in a universal group cannot become
+    /// domain-local. (What its own members allow is settled by the plan, which removes the members the new scope
+    /// refuses before the change.) A refused change writes none of its steps.
+    async fn check_scope_changes<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        plan: &mut Plan,
+        snapshot: &Snapshot,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        let mut refused: BTreeMap<String, HeldReason> = BTreeMap::new();
+        let mut from: HashMap<String, GroupScope> = HashMap::new();
+        for op in &plan.ops {
+            let Some(to) = scope_step(op) else { continue };
+            let Op::Modify { group_id, dn, .. } = op else { continue };
+            let current = snapshot.managed.get(group_id).and_then(|g| g.attributes.get("grouptype"));
+            let start = current.and_then(|v| v.first()?.parse().ok()).and_then(GroupScope::of);
+            let Some(step_from) = from.get(group_id).copied().or(start) else { continue };
+            from.insert(group_id.clone(), to);
+            let cause = match (step_from, to) {
+                (GroupScope::Global, GroupScope::Universal) => SkipReason::GlobalCantHaveUniversal,
+                (GroupScope::Universal, GroupScope::DomainLocal) => SkipReason::DomainLocalGroup,
+                _ => continue,
+            };
+            let parent = if cause == SkipReason::DomainLocalGroup { GroupScope::Universal } else { GroupScope::Global };
+            let parents = directory.containing_groups(dn).await?;
+            if parents.values().any(|p| p.group_type.and_then(GroupScope::of) == Some(parent)) {
+                let reason = HeldReason::ScopeChangeRefused {
+                    from: start.map_or("unknown", GroupScope::name).to_string(),
+                    to: plan_target(plan, group_id).map_or("unknown", GroupScope::name).to_string(),
+                    cause: format!("{}.", cause.to_string().trim_end_matches('.')),
+                };
+                refused.entry(group_id.clone()).or_insert(reason);
+            }
+        }
+        plan.ops.retain(|op| !(scope_step(op).is_some() && refused.contains_key(op.group_id())));
+        for (group_id, reason) in refused {
+            tracing::warn!(tenant = %self.config.name, group = %group_id, "{reason}");
+            report.status.held_groups.push(HeldGroup { group_id, reason });
+        }
         Ok(())
     }
 
@@ -385,6 +432,22 @@ impl TenantSync<'_> {
         }
         Ok(intents)
     }
+}
+
+/// The scope a groupType-only modify moves a group to: one step of a scope change.
+fn scope_step(op: &Op) -> Option<GroupScope> {
+    let Op::Modify { changes, .. } = op else { return None };
+    match changes.as_slice() {
+        [plan::AttributeChange::Replace(name, values)] if name.eq_ignore_ascii_case("groupType") => {
+            values.first()?.parse().ok().and_then(GroupScope::of)
+        }
+        _ => None,
+    }
+}
+
+/// Where a group's planned scope steps end.
+fn plan_target(plan: &Plan, group_id: &str) -> Option<GroupScope> {
+    plan.ops.iter().rev().filter(|op| op.group_id() == group_id).find_map(scope_step)
 }
 
 fn changes_group_type(change: &plan::AttributeChange) -> bool {

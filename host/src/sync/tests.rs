@@ -171,6 +171,10 @@ impl GroupDirectory for Memory {
         SchemaSupport::default()
     }
 
+    fn domain_sid(&self) -> Option<String> {
+        None
+    }
+
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
         let within = |o: &&Object| ous.iter().any(|ou| dn::is_within(&o.dn, ou));
         Ok(self.objects.iter().filter(within).filter_map(|o| Some((Self::anchor_of(o)?, o.dn.clone()))).collect())
@@ -212,6 +216,15 @@ impl GroupDirectory for Memory {
             .objects
             .iter()
             .filter(|o| members.contains(&dn::fold(&o.dn)))
+            .map(|o| {
+                (o.sid.clone(), Principal { dn: o.dn.clone(), group_type: Self::group_type(o), classes: Vec::new() })
+            })
+            .collect())
+    }
+
+    async fn containing_groups(&mut self, dn: &str) -> Result<HashMap<String, Principal>, DirectoryError> {
+        let holders = self.objects.iter().filter(|o| o.members.iter().any(|m| dn::same(m, dn)));
+        Ok(holders
             .map(|o| {
                 (o.sid.clone(), Principal { dn: o.dn.clone(), group_type: Self::group_type(o), classes: Vec::new() })
             })
@@ -496,4 +509,60 @@ async fn a_dry_run_writes_nothing_and_leaves_every_group_pending() {
     assert!(directory.writes.is_empty());
     assert_eq!(report.plan.iter().filter(|op| matches!(op, Op::Create { .. })).count(), 2, "{:?}", report.plan);
     assert_eq!(sync.state.pending().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_scope_change_goes_through_universal_and_waits_while_ad_would_refuse_it() {
+    let global = tenant("group_scope = \"global\"");
+    let store = Store::temporary().unwrap();
+    let mut directory = Memory::default();
+    let sync = sync_for(&global, &store, clock());
+    merge_groups(&sync.state, json!([group(1, "Scoped", &[], &[])]));
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let written = directory.by_id(&id(1)).unwrap().clone();
+    assert_eq!(Memory::group_type(&written), Some(-2147483646), "written as a global group");
+    // It is put into another global group, so AD would refuse to make it universal.
+    directory.serial += 1;
+    directory.objects.push(Object {
+        guid: "guid-parent".into(),
+        sid: "S-1-5-21-9-9999".into(),
+        dn: "CN=Parent,OU=Elsewhere,DC=corp,DC=test".into(),
+        attributes: [("grouptype".to_string(), vec!["-2147483646".to_string()])].into(),
+        members: vec![written.dn.clone()],
+    });
+
+    let local = tenant("group_scope = \"domain-local\"");
+    let sync = sync_for(&local, &store, clock());
+    sync.state.mark_all_pending().unwrap();
+    directory.writes.clear();
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let held = report.status.held_groups.iter().find(|h| h.group_id == id(1)).expect("held").reason.clone();
+    assert_eq!(
+        held,
+        HeldReason::ScopeChangeRefused {
+            from: "global".into(),
+            to: "domain-local".into(),
+            cause: "A global group cannot have a universal group as a member.".into()
+        }
+    );
+    assert!(directory.writes.is_empty(), "no step of a refused change is written: {:?}", directory.writes);
+    assert_eq!(Memory::group_type(directory.by_id(&id(1)).unwrap()), Some(-2147483646));
+
+    // Out of that group, the change goes through universal, one step at a time.
+    directory.objects.retain(|o| o.guid != "guid-parent");
+    sync.state.mark_all_pending().unwrap();
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let steps: Vec<String> = directory
+        .writes
+        .iter()
+        .filter_map(|op| match op {
+            Op::Modify { changes, .. } => match changes.as_slice() {
+                [AttributeChange::Replace(name, values)] if name == "groupType" => Some(values[0].clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, ["-2147483640", "-2147483644"], "universal first, then domain-local");
+    assert_eq!(Memory::group_type(directory.by_id(&id(1)).unwrap()), Some(-2147483644));
 }

@@ -43,6 +43,7 @@ fn settings(allowed_ous: &[&str]) -> ModelSettings {
         allowed_ous: allowed_ous.iter().map(|s| s.to_string()).collect(),
         schema: SchemaSupport::default(),
         rules: Default::default(),
+        group_scope: Default::default(),
     }
 }
 

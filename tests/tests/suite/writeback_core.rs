@@ -601,3 +601,115 @@ async fn security_groups_are_written_by_rule_and_an_explicit_no_wins() -> anyhow
     assert_eq!(kept.display_name.as_deref(), Some("SG-Finance"), "no longer managed");
     Ok(())
 }
+
+/// `group_scope` writes global and domain-local groups with their groupType, and enforces the nesting rules of
+/// Windows AD that Samba does not: a global group takes no universal or domain-local group, a domain-local
+/// group takes both. A refused member is reported in AD's own words and is never written.
+#[tokio::test]
+async fn global_and_domain_local_groups_are_written_with_windows_nesting_rules() -> anyhow::Result<()> {
+    use writeback_tests::dc::{DOMAIN_LOCAL_SECURITY, GLOBAL_SECURITY, UNIVERSAL_SECURITY};
+    for (scope, group_type, distribution_type) in
+        [("global", GLOBAL_SECURITY, 2), ("domain-local", DOMAIN_LOCAL_SECURITY, 4)]
+    {
+        let mut env = Env::new(&format!("scope-{scope}")).await?;
+        env.tenant_settings(&format!("group_scope = \"{scope}\""))?;
+        let (u1, _) = env.synced_user(&format!("{scope}-u1")).await?;
+        // Groups mastered in AD, of each scope, as Graph shows them after sync from AD.
+        let mut mastered = Vec::new();
+        for (name, ad_type) in
+            [("Global", GLOBAL_SECURITY), ("Universal", UNIVERSAL_SECURITY), ("Local", DOMAIN_LOCAL_SECURITY)]
+        {
+            let ad = env.dc.create_group(&env.ou.users_dn, &format!("AD {scope} {name}"), ad_type).await?;
+            let mut cloud = Group::security(new_id(), format!("AD {name}"));
+            cloud.on_premises_sync_enabled = Some(true);
+            cloud.on_premises_security_identifier = Some(ad.sid.clone());
+            env.sim.add_group(cloud.clone()).unwrap();
+            mastered.push((name, ad, cloud));
+        }
+        let parent = new_id();
+        let mut p = enabled_group(&parent, "Scoped", &[&u1]);
+        p.members.extend(mastered.iter().map(|(_, _, cloud)| MemberRef::group(&cloud.id)));
+        env.sim.add_group(p).unwrap();
+        let mailed = new_id();
+        let mut m = Group::unified(mailed.clone(), "Scoped mail", &format!("scoped-{scope}"));
+        m.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+        env.sim.add_group(m).unwrap();
+        env.sync(&[]).await?;
+
+        let written = env.group(&parent).await?.expect("written");
+        assert_eq!(written.group_type, group_type, "{scope}");
+        assert_eq!(env.group(&mailed).await?.expect("written").group_type, distribution_type, "{scope}");
+        let has = |name: &str| {
+            let (_, ad, _) = mastered.iter().find(|(n, _, _)| *n == name).unwrap();
+            written.members.iter().any(|m| writeback::dn::same(m, &ad.dn))
+        };
+        let status = text(&env.run(&["status"]).await?.stdout);
+        let refused = |name: &str, message: &str| {
+            let (_, _, cloud) = mastered.iter().find(|(n, _, _)| *n == name).unwrap();
+            status.contains(&format!("member {}: {message}", cloud.id))
+        };
+        assert!(has("Global"), "{scope}: a global group of the domain is a member");
+        match scope {
+            "global" => {
+                assert!(!has("Universal") && !has("Local"), "{:?}", written.members);
+                assert!(refused("Universal", "A global group cannot have a universal group as a member."), "{status}");
+                assert!(refused("Local", "A global group cannot have a local group as a member."), "{status}");
+                assert_eq!(written.members.len(), 2, "the user and the global group");
+            }
+            _ => {
+                assert!(has("Universal") && has("Local"), "a domain-local group takes both: {:?}", written.members);
+                assert_eq!(written.members.len(), 4);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new `group_scope` converts existing groups as AD allows: global to domain-local through universal, one
+/// step each, and a change AD would refuse (a universal group inside another universal group cannot become
+/// domain-local) is held with AD's message, with nothing of it written.
+#[tokio::test]
+async fn a_new_group_scope_converts_existing_groups_as_ad_allows() -> anyhow::Result<()> {
+    use writeback_tests::dc::{DOMAIN_LOCAL_SECURITY, GLOBAL_SECURITY, UNIVERSAL_SECURITY};
+    // Refused: the universal group is a member of another universal group.
+    let mut env = Env::new("scope-refused").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Nested universal", &[])).unwrap();
+    env.sync(&[]).await?;
+    let written = env.group(&id).await?.expect("written");
+    let outer = env.dc.create_group(&env.ou.users_dn, "Outer universal", UNIVERSAL_SECURITY).await?;
+    env.dc.add_member(&outer.dn, &written.dn).await?;
+    env.tenant_settings("group_scope = \"domain-local\"")?;
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&id).await?.expect("kept").group_type, UNIVERSAL_SECURITY, "nothing of it is written");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(
+        status.contains(&format!(
+            "group {id}: scope change from universal to domain-local refused, as AD would refuse it: A universal group cannot have a local group as a member."
+        )),
+        "{status}"
+    );
+
+    // Allowed: global to domain-local, through universal.
+    let mut env = Env::new("scope-converted").await?;
+    env.tenant_settings("group_scope = \"global\"")?;
+    let (u1, _) = env.synced_user("scope-conv-u1").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Converted", &[&u1])).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&id).await?.expect("written").group_type, GLOBAL_SECURITY);
+    env.edit_config(|text| text.replace("group_scope = \"global\"", "group_scope = \"domain-local\""))?;
+    env.sync(&[]).await?;
+    let converted = env.group(&id).await?.expect("kept");
+    assert_eq!(converted.group_type, DOMAIN_LOCAL_SECURITY);
+    assert_eq!(converted.members.len(), 1, "members stay");
+    let steps: Vec<String> = env
+        .state_audit()
+        .await?
+        .into_iter()
+        .filter(|r| r.group_id == id && r.operation == "modify" && r.detail.starts_with("groupType="))
+        .map(|r| r.detail)
+        .collect();
+    assert_eq!(steps, ["groupType=-2147483640", "groupType=-2147483644"], "through universal, one step each");
+    Ok(())
+}

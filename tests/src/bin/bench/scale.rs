@@ -96,6 +96,7 @@ pub async fn run(sizes: &Sizes, seed: u64, with_simulator: bool) -> Result<Scale
         allowed_ous: Vec::new(),
         schema: SchemaSupport::default(),
         rules: Default::default(),
+        group_scope: Default::default(),
     };
     let planned = plan_in_batches(&state, &settings)?;
     eprintln!(
