@@ -146,7 +146,7 @@ pub struct ScopeConfig {
     pub security_groups: SecurityGroups,
     /// Globs on displayName (`*`, `?`, `[…]`, case-insensitive); when given, only matching groups are written.
     #[serde(default)]
-    pub include: Vec<String>,
+    pub include: Option<Vec<String>>,
     /// Globs on displayName, applied after `include`: matching groups are not written.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -155,10 +155,12 @@ pub struct ScopeConfig {
 impl ScopeConfig {
     /// The rules as the model applies them. Patterns were checked when the config was loaded.
     pub fn rules(&self) -> crate::model::WritebackRules {
-        let patterns = |list: &[String]| list.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect();
+        // Lower case here and in the name, so that case folds beyond ASCII too.
+        let patterns =
+            |list: &[String]| list.iter().filter_map(|p| glob::Pattern::new(&p.to_lowercase()).ok()).collect();
         crate::model::WritebackRules {
             all_security_groups: self.security_groups == SecurityGroups::All,
-            include: patterns(&self.include),
+            include: patterns(self.include.as_deref().unwrap_or_default()),
             exclude: patterns(&self.exclude),
         }
     }
@@ -480,7 +482,12 @@ impl TenantConfig {
                 )));
             }
         }
-        for pattern in self.scope.include.iter().chain(&self.scope.exclude) {
+        if self.scope.include.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::Invalid(format!(
+                "tenant {name}: scope include is empty, which would match no group; leave it out to include every group"
+            )));
+        }
+        for pattern in self.scope.include.iter().flatten().chain(&self.scope.exclude) {
             if let Err(e) = glob::Pattern::new(pattern) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {name}: scope pattern {pattern:?} is not a glob: {}",
@@ -779,6 +786,17 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let err = with("include = [\"SG-[\"]").unwrap_err().to_string();
         assert!(err.contains("scope pattern \"SG-[\" is not a glob"), "{err}");
         assert!(with("security_groups = \"some\"").is_err());
+        let err = with("include = []").unwrap_err().to_string();
+        assert!(err.contains("scope include is empty"), "{err}");
+        // Case folds beyond ASCII, and the spaces around a name do not count, as the CN drops them.
+        let config = with("security_groups = \"all\"\nexclude = [\"*-ТЕСТ\"]").unwrap();
+        let rules = config.tenants[0].scope.rules();
+        let group = crate::cloud::CloudGroup {
+            id: "2f8a3c1e-5b7d-4e9f-a1b2-c3d4e5f60718".into(),
+            display_name: Some("Проект-тест ".into()),
+            ..Default::default()
+        };
+        assert!(matches!(crate::model::scope(&group, true, &rules), Err(crate::model::Intent::Leave(_))));
         assert!(with("includes = []").is_err(), "unknown fields are refused");
     }
 

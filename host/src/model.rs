@@ -248,10 +248,12 @@ pub const OPTED_IN: WritebackRules =
     WritebackRules { all_security_groups: false, include: Vec::new(), exclude: Vec::new() };
 
 impl WritebackRules {
-    /// Why the rules leave a group with this display name out, if they do. Names match without regard to case.
+    /// Why the rules leave a group with this display name out, if they do. Names match without regard to case
+    /// (the patterns are lower case) or to the spaces around them, as the CN drops those.
     fn leaves_out(&self, display_name: Option<&str>) -> Option<String> {
         let options = glob::MatchOptions { case_sensitive: false, ..glob::MatchOptions::new() };
-        let name = display_name.unwrap_or_default();
+        let name = display_name.unwrap_or_default().trim().to_lowercase();
+        let name = name.as_str();
         if !self.include.is_empty() && !self.include.iter().any(|p| p.matches_with(name, options)) {
             return Some("left out: its name matches no include pattern of the tenant's [tenant.scope]".into());
         }

@@ -128,8 +128,8 @@ pub trait WriteGate: Send + Sync {
 pub trait GroupDirectory {
     /// Which optional attributes the schema has.
     fn schema(&self) -> SchemaSupport;
-    /// The domain's SID, when known.
-    fn domain_sid(&self) -> Option<String>;
+    /// The domain's SID, when it can be read: a member SID outside it belongs to another domain.
+    async fn domain_sid(&mut self) -> Option<String>;
     /// The cloud id and DN of every managed group inside `ous`.
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError>;
     /// The managed groups of `ids`, found by the recorded objectGUID or by anchor inside `ous`.
@@ -157,8 +157,24 @@ impl GroupDirectory for Directory {
     fn schema(&self) -> SchemaSupport {
         self.schema.clone()
     }
-    fn domain_sid(&self) -> Option<String> {
-        self.domain_sid.clone()
+    async fn domain_sid(&mut self) -> Option<String> {
+        if self.domain_sid.is_none() {
+            // Read once, when a plan first needs it, so that connections which never plan (the lease's) do
+            // not pay for it. Without it the cross-domain checks are off, which is no reason to stop.
+            let base = self.base_dn.clone();
+            let domain = self.search_one(&base, Scope::Base, "(objectClass=*)", &["objectSid"]).await;
+            let sid = match domain {
+                Ok(entry) => entry.as_ref().and_then(read::object_sid),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the domain's objectSid ({e}); members of other domains are not recognised"
+                    );
+                    None
+                }
+            };
+            self.domain_sid = Some(sid);
+        }
+        self.domain_sid.clone().flatten()
     }
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
         Directory::managed_index(self, ous).await
@@ -199,8 +215,8 @@ pub struct Directory {
     pub base_dn: String,
     /// Which optional attributes the schema has.
     pub schema: SchemaSupport,
-    /// The domain's objectSid: a member SID outside it belongs to another domain.
-    pub domain_sid: Option<String>,
+    /// The domain's objectSid once read (see [`GroupDirectory::domain_sid`]).
+    domain_sid: Option<Option<String>>,
     /// When set, every write first checks that this agent still holds the tenant's writer lease.
     gate: Option<Arc<dyn WriteGate>>,
     /// What is read from each managed group (see [`read::group_attributes`]).
@@ -264,9 +280,6 @@ impl Directory {
         };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
-        // Without it the cross-domain nesting checks are off, which is no reason to refuse to work.
-        let domain = directory.search_one(&base_dn, Scope::Base, "(objectClass=*)", &["objectSid"]).await;
-        directory.domain_sid = domain.ok().flatten().as_ref().and_then(read::object_sid);
         directory.base_dn = base_dn;
         Ok(directory)
     }

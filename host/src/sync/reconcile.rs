@@ -209,7 +209,7 @@ impl TenantSync<'_> {
             }
         }
         principals.extend(present);
-        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid() })
+        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid().await })
     }
 
     /// Where the thresholds' rolling window starts now, in seconds since the Unix epoch.
@@ -251,8 +251,11 @@ impl TenantSync<'_> {
             held.push(group_id.clone());
             false
         });
-        // A scope change waits for the removals that make it possible.
-        plan.ops.retain(|op| !(scope_step(op).is_some() && held.iter().any(|id| id == op.group_id())));
+        // A scope change waits for the removals that make it possible, and so do the adds its new scope allows.
+        let changing: BTreeSet<String> =
+            plan.ops.iter().filter(|op| scope_step(op).is_some()).map(|op| op.group_id().to_string()).collect();
+        let waits: Vec<String> = held.iter().filter(|id| changing.contains(*id)).cloned().collect();
+        hold_scope_change(plan, &waits);
         tracing::warn!(tenant = %self.config.name, planned, recent, groups = held.len(), "member removals held: more than member_removal_threshold within threshold_window");
         Ok(held)
     }
@@ -313,8 +316,9 @@ impl TenantSync<'_> {
                 _ => {}
             }
         }
-        plan.ops.retain(|op| !matches!(op, Op::Modify { changes, .. } if changes.is_empty()));
+        // By index, so before anything else leaves the plan.
         plan::withhold_adds(plan, &withheld);
+        plan.ops.retain(|op| !matches!(op, Op::Modify { changes, .. } if changes.is_empty()));
         Ok(())
     }
 
@@ -354,7 +358,7 @@ impl TenantSync<'_> {
                 refused.entry(group_id.clone()).or_insert(reason);
             }
         }
-        plan.ops.retain(|op| !(scope_step(op).is_some() && refused.contains_key(op.group_id())));
+        hold_scope_change(plan, &refused.keys().cloned().collect::<Vec<_>>());
         for (group_id, reason) in refused {
             tracing::warn!(tenant = %self.config.name, group = %group_id, "{reason}");
             report.status.held_groups.push(HeldGroup { group_id, reason });
@@ -432,6 +436,15 @@ impl TenantSync<'_> {
         }
         Ok(intents)
     }
+}
+
+/// Takes the scope changes of `groups` out of the plan, with their member changes: the plan made those for the
+/// new scope, so without the change they could be what the current scope refuses.
+fn hold_scope_change(plan: &mut Plan, groups: &[String]) {
+    plan.ops.retain(|op| {
+        let member_change = matches!(op, Op::AddMembers { .. } | Op::RemoveMembers { .. });
+        !((scope_step(op).is_some() || member_change) && groups.iter().any(|id| id == op.group_id()))
+    });
 }
 
 /// The scope a groupType-only modify moves a group to: one step of a scope change.

@@ -171,7 +171,7 @@ impl GroupDirectory for Memory {
         SchemaSupport::default()
     }
 
-    fn domain_sid(&self) -> Option<String> {
+    async fn domain_sid(&mut self) -> Option<String> {
         None
     }
 
