@@ -386,6 +386,10 @@ impl TenantLease {
     /// `announce`: refresh this process's presence and look for rivals (a daemon's rounds). A release does
     /// not: a process on its way out must not look like a rival to the one replacing it.
     async fn observe(&self, announce: bool) -> Result<Observation, DirectoryError> {
+        // Connected first: the fence counts from the read, not from a TLS handshake and bind that a loaded DC
+        // can make take seconds, which would leave a fresh holder a lapsed fence. (A connection found dead by
+        // the read is made again inside it, after `started`: the fence only gets shorter, never longer.)
+        self.with_directory(async |_| Ok(())).await?;
         let started = Instant::now();
         let object = self.with_directory(async |d| d.read_lease(&self.dn).await).await?;
         // The value was written before this read ended, so a holder's deadline ends within one ttl of now.

@@ -517,10 +517,17 @@ fn member_diff(
 /// global group holds only users, computers and global groups of its own domain; a domain-local group holds
 /// anything, foreign security principals too, except domain-local groups of other domains.
 fn refusal(parent: GroupScope, sid: &str, principal: &Principal, domain_sid: Option<&str>) -> Option<SkipReason> {
-    let foreign_principal = principal.classes.iter().any(|c| c.eq_ignore_ascii_case("foreignSecurityPrincipal"));
-    if let Some(class) = principal.wrong_class()
-        && !(foreign_principal && parent == GroupScope::DomainLocal)
-    {
+    // A member already in its group comes without its classes; its container still tells.
+    let foreign_principal = principal.classes.iter().any(|c| c.eq_ignore_ascii_case("foreignSecurityPrincipal"))
+        || dn::parent(&principal.dn)
+            .and_then(|parent| dn::leaf_value(&parent))
+            .is_some_and(|container| container.eq_ignore_ascii_case("ForeignSecurityPrincipals"));
+    let wrong_class = match foreign_principal {
+        true if parent == GroupScope::DomainLocal => None,
+        true => Some("foreignSecurityPrincipal"),
+        false => principal.wrong_class(),
+    };
+    if let Some(class) = wrong_class {
         return Some(SkipReason::WrongClass { sid: sid.to_string(), class: class.to_string() });
     }
     let other_domain = foreign_principal || domain_sid.is_some_and(|domain| !in_domain(sid, domain));
@@ -601,6 +608,17 @@ mod tests {
         assert!(matches!(check(Universal, "S-1-5-21-7-7-7-500", &fsp), Some(SkipReason::WrongClass { .. })));
         assert!(matches!(check(Global, "S-1-5-21-7-7-7-500", &fsp), Some(SkipReason::WrongClass { .. })));
         assert_eq!(refusal(Global, theirs, &user, None), None, "without the domain's SID, no cross-domain check");
+        // A foreign principal already in a group has no classes read, but its container tells.
+        let present = Principal {
+            dn: "CN=S-1-5-21-7-7-7-500,CN=ForeignSecurityPrincipals,DC=corp,DC=test".into(),
+            group_type: None,
+            classes: vec![],
+        };
+        assert!(matches!(
+            refusal(Universal, "S-1-5-21-7-7-7-500", &present, None),
+            Some(SkipReason::WrongClass { .. })
+        ));
+        assert_eq!(refusal(DomainLocal, "S-1-5-21-7-7-7-500", &present, None), None);
     }
 
     fn desired(id: &str, cn: &str, members: Vec<DesiredMember>) -> DesiredGroup {
