@@ -796,7 +796,7 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
             display_name: Some("Проект-тест ".into()),
             ..Default::default()
         };
-        assert!(matches!(crate::model::scope(&group, true, &rules), Err(crate::model::Intent::Leave(_))));
+        assert!(matches!(crate::model::scope(&group, true, &rules), Err(crate::model::Intent::LeftOut(_))));
         assert!(with("includes = []").is_err(), "unknown fields are refused");
     }
 

@@ -225,6 +225,8 @@ pub enum Intent {
     Refuse(HeldReason),
     /// A transform keeps the group out of AD; any AD group is left as it is.
     Exclude(String),
+    /// The tenant's `[tenant.scope]` rules leave the group out; any AD group is left as it is.
+    LeftOut(String),
 }
 
 /// The anchor value that marks a group as ours.
@@ -284,7 +286,7 @@ pub fn scope(group: &CloudGroup, m365_default: bool, rules: &WritebackRules) -> 
         return Err(Intent::Leave("writeback is turned off for this group".into()));
     }
     if let Some(reason) = rules.leaves_out(group.display_name.as_deref()) {
-        return Err(Intent::Leave(reason));
+        return Err(Intent::LeftOut(reason));
     }
     match group.writeback_enabled {
         Some(_) => {}
@@ -488,7 +490,7 @@ mod tests {
         );
         assert_eq!(scope(&named("DSG-Mail", Some(true)), true, &rules), Ok(GroupKind::Security));
         let left_out = |name: &str, enabled: Option<bool>| match scope(&named(name, enabled), true, &rules) {
-            Err(Intent::Leave(reason)) => reason,
+            Err(Intent::Leave(reason) | Intent::LeftOut(reason)) => reason,
             other => panic!("{name}: {other:?}"),
         };
         assert!(left_out("SG-Finance-test", None).contains("exclude pattern \"*-test\""));

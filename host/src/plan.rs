@@ -260,7 +260,7 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                 deletes.push(Op::Delete { group_id: id.clone(), guid: current.guid.clone(), dn: current.dn.clone() });
             }
             (Intent::Delete, None) => out.gone.push(id.clone()),
-            (Intent::Leave(_) | Intent::Refuse(_) | Intent::Exclude(_), _) => {}
+            (Intent::Leave(_) | Intent::Refuse(_) | Intent::Exclude(_) | Intent::LeftOut(_), _) => {}
         }
     }
     out.ops = creates.into_iter().chain(updates).chain(scope_changes).chain(member_ops).chain(deletes).collect();

@@ -311,7 +311,7 @@ impl TenantSync<'_> {
         let previous = self.state.policy_fingerprint()?;
         if previous.as_deref() != Some(current.as_str()) {
             if previous.is_some() {
-                tracing::info!(tenant = %self.config.name, "the plugins or their settings changed; planning every group again");
+                tracing::info!(tenant = %self.config.name, "the plugins, their settings, the scope rules or the group scope changed; planning every group again");
                 self.state.mark_all_pending()?;
             }
             self.state.set_policy_fingerprint(&current)?;

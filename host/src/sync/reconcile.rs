@@ -296,6 +296,7 @@ impl TenantSync<'_> {
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         let mut withheld = Vec::new();
+        let mut scope_held = BTreeSet::new();
         for index in 0..plan.ops.len() {
             match &plan.ops[index] {
                 Op::AddMembers { group_id, target: GroupRef::Existing { dn: group_dn, .. }, .. } => {
@@ -305,12 +306,19 @@ impl TenantSync<'_> {
                 }
                 Op::Modify { group_id, dn: group_dn, changes, .. } if changes.iter().any(changes_group_type) => {
                     let (group_id, group_dn) = (group_id.clone(), group_dn.clone());
+                    let step = scope_step(&plan.ops[index]).is_some();
                     if let Some(protected) = self.protection(directory, &group_id, &group_dn, snapshot).await? {
                         if let Op::Modify { changes, .. } = &mut plan.ops[index] {
                             changes.retain(|c| !changes_group_type(c));
                         }
-                        let reason = HeldReason::GroupTypeProtected { protected };
-                        report.status.held_groups.push(HeldGroup { group_id, reason });
+                        if step {
+                            scope_held.insert(group_id.clone());
+                        }
+                        // A scope change of two steps is one held change.
+                        if !report.status.held_groups.iter().any(|h| h.group_id == group_id) {
+                            let reason = HeldReason::GroupTypeProtected { protected };
+                            report.status.held_groups.push(HeldGroup { group_id, reason });
+                        }
                     }
                 }
                 _ => {}
@@ -319,6 +327,7 @@ impl TenantSync<'_> {
         // By index, so before anything else leaves the plan.
         plan::withhold_adds(plan, &withheld);
         plan.ops.retain(|op| !matches!(op, Op::Modify { changes, .. } if changes.is_empty()));
+        hold_scope_change(plan, &scope_held.into_iter().collect::<Vec<_>>());
         Ok(())
     }
 
@@ -423,12 +432,20 @@ impl TenantSync<'_> {
             let Some(group) = self.state.group(id)? else { continue };
             let (intent, skipped) = model::intent(&self.state, &group, settings, policy.policy.as_mut())?;
             report.status.skipped_members.extend(skipped);
+            // A group the rules leave out is reported only when it was written: a group owner who renames a
+            // group out of `include` must not freeze its AD group unseen, and a tenant's thousands of groups
+            // the rules never took need no line each.
+            let was_written = matches!(intent, Intent::LeftOut(_)) && self.state.anchor(id)?.is_some();
             match &intent {
                 Intent::Refuse(reason) => {
                     report.status.held_groups.push(HeldGroup { group_id: id.clone(), reason: reason.clone() })
                 }
                 Intent::Exclude(reason) => {
                     report.status.excluded.push(GroupProblem { group_id: id.clone(), reason: reason.clone() })
+                }
+                Intent::LeftOut(reason) if was_written => {
+                    let reason = format!("{reason}; its AD group is kept as it is and no longer changed");
+                    report.status.excluded.push(GroupProblem { group_id: id.clone(), reason });
                 }
                 _ => {}
             }

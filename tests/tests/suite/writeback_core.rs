@@ -599,6 +599,14 @@ async fn security_groups_are_written_by_rule_and_an_explicit_no_wins() -> anyhow
     env.sync(&["--full"]).await?;
     let kept = env.group(&finance.id).await?.expect("kept in AD");
     assert_eq!(kept.display_name.as_deref(), Some("SG-Finance"), "no longer managed");
+    // It says so in status; groups the rules never took do not.
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(
+        status.contains(&format!("group {}: left out: its name matches the exclude pattern", finance.id)),
+        "{status}"
+    );
+    assert!(status.contains("no longer changed"), "{status}");
+    assert!(!status.contains(&format!("group {}:", finance_test.id)), "{status}");
     Ok(())
 }
 
