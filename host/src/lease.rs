@@ -706,9 +706,18 @@ impl Leases {
         // A ttl from the first look, which a slow DC connection can make late, plus room for the last rounds.
         let longest = self.tenants.iter().map(|t| 2 * t.ttl + t.renew_every).max().unwrap_or_default();
         let deadline = Instant::now() + longest;
-        while self.round().await && Instant::now() < deadline {
+        while (self.round().await || self.lapsed()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// Whether a lease this process holds has a lapsed fence: the round that took it took longer than the fence
+    /// allows (a DC slowed by other work), so it must be renewed before the run may write.
+    fn lapsed(&self) -> bool {
+        self.tenants.iter().any(|lease| {
+            let duplicate = lease.duplicate.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+            !duplicate && lease.role() != Role::Active && lease.view().holder == self.agent
+        })
     }
 
     /// Runs rounds every `renew_every` (the shortest of the tenants') until [`Leases::shutdown`].

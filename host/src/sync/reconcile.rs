@@ -333,8 +333,10 @@ impl TenantSync<'_> {
 
     /// Holds each scope change that AD would refuse because of the groups the group is in: a global group in a
     /// global group cannot become universal, and a universal group in a universal group cannot become
-    /// domain-local. (What its own members allow is settled by the plan, which removes the members the new scope
-    /// refuses before the change.) A refused change writes none of its steps.
+    /// domain-local. (What its own members allow is left to the plan, which removes the members the new scope
+    /// refuses before the change. Written-back groups nested in each other convert in the same cycle in id
+    /// order, so a Windows DC may refuse a parent's step once, until its child has converted; it is retried.)
+    /// A refused change writes none of its steps, nor its member changes.
     async fn check_scope_changes<D: GroupDirectory>(
         &self,
         directory: &mut D,
