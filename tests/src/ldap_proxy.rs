@@ -31,6 +31,8 @@ pub enum Fault {
     /// Forwards it, then closes the agent's connection in place of the DC's answer: the write happened, but
     /// the agent cannot know.
     LoseAnswer,
+    /// Forwards it this late, as a DC busy with other work answers.
+    Delay(std::time::Duration),
 }
 
 /// LDAP result code 51.
@@ -302,6 +304,10 @@ impl Relay {
                     Some((Fault::Drop, _)) => break,
                     Some((Fault::LoseAnswer, request)) => {
                         *lose.lock().unwrap_or_else(|e| e.into_inner()) = Some(request.message_id);
+                        send(&mut to_dc, &message).await?;
+                    }
+                    Some((Fault::Delay(late), _)) => {
+                        tokio::time::sleep(late).await;
                         send(&mut to_dc, &message).await?;
                     }
                 }

@@ -278,3 +278,26 @@ async fn a_lease_value_that_looks_free_is_taken_only_after_a_full_ttl_unchanged(
     assert!(waited >= Duration::from_secs(6), "the standby took a garbled lease after {waited:?}, before a full ttl");
     Ok(())
 }
+
+/// A one-shot run whose round that takes the lease outlasts its fence (the DC answered slowly: ttl 6 s − margin
+/// 2 s leaves 4 s) renews the lease before it writes, rather than refusing to write for "another agent" that is
+/// itself.
+#[tokio::test]
+async fn a_one_shot_run_whose_take_was_slow_renews_the_lease_and_writes() -> Result<()> {
+    use writeback_tests::e2e::{enabled_group, new_id};
+    use writeback_tests::ldap_proxy::{Fault, FaultProxy};
+    let mut env = Env::new("slow-take").await?;
+    share_tenant(&mut env, "6s")?;
+    let proxy = FaultProxy::start(&env.dc)?;
+    env.reach_directory_at(proxy.url())?;
+    // A first run makes the lease object and hands the lease back cleanly, so the next run takes it at once.
+    env.sync(&[]).await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Slow take", &[])).unwrap();
+    // That round's first write is 4.5 s late, so the round outlasts the fence.
+    proxy.inject(0, 1, Fault::Delay(Duration::from_millis(4500)));
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_some(), "the run wrote");
+    assert_eq!(proxy.injected(), 1);
+    Ok(())
+}
