@@ -236,10 +236,12 @@ impl SchemaSupport {
 
     /// Whether the schema defines `name`; attributes every schema has are always defined.
     pub fn has(&self, name: &str) -> bool {
-        match find(name) {
-            Some(a) if a.schema_optional => self.present.contains(&a.ad.to_lowercase()),
-            _ => true,
-        }
+        find(name).is_none_or(|attribute| self.supports(attribute))
+    }
+
+    /// Whether the schema defines `attribute`: no lookup by name, for the model's path through every group.
+    pub fn supports(&self, attribute: &Attribute) -> bool {
+        !attribute.schema_optional || self.present.iter().any(|p| p.eq_ignore_ascii_case(attribute.ad))
     }
 }
 

@@ -396,7 +396,7 @@ fn attributes(
     schema: &SchemaSupport,
 ) -> BTreeMap<String, Vec<String>> {
     let mut attrs = BTreeMap::new();
-    for attribute in attributes::written().filter(|a| schema.has(a.ad)) {
+    for attribute in attributes::written().filter(|a| schema.supports(a)) {
         let values = match attribute.source {
             _ if attribute.mail_only && !kind.mail_enabled() => Vec::new(),
             Source::None => continue,
