@@ -134,6 +134,19 @@ pub struct TenantConfig {
     /// The scope of the groups written: `universal` (as Microsoft's tools), `global` or `domain-local`.
     #[serde(default)]
     pub group_scope: crate::model::GroupScope,
+    /// Where AD groups converted to cloud management may be taken over.
+    #[serde(default)]
+    pub adopt: AdoptConfig,
+}
+
+/// `[tenant.adopt]`: where an AD group whose source of authority moved to the cloud may be taken over in place
+/// (found by the SID its cloud group carries) instead of written as a second group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptConfig {
+    /// OUs (with their subtrees) whose groups may be taken over; none when empty.
+    #[serde(default)]
+    pub ous: Vec<String>,
 }
 
 /// `[tenant.scope]`: which groups are written back, by rule rather than one group at a time. A group whose
@@ -495,6 +508,14 @@ impl TenantConfig {
                 )));
             }
         }
+        for ou in &self.adopt.ous {
+            // A domain root would offer every group of the domain, the built-in ones too.
+            if crate::dn::is_domain_root(ou) || !crate::dn::is_dn(ou) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {name}: adopt ous entry {ou:?} is not the distinguished name of an OU; name the OUs whose groups may be taken over"
+                )));
+            }
+        }
         self.directory.validate(name)?;
         if let Some(lease) = &self.lease {
             lease.validate(name)?;
@@ -798,6 +819,19 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         };
         assert!(matches!(crate::model::scope(&group, true, &rules), Err(crate::model::Intent::LeftOut(_))));
         assert!(with("includes = []").is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn adopt_ous_must_be_ous() {
+        let with = |table: &str| parse(&format!("{GOOD}\n[tenant.adopt]\n{table}\n"));
+        assert!(parse(GOOD).unwrap().tenants[0].adopt.ous.is_empty(), "no takeover unless asked for");
+        let config = with("ous = [\"OU=Groups,DC=corp,DC=example,DC=test\"]").unwrap();
+        assert_eq!(config.tenants[0].adopt.ous, ["OU=Groups,DC=corp,DC=example,DC=test"]);
+        for bad in ["DC=corp,DC=example,DC=test", "Groups"] {
+            let err = with(&format!("ous = [\"{bad}\"]")).unwrap_err().to_string();
+            assert!(err.contains(&format!("adopt ous entry {bad:?} is not the distinguished name of an OU")), "{err}");
+        }
+        assert!(with("ou = []").is_err(), "unknown fields are refused");
     }
 
     #[test]

@@ -210,6 +210,16 @@ pub struct DesiredGroup {
     /// Every managed attribute; an empty list means the attribute must be absent.
     pub attributes: BTreeMap<String, Vec<String>>,
     pub members: Vec<DesiredMember>,
+    /// The SID of the AD group it was converted from (the cloud group's `onPremisesSecurityIdentifier`): that
+    /// group, once taken over, keeps its name, place and scope.
+    pub converted_from: Option<String>,
+}
+
+impl DesiredGroup {
+    /// Whether `sid` is that of the AD group this group was converted from.
+    pub fn converted_from(&self, sid: Option<&str>) -> bool {
+        self.converted_from.as_deref().zip(sid).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+    }
 }
 
 /// What the agent intends for one group.
@@ -361,6 +371,8 @@ pub fn intent<V: CloudView>(
         kind,
         scope: settings.group_scope,
         members,
+        // Not synced (the scope rules leave those alone), yet with a SID: its source of authority moved here.
+        converted_from: group.on_premises_security_identifier.clone().filter(|sid| !sid.trim().is_empty()),
     };
     Ok((Intent::Write(desired), skipped))
 }

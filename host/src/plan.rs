@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub principals: HashMap<String, Principal>,
     /// The domain's SID, when the directory gave it: a member whose SID lies outside it is of another domain.
     pub domain_sid: Option<String>,
+    /// Groups whose entry in `managed` is the AD group they were converted from, found by its SID and not
+    /// anchored yet: this plan takes them over.
+    pub takeovers: HashSet<String>,
 }
 
 /// A value to add to `member`.
@@ -80,12 +83,49 @@ pub enum AttributeChange {
 /// One directory operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Create { group_id: String, dn: String, attributes: Vec<(String, Vec<String>)> },
-    Rename { group_id: String, guid: String, dn: String, new_cn: String, new_parent: Option<String> },
-    Modify { group_id: String, guid: String, dn: String, changes: Vec<AttributeChange> },
-    AddMembers { group_id: String, target: GroupRef, values: Vec<MemberValue> },
-    RemoveMembers { group_id: String, guid: String, dn: String, values: Vec<String> },
-    Delete { group_id: String, guid: String, dn: String },
+    Create {
+        group_id: String,
+        dn: String,
+        attributes: Vec<(String, Vec<String>)>,
+    },
+    Rename {
+        group_id: String,
+        guid: String,
+        dn: String,
+        new_cn: String,
+        new_parent: Option<String>,
+    },
+    Modify {
+        group_id: String,
+        guid: String,
+        dn: String,
+        changes: Vec<AttributeChange>,
+    },
+    /// Stamps the anchor on the AD group a cloud group was converted from (it must not carry one yet), with
+    /// the group's other attribute changes in the same write.
+    TakeOver {
+        group_id: String,
+        guid: String,
+        dn: String,
+        sid: String,
+        changes: Vec<AttributeChange>,
+    },
+    AddMembers {
+        group_id: String,
+        target: GroupRef,
+        values: Vec<MemberValue>,
+    },
+    RemoveMembers {
+        group_id: String,
+        guid: String,
+        dn: String,
+        values: Vec<String>,
+    },
+    Delete {
+        group_id: String,
+        guid: String,
+        dn: String,
+    },
 }
 
 /// The group a member operation targets: an existing one, or one this apply creates.
@@ -102,6 +142,7 @@ impl Op {
             Op::Create { group_id, .. }
             | Op::Rename { group_id, .. }
             | Op::Modify { group_id, .. }
+            | Op::TakeOver { group_id, .. }
             | Op::AddMembers { group_id, .. }
             | Op::RemoveMembers { group_id, .. }
             | Op::Delete { group_id, .. } => group_id,
@@ -112,6 +153,16 @@ impl Op {
 /// An operation as the audit log and `plan` show it: its name, the DN it targets, and what it changes.
 pub fn describe(op: &Op) -> (&'static str, String, String) {
     let values = |values: &[String]| values.join("; ");
+    let list = |changes: &[AttributeChange]| {
+        let list: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                AttributeChange::Replace(name, v) => format!("{name}={}", values(v)),
+                AttributeChange::Clear(name) => format!("{name} cleared"),
+            })
+            .collect();
+        list.join(", ")
+    };
     match op {
         Op::Create { dn, attributes, .. } => {
             let attrs: Vec<String> = attributes.iter().map(|(k, v)| format!("{k}={}", values(v))).collect();
@@ -124,15 +175,9 @@ pub fn describe(op: &Op) -> (&'static str, String, String) {
             };
             ("rename", dn.clone(), target)
         }
-        Op::Modify { dn, changes, .. } => {
-            let list: Vec<String> = changes
-                .iter()
-                .map(|c| match c {
-                    AttributeChange::Replace(name, v) => format!("{name}={}", values(v)),
-                    AttributeChange::Clear(name) => format!("{name} cleared"),
-                })
-                .collect();
-            ("modify", dn.clone(), list.join(", "))
+        Op::Modify { dn, changes, .. } => ("modify", dn.clone(), list(changes)),
+        Op::TakeOver { dn, sid, changes, .. } => {
+            ("take-over", dn.clone(), format!("objectSid {sid}: {}", list(changes)))
         }
         Op::AddMembers { target, values: adds, .. } => {
             let dn = match target {
@@ -230,6 +275,11 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                 if !later.is_empty() {
                     member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: later });
                 }
+            }
+            (Intent::Write(desired), Some(current)) if snapshot.takeovers.contains(id) => {
+                // Members, removals above all, wait until the anchor is recorded: planned again then.
+                updates.push(take_over(desired, current));
+                out.waiting.push(id.clone());
             }
             (Intent::Write(desired), Some(current)) => {
                 updates.extend(rename(desired, current));
@@ -340,7 +390,35 @@ fn create(desired: &DesiredGroup, members: Vec<String>) -> Op {
     Op::Create { group_id: desired.id.clone(), dn: dn::child(&desired.cn, &desired.parent_dn), attributes }
 }
 
+/// The write that takes over the AD group `desired` was converted from: its anchor and the other attributes the
+/// group's [`modify`] would write, in one modify.
+fn take_over(desired: &DesiredGroup, current: &DirectoryGroup) -> Op {
+    let changes = modify(desired, current)
+        .into_iter()
+        .flat_map(|op| match op {
+            Op::Modify { changes, .. } => changes,
+            _ => Vec::new(),
+        })
+        .collect();
+    Op::TakeOver {
+        group_id: desired.id.clone(),
+        guid: current.guid.clone(),
+        dn: current.dn.clone(),
+        sid: current.sid.clone().unwrap_or_default(),
+        changes,
+    }
+}
+
+/// Whether `current` is the AD group `desired` was converted from: it keeps the name, place and scope AD gave
+/// it, which the cloud never knew.
+fn keeps_its_name(desired: &DesiredGroup, current: &DirectoryGroup) -> bool {
+    desired.converted_from(current.sid.as_deref())
+}
+
 fn rename(desired: &DesiredGroup, current: &DirectoryGroup) -> Option<Op> {
+    if keeps_its_name(desired, current) {
+        return None;
+    }
     let current_cn = dn::leaf_value(&current.dn).unwrap_or_default();
     let current_parent = dn::parent(&current.dn).unwrap_or_default();
     // A case-only change is still a rename: AD keeps the CN's case as given.
@@ -363,6 +441,9 @@ fn current_scope(current: &DirectoryGroup) -> Option<GroupScope> {
 /// A change of an existing group's scope, as the groupType modifies AD accepts: global and domain-local groups
 /// convert only through universal, one step each. Empty when the scope stays.
 fn scope_steps(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
+    if keeps_its_name(desired, current) {
+        return Vec::new();
+    }
     let Some(from) = current_scope(current).filter(|from| *from != desired.scope) else { return Vec::new() };
     let path = match (from, desired.scope) {
         (GroupScope::Global, GroupScope::DomainLocal) | (GroupScope::DomainLocal, GroupScope::Global) => {
@@ -385,12 +466,14 @@ fn scope_steps(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
 
 /// The attribute modify, and a sAMAccountName change as an op of its own: it renames the group for every
 /// script and ACL tool that names it, so it counts and is held as a rename (see [`is_rename`]). A new scope is
-/// left to [`scope_steps`].
+/// left to [`scope_steps`]. A group taken over keeps its sAMAccountName and groupType.
 fn modify(desired: &DesiredGroup, current: &DirectoryGroup) -> Vec<Op> {
     let scope_changes = current_scope(current).is_some_and(|from| from != desired.scope);
+    let kept = keeps_its_name(desired, current);
     let mut changes = Vec::new();
     for (name, want) in &desired.attributes {
-        if scope_changes && name.eq_ignore_ascii_case("groupType") {
+        let group_type = name.eq_ignore_ascii_case("groupType");
+        if (scope_changes && group_type) || (kept && (group_type || name.eq_ignore_ascii_case("sAMAccountName"))) {
             continue;
         }
         let have = current.attributes.get(&name.to_lowercase()).map(Vec::as_slice).unwrap_or_default();
@@ -633,6 +716,7 @@ mod tests {
             scope: GroupScope::Universal,
             attributes,
             members,
+            converted_from: None,
         }
     }
 
@@ -967,5 +1051,67 @@ mod tests {
             OPTS,
         );
         assert!(plan.ops.is_empty());
+    }
+
+    /// A converted group and the AD group it came from, named otherwise than the cloud would name it.
+    fn converted() -> (DesiredGroup, DirectoryGroup) {
+        let mut want = desired("g", "Cloud Name", vec![user("S-1")]);
+        want.converted_from = Some("s-1-5-21-9-g".into());
+        want.attributes.insert("sAMAccountName".into(), vec!["CloudName".into()]);
+        want.attributes
+            .insert("groupType".into(), vec![GroupKind::Security.group_type(GroupScope::Universal).to_string()]);
+        want.attributes.insert("adminDescription".into(), vec!["Group_g".into()]);
+        let mut current = existing("g", "Legacy", &[("CN=S-2,CN=Users,DC=corp", "S-2")]);
+        current.dn = "CN=Legacy,OU=Old,DC=corp".into();
+        current.attributes.insert("samaccountname".into(), vec!["legacy-sam".into()]);
+        current
+            .attributes
+            .insert("grouptype".into(), vec![GroupKind::Security.group_type(GroupScope::Global).to_string()]);
+        (want, current)
+    }
+
+    #[test]
+    fn a_converted_group_is_taken_over_in_one_write_and_its_members_wait_for_the_anchor() {
+        let (want, current) = converted();
+        let mut snap = snapshot_with_users(&["S-1", "S-2"]);
+        snap.managed.insert("g".into(), current);
+        snap.takeovers.insert("g".into());
+        let out = plan_batch(&intents(vec![("g", Intent::Write(want))]), &snap, &|_| false);
+        let [Op::TakeOver { sid, dn, changes, .. }] = out.ops.as_slice() else {
+            panic!("one take-over: {:?}", out.ops)
+        };
+        assert_eq!((sid.as_str(), dn.as_str()), ("S-1-5-21-9-g", "CN=Legacy,OU=Old,DC=corp"));
+        assert!(changes.contains(&AttributeChange::Replace("adminDescription".into(), vec!["Group_g".into()])));
+        assert!(changes.contains(&AttributeChange::Replace("displayName".into(), vec!["Cloud Name".into()])));
+        let names: Vec<&str> = changes
+            .iter()
+            .map(|c| match c {
+                AttributeChange::Replace(n, _) | AttributeChange::Clear(n) => n.as_str(),
+            })
+            .collect();
+        assert!(!names.contains(&"sAMAccountName") && !names.contains(&"groupType"), "{names:?}");
+        assert_eq!(out.waiting, ["g"], "planned again once the anchor is recorded");
+        assert_eq!(describe(&out.ops[0]).0, "take-over");
+    }
+
+    #[test]
+    fn a_group_taken_over_keeps_its_name_place_and_scope_and_its_members_follow_the_cloud() {
+        let (want, mut current) = converted();
+        current.attributes.insert("admindescription".into(), vec!["Group_g".into()]);
+        let mut snap = snapshot_with_users(&["S-1", "S-2"]);
+        snap.managed.insert("g".into(), current.clone());
+        let out = plan(&intents(vec![("g", Intent::Write(want.clone()))]), &snap, OPTS);
+        assert!(!out.ops.iter().any(|op| matches!(op, Op::Rename { .. } | Op::TakeOver { .. })), "{:?}", out.ops);
+        assert!(!out.ops.iter().any(|op| is_rename(op) || op.to_string().contains("groupType")), "{:?}", out.ops);
+        assert!(out.ops.iter().any(|op| matches!(op, Op::AddMembers { .. })));
+        assert!(out.ops.iter().any(
+            |op| matches!(op, Op::RemoveMembers { values, .. } if values == &["CN=S-2,CN=Users,DC=corp".to_string()])
+        ));
+        // A group the agent created for a converted group whose AD group was gone is named as any other.
+        current.sid = Some("S-1-5-21-9-new".into());
+        snap.managed.insert("g".into(), current);
+        let out = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
+        assert!(out.ops.iter().any(|op| matches!(op, Op::Rename { .. })), "{:?}", out.ops);
+        assert!(out.ops.iter().any(|op| op.to_string().contains("sAMAccountName=CloudName")), "{:?}", out.ops);
     }
 }

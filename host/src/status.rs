@@ -26,6 +26,17 @@ pub struct HeldGroup {
     pub reason: HeldReason,
 }
 
+/// An AD group taken over for the cloud group converted from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenOver {
+    pub group_id: String,
+    /// Its DN when it was taken over.
+    pub dn: String,
+    pub sid: String,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+}
+
 /// What the last cycle of one tenant did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantStatus {
@@ -53,6 +64,9 @@ pub struct TenantStatus {
     /// Objects carrying a group's anchor that are not its own, which the agent never touches.
     #[serde(default)]
     pub lookalikes: Vec<GroupProblem>,
+    /// AD groups taken over for the cloud groups converted from them.
+    #[serde(default)]
+    pub taken_over: Vec<TakenOver>,
     /// Graph entries that were skipped for their shape.
     pub bad_entries: Vec<String>,
     /// Groups whose changes still await a directory apply.
@@ -186,6 +200,11 @@ impl TenantStatus {
             self.held_member_removals.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)),
         );
         list(&mut out, "excluded groups", self.excluded.iter().map(|p| format!("group {}: {}", p.group_id, p.reason)));
+        list(
+            &mut out,
+            "taken over",
+            self.taken_over.iter().map(|t| format!("group {}: {} (objectSid {})", t.group_id, t.dn, t.sid)),
+        );
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
         out
     }

@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::attributes::{self, SchemaSupport};
 use crate::config::{DirectoryConfig, Secret};
-use crate::plan::{Op, Principal};
+use crate::plan::{DirectoryGroup, Op, Principal};
 pub use lease::LeaseObject;
 pub use read::ManagedGroups;
 pub use write::{Applied, ApplyError};
@@ -139,6 +139,8 @@ pub trait GroupDirectory {
         recorded: &HashMap<String, String>,
         ous: &[String],
     ) -> Result<ManagedGroups, DirectoryError>;
+    /// The groups with the given SIDs, read whole, by upper-case SID; SIDs that name no group are left out.
+    async fn groups_by_sid(&mut self, sids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError>;
     /// What each SID names, by upper-case SID; SIDs that name nothing are left out.
     async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError>;
     /// The groups among the members of `group_dns`, by upper-case SID, with their groupType.
@@ -186,6 +188,9 @@ impl GroupDirectory for Directory {
         ous: &[String],
     ) -> Result<ManagedGroups, DirectoryError> {
         Directory::managed_groups(self, ids, recorded, ous).await
+    }
+    async fn groups_by_sid(&mut self, sids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
+        Directory::groups_by_sid(self, sids).await
     }
     async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
         Directory::principals(self, sids).await

@@ -177,6 +177,25 @@ impl Directory {
         Ok(())
     }
 
+    /// The groups with the given SIDs, read whole, by upper-case SID: the AD groups that converted cloud groups
+    /// came from. SIDs that name no group are left out.
+    pub async fn groups_by_sid(&mut self, sids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
+        let mut found = HashMap::new();
+        let valid: Vec<String> = sids.iter().filter_map(|s| sid::filter_value(s)).collect();
+        for chunk in valid.chunks(FILTER_CHUNK) {
+            let values: String = chunk.iter().map(|f| format!("(objectSid={f})")).collect();
+            let attrs = self.group_attrs.clone();
+            let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            for entry in self.paged_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await? {
+                let group = self.managed_group(entry).await?;
+                if let Some(sid) = group.sid.clone() {
+                    found.insert(sid.to_uppercase(), group);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// The cloud id and DN of every managed group inside `ous`, without attributes or members: a full
     /// reconcile walks this index in batches instead of holding every group at once. Anchored groups
     /// elsewhere are another tenant's or look-alikes, and only anchors of the form `Group_<GUID>` count.

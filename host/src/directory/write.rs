@@ -39,6 +39,11 @@ pub enum ApplyError {
     /// The name (CN or sAMAccountName) belongs to an object that is not ours.
     #[error("{message} (LDAP result {code}): the name is taken by an object that writeback does not manage")]
     Conflict { code: u32, message: String },
+    /// The group to take over gained an adminDescription after it was read, so it was not taken over.
+    #[error(
+        "{message} (LDAP result {code}): its adminDescription was set after it was read, so it was not taken over; find out what set it"
+    )]
+    AnchorTaken { code: u32, message: String },
     /// The DC refused this one operation.
     #[error("{message} (LDAP result {code})")]
     Refused { code: u32, message: String },
@@ -94,7 +99,16 @@ impl Directory {
                 let parent = new_parent.clone().or_else(|| crate::dn::parent(dn)).unwrap_or_default();
                 self.rename(guid, new_cn, &parent).await
             }
-            Op::Modify { guid, changes, .. } => self.modify_attributes(guid, changes).await,
+            Op::Modify { guid, changes, .. } => self.modify_attributes(guid, changes, false).await,
+            Op::TakeOver { guid, changes, .. } => {
+                self.modify_attributes(guid, changes, true).await.map_err(|e| match e {
+                    // Adding a value to the single-valued adminDescription fails when it has one.
+                    ApplyError::Refused { code: code @ (19 | 20), message } => {
+                        ApplyError::AnchorTaken { code, message }
+                    }
+                    other => other,
+                })
+            }
             Op::AddMembers { group_id, target, values } => {
                 let target = match target {
                     GroupRef::Existing { guid, .. } => guid_dn(guid),
@@ -166,14 +180,30 @@ impl Directory {
         }
     }
 
-    async fn modify_attributes(&mut self, guid: &str, changes: &[AttributeChange]) -> Result<Applied, ApplyError> {
+    /// Changes attributes. On a take-over the anchor is added, not replaced, so that the write fails if anything
+    /// gave the group an adminDescription since it was read.
+    async fn modify_attributes(
+        &mut self,
+        guid: &str,
+        changes: &[AttributeChange],
+        take_over: bool,
+    ) -> Result<Applied, ApplyError> {
         let mods: Vec<Mod<&str>> = changes
             .iter()
             .map(|change| match change {
+                AttributeChange::Replace(name, values)
+                    if take_over && name.eq_ignore_ascii_case("adminDescription") =>
+                {
+                    Mod::Add(name.as_str(), set(values))
+                }
                 AttributeChange::Replace(name, values) => Mod::Replace(name.as_str(), set(values)),
                 AttributeChange::Clear(name) => Mod::Replace(name.as_str(), HashSet::new()),
             })
             .collect();
+        // A take-over of a group that carries its anchor already and needs nothing else writes nothing.
+        if mods.is_empty() {
+            return Ok(Applied::Done);
+        }
         let (target, timeout) = (guid_dn(guid), self.timeout);
         self.send("modify", &target, async |ldap| ldap.with_timeout(timeout).modify(&target, mods.clone()).await)
             .await

@@ -1,6 +1,8 @@
-//! Where each managed group was last seen in AD: a hint for reads, never a licence to write.
+//! Where each managed group was last seen in AD: a hint for reads, never a licence to write. And which AD
+//! groups were taken over for the cloud groups converted from them, for `status`.
 
 use super::*;
+use crate::status::TakenOver;
 
 /// Where a managed group was last seen in AD: a hint for reads, never a licence to write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,5 +32,23 @@ impl TenantState {
     pub fn set_anchor(&self, id: &str, anchor: &Anchor) -> Result<(), StateError> {
         self.tree.insert(key("a", &[id]), encode(anchor))?;
         Ok(())
+    }
+}
+
+impl TenantState {
+    /// Records that the AD group a cloud group was converted from was taken over.
+    pub fn record_takeover(&self, record: &TakenOver) -> Result<(), StateError> {
+        self.tree.insert(key("t", &[&record.group_id]), encode(record))?;
+        Ok(())
+    }
+
+    /// Every group taken over, in id order.
+    pub fn takeovers(&self) -> Result<Vec<TakenOver>, StateError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(b"t\0") {
+            let (k, v) = item?;
+            out.push(self.decode(&k, &v)?);
+        }
+        Ok(out)
     }
 }

@@ -433,7 +433,7 @@ impl TenantState {
                 (!parents.is_empty()).then(|| members::encode_ids(&parents)),
             );
         }
-        for kind in ["g", "a", "d", "s", "p", "m", "b"] {
+        for kind in ["g", "a", "d", "s", "p", "m", "b", "t"] {
             batch.remove(key(kind, &[id]));
         }
         self.tree.apply_batch(batch)?;

@@ -9,9 +9,9 @@
 //!
 //! One file per concern, each an `impl TenantState` with its own small API: [`cursors`] (delta rounds and
 //! what the tenant's cycles recorded about Graph), [`cloud_store`] (the merged cloud state), [`anchors`] (where
-//! managed groups live in AD), [`pending`] (groups awaiting an apply, their problems, the thresholds' window)
-//! and [`journal`] (the audit log and the write journal). This file holds the store, the tenant's tree and the
-//! key and record encoding they share.
+//! managed groups live in AD, and which were taken over), [`pending`] (groups awaiting an apply, their
+//! problems, the thresholds' window) and [`journal`] (the audit log and the write journal). This file holds the
+//! store, the tenant's tree and the key and record encoding they share.
 
 mod anchors;
 mod cloud_store;

@@ -7,7 +7,7 @@ use crate::directory::{Applied, ApplyError, GroupDirectory};
 use crate::plan::{self, Op, Plan, Snapshot};
 use crate::reasons::HeldReason;
 use crate::state::{Anchor, AuditRecord, StateError};
-use crate::status::{GroupProblem, HeldGroup};
+use crate::status::{GroupProblem, HeldGroup, TakenOver};
 
 /// How many writes are journaled (and flushed) at a time before they are sent.
 const JOURNAL_CHUNK: usize = 64;
@@ -87,9 +87,21 @@ impl TenantSync<'_> {
                     self.state.set_anchor(op.group_id(), &anchor)?;
                 }
             }
-            Ok(Applied::Done) => report.status.writes += 1,
+            Ok(Applied::Done) => {
+                report.status.writes += 1;
+                if let Op::TakeOver { dn, sid, .. } = op {
+                    tracing::info!(tenant = %self.config.name, group = %op.group_id(), dn = %dn, sid = %sid, "took over the AD group this group was converted from");
+                    let record = TakenOver {
+                        group_id: op.group_id().into(),
+                        dn: dn.clone(),
+                        sid: sid.clone(),
+                        time: self.clock.now(),
+                    };
+                    self.state.record_takeover(&record)?;
+                }
+            }
             Err(ApplyError::Directory(e)) => return Err(e.into()),
-            Err(e @ ApplyError::Conflict { .. }) => {
+            Err(e @ (ApplyError::Conflict { .. } | ApplyError::AnchorTaken { .. })) => {
                 tracing::warn!(tenant = %self.config.name, group = %op.group_id(), "conflict: {e}");
                 report.status.conflicts.push(GroupProblem { group_id: op.group_id().into(), reason: e.to_string() });
                 failed.insert(op.group_id().to_string());
@@ -108,7 +120,7 @@ impl TenantSync<'_> {
         let (kind, _, _) = plan::describe(op);
         let outcome = match result {
             Ok(_) => "ok",
-            Err(ApplyError::Conflict { .. }) => "conflict",
+            Err(ApplyError::Conflict { .. } | ApplyError::AnchorTaken { .. }) => "conflict",
             Err(_) => "failed",
         };
         let labels = crate::metrics::DirectoryLabels {

@@ -242,6 +242,7 @@ impl TenantSync<'_> {
         }
         report.status.pending_groups = self.state.pending()?.len();
         report.status.managed_groups = self.state.managed_count();
+        report.status.taken_over = self.state.takeovers()?;
         report.status.last_cycle = self.clock.now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         if options.standby {

@@ -10,7 +10,7 @@ use crate::directory::{GroupDirectory, ManagedGroups};
 use crate::dn;
 use crate::graph::Presence;
 use crate::model::{self, DesiredMember, GroupScope, Intent, ModelSettings};
-use crate::plan::{self, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
+use crate::plan::{self, DirectoryGroup, GroupRef, Op, Plan, PlanOptions, Principal, Snapshot};
 use crate::reasons::{HeldReason, SkipReason};
 use crate::state::Threshold;
 use crate::status::{GroupProblem, HeldGroup};
@@ -179,7 +179,8 @@ impl TenantSync<'_> {
             }
         }
         let ous: Vec<String> = self.config.ous().cloned().collect();
-        let found = directory.managed_groups(&ids, &recorded, &ous).await?;
+        let mut found = directory.managed_groups(&ids, &recorded, &ous).await?;
+        let takeovers = self.find_converted(directory, intents, &mut found, failed, report).await?;
         self.report_ownership(&found, intents, failed, report);
         let managed = found.groups;
         let wanted = member_sids(intents);
@@ -209,7 +210,102 @@ impl TenantSync<'_> {
             }
         }
         principals.extend(present);
-        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid().await })
+        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid().await, takeovers })
+    }
+
+    /// Finds the AD groups that the batch's converted cloud groups came from, for those no anchor names yet, and
+    /// adds each that may be taken over to `found`; the ids returned are taken over by this plan. A group whose
+    /// AD group is gone is written as a new one. One that may not be taken over becomes a conflict that writes
+    /// nothing: a second group beside the one its members know would split them.
+    async fn find_converted<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        intents: &mut BTreeMap<String, Intent>,
+        found: &mut ManagedGroups,
+        failed: &mut HashSet<String>,
+        report: &mut CycleReport,
+    ) -> Result<HashSet<String>, SyncError> {
+        let unanchored = |id: &String| !found.groups.contains_key(id) && !found.conflicts.iter().any(|(c, _)| c == id);
+        let wanted: Vec<(String, String)> = intents
+            .iter()
+            .filter(|(id, _)| unanchored(id))
+            .filter_map(|(id, intent)| match intent {
+                Intent::Write(desired) => Some((id.clone(), desired.converted_from.as_ref()?.to_uppercase())),
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sids: Vec<String> = wanted.iter().map(|(_, sid)| sid.clone()).collect();
+        let groups = directory.groups_by_sid(&sids).await?;
+        let mut takeovers = HashSet::new();
+        for (id, sid) in &wanted {
+            let Some(group) = groups.get(sid) else { continue };
+            let claims = wanted.iter().filter(|(_, other)| other == sid).count();
+            let refusal = if claims > 1 {
+                Some(format!("{claims} cloud groups carry the SID of the AD group {}, so none takes it over", group.dn))
+            } else {
+                self.takeover_refusal(directory, id, group).await?
+            };
+            if let Some(reason) = refusal {
+                let reason = format!("not taken over: {reason}");
+                tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
+                intents.insert(id.clone(), Intent::Leave(reason.clone()));
+                failed.insert(id.clone());
+                report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
+                continue;
+            }
+            // An earlier take-over whose record was lost carries the anchor already: it is the same object.
+            found.lookalikes.retain(|(other, dn)| !(other == id && dn::same(dn, &group.dn)));
+            found.groups.insert(id.clone(), group.clone());
+            takeovers.insert(id.clone());
+        }
+        Ok(takeovers)
+    }
+
+    /// Why the AD group `group`, which the cloud group `id` was converted from, may not be taken over: it lies
+    /// outside `[tenant.adopt] ous`, carries another adminDescription, or is protected.
+    async fn takeover_refusal<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        id: &str,
+        group: &DirectoryGroup,
+    ) -> Result<Option<String>, SyncError> {
+        let ous = &self.config.adopt.ous;
+        if ous.is_empty() {
+            return Ok(Some(format!(
+                "it was converted from the AD group {}, and taking over converted groups is off for this tenant; list that group's OU in [tenant.adopt] ous to take it over",
+                group.dn
+            )));
+        }
+        if !ous.iter().any(|ou| dn::is_within(&group.dn, ou)) {
+            return Ok(Some(format!(
+                "the AD group {} it was converted from is outside every [tenant.adopt] ous entry",
+                group.dn
+            )));
+        }
+        let anchor = model::anchor_value(id);
+        if let Some(value) = group.attributes.get("admindescription").and_then(|v| v.first()).filter(|v| **v != anchor)
+        {
+            return Ok(Some(format!(
+                "the AD group {} it was converted from has adminDescription {value:?}, which is not this group's anchor; another tool may manage it",
+                group.dn
+            )));
+        }
+        let marked = group.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1"));
+        let deny = &self.config.protected_groups;
+        let protected = if marked || deny.iter().any(|d| dn::same(d, &group.dn)) {
+            Some(group.dn.clone())
+        } else {
+            directory.protecting_group(&group.dn, deny).await?
+        };
+        Ok(protected.map(|p| {
+            format!(
+                "the AD group {} it was converted from is protected (adminCount=1 or protected_groups: {p}); a cloud group must not decide who holds its rights",
+                group.dn
+            )
+        }))
     }
 
     /// Where the thresholds' rolling window starts now, in seconds since the Unix epoch.

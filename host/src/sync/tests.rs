@@ -123,7 +123,7 @@ impl Memory {
                 }
                 Applied::Moved { dn }
             }
-            Op::Modify { guid, changes, .. } => {
+            Op::Modify { guid, changes, .. } | Op::TakeOver { guid, changes, .. } => {
                 if let Some(object) = self.by_guid(guid) {
                     for change in changes {
                         match change {
@@ -189,6 +189,11 @@ impl GroupDirectory for Memory {
         self.lookups.push(ids.to_vec());
         let groups = ids.iter().filter_map(|id| Some((id.clone(), self.read(self.by_id(id)?)))).collect();
         Ok(ManagedGroups { groups, ..ManagedGroups::default() })
+    }
+
+    async fn groups_by_sid(&mut self, sids: &[String]) -> Result<HashMap<String, DirectoryGroup>, DirectoryError> {
+        let wanted: HashSet<String> = sids.iter().map(|s| s.to_uppercase()).collect();
+        Ok(self.objects.iter().filter(|o| wanted.contains(&o.sid)).map(|o| (o.sid.clone(), self.read(o))).collect())
     }
 
     async fn principals(&mut self, sids: &[String]) -> Result<HashMap<String, Principal>, DirectoryError> {
@@ -565,4 +570,118 @@ async fn a_scope_change_goes_through_universal_and_waits_while_ad_would_refuse_i
         .collect();
     assert_eq!(steps, ["-2147483640", "-2147483644"], "universal first, then domain-local");
     assert_eq!(Memory::group_type(directory.by_id(&id(1)).unwrap()), Some(-2147483644));
+}
+
+/// A cloud group converted from the AD group with SID `ad_sid`: not synced any more, the SID kept.
+fn converted(n: u32, name: &str, ad_sid: &str, users: &[u32]) -> Value {
+    let mut group = group(n, name, users, &[]);
+    group["onPremisesSyncEnabled"] = Value::Null;
+    group["onPremisesSecurityIdentifier"] = json!(ad_sid);
+    group
+}
+
+/// An AD group no tool of ours wrote, holding `members`.
+fn legacy(sid: &str, dn: &str, attributes: &[(&str, &str)], members: Vec<String>) -> Object {
+    let mut all: HashMap<String, Vec<String>> =
+        [("grouptype".to_string(), vec!["-2147483646".to_string()]), ("samaccountname".into(), vec![sid.into()])]
+            .into();
+    all.extend(attributes.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])));
+    Object { guid: format!("guid-{sid}"), sid: sid.into(), dn: dn.into(), attributes: all, members }
+}
+
+#[tokio::test]
+async fn a_converted_group_is_taken_over_in_place_before_its_members_change_and_only_where_allowed() {
+    let config = tenant("[tenant.adopt]\nous = [\"OU=Legacy,DC=corp,DC=test\"]");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1, 2]);
+    let mut directory = users(&[1, 2]);
+    let user_dn = |n: u32| format!("CN={},CN=Users,DC=corp,DC=test", sid(n));
+    let original = legacy("S-1-5-21-9-5001", "CN=Sales,OU=Legacy,DC=corp,DC=test", &[], vec![user_dn(2)]);
+    directory.objects.extend([
+        original.clone(),
+        legacy("S-1-5-21-9-5002", "CN=Other,OU=Elsewhere,DC=corp,DC=test", &[], vec![]),
+        legacy(
+            "S-1-5-21-9-5003",
+            "CN=Foreign,OU=Legacy,DC=corp,DC=test",
+            &[("admindescription", "Group_DoNotSync")],
+            vec![],
+        ),
+        legacy("S-1-5-21-9-5004", "CN=Admins,OU=Legacy,DC=corp,DC=test", &[("admincount", "1")], vec![]),
+    ]);
+    merge_groups(
+        &sync.state,
+        json!([
+            converted(1, "Sales (cloud)", "S-1-5-21-9-5001", &[1]),
+            converted(2, "Other", "S-1-5-21-9-5002", &[1]),
+            converted(3, "Foreign", "S-1-5-21-9-5003", &[1]),
+            converted(4, "Admins", "S-1-5-21-9-5004", &[1]),
+            converted(5, "Gone", "S-1-5-21-9-5005", &[1]),
+        ]),
+    );
+
+    // `plan` shows the take-over and writes nothing.
+    let dry = CycleOptions { dry_run: true, ..CycleOptions::default() };
+    let report = reconcile(&sync, &mut directory, dry).await;
+    assert!(directory.writes.is_empty());
+    let shown: Vec<String> = report.plan.iter().map(Op::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|op| op.starts_with("take-over CN=Sales,OU=Legacy") && op.contains("objectSid S-1-5-21-9-5001")),
+        "{shown:?}"
+    );
+
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let taken = directory.by_guid(&original.guid).unwrap().clone();
+    assert_eq!((taken.dn.as_str(), taken.sid.as_str()), (original.dn.as_str(), original.sid.as_str()));
+    assert_eq!(taken.attributes["admindescription"], [format!("Group_{}", id(1))]);
+    assert_eq!(taken.attributes["samaccountname"], original.attributes["samaccountname"], "its name is kept");
+    assert_eq!(taken.attributes["grouptype"], original.attributes["grouptype"], "its scope is kept");
+    assert_eq!(taken.attributes["displayname"], ["Sales (cloud)"]);
+    assert_eq!(taken.members, [user_dn(1)], "its members follow the cloud group");
+    // The member that the cloud group lacks is removed only after the take-over is written and recorded.
+    let position = |f: &dyn Fn(&Op) -> bool| directory.writes.iter().position(|op| f(op) && op.group_id() == id(1));
+    let take_over = position(&|op| matches!(op, Op::TakeOver { .. })).expect("a take-over");
+    assert!(take_over < position(&|op| matches!(op, Op::RemoveMembers { .. })).expect("a removal"));
+    assert_eq!(sync.state.anchor(&id(1)).unwrap().map(|a| a.guid), Some(original.guid.clone()));
+    let records = sync.state.takeovers().unwrap();
+    assert_eq!(
+        records.iter().map(|t| (t.group_id.as_str(), t.dn.as_str())).collect::<Vec<_>>(),
+        [(id(1).as_str(), "CN=Sales,OU=Legacy,DC=corp,DC=test")]
+    );
+
+    let conflict = |n: u32| {
+        report.status.conflicts.iter().find(|c| c.group_id == id(n)).map(|c| c.reason.clone()).unwrap_or_default()
+    };
+    assert!(conflict(2).contains("outside every [tenant.adopt] ous entry"), "{}", conflict(2));
+    assert!(conflict(3).contains("adminDescription \"Group_DoNotSync\""), "{}", conflict(3));
+    assert!(conflict(4).contains("is protected"), "{}", conflict(4));
+    for n in 2..=4 {
+        assert!(directory.writes.iter().all(|op| op.group_id() != id(n)), "group {n} is not touched");
+    }
+    let created = directory.by_id(&id(5)).expect("a converted group whose AD group is gone is written anew");
+    assert!(dn::is_within(&created.dn, OU), "{}", created.dn);
+
+    // Renamed in the cloud, it keeps the name AD gave it.
+    merge_groups(&sync.state, json!([converted(1, "Sales renamed", "S-1-5-21-9-5001", &[1])]));
+    directory.writes.clear();
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let ops: Vec<String> = directory.writes.iter().filter(|op| op.group_id() == id(1)).map(Op::to_string).collect();
+    assert_eq!(ops, [format!("modify {}: displayName=Sales renamed", original.dn)]);
+}
+
+#[tokio::test]
+async fn converted_groups_are_not_taken_over_unless_the_tenant_names_ous() {
+    let config = tenant("");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    let mut directory = Memory::default();
+    directory.objects.push(legacy("S-1-5-21-9-5001", &format!("CN=Sales,{OU}"), &[], vec![]));
+    merge_groups(&sync.state, json!([converted(1, "Sales", "S-1-5-21-9-5001", &[])]));
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert!(directory.writes.is_empty(), "{:?}", directory.writes);
+    let reason = &report.status.conflicts[0].reason;
+    assert!(reason.contains("taking over converted groups is off for this tenant"), "{reason}");
+    assert_eq!(sync.state.pending().unwrap(), [id(1)], "it stays pending, to be taken over once allowed");
 }
