@@ -131,6 +131,12 @@ impl Group {
         Self { id: id.into(), display_name: display_name.into(), security_enabled: true, ..Self::default() }
     }
 
+    /// A security group whose source of authority was converted from the AD group with SID `sid`: as Graph shows
+    /// it after the conversion, `onPremisesSyncEnabled` null and the AD group's SID kept.
+    pub fn converted(id: impl Into<String>, display_name: impl Into<String>, sid: &str) -> Self {
+        Self { on_premises_security_identifier: Some(sid.to_owned()), ..Self::security(id, display_name) }
+    }
+
     /// A Microsoft 365 (Unified) group with no members.
     pub fn unified(id: impl Into<String>, display_name: impl Into<String>, mail_nickname: &str) -> Self {
         Self {

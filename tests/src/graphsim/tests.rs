@@ -306,6 +306,31 @@ async fn updates_resend_every_selected_property_unless_return_minimal_is_preferr
 }
 
 #[tokio::test]
+async fn a_group_converted_to_cloud_management_keeps_its_sid_and_is_no_longer_synced() {
+    // Microsoft's SOA conversion: onPremisesSyncEnabled becomes null, the AD group's SID stays.
+    let h = Harness::start(SimConfig::default()).await;
+    let sid = "S-1-5-21-1-2-3-1500";
+    h.sim.add_group(Group { on_premises_sync_enabled: Some(true), ..Group::converted("g", "G", sid) }).expect("add");
+    let url = h.url("/beta/groups/delta?$select=displayName,onPremisesSyncEnabled,onPremisesSecurityIdentifier");
+    let first = h.round(&url).await;
+    assert_eq!(first.entries[0]["onPremisesSyncEnabled"], true);
+    let patch = GroupPatch { on_premises_sync_enabled: Some(None), ..GroupPatch::default() };
+    h.sim.update_group("g", patch).expect("convert");
+
+    let second = h.round(&first.delta_link).await;
+    assert_eq!(
+        second.entries[0].get("onPremisesSyncEnabled"),
+        Some(&Value::Null),
+        "a cleared property is sent as null"
+    );
+    assert_eq!(second.entries[0]["onPremisesSecurityIdentifier"], sid);
+    let fresh = h.round(&url).await;
+    let served = merge(&fresh.entries);
+    assert!(!served["g"].properties.contains_key("onPremisesSyncEnabled"), "unset, so left out of a full round");
+    assert_eq!(served["g"].properties["onPremisesSecurityIdentifier"], sid);
+}
+
+#[tokio::test]
 async fn deletions_use_documented_forms_and_deleted_items_agree() {
     let h = Harness::start(SimConfig::default()).await;
     let team = Group { members: vec![MemberRef::user("u1")], ..Group::unified("team", "Team", "team") };

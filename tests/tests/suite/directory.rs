@@ -56,3 +56,47 @@ async fn sids_resolve_to_existing_principals_only() -> anyhow::Result<()> {
     directory.close().await;
     Ok(())
 }
+
+/// A take-over adds the anchor, so it cannot overwrite an adminDescription set after the group was read, and the
+/// rest of its write is not applied then either. Groups are found by SID, and only groups.
+#[tokio::test]
+async fn a_take_over_adds_the_anchor_and_changes_nothing_when_the_group_gained_one() -> anyhow::Result<()> {
+    use writeback::directory::ApplyError;
+    use writeback::plan::{AttributeChange, Op};
+    let dc = tokio::task::spawn_blocking(TestDc::shared).await??;
+    let ou = dc.test_ou("take-over").await?;
+    let free = dc.create_group(&ou.users_dn, "to-take", writeback_tests::dc::GLOBAL_SECURITY).await?;
+    let raced = dc.create_group(&ou.users_dn, "raced", writeback_tests::dc::GLOBAL_SECURITY).await?;
+    let user = dc.create_user(&ou.users_dn, "not-a-group").await?;
+    let password = Secret::new(dc.admin_password().to_string());
+    let mut directory = Directory::connect(&config(&dc, &dc.info().url, &ou.groups_dn), &password).await?;
+    let found = directory.groups_by_sid(&[free.sid.clone(), raced.sid.clone(), user.sid.clone(), "x".into()]).await?;
+    assert_eq!(found.len(), 2, "groups only: {:?}", found.keys());
+    assert_eq!(found[&free.sid.to_uppercase()].guid, free.guid);
+
+    let take_over = |group: &writeback_tests::dc::AdObject| Op::TakeOver {
+        group_id: "g".into(),
+        guid: group.guid.clone(),
+        dn: group.dn.clone(),
+        sid: group.sid.clone(),
+        changes: vec![
+            AttributeChange::Replace("adminDescription".into(), vec!["Group_mine".into()]),
+            AttributeChange::Replace("description".into(), vec!["from the cloud".into()]),
+        ],
+    };
+    directory.apply(&take_over(&free), &Default::default()).await?;
+    let entry = dc.entry(&free.dn, &["adminDescription", "description"]).await?.expect("still there");
+    assert_eq!(writeback_tests::dc::first_value(&entry, "adminDescription"), Some("Group_mine"));
+
+    // Something set its adminDescription between the read and the write.
+    dc.set_attribute(&raced.dn, "adminDescription", "Group_DoNotSync").await?;
+    let refused = directory.apply(&take_over(&raced), &Default::default()).await;
+    assert!(matches!(refused, Err(ApplyError::AnchorTaken { .. })), "{refused:?}");
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("its adminDescription was set after it was read, so it was not taken over"), "{message}");
+    let entry = dc.entry(&raced.dn, &["adminDescription", "description"]).await?.expect("still there");
+    assert_eq!(writeback_tests::dc::first_value(&entry, "adminDescription"), Some("Group_DoNotSync"));
+    assert_eq!(writeback_tests::dc::first_value(&entry, "description"), None, "nothing of the write applied");
+    directory.close().await;
+    Ok(())
+}

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use writeback_tests::agents::share_tenant;
 use writeback_tests::e2e::{Env, enabled_group, new_id, text, toml_escape};
-use writeback_tests::graphsim::GroupPatch;
+use writeback_tests::graphsim::{Group, GroupPatch, MemberRef, WritebackConfiguration};
 
 /// The `group` and `container` schema classes.
 const GROUP_CLASS: &str = "bf967a9c-0de6-11d0-a285-00aa003049e2";
@@ -17,6 +17,12 @@ fn documented_rights(sid: &str) -> String {
         "(OA;CI;CCDC;{GROUP_CLASS};;{sid})(OA;CIIO;RPWPLCLORC;;{GROUP_CLASS};{sid})\
          (OA;CI;CC;{CONTAINER_CLASS};;{sid})(OA;CIIO;RPWPLCLORC;;{CONTAINER_CLASS};{sid})"
     )
+}
+
+/// The one ACE the README documents on each `[tenant.adopt] ous` entry: read and write the properties of its
+/// groups, for the account with SID `sid`.
+fn documented_takeover_rights(sid: &str) -> String {
+    format!("(OA;CIIO;RPWPLCLORC;;{GROUP_CLASS};{sid})")
 }
 
 /// A world whose config binds as a new non-admin account; returns the account's SID.
@@ -79,5 +85,33 @@ async fn the_same_account_without_the_rights_is_refused_with_the_cause() -> Resu
     let stderr = text(&output.stderr);
     assert!(stderr.contains("insufficient access rights"), "{stderr}");
     assert!(env.groups().await?.is_empty(), "nothing was written");
+    Ok(())
+}
+
+/// Taking over a converted group needs only the documented ACE on the OU it is in: the group existed before the
+/// ACE was granted, as it does in a real domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegated_account_with_the_documented_rights_takes_over_a_converted_group() -> Result<()> {
+    let (env, sid) = delegated_world("least-priv-adopt").await?;
+    env.dc.grant(&env.ou.groups_dn, &documented_rights(&sid))?;
+    let legacy = env.dc.create_ou(&env.ou.dn, "Legacy").await?;
+    let (alice, alice_ad) = env.synced_user("lpa-alice").await?;
+    let bob = env.dc.create_user(&env.ou.users_dn, "lpa-bob").await?;
+    let original = env.dc.create_group(&legacy, "Legacy Ops", writeback_tests::dc::GLOBAL_SECURITY).await?;
+    env.dc.add_member(&original.dn, &bob.dn).await?;
+    env.dc.grant(&legacy, &documented_takeover_rights(&sid))?;
+    // Edited in place: rewriting the config would bind as the admin again.
+    env.edit_config(|t| format!("{t}\n[tenant.adopt]\nous = [\"{legacy}\"]\n"))?;
+    let id = new_id();
+    let mut group = Group::converted(&id, "Ops", &original.sid);
+    group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+    group.members = vec![MemberRef::user(&alice)];
+    env.sim.add_group(group).unwrap();
+    let output = env.run(&["sync", "--once"]).await?;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let taken = env.group(&id).await?.expect("taken over");
+    assert_eq!(taken.guid, original.guid);
+    assert_eq!(taken.members.len(), 1, "{:?}", taken.members);
+    assert!(writeback::dn::same(&taken.members[0], &alice_ad.dn));
     Ok(())
 }

@@ -721,3 +721,102 @@ async fn a_new_group_scope_converts_existing_groups_as_ad_allows() -> anyhow::Re
     assert_eq!(steps, ["groupType=-2147483640", "groupType=-2147483644"], "through universal, one step each");
     Ok(())
 }
+
+/// A converted group, as Graph shows it after Microsoft's source-of-authority conversion of an AD group.
+fn converted(id: &str, name: &str, ad: &writeback_tests::dc::AdObject, members: &[&str]) -> Group {
+    let mut group = Group::converted(id, name, &ad.sid);
+    group.writeback = writeback(Some(true), None);
+    group.members = members.iter().map(|m| MemberRef::user(*m)).collect();
+    group
+}
+
+/// An AD group whose source of authority moved to the cloud comes back onto the same object: same objectGUID,
+/// objectSid, DN, sAMAccountName and scope, the anchor stamped, its members then following the cloud group. While
+/// it was still synced from AD, nothing of it was written.
+#[tokio::test]
+async fn a_converted_group_is_taken_over_in_place_and_its_members_follow_the_cloud() -> anyhow::Result<()> {
+    use writeback_tests::dc::GLOBAL_SECURITY;
+    use writeback_tests::graphsim::GroupPatch;
+    let mut env = Env::new("adopt").await?;
+    let legacy = env.dc.create_ou(&env.ou.dn, "Legacy").await?;
+    env.append_config(&format!("[tenant.adopt]\nous = [\"{legacy}\"]"))?;
+    let (alice, alice_ad) = env.synced_user("adopt-alice").await?;
+    let bob = env.dc.create_user(&env.ou.users_dn, "adopt-bob").await?;
+    let original = env.dc.create_group(&legacy, "Legacy Finance", GLOBAL_SECURITY).await?;
+    env.dc.add_member(&original.dn, &bob.dn).await?;
+    let id = new_id();
+    let mut synced = converted(&id, "Finance", &original, &[&alice]);
+    synced.on_premises_sync_enabled = Some(true);
+    env.sim.add_group(synced).unwrap();
+    env.sync(&[]).await?;
+    assert!(env.group(&id).await?.is_none(), "mastered in AD: nothing written");
+
+    // The conversion: no longer synced, the SID kept.
+    env.sim.update_group(&id, GroupPatch { on_premises_sync_enabled: Some(None), ..Default::default() }).unwrap();
+    let plan = text(&env.run(&["plan"]).await?.stdout);
+    assert!(plan.contains(&format!("take-over {}", original.dn)) && plan.contains(&original.sid), "{plan}");
+    assert!(env.group(&id).await?.is_none(), "plan writes nothing");
+    env.sync(&[]).await?;
+
+    let taken = env.group(&id).await?.expect("the anchor is on the original group");
+    assert_eq!((taken.guid.as_str(), taken.sid.as_str()), (original.guid.as_str(), original.sid.as_str()));
+    assert!(writeback::dn::same(&taken.dn, &original.dn), "{}", taken.dn);
+    assert_eq!((taken.sam.as_str(), taken.group_type), ("Legacy Finance", GLOBAL_SECURITY), "name and scope kept");
+    assert_eq!(taken.display_name.as_deref(), Some("Finance"));
+    assert_eq!(taken.members.len(), 1, "{:?}", taken.members);
+    assert!(writeback::dn::same(&taken.members[0], &alice_ad.dn), "bob, whom the cloud group lacks, is removed");
+    assert_eq!(env.groups().await?.iter().filter(|g| g.admin_description.is_some()).count(), 1, "no second group");
+    let audit = env.state_audit().await?;
+    let operations: Vec<&str> =
+        audit.iter().filter(|r| r.group_id == id).map(|r| r.operation.as_str()).collect::<Vec<_>>();
+    assert_eq!(operations, ["take-over", "add-members", "remove-members"], "{audit:?}");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("taken over") && status.contains(&format!("group {id}: {}", original.dn)), "{status}");
+
+    // From now on it is managed as any other group, except that the cloud does not name it.
+    env.sim.update_group(&id, GroupPatch { display_name: Some("Finance EMEA".into()), ..Default::default() }).unwrap();
+    env.sim.remove_members(&id, &[&alice]).unwrap();
+    env.sync(&[]).await?;
+    let managed = env.group(&id).await?.expect("still ours");
+    assert!(writeback::dn::same(&managed.dn, &original.dn) && managed.sam == "Legacy Finance");
+    assert_eq!(managed.display_name.as_deref(), Some("Finance EMEA"));
+    assert!(managed.members.is_empty(), "{:?}", managed.members);
+    Ok(())
+}
+
+/// A converted group is not taken over outside `[tenant.adopt] ous`, when its AD group is protected, or when
+/// that group's adminDescription belongs to something else; each is a conflict that writes nothing, and no second
+/// group is written beside it.
+#[tokio::test]
+async fn converted_groups_outside_ous_protected_or_anchored_by_others_are_not_taken_over() -> anyhow::Result<()> {
+    use writeback_tests::dc::GLOBAL_SECURITY;
+    let mut env = Env::new("adopt-refused").await?;
+    let legacy = env.dc.create_ou(&env.ou.dn, "Legacy").await?;
+    env.append_config(&format!("[tenant.adopt]\nous = [\"{legacy}\"]"))?;
+    let (alice, _) = env.synced_user("adopt-r-alice").await?;
+    let outside = env.dc.create_group(&env.ou.users_dn, "Outside", GLOBAL_SECURITY).await?;
+    let protected = env.dc.create_group(&legacy, "Protected", GLOBAL_SECURITY).await?;
+    env.dc.set_attribute(&protected.dn, "adminCount", "1").await?;
+    let foreign = env.dc.create_group(&legacy, "Foreign", GLOBAL_SECURITY).await?;
+    env.dc.set_attribute(&foreign.dn, "adminDescription", "Group_DoNotSync").await?;
+    let mut ids = Vec::new();
+    for ad in [&outside, &protected, &foreign] {
+        let id = new_id();
+        env.sim.add_group(converted(&id, &format!("Cloud {}", ad.sid), ad, &[&alice])).unwrap();
+        ids.push(id);
+    }
+    let before = env.groups().await?;
+    env.sync(&[]).await?;
+    assert_eq!(env.groups().await?, before, "nothing is written, and no second group");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    for (id, cause) in ids.iter().zip([
+        "is outside every [tenant.adopt] ous entry".to_string(),
+        "is protected (adminCount=1 or protected_groups".to_string(),
+        "has adminDescription \"Group_DoNotSync\", which is not this group's anchor".to_string(),
+    ]) {
+        assert!(status.contains(&format!("group {id}: not taken over: ")), "{status}");
+        let line = status.lines().find(|l| l.contains(&format!("group {id}: not taken over"))).unwrap();
+        assert!(line.contains(&cause), "{line}");
+    }
+    Ok(())
+}
