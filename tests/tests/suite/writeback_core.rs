@@ -781,6 +781,16 @@ async fn a_converted_group_is_taken_over_in_place_and_its_members_follow_the_clo
     assert!(writeback::dn::same(&managed.dn, &original.dn) && managed.sam == "Legacy Finance");
     assert_eq!(managed.display_name.as_deref(), Some("Finance EMEA"));
     assert!(managed.members.is_empty(), "{:?}", managed.members);
+
+    // A lost state finds it again by its SID (its anchor, outside the tenant's OUs, proves nothing alone), and it
+    // is neither a look-alike nor written twice.
+    let reset = env.run(&["reset-state", "--tenant", "contoso"]).await?;
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    env.sync(&[]).await?;
+    let found = env.group(&id).await?.expect("still ours");
+    assert_eq!((found.guid.as_str(), found.members.len()), (original.guid.as_str(), 0));
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("look-alikes: 0") && status.contains(&format!("group {id}: {}", original.dn)), "{status}");
     Ok(())
 }
 
