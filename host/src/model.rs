@@ -187,8 +187,9 @@ pub fn check_placement(placement: &Placement, settings: &ModelSettings) -> Resul
 pub enum DesiredMember {
     /// A principal that already exists in AD, named by its SID.
     Sid { member_id: String, sid: String },
-    /// A cloud group that is itself written back; it may not exist in AD yet.
-    CloudGroup { member_id: String },
+    /// A cloud group that is itself written back; it may not exist in AD yet. `converted_from` is the SID of
+    /// the AD group it was converted from, if it was.
+    CloudGroup { member_id: String, converted_from: Option<String> },
 }
 
 /// A member that will not be written, and why.
@@ -468,7 +469,10 @@ fn member<V: CloudView>(
                 _ => Err(SkipReason::SyncedGroupWithoutSid),
             },
             Some(g) => match scope(&g, settings.m365_default_writeback, &settings.rules) {
-                Ok(_) => Ok(DesiredMember::CloudGroup { member_id: id.to_string() }),
+                Ok(_) => Ok(DesiredMember::CloudGroup {
+                    member_id: id.to_string(),
+                    converted_from: g.on_premises_security_identifier.clone(),
+                }),
                 Err(_) => Err(SkipReason::NestedGroupNotWritten),
             },
         },

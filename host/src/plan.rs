@@ -534,7 +534,7 @@ fn same_values(name: &str, want: &[String], have: &[String]) -> bool {
 fn member_sid<'a>(member: &'a DesiredMember, snapshot: &'a Snapshot) -> Option<String> {
     match member {
         DesiredMember::Sid { sid, .. } => Some(sid.to_uppercase()),
-        DesiredMember::CloudGroup { member_id } => {
+        DesiredMember::CloudGroup { member_id, .. } => {
             snapshot.managed.get(member_id)?.sid.as_ref().map(|s| s.to_uppercase())
         }
     }
@@ -571,22 +571,29 @@ fn member_diff(
         member_id: member_id.to_string(),
         reason,
     };
+    let scope = scope_in_ad(desired, current);
     for member in &desired.members {
         match member {
             DesiredMember::Sid { member_id, sid } => match snapshot.principals.get(&sid.to_uppercase()) {
                 None => diff.skipped.push(skip(member_id, SkipReason::UnresolvedSid { sid: sid.clone() })),
-                Some(p) => match refusal(desired.scope, sid, p, snapshot.domain_sid.as_deref()) {
+                Some(p) => match refusal(scope, sid, p, snapshot.domain_sid.as_deref()) {
                     Some(reason) => diff.skipped.push(skip(member_id, reason)),
                     None if present.contains(&sid.to_uppercase()) => {}
                     None => diff.adds.push(MemberValue::Dn(p.dn.clone())),
                 },
             },
-            DesiredMember::CloudGroup { member_id } => match snapshot.managed.get(member_id) {
-                Some(g) if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
-                Some(g) => diff.adds.push(MemberValue::Dn(g.dn.clone())),
-                None if nested.creating.contains(member_id.as_str()) => {
-                    diff.adds.push(MemberValue::NewGroup(member_id.clone()))
-                }
+            DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
+                Some(g) => match scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())) {
+                    Some(reason) => diff.skipped.push(skip(member_id, reason)),
+                    None if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
+                    None => diff.adds.push(MemberValue::Dn(g.dn.clone())),
+                },
+                // Created with the tenant's scope, which only a group taken over may not have.
+                None if nested.creating.contains(member_id.as_str()) => match scope_refusal(scope, Some(desired.scope))
+                {
+                    Some(reason) => diff.skipped.push(skip(member_id, reason)),
+                    None => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
+                },
                 None if (nested.later)(member_id) => diff.waiting = true,
                 None => diff.skipped.push(skip(member_id, SkipReason::NestedGroupNotInDirectory)),
             },
@@ -614,16 +621,39 @@ fn refusal(parent: GroupScope, sid: &str, principal: &Principal, domain_sid: Opt
         return Some(SkipReason::WrongClass { sid: sid.to_string(), class: class.to_string() });
     }
     let other_domain = foreign_principal || domain_sid.is_some_and(|domain| !in_domain(sid, domain));
-    match (parent, principal.group_type.and_then(GroupScope::of)) {
-        (GroupScope::Universal, Some(GroupScope::DomainLocal)) => Some(SkipReason::DomainLocalGroup),
-        (GroupScope::Global, Some(GroupScope::DomainLocal)) => Some(SkipReason::GlobalCantHaveLocal),
-        (GroupScope::Global, Some(GroupScope::Universal)) => Some(SkipReason::GlobalCantHaveUniversal),
+    let child = principal.group_type.and_then(GroupScope::of);
+    if let Some(reason) = scope_refusal(parent, child) {
+        return Some(reason);
+    }
+    match (parent, child) {
         (GroupScope::Global, _) if other_domain => Some(SkipReason::GlobalCantHaveCrossDomain),
         (GroupScope::DomainLocal, Some(GroupScope::DomainLocal)) if other_domain => {
             Some(SkipReason::LocalCantHaveCrossDomainLocal)
         }
         _ => None,
     }
+}
+
+/// Why AD refuses a group of scope `child` of the same domain in a group of scope `parent`.
+fn scope_refusal(parent: GroupScope, child: Option<GroupScope>) -> Option<SkipReason> {
+    match (parent, child?) {
+        (GroupScope::Universal, GroupScope::DomainLocal) => Some(SkipReason::DomainLocalGroup),
+        (GroupScope::Global, GroupScope::DomainLocal) => Some(SkipReason::GlobalCantHaveLocal),
+        (GroupScope::Global, GroupScope::Universal) => Some(SkipReason::GlobalCantHaveUniversal),
+        _ => None,
+    }
+}
+
+/// The scope `desired` has in AD once planned: its own, or, for a group taken over, the one AD gave it.
+fn scope_in_ad(desired: &DesiredGroup, current: Option<&DirectoryGroup>) -> GroupScope {
+    current.filter(|c| keeps_its_name(desired, c)).and_then(current_scope).unwrap_or(desired.scope)
+}
+
+/// The scope a nested cloud group `child` of `parent` has once planned: the tenant's, which `parent` has too, or,
+/// for a group taken over (converted from the AD group with SID `converted_from`), the one AD gave it.
+fn nested_scope(parent: &DesiredGroup, child: &DirectoryGroup, converted_from: Option<&str>) -> Option<GroupScope> {
+    let kept = converted_from.zip(child.sid.as_deref()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+    if kept { current_scope(child) } else { Some(parent.scope) }
 }
 
 /// Whether `sid` is an account SID of the domain with SID `domain`.
@@ -633,6 +663,7 @@ fn in_domain(sid: &str, domain: &str) -> bool {
 
 /// Current member values that the desired model does not list (including refused and unknown ones).
 fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &Snapshot) -> Vec<String> {
+    let scope = scope_in_ad(desired, Some(current));
     let keep: HashSet<String> = desired
         .members
         .iter()
@@ -640,8 +671,11 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
             DesiredMember::Sid { sid, .. } => snapshot
                 .principals
                 .get(&sid.to_uppercase())
-                .is_some_and(|p| refusal(desired.scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
-            DesiredMember::CloudGroup { .. } => true,
+                .is_some_and(|p| refusal(scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
+            DesiredMember::CloudGroup { member_id, converted_from } => snapshot
+                .managed
+                .get(member_id)
+                .is_some_and(|g| scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())).is_none()),
         })
         .filter_map(|m| member_sid(m, snapshot))
         .collect();
@@ -869,7 +903,7 @@ mod tests {
     #[test]
     fn nested_groups_resolve_in_any_order() {
         let snap = Snapshot::default();
-        let parent = desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "b".into() }]);
+        let parent = desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "b".into(), converted_from: None }]);
         let child = desired("b", "B", vec![]);
         let plan = plan(&intents(vec![("a", Intent::Write(parent)), ("b", Intent::Write(child))]), &snap, OPTS);
         assert!(matches!(plan.ops[0], Op::Create { .. }) && matches!(plan.ops[1], Op::Create { .. }));
@@ -888,7 +922,11 @@ mod tests {
         let parent = || {
             intents(vec![(
                 "a",
-                Intent::Write(desired("a", "A", vec![DesiredMember::CloudGroup { member_id: "z".into() }])),
+                Intent::Write(desired(
+                    "a",
+                    "A",
+                    vec![DesiredMember::CloudGroup { member_id: "z".into(), converted_from: None }],
+                )),
             )])
         };
         let batch = plan_batch(&parent(), &Snapshot::default(), &|id| id == "z");
@@ -1113,5 +1151,49 @@ mod tests {
         let out = plan(&intents(vec![("g", Intent::Write(want))]), &snap, OPTS);
         assert!(out.ops.iter().any(|op| matches!(op, Op::Rename { .. })), "{:?}", out.ops);
         assert!(out.ops.iter().any(|op| op.to_string().contains("sAMAccountName=CloudName")), "{:?}", out.ops);
+    }
+
+    #[test]
+    fn a_group_taken_over_is_nested_by_the_scope_ad_gave_it() {
+        let universal = GroupKind::Security.group_type(GroupScope::Universal).to_string();
+        let local = GroupKind::Security.group_type(GroupScope::DomainLocal).to_string();
+        // A kept global group holding a written (universal) group: refused, and removed where present.
+        let (mut kept, current) = converted();
+        kept.members = vec![DesiredMember::CloudGroup { member_id: "w".into(), converted_from: None }];
+        let mut written = existing("w", "Written", &[]);
+        written.attributes.insert("grouptype".into(), vec![universal.clone()]);
+        let mut snap = Snapshot::default();
+        snap.managed.insert("w".into(), written.clone());
+        let mut with_child = current.clone();
+        with_child.members.push(DirectoryMember { dn: written.dn.clone(), sid: written.sid.clone() });
+        snap.managed.insert("g".into(), with_child);
+        let out = plan(&intents(vec![("g", Intent::Write(kept.clone()))]), &snap, OPTS);
+        assert_eq!(
+            out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(),
+            [SkipReason::GlobalCantHaveUniversal]
+        );
+        assert!(
+            out.ops.iter().any(|op| matches!(op, Op::RemoveMembers { values, .. } if values.contains(&written.dn)))
+        );
+        assert!(!out.ops.iter().any(|op| matches!(op, Op::AddMembers { .. })), "{:?}", out.ops);
+
+        // A written universal group holding a kept domain-local group: refused by the kept group's own scope.
+        let mut parent = desired(
+            "p",
+            "Parent",
+            vec![DesiredMember::CloudGroup { member_id: "g".into(), converted_from: Some("S-1-5-21-9-g".into()) }],
+        );
+        let mut local_kept = current.clone();
+        local_kept.attributes.insert("grouptype".into(), vec![local]);
+        let mut snap = Snapshot::default();
+        snap.managed.insert("g".into(), local_kept.clone());
+        let out = plan(&intents(vec![("p", Intent::Write(parent.clone()))]), &snap, OPTS);
+        assert_eq!(out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(), [SkipReason::DomainLocalGroup]);
+        // The same group not taken over is one of the tenant's, whose scope the plan converts: it is nested.
+        parent.members = vec![DesiredMember::CloudGroup { member_id: "g".into(), converted_from: None }];
+        let out = plan(&intents(vec![("p", Intent::Write(parent))]), &snap, OPTS);
+        assert!(out.skipped.is_empty() && matches!(out.ops.as_slice(), [Op::Create { .. }]), "{:?}", out.ops);
+        let Op::Create { attributes, .. } = &out.ops[0] else { unreachable!() };
+        assert!(attributes.iter().any(|(k, v)| k == "member" && v == &[local_kept.dn.clone()]), "{attributes:?}");
     }
 }

@@ -596,7 +596,7 @@ fn lookup_ids(intents: &BTreeMap<String, Intent>) -> Vec<String> {
     for intent in intents.values() {
         if let Intent::Write(desired) = intent {
             for member in &desired.members {
-                if let DesiredMember::CloudGroup { member_id } = member {
+                if let DesiredMember::CloudGroup { member_id, .. } = member {
                     ids.insert(member_id.clone());
                 }
             }

@@ -830,3 +830,31 @@ async fn converted_groups_outside_ous_protected_or_anchored_by_others_are_not_ta
     }
     Ok(())
 }
+
+/// A group taken over keeps its scope, so a parent and a child of different scopes meet: the nesting rules are
+/// checked with the scope each has in AD, with AD's message.
+#[tokio::test]
+async fn a_group_taken_over_is_nested_by_the_scope_it_kept() -> anyhow::Result<()> {
+    use writeback_tests::dc::DOMAIN_LOCAL_SECURITY;
+    let mut env = Env::new("adopt-nesting").await?;
+    let legacy = env.dc.create_ou(&env.ou.dn, "Legacy").await?;
+    env.append_config(&format!("[tenant.adopt]\nous = [\"{legacy}\"]"))?;
+    let (alice, _) = env.synced_user("adopt-n-alice").await?;
+    let original = env.dc.create_group(&legacy, "Legacy Local", DOMAIN_LOCAL_SECURITY).await?;
+    let child = new_id();
+    env.sim.add_group(converted(&child, "Local", &original, &[&alice])).unwrap();
+    let parent = new_id();
+    let mut p = enabled_group(&parent, "Universal parent", &[&alice]);
+    p.members.push(MemberRef::group(&child));
+    env.sim.add_group(p).unwrap();
+    env.sync(&[]).await?;
+    assert_eq!(env.group(&child).await?.expect("taken over").group_type, DOMAIN_LOCAL_SECURITY);
+    let written = env.group(&parent).await?.expect("written");
+    assert_eq!(written.members.len(), 1, "only alice: {:?}", written.members);
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(
+        status.contains(&format!("member {child}: A universal group cannot have a local group as a member")),
+        "{status}"
+    );
+    Ok(())
+}
