@@ -391,16 +391,21 @@ impl Config {
     }
 
     /// Each tenant owns the anchored groups inside its OUs (`target_ou` and `allowed_ous`), so no OU of one
-    /// tenant may equal, contain or lie inside an OU of another: an anchored group there would be both's.
+    /// tenant may equal, contain or lie inside an OU of another: an anchored group there would be both's. Nor
+    /// may a tenant take groups over inside another's OUs: that tenant would find them anchored by a cloud group
+    /// it does not know, and delete them.
     fn check_target_ous_apart(&self) -> Result<(), ConfigError> {
         for (i, a) in self.tenants.iter().enumerate() {
             for b in &self.tenants[i + 1..] {
-                for x in a.ous() {
-                    if let Some(y) = b.ous().find(|y| crate::dn::is_within(x, y) || crate::dn::is_within(y, x)) {
-                        return Err(ConfigError::Invalid(format!(
-                            "tenants {} and {} have overlapping OUs ({x} and {y}); each tenant's target_ou and allowed_ous must be apart from every other tenant's",
-                            a.name, b.name
-                        )));
+                for (first, second) in [(a, b), (b, a)] {
+                    for x in first.ous().chain(&first.adopt.ous) {
+                        if let Some(y) = second.ous().find(|y| crate::dn::is_within(x, y) || crate::dn::is_within(y, x))
+                        {
+                            return Err(ConfigError::Invalid(format!(
+                                "tenants {} and {} have overlapping OUs ({x} and {y}); each tenant's target_ou, allowed_ous and adopt ous must be apart from every other tenant's target_ou and allowed_ous",
+                                first.name, second.name
+                            )));
+                        }
                     }
                 }
             }
@@ -512,7 +517,7 @@ impl TenantConfig {
             // A domain root would offer every group of the domain, the built-in ones too.
             if crate::dn::is_domain_root(ou) || !crate::dn::is_dn(ou) {
                 return Err(ConfigError::Invalid(format!(
-                    "tenant {name}: adopt ous entry {ou:?} is not the distinguished name of an OU; name the OUs whose groups may be taken over"
+                    "tenant {name}: adopt ous entry {ou:?} is not the distinguished name of an OU or container below the domain root; name the OUs whose groups may be taken over"
                 )));
             }
         }
@@ -889,6 +894,12 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         );
         let plugins = "[tenant.plugins]\nallowed_ous = [\"OU=Elsewhere,DC=corp,DC=example,DC=test\"]\n";
         assert!(parse(&two_tenants("OU=Other,DC=corp", plugins)).is_ok());
+        // Groups one tenant takes over inside another's target OU would be that tenant's orphans to delete.
+        let adopt = "[tenant.adopt]\nous = [\"OU=Other,DC=corp,DC=example,DC=test\"]\n";
+        let err = parse(&two_tenants("OU=Inner,OU=Other,DC=corp", adopt)).unwrap_err().to_string();
+        assert!(err.contains("tenants contoso and fabrikam have overlapping OUs"), "{err}");
+        let adopt = "[tenant.adopt]\nous = [\"OU=Legacy,DC=corp,DC=example,DC=test\"]\n";
+        assert!(parse(&two_tenants("OU=Other,DC=corp", adopt)).is_ok());
     }
 
     #[test]

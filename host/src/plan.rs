@@ -276,17 +276,19 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                     member_ops.push(Op::AddMembers { group_id: id.clone(), target: GroupRef::New, values: later });
                 }
             }
-            (Intent::Write(desired), Some(current)) if snapshot.takeovers.contains(id) => {
-                // Members, removals above all, wait until the anchor is recorded: planned again then.
-                updates.push(take_over(desired, current));
-                out.waiting.push(id.clone());
-            }
             (Intent::Write(desired), Some(current)) => {
-                updates.extend(rename(desired, current));
-                updates.extend(modify(desired, current));
+                let taking_over = snapshot.takeovers.contains(id);
+                if taking_over {
+                    // Its member changes are listed, for `plan`, but a sync applies them only once the take-over
+                    // is recorded: the group is planned again then (see `member_change_of_takeover`).
+                    updates.push(take_over(desired, current));
+                } else {
+                    updates.extend(rename(desired, current));
+                    updates.extend(modify(desired, current));
+                }
                 let diff = member_diff(desired, Some(current), snapshot, &nested);
                 out.skipped.extend(diff.skipped);
-                if diff.waiting {
+                if diff.waiting || taking_over {
                     out.waiting.push(id.clone());
                 }
                 let target = GroupRef::Existing { guid: current.guid.clone(), dn: current.dn.clone() };
@@ -530,14 +532,22 @@ fn same_values(name: &str, want: &[String], have: &[String]) -> bool {
     want == have
 }
 
-/// The SID a desired member has in the directory, if it exists there.
+/// The SID a desired member has in the directory, if it exists there. A converted group not found by its
+/// anchor (its take-over is refused or waits) is still the AD group it was converted from.
 fn member_sid<'a>(member: &'a DesiredMember, snapshot: &'a Snapshot) -> Option<String> {
     match member {
         DesiredMember::Sid { sid, .. } => Some(sid.to_uppercase()),
-        DesiredMember::CloudGroup { member_id, .. } => {
-            snapshot.managed.get(member_id)?.sid.as_ref().map(|s| s.to_uppercase())
-        }
+        DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
+            Some(group) => group.sid.as_ref().map(|s| s.to_uppercase()),
+            None => converted_from.as_ref().map(|s| s.to_uppercase()),
+        },
     }
+}
+
+/// Whether `op` is a member change of a group this plan takes over: a sync applies those only once the take-over
+/// is recorded, when the group is planned again.
+pub fn member_change_of_takeover(op: &Op, snapshot: &Snapshot) -> bool {
+    matches!(op, Op::AddMembers { .. } | Op::RemoveMembers { .. }) && snapshot.takeovers.contains(op.group_id())
 }
 
 /// Where nested member groups that are not in the directory yet will come from.
@@ -583,6 +593,8 @@ fn member_diff(
                 },
             },
             DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
+                // Nested only once it is taken over: the take-over may still fail.
+                Some(_) if snapshot.takeovers.contains(member_id) => diff.waiting = true,
                 Some(g) => match scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())) {
                     Some(reason) => diff.skipped.push(skip(member_id, reason)),
                     None if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
@@ -672,10 +684,10 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
                 .principals
                 .get(&sid.to_uppercase())
                 .is_some_and(|p| refusal(scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
-            DesiredMember::CloudGroup { member_id, converted_from } => snapshot
-                .managed
-                .get(member_id)
-                .is_some_and(|g| scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())).is_none()),
+            DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
+                Some(g) => scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())).is_none(),
+                None => converted_from.is_some(),
+            },
         })
         .filter_map(|m| member_sid(m, snapshot))
         .collect();
@@ -1115,9 +1127,12 @@ mod tests {
         snap.managed.insert("g".into(), current);
         snap.takeovers.insert("g".into());
         let out = plan_batch(&intents(vec![("g", Intent::Write(want))]), &snap, &|_| false);
-        let [Op::TakeOver { sid, dn, changes, .. }] = out.ops.as_slice() else {
-            panic!("one take-over: {:?}", out.ops)
+        let [Op::TakeOver { sid, dn, changes, .. }, members @ ..] = out.ops.as_slice() else {
+            panic!("a take-over first: {:?}", out.ops)
         };
+        // Listed for `plan`, applied by a sync only once the take-over is recorded.
+        assert_eq!(members.len(), 2, "an add and a removal: {members:?}");
+        assert!(members.iter().all(|op| member_change_of_takeover(op, &snap)));
         assert_eq!((sid.as_str(), dn.as_str()), ("S-1-5-21-9-g", "CN=Legacy,OU=Old,DC=corp"));
         assert!(changes.contains(&AttributeChange::Replace("adminDescription".into(), vec!["Group_g".into()])));
         assert!(changes.contains(&AttributeChange::Replace("displayName".into(), vec!["Cloud Name".into()])));

@@ -49,7 +49,9 @@ impl TenantSync<'_> {
             self.reconcile_batch(directory, batch, &settings, &later, options, &mut carry, report).await?;
         }
         // A dry run created nothing, so planning the waiting groups again would only repeat their creates.
-        let waiting = std::mem::take(&mut carry.waiting);
+        let mut waiting = std::mem::take(&mut carry.waiting);
+        // A group whose write failed writes nothing more this cycle; its problems are recorded already.
+        waiting.retain(|id| !carry.failed.contains(id));
         if !waiting.is_empty() && !options.dry_run && !options.standby {
             // Their problems are counted again, from this plan.
             report.status.skipped_members.retain(|s| !waiting.contains(&s.group_id));
@@ -91,6 +93,10 @@ impl TenantSync<'_> {
         let snapshot = self.snapshot(directory, &mut intents, &mut carry.failed, report).await?;
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
         drop(intents);
+        if !options.dry_run && !options.standby {
+            // Planned again once the take-over is recorded; `plan` shows them now.
+            plan.ops.retain(|op| !plan::member_change_of_takeover(op, &snapshot));
+        }
         self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
         self.check_scope_changes(directory, &mut plan, &snapshot, report).await?;
         let (deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
@@ -114,8 +120,10 @@ impl TenantSync<'_> {
         self.apply(directory, &plan, &mut carry.failed, report).await?;
         self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan))?;
         self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
-        // A waiting or deferred group's problems are recorded once, when it settles.
-        let settled: BTreeSet<String> = ids.difference(&unsettled).cloned().collect();
+        // A waiting or deferred group's problems are recorded once, when it settles, or when it fails: a failed
+        // group writes nothing more this cycle.
+        let settled: BTreeSet<String> =
+            ids.iter().filter(|id| !unsettled.contains(*id) || carry.failed.contains(*id)).cloned().collect();
         self.record_problems(&settled, &plan, &report.status)?;
         self.store.flush().await?;
         Ok(())
@@ -131,6 +139,8 @@ impl TenantSync<'_> {
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
         let ids: BTreeSet<String> = carry.deferred.keys().cloned().collect();
+        // Those that failed in their batch had their problems recorded there.
+        let unrecorded: BTreeSet<String> = ids.iter().filter(|id| !carry.failed.contains(*id)).cloned().collect();
         let (mut ops, deletes): (Vec<Op>, Vec<Op>) = carry.deferred.into_values().partition(plan::is_rename);
         ops.extend(deletes);
         let mut plan = Plan { ops, ..Plan::default() };
@@ -155,7 +165,7 @@ impl TenantSync<'_> {
         self.record_applied(Threshold::Renames, plan.ops.iter().filter(|op| plan::is_rename(op)).count())?;
         self.record_applied(Threshold::Deletes, plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count())?;
         self.checkpoint(&ids, &plan, &carry.failed, &Snapshot::default(), &BTreeSet::new())?;
-        self.record_problems(&ids, &plan, &report.status)?;
+        self.record_problems(&unrecorded, &plan, &report.status)?;
         Ok(())
     }
 

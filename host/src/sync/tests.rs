@@ -43,6 +43,19 @@ struct Memory {
     /// The ids of each `managed_groups` call.
     lookups: Vec<Vec<String>>,
     serial: u32,
+    /// Asked at each member removal whether the group's anchor is recorded in the state yet.
+    anchor_recorded: Option<AnchorProbe>,
+    /// What `anchor_recorded` answered at each member removal, by group id.
+    removals: Vec<(String, bool)>,
+}
+
+/// Whether the state has recorded a group's anchor.
+struct AnchorProbe(Box<dyn Fn(&str) -> bool>);
+
+impl std::fmt::Debug for AnchorProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnchorProbe")
+    }
 }
 
 impl Memory {
@@ -242,6 +255,9 @@ impl GroupDirectory for Memory {
 
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         self.writes.push(op.clone());
+        if let (Op::RemoveMembers { group_id, .. }, Some(probe)) = (op, &self.anchor_recorded) {
+            self.removals.push((group_id.clone(), (probe.0)(group_id)));
+        }
         if self.refuse.contains(op.group_id()) {
             return Err(ApplyError::Refused { code: 53, message: "unwilling to perform".into() });
         }
@@ -620,7 +636,12 @@ async fn a_converted_group_is_taken_over_in_place_before_its_members_change_and_
         ]),
     );
 
-    // `plan` shows the take-over and writes nothing.
+    // A parent in the same batch nests it only once it is taken over.
+    merge_groups(&sync.state, json!([group(6, "Parent", &[], &[1])]));
+    let state = store.tenant("t").unwrap();
+    directory.anchor_recorded = Some(AnchorProbe(Box::new(move |id| state.anchor(id).unwrap().is_some())));
+
+    // `plan` shows the take-over and the member changes that follow it, and writes nothing.
     let dry = CycleOptions { dry_run: true, ..CycleOptions::default() };
     let report = reconcile(&sync, &mut directory, dry).await;
     assert!(directory.writes.is_empty());
@@ -631,6 +652,8 @@ async fn a_converted_group_is_taken_over_in_place_before_its_members_change_and_
             .any(|op| op.starts_with("take-over CN=Sales,OU=Legacy") && op.contains("objectSid S-1-5-21-9-5001")),
         "{shown:?}"
     );
+    let removal = format!("remove-members CN=Sales,OU=Legacy,DC=corp,DC=test: -1: {}", user_dn(2));
+    assert!(shown.contains(&removal), "{shown:?}");
 
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
     let taken = directory.by_guid(&original.guid).unwrap().clone();
@@ -644,6 +667,8 @@ async fn a_converted_group_is_taken_over_in_place_before_its_members_change_and_
     let position = |f: &dyn Fn(&Op) -> bool| directory.writes.iter().position(|op| f(op) && op.group_id() == id(1));
     let take_over = position(&|op| matches!(op, Op::TakeOver { .. })).expect("a take-over");
     assert!(take_over < position(&|op| matches!(op, Op::RemoveMembers { .. })).expect("a removal"));
+    assert_eq!(directory.removals, [(id(1), true)], "removed only once the take-over is recorded");
+    assert_eq!(directory.members_of(&id(6)), [original.dn.clone()], "nested once taken over");
     assert_eq!(sync.state.anchor(&id(1)).unwrap().map(|a| a.guid), Some(original.guid.clone()));
     let records = sync.state.takeovers().unwrap();
     assert_eq!(
@@ -684,4 +709,25 @@ async fn converted_groups_are_not_taken_over_unless_the_tenant_names_ous() {
     let reason = &report.status.conflicts[0].reason;
     assert!(reason.contains("taking over converted groups is off for this tenant"), "{reason}");
     assert_eq!(sync.state.pending().unwrap(), [id(1)], "it stays pending, to be taken over once allowed");
+}
+
+#[tokio::test]
+async fn a_take_over_that_fails_changes_no_member_and_nests_the_group_nowhere() {
+    let config = tenant("[tenant.adopt]\nous = [\"OU=Legacy,DC=corp,DC=test\"]");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1, 2]);
+    let mut directory = users(&[1, 2]);
+    let member = format!("CN={},CN=Users,DC=corp,DC=test", sid(2));
+    directory.objects.push(legacy("S-1-5-21-9-5001", "CN=Sales,OU=Legacy,DC=corp,DC=test", &[], vec![member.clone()]));
+    merge_groups(&sync.state, json!([converted(1, "Sales", "S-1-5-21-9-5001", &[1]), group(6, "Parent", &[], &[1])]));
+    directory.refuse.insert(id(1));
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let ops: Vec<String> = directory.writes.iter().filter(|op| op.group_id() == id(1)).map(Op::to_string).collect();
+    assert_eq!(ops.len(), 1, "the take-over only: {ops:?}");
+    assert!(ops[0].starts_with("take-over"), "{ops:?}");
+    assert_eq!(directory.objects[0].members, [member], "its members are untouched");
+    assert!(directory.members_of(&id(6)).is_empty(), "a group not taken over is nested nowhere");
+    assert!(report.status.held_groups.iter().any(|h| h.group_id == id(1)), "{:?}", report.status.held_groups);
+    assert!(sync.state.anchor(&id(1)).unwrap().is_none() && sync.state.takeovers().unwrap().is_empty());
 }
