@@ -318,6 +318,20 @@ pub fn scope(group: &CloudGroup, m365_default: bool, rules: &WritebackRules) -> 
     }
 }
 
+/// The kind of a group converted from AD whose writeback type is unset: what its mail and security flags say,
+/// which mirror the AD group it came from, so that taking over a distribution list does not clear its mail.
+fn converted_kind(group: &CloudGroup, kind: GroupKind) -> GroupKind {
+    let converted = group.on_premises_security_identifier.as_deref().is_some_and(|sid| !sid.trim().is_empty());
+    if !converted || group.writeback_group_type.is_some() || group.is_unified() {
+        return kind;
+    }
+    match (group.mail_enabled, group.security_enabled) {
+        (Some(true), Some(true)) => GroupKind::MailEnabledSecurity,
+        (Some(true), _) => GroupKind::Distribution,
+        _ => kind,
+    }
+}
+
 /// The group as policies see it; `None` when it has no display name to name it by.
 pub fn policy_group(group: &CloudGroup, kind: GroupKind) -> Option<PolicyGroup<'_>> {
     let display_name = group.display_name.as_deref().filter(|n| !n.trim().is_empty())?;
@@ -346,7 +360,7 @@ pub fn intent<V: CloudView>(
         return Ok((Intent::Refuse(HeldReason::Refused { cause }), Vec::new()));
     }
     let kind = match scope(group, settings.m365_default_writeback, &settings.rules) {
-        Ok(kind) => kind,
+        Ok(kind) => converted_kind(group, kind),
         Err(intent) => return Ok((intent, Vec::new())),
     };
     // The anchor carries the id, and only `Group_<GUID>` anchors are recognised as writeback's.
@@ -626,5 +640,33 @@ mod tests {
         assert_eq!(dist["mailNickname"], ["a"]);
         assert_eq!(dist["groupType"], ["8"]);
         assert_eq!(dist["adminDescription"], [format!("Group_{}", g.id)]);
+    }
+
+    #[test]
+    fn a_converted_list_keeps_its_mail_and_other_groups_keep_their_kind() {
+        let list = group(|g| {
+            g.on_premises_security_identifier = Some("S-1-5-21-1-2-3-4000".into());
+            g.mail_enabled = Some(true);
+            g.security_enabled = Some(false);
+        });
+        assert_eq!(converted_kind(&list, GroupKind::Security), GroupKind::Distribution);
+        let mail_security = group(|g| {
+            g.on_premises_security_identifier = Some("S-1-5-21-1-2-3-4001".into());
+            g.mail_enabled = Some(true);
+            g.security_enabled = Some(true);
+        });
+        assert_eq!(converted_kind(&mail_security, GroupKind::Security), GroupKind::MailEnabledSecurity);
+        // A cloud-born group, or a converted one whose writeback type is set, keeps the kind the model gave it.
+        let cloud = group(|g| {
+            g.mail_enabled = Some(true);
+            g.security_enabled = Some(false);
+        });
+        assert_eq!(converted_kind(&cloud, GroupKind::Security), GroupKind::Security);
+        let typed = group(|g| {
+            g.on_premises_security_identifier = Some("S-1-5-21-1-2-3-4000".into());
+            g.mail_enabled = Some(true);
+            g.writeback_group_type = Some("universalSecurityGroup".into());
+        });
+        assert_eq!(converted_kind(&typed, GroupKind::Security), GroupKind::Security);
     }
 }

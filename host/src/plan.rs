@@ -63,6 +63,9 @@ pub struct Snapshot {
     /// Groups whose entry in `managed` is the AD group they were converted from, found by its SID and not
     /// anchored yet: this plan takes them over.
     pub takeovers: HashSet<String>,
+    /// Groups taken over earlier: when their cloud group is deleted, the AD group is handed back (its anchor
+    /// taken off), never deleted.
+    pub taken_over: HashSet<String>,
 }
 
 /// A value to add to `member`.
@@ -308,6 +311,10 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                 }
                 scope_changes.extend(steps);
             }
+            (Intent::Delete, Some(current)) if snapshot.taken_over.contains(id) => {
+                updates.push(release(id, current));
+                out.gone.push(id.clone());
+            }
             (Intent::Delete, Some(current)) => {
                 deletes.push(Op::Delete { group_id: id.clone(), guid: current.guid.clone(), dn: current.dn.clone() });
             }
@@ -409,6 +416,18 @@ fn take_over(desired: &DesiredGroup, current: &DirectoryGroup) -> Op {
         sid: current.sid.clone().unwrap_or_default(),
         changes,
     }
+}
+
+/// The write that hands a group taken over back to AD when its cloud group is deleted: its anchors come off, and
+/// its SID, name and members stay. Deleting it would take away the SID that ACLs everywhere name.
+fn release(id: &str, current: &DirectoryGroup) -> Op {
+    let anchors = ["adminDescription", "msDS-ExternalDirectoryObjectId"];
+    let changes = anchors
+        .iter()
+        .filter(|name| current.attributes.get(&name.to_lowercase()).is_some_and(|v| !v.is_empty()))
+        .map(|name| AttributeChange::Clear(name.to_string()))
+        .collect();
+    Op::Modify { group_id: id.to_string(), guid: current.guid.clone(), dn: current.dn.clone(), changes }
 }
 
 /// Whether `current` is the AD group `desired` was converted from: it keeps the name, place and scope AD gave

@@ -184,8 +184,10 @@ impl Directory {
         let valid: Vec<String> = sids.iter().filter_map(|s| sid::filter_value(s)).collect();
         for chunk in valid.chunks(FILTER_CHUNK) {
             let values: String = chunk.iter().map(|f| format!("(objectSid={f})")).collect();
+            // Whether AD counts it among its own critical objects, which are never taken over.
             let attrs = self.group_attrs.clone();
-            let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            let attrs: Vec<&str> =
+                attrs.iter().map(String::as_str).chain(std::iter::once("isCriticalSystemObject")).collect();
             for entry in self.paged_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await? {
                 let group = self.managed_group(entry).await?;
                 if let Some(sid) = group.sid.clone() {

@@ -37,6 +37,12 @@ pub fn to_string(bytes: &[u8]) -> Option<String> {
     Some(text)
 }
 
+/// The relative id of `sid` within the domain whose SID is `domain`; `None` when `sid` is not of that domain.
+pub fn domain_rid(sid: &str, domain: &str) -> Option<u32> {
+    let (prefix, rid) = sid.rsplit_once('-')?;
+    if prefix.eq_ignore_ascii_case(domain) { rid.parse().ok() } else { None }
+}
+
 /// An LDAP filter value matching the binary SID (every byte escaped, as RFC 4515 allows).
 pub fn filter_value(sid: &str) -> Option<String> {
     Some(to_binary(sid)?.iter().map(|b| format!("\\{b:02x}")).collect())
@@ -68,5 +74,15 @@ mod tests {
         }
         assert!(to_string(&[1, 2, 0]).is_none());
         assert!(to_string(&[]).is_none());
+    }
+
+    #[test]
+    fn a_rid_is_only_of_its_own_domain() {
+        let domain = "S-1-5-21-1-2-3";
+        assert_eq!(domain_rid("S-1-5-21-1-2-3-1105", domain), Some(1105));
+        assert_eq!(domain_rid("s-1-5-21-1-2-3-512", domain), Some(512));
+        assert_eq!(domain_rid("S-1-5-21-1-2-33-1105", domain), None);
+        assert_eq!(domain_rid("S-1-5-32-544", domain), None);
+        assert_eq!(domain_rid("S-1-5-21-1-2-3-x", domain), None);
     }
 }

@@ -41,7 +41,7 @@ pub enum ApplyError {
     Conflict { code: u32, message: String },
     /// The group to take over gained an adminDescription after it was read, so it was not taken over.
     #[error(
-        "{message} (LDAP result {code}): its adminDescription was set after it was read, so it was not taken over; find out what set it"
+        "the DC refused the take-over ({message}, LDAP result {code}), most likely because its adminDescription was set after it was read; it was not taken over: find out what set it"
     )]
     AnchorTaken { code: u32, message: String },
     /// The DC refused this one operation.

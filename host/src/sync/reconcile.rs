@@ -220,7 +220,9 @@ impl TenantSync<'_> {
             }
         }
         principals.extend(present);
-        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid().await, takeovers })
+        let taken_over = self.state.takeovers()?.into_iter().map(|t| t.group_id).filter(|id| managed.contains_key(id));
+        let taken_over = taken_over.collect();
+        Ok(Snapshot { managed, principals, domain_sid: directory.domain_sid().await, takeovers, taken_over })
     }
 
     /// Finds the AD groups that the batch's converted cloud groups came from, for those no anchor names yet, and
@@ -249,23 +251,34 @@ impl TenantSync<'_> {
         }
         let sids: Vec<String> = wanted.iter().map(|(_, sid)| sid.clone()).collect();
         let groups = directory.groups_by_sid(&sids).await?;
+        let domain = directory.domain_sid().await;
         let mut takeovers = HashSet::new();
         for (id, sid) in &wanted {
-            let Some(group) = groups.get(sid) else { continue };
-            let claims = wanted.iter().filter(|(_, other)| other == sid).count();
-            let refusal = if claims > 1 {
-                Some(format!("{claims} cloud groups carry the SID of the AD group {}, so none takes it over", group.dn))
-            } else {
-                self.takeover_refusal(directory, id, group).await?
+            // None: the domain's SID is unknown; Some(None): the SID is not of this domain.
+            let rid = domain.as_deref().map(|domain| crate::directory::sid::domain_rid(sid, domain));
+            let group = groups.get(sid);
+            let refusal = match (group, rid) {
+                // Not found here, and not to be written here as a second group either.
+                (_, Some(None)) => Some(format!(
+                    "it was converted from the group with SID {sid}, which is not of this domain; a tenant takes over groups of the domain it writes to only"
+                )),
+                // Gone from AD: written as a new group.
+                (None, _) => continue,
+                (Some(group), Some(Some(rid))) if rid < 1000 => Some(format!(
+                    "the AD group {} it was converted from is one of the domain's built-in groups (RID {rid})",
+                    group.dn
+                )),
+                (Some(group), _) if wanted.iter().filter(|(_, other)| other == sid).count() > 1 => Some(format!(
+                    "several cloud groups carry the SID of the AD group {}, so none takes it over",
+                    group.dn
+                )),
+                (Some(group), _) => self.takeover_refusal(directory, id, group).await?,
             };
             if let Some(reason) = refusal {
-                let reason = format!("not taken over: {reason}");
-                tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
-                intents.insert(id.clone(), Intent::Leave(reason.clone()));
-                failed.insert(id.clone());
-                report.status.conflicts.push(GroupProblem { group_id: id.clone(), reason });
+                self.refuse_takeover(id, format!("not taken over: {reason}"), intents, failed, report);
                 continue;
             }
+            let Some(group) = group else { continue };
             // An earlier take-over whose record was lost carries the anchor already: it is the same object.
             found.lookalikes.retain(|(other, dn)| !(other == id && dn::same(dn, &group.dn)));
             found.groups.insert(id.clone(), group.clone());
@@ -274,8 +287,24 @@ impl TenantSync<'_> {
         Ok(takeovers)
     }
 
+    /// Makes a group whose take-over is refused a conflict that writes nothing.
+    fn refuse_takeover(
+        &self,
+        id: &str,
+        reason: String,
+        intents: &mut BTreeMap<String, Intent>,
+        failed: &mut HashSet<String>,
+        report: &mut CycleReport,
+    ) {
+        tracing::warn!(tenant = %self.config.name, group = %id, "conflict: {reason}");
+        intents.insert(id.to_string(), Intent::Leave(reason.clone()));
+        failed.insert(id.to_string());
+        report.status.conflicts.push(GroupProblem { group_id: id.to_string(), reason });
+    }
+
     /// Why the AD group `group`, which the cloud group `id` was converted from, may not be taken over: it lies
-    /// outside `[tenant.adopt] ous`, carries another adminDescription, or is protected.
+    /// outside `[tenant.adopt] ous`, carries another adminDescription, is one of AD's critical objects, or is
+    /// protected.
     async fn takeover_refusal<D: GroupDirectory>(
         &self,
         directory: &mut D,
@@ -300,6 +329,16 @@ impl TenantSync<'_> {
         {
             return Ok(Some(format!(
                 "the AD group {} it was converted from has adminDescription {value:?}, which is not this group's anchor; another tool may manage it",
+                group.dn
+            )));
+        }
+        if group
+            .attributes
+            .get("iscriticalsystemobject")
+            .is_some_and(|v| v.iter().any(|x| x.eq_ignore_ascii_case("TRUE")))
+        {
+            return Ok(Some(format!(
+                "the AD group {} it was converted from is one of AD's critical system objects",
                 group.dn
             )));
         }
@@ -536,9 +575,18 @@ impl TenantSync<'_> {
     ) -> Result<BTreeMap<String, Intent>, SyncError> {
         let mut policy = self.policy.lock().unwrap_or_else(PoisonError::into_inner);
         let mut intents = BTreeMap::new();
+        // Few groups are taken over, so one scan beats a lookup per group.
+        let taken_over: HashMap<String, String> =
+            self.state.takeovers()?.into_iter().map(|t| (t.group_id, t.sid)).collect();
         for id in ids {
             let Some(group) = self.state.group(id)? else { continue };
-            let (intent, skipped) = model::intent(&self.state, &group, settings, policy.policy.as_mut())?;
+            let (mut intent, skipped) = model::intent(&self.state, &group, settings, policy.policy.as_mut())?;
+            if let Intent::Write(desired) = &mut intent
+                && desired.converted_from.is_none()
+            {
+                // Taken over, it keeps the name AD gave it even if Graph stops sending the SID.
+                desired.converted_from = taken_over.get(id).cloned();
+            }
             report.status.skipped_members.extend(skipped);
             // A group the rules leave out is reported only when it was written: a group owner who renames a
             // group out of `include` must not freeze its AD group unseen, and a tenant's thousands of groups

@@ -47,6 +47,8 @@ struct Memory {
     anchor_recorded: Option<AnchorProbe>,
     /// What `anchor_recorded` answered at each member removal, by group id.
     removals: Vec<(String, bool)>,
+    /// The domain's SID, when the test gives one.
+    domain: Option<String>,
 }
 
 /// Whether the state has recorded a group's anchor.
@@ -185,7 +187,7 @@ impl GroupDirectory for Memory {
     }
 
     async fn domain_sid(&mut self) -> Option<String> {
-        None
+        self.domain.clone()
     }
 
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
@@ -694,6 +696,24 @@ async fn a_converted_group_is_taken_over_in_place_before_its_members_change_and_
     reconcile(&sync, &mut directory, CycleOptions::default()).await;
     let ops: Vec<String> = directory.writes.iter().filter(|op| op.group_id() == id(1)).map(Op::to_string).collect();
     assert_eq!(ops, [format!("modify {}: displayName=Sales renamed", original.dn)]);
+
+    // Graph stops sending the SID: the take-over is remembered, so the name stays.
+    let mut silent = converted(1, "Sales renamed", "S-1-5-21-9-5001", &[1]);
+    silent["onPremisesSecurityIdentifier"] = Value::Null;
+    merge_groups(&sync.state, json!([silent]));
+    directory.writes.clear();
+    reconcile(&sync, &mut directory, CycleOptions { full: true, ..CycleOptions::default() }).await;
+    assert!(directory.writes.iter().all(|op| op.group_id() != id(1)), "{:?}", directory.writes);
+
+    // Deleted in the cloud, it is handed back to AD, never deleted: its SID is named in ACLs everywhere.
+    merge_groups(&sync.state, json!([{"id": id(1), "@removed": {"reason": "deleted"}}]));
+    directory.writes.clear();
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let kept = directory.by_guid(&original.guid).expect("kept").clone();
+    assert!(!kept.attributes.contains_key("admindescription"), "its anchor is off: {:?}", kept.attributes);
+    assert_eq!(kept.members, [user_dn(1)], "its members stay");
+    assert!(directory.writes.iter().all(|op| !matches!(op, Op::Delete { .. })), "{:?}", directory.writes);
+    assert!(sync.state.anchor(&id(1)).unwrap().is_none() && sync.state.takeovers().unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -730,4 +750,48 @@ async fn a_take_over_that_fails_changes_no_member_and_nests_the_group_nowhere() 
     assert!(directory.members_of(&id(6)).is_empty(), "a group not taken over is nested nowhere");
     assert!(report.status.held_groups.iter().any(|h| h.group_id == id(1)), "{:?}", report.status.held_groups);
     assert!(sync.state.anchor(&id(1)).unwrap().is_none() && sync.state.takeovers().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn converted_groups_of_other_domains_built_in_listed_protected_or_claimed_twice_are_not_taken_over() {
+    let listed = "CN=Listed,OU=Legacy,DC=corp,DC=test";
+    let config =
+        tenant(&format!("protected_groups = [\"{listed}\"]\n[tenant.adopt]\nous = [\"OU=Legacy,DC=corp,DC=test\"]"));
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    let mut directory = Memory { domain: Some("S-1-5-21-9".into()), ..Memory::default() };
+    directory.objects.extend([
+        legacy("S-1-5-21-9-512", "CN=Domain Admins,OU=Legacy,DC=corp,DC=test", &[], vec![]),
+        legacy("S-1-5-21-9-5001", listed, &[], vec![]),
+        legacy("S-1-5-21-9-5002", "CN=Twice,OU=Legacy,DC=corp,DC=test", &[], vec![]),
+        legacy(
+            "S-1-5-21-9-5003",
+            "CN=Critical,OU=Legacy,DC=corp,DC=test",
+            &[("iscriticalsystemobject", "TRUE")],
+            vec![],
+        ),
+    ]);
+    merge_groups(
+        &sync.state,
+        json!([
+            converted(1, "Admins", "S-1-5-21-9-512", &[]),
+            converted(2, "Listed", "S-1-5-21-9-5001", &[]),
+            converted(3, "Twice", "S-1-5-21-9-5002", &[]),
+            converted(4, "Twice again", "S-1-5-21-9-5002", &[]),
+            converted(5, "Elsewhere", "S-1-5-21-8-5004", &[]),
+            converted(6, "Critical", "S-1-5-21-9-5003", &[]),
+        ]),
+    );
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert!(directory.writes.is_empty(), "nothing taken over, nothing written: {:?}", directory.writes);
+    let conflict = |n: u32| {
+        report.status.conflicts.iter().find(|c| c.group_id == id(n)).map(|c| c.reason.clone()).unwrap_or_default()
+    };
+    assert!(conflict(1).contains("one of the domain's built-in groups (RID 512)"), "{}", conflict(1));
+    assert!(conflict(2).contains("is protected"), "{}", conflict(2));
+    for n in [3, 4] {
+        assert!(conflict(n).contains("several cloud groups carry the SID"), "{}", conflict(n));
+    }
+    assert!(conflict(5).contains("which is not of this domain"), "{}", conflict(5));
+    assert!(conflict(6).contains("critical system objects"), "{}", conflict(6));
 }

@@ -93,7 +93,7 @@ async fn a_take_over_adds_the_anchor_and_changes_nothing_when_the_group_gained_o
     let refused = directory.apply(&take_over(&raced), &Default::default()).await;
     assert!(matches!(refused, Err(ApplyError::AnchorTaken { .. })), "{refused:?}");
     let message = refused.unwrap_err().to_string();
-    assert!(message.contains("its adminDescription was set after it was read, so it was not taken over"), "{message}");
+    assert!(message.contains("its adminDescription was set after it was read; it was not taken over"), "{message}");
     let entry = dc.entry(&raced.dn, &["adminDescription", "description"]).await?.expect("still there");
     assert_eq!(writeback_tests::dc::first_value(&entry, "adminDescription"), Some("Group_DoNotSync"));
     assert_eq!(writeback_tests::dc::first_value(&entry, "description"), None, "nothing of the write applied");

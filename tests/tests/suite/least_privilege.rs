@@ -99,7 +99,6 @@ async fn a_delegated_account_with_the_documented_rights_takes_over_a_converted_g
     let bob = env.dc.create_user(&env.ou.users_dn, "lpa-bob").await?;
     let original = env.dc.create_group(&legacy, "Legacy Ops", writeback_tests::dc::GLOBAL_SECURITY).await?;
     env.dc.add_member(&original.dn, &bob.dn).await?;
-    env.dc.grant(&legacy, &documented_takeover_rights(&sid))?;
     // Edited in place: rewriting the config would bind as the admin again.
     env.edit_config(|t| format!("{t}\n[tenant.adopt]\nous = [\"{legacy}\"]\n"))?;
     let id = new_id();
@@ -107,6 +106,13 @@ async fn a_delegated_account_with_the_documented_rights_takes_over_a_converted_g
     group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
     group.members = vec![MemberRef::user(&alice)];
     env.sim.add_group(group).unwrap();
+    // Without the ACE, the take-over is refused by the DC and the group is left as it was.
+    env.run(&["sync", "--once"]).await?;
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("insufficient access rights"), "{status}");
+    assert!(env.group(&id).await?.is_none(), "not taken over");
+
+    env.dc.grant(&legacy, &documented_takeover_rights(&sid))?;
     let output = env.run(&["sync", "--once"]).await?;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let taken = env.group(&id).await?.expect("taken over");

@@ -791,6 +791,14 @@ async fn a_converted_group_is_taken_over_in_place_and_its_members_follow_the_clo
     assert_eq!((found.guid.as_str(), found.members.len()), (original.guid.as_str(), 0));
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(status.contains("look-alikes: 0") && status.contains(&format!("group {id}: {}", original.dn)), "{status}");
+
+    // Deleted in the cloud, it is handed back to AD with its SID: never deleted.
+    env.dc.add_member(&original.dn, &bob.dn).await?;
+    env.sim.hard_delete_group(&id).unwrap();
+    env.sync(&[]).await?;
+    let kept = env.dc.groups_under(&legacy).await?.into_iter().find(|g| g.guid == original.guid).expect("kept");
+    assert_eq!((kept.admin_description.as_deref(), kept.sid.as_str()), (None, original.sid.as_str()));
+    assert_eq!(kept.members.len(), 1, "members as they were: {:?}", kept.members);
     Ok(())
 }
 
