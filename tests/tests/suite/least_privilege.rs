@@ -99,8 +99,13 @@ async fn a_delegated_account_with_the_documented_rights_takes_over_a_converted_g
     let bob = env.dc.create_user(&env.ou.users_dn, "lpa-bob").await?;
     let original = env.dc.create_group(&legacy, "Legacy Ops", writeback_tests::dc::GLOBAL_SECURITY).await?;
     env.dc.add_member(&original.dn, &bob.dn).await?;
-    // Edited in place: rewriting the config would bind as the admin again.
-    env.edit_config(|t| format!("{t}\n[tenant.adopt]\nous = [\"{legacy}\"]\n"))?;
+    // Edited in place: rewriting the config would bind as the admin again. This test is about rights, not
+    // failover, so the tenant is not shared: a lease of the shortest ttl can lapse under a loaded suite.
+    env.edit_config(|t| {
+        let unshared = t.replace("[tenant.lease]\nttl = \"6s\"\nrenew_every = \"1s\"\n", "");
+        format!("{unshared}\n[tenant.adopt]\nous = [\"{legacy}\"]\n")
+    })?;
+    assert!(!std::fs::read_to_string(&env.config_path)?.contains("[tenant.lease]"), "the tenant is not shared");
     let id = new_id();
     let mut group = Group::converted(&id, "Ops", &original.sid);
     group.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
