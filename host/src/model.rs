@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::attributes::{self, Cut, SchemaSupport, Source};
 use crate::cloud::{CloudGroup, CloudView, MemberKind, Removal};
+pub use crate::naming::GroupScope;
 use crate::naming::{self, Placement};
 use crate::reasons::{HeldReason, SkipReason};
 
@@ -14,49 +15,6 @@ use crate::reasons::{HeldReason, SkipReason};
 pub const UNIVERSAL_SECURITY: i32 = -2147483640;
 /// The groupType bit of a security group (as opposed to a distribution group).
 const SECURITY_FLAG: i32 = i32::MIN;
-
-/// An AD group's scope, which decides what it may hold and where it may be used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GroupScope {
-    /// Members from any domain of the forest; usable anywhere in the forest. What Microsoft's tools write.
-    #[default]
-    Universal,
-    /// Members from its own domain only; usable anywhere, and in groups such as Domain Admins.
-    Global,
-    /// Members from anywhere, trusted domains too; usable in its own domain only.
-    DomainLocal,
-}
-
-impl GroupScope {
-    /// The groupType bit of this scope.
-    pub fn flag(self) -> i32 {
-        match self {
-            GroupScope::Global => 0x2,
-            GroupScope::DomainLocal => 0x4,
-            GroupScope::Universal => 0x8,
-        }
-    }
-
-    /// The scope a groupType value carries, if it carries exactly one.
-    pub fn of(group_type: i32) -> Option<GroupScope> {
-        match group_type & 0xE {
-            0x2 => Some(GroupScope::Global),
-            0x4 => Some(GroupScope::DomainLocal),
-            0x8 => Some(GroupScope::Universal),
-            _ => None,
-        }
-    }
-
-    /// Its name as the config spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            GroupScope::Universal => "universal",
-            GroupScope::Global => "global",
-            GroupScope::DomainLocal => "domain-local",
-        }
-    }
-}
 
 /// What kind of AD group a cloud group becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +64,12 @@ pub struct PolicyGroup<'a> {
     /// A Microsoft 365 group (as opposed to a security group).
     pub unified: bool,
     pub kind: GroupKind,
+    /// The tenant's `group_scope`, which a naming policy may replace for this group.
+    pub scope: GroupScope,
+    /// Graph's `groupTypes`, such as `Unified` and `DynamicMembership`.
+    pub group_types: &'a [String],
+    /// How many members the cloud group lists, of every kind.
+    pub member_count: u32,
 }
 
 /// What a transform decided.
@@ -333,7 +297,12 @@ fn converted_kind(group: &CloudGroup, kind: GroupKind) -> GroupKind {
 }
 
 /// The group as policies see it; `None` when it has no display name to name it by.
-pub fn policy_group(group: &CloudGroup, kind: GroupKind) -> Option<PolicyGroup<'_>> {
+pub fn policy_group(
+    group: &CloudGroup,
+    kind: GroupKind,
+    scope: GroupScope,
+    member_count: u32,
+) -> Option<PolicyGroup<'_>> {
     let display_name = group.display_name.as_deref().filter(|n| !n.trim().is_empty())?;
     Some(PolicyGroup {
         id: &group.id,
@@ -343,6 +312,9 @@ pub fn policy_group(group: &CloudGroup, kind: GroupKind) -> Option<PolicyGroup<'
         mail: group.mail.as_deref(),
         unified: group.is_unified(),
         kind,
+        scope,
+        group_types: group.group_types.as_deref().unwrap_or_default(),
+        member_count,
     })
 }
 
@@ -372,19 +344,21 @@ pub fn intent<V: CloudView>(
             Vec::new(),
         ));
     }
-    let (placement, attributes) = match place_and_transform(group, kind, settings, policy) {
+    // Every member is either written or skipped, so together they are what a policy counts.
+    let (members, skipped) = members(state, group, settings)?;
+    let count = u32::try_from(members.len() + skipped.len()).unwrap_or(u32::MAX);
+    let (placement, attributes) = match place_and_transform(group, kind, count, settings, policy) {
         Ok(Ok(found)) => found,
         Ok(Err(excluded)) => return Ok((Intent::Exclude(excluded), Vec::new())),
         Err(hold) => return Ok((Intent::Refuse(hold.into()), Vec::new())),
     };
-    let (members, skipped) = members(state, group, settings)?;
     let desired = DesiredGroup {
         id: group.id.clone(),
         parent_dn: placement.ou.clone().unwrap_or_else(|| settings.target_ou.clone()),
+        scope: placement.scope.unwrap_or(settings.group_scope),
         cn: placement.cn,
         attributes,
         kind,
-        scope: settings.group_scope,
         members,
         // Not synced (the scope rules leave those alone), yet with a SID: its source of authority moved here.
         converted_from: group.on_premises_security_identifier.clone().filter(|sid| !sid.trim().is_empty()),
@@ -396,17 +370,20 @@ pub fn intent<V: CloudView>(
 pub type Placed = (Placement, BTreeMap<String, Vec<String>>);
 
 /// Names the group and transforms its attributes. The outer `Err` holds the group; the inner one excludes it.
+/// `member_count` is how many members the group lists, for policies that judge by it.
 pub fn place_and_transform(
     group: &CloudGroup,
     kind: GroupKind,
+    member_count: u32,
     settings: &ModelSettings,
     policy: &mut dyn GroupPolicy,
 ) -> Result<Result<Placed, String>, Hold> {
-    let view = policy_group(group, kind)
+    let view = policy_group(group, kind, settings.group_scope, member_count)
         .ok_or_else(|| Hold::Refused(format!("cannot name the group: {}", naming::NamingError::NoDisplayName)))?;
     let placement = policy.place(&view)?;
     check_placement(&placement, settings).map_err(|e| Hold::Failed(format!("invalid placement: {e}")))?;
-    let mut attrs = attributes(group, kind, settings.group_scope, &placement, &settings.schema);
+    let scope = placement.scope.unwrap_or(settings.group_scope);
+    let mut attrs = attributes(group, kind, scope, &placement, &settings.schema);
     match policy.transform(&view, &mut attrs)? {
         Transformed::Write => Ok(Ok((placement, attrs))),
         Transformed::Exclude(reason) => Ok(Err(reason)),
@@ -544,7 +521,7 @@ mod tests {
     fn every_attribute_written_is_in_the_list_the_directory_reads_back() {
         let full_schema = SchemaSupport::full();
         let read_back: Vec<&str> = attributes::read_back().collect();
-        let placement = Placement { cn: "G".into(), sam_account_name: "G".into(), ou: None };
+        let placement = Placement { cn: "G".into(), sam_account_name: "G".into(), ou: None, scope: None };
         let mailed = group(|g| {
             g.mail = Some("g@x".into());
             g.mail_nickname = Some("g".into());

@@ -9,13 +9,58 @@ pub const MAX_CN: usize = 64;
 /// The pre-Windows 2000 name limit, which Samba does not enforce either.
 pub const MAX_SAM: usize = 20;
 
-/// Where and under which names a group lives.
+/// Where and under which names a group lives, and with which scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub cn: String,
     pub sam_account_name: String,
     /// Full DN of the parent OU; `None` means the tenant's target OU.
     pub ou: Option<String>,
+    /// The group's scope; `None` means the tenant's `group_scope`.
+    pub scope: Option<GroupScope>,
+}
+
+/// An AD group's scope, which decides what it may hold and where it may be used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupScope {
+    /// Members from any domain of the forest; usable anywhere in the forest. What Microsoft's tools write.
+    #[default]
+    Universal,
+    /// Members from its own domain only; usable anywhere, and in groups such as Domain Admins.
+    Global,
+    /// Members from anywhere, trusted domains too; usable in its own domain only.
+    DomainLocal,
+}
+
+impl GroupScope {
+    /// The groupType bit of this scope.
+    pub fn flag(self) -> i32 {
+        match self {
+            GroupScope::Global => 0x2,
+            GroupScope::DomainLocal => 0x4,
+            GroupScope::Universal => 0x8,
+        }
+    }
+
+    /// The scope a groupType value carries, if it carries exactly one.
+    pub fn of(group_type: i32) -> Option<GroupScope> {
+        match group_type & 0xE {
+            0x2 => Some(GroupScope::Global),
+            0x4 => Some(GroupScope::DomainLocal),
+            0x8 => Some(GroupScope::Universal),
+            _ => None,
+        }
+    }
+
+    /// Its name as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupScope::Universal => "universal",
+            GroupScope::Global => "global",
+            GroupScope::DomainLocal => "domain-local",
+        }
+    }
 }
 
 /// Why a group cannot be named.
@@ -52,7 +97,7 @@ pub fn default_placement(id: &str, display_name: Option<&str>) -> Result<Placeme
     let cut = utf16_prefix(name, budget);
     let cn = format!("{}_{}", cut.trim_end(), last12);
     let sam_tail: String = id_chars[id_chars.len().saturating_sub(18)..].iter().collect::<String>().to_lowercase();
-    let placement = Placement { cn, sam_account_name: format!("G_{sam_tail}"), ou: None };
+    let placement = Placement { cn, sam_account_name: format!("G_{sam_tail}"), ou: None, scope: None };
     validate(&placement)?;
     Ok(placement)
 }
@@ -116,7 +161,7 @@ mod tests {
         let p = default_placement(ID, Some(&"😀".repeat(40))).unwrap();
         assert!(p.cn.encode_utf16().count() <= MAX_CN, "{} units", p.cn.encode_utf16().count());
         assert!(p.cn.ends_with("_c3d4e5f60718"));
-        let emoji = Placement { cn: "😀".repeat(40), sam_account_name: "G_x".into(), ou: None };
+        let emoji = Placement { cn: "😀".repeat(40), sam_account_name: "G_x".into(), ou: None, scope: None };
         assert!(matches!(validate(&emoji), Err(NamingError::CnTooLong { len: 80, .. })));
     }
 

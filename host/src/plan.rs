@@ -253,7 +253,14 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
         .filter(|(id, intent)| matches!(intent, Intent::Write(_)) && !snapshot.managed.contains_key(*id))
         .map(|(id, _)| id.as_str())
         .collect();
-    let nested = NestedGroups { creating: &creating, later };
+    let scopes: HashMap<&str, GroupScope> = intents
+        .iter()
+        .filter_map(|(id, intent)| match intent {
+            Intent::Write(desired) => Some((id.as_str(), desired.scope)),
+            _ => None,
+        })
+        .collect();
+    let nested = NestedGroups { creating: &creating, later, scopes: &scopes };
     let mut out = Plan::default();
     let mut creates = Vec::new();
     let mut updates = Vec::new();
@@ -298,7 +305,7 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
                 if !diff.adds.is_empty() {
                     member_ops.push(Op::AddMembers { group_id: id.clone(), target, values: diff.adds });
                 }
-                let removes = member_removals(desired, current, snapshot);
+                let removes = member_removals(desired, current, snapshot, &nested);
                 let steps = scope_steps(desired, current);
                 if !removes.is_empty() {
                     let op = Op::RemoveMembers {
@@ -575,6 +582,28 @@ struct NestedGroups<'a> {
     creating: &'a HashSet<&'a str>,
     /// Planned by a later batch of the same reconcile.
     later: &'a dyn Fn(&str) -> bool,
+    /// The scope each group of this batch is planned with.
+    scopes: &'a HashMap<&'a str, GroupScope>,
+}
+
+impl NestedGroups<'_> {
+    /// The scope the nested cloud group `id` has once planned, and whether that is final: a group taken over
+    /// (converted from the AD group with SID `converted_from`) keeps the scope AD gave it, and a group of this
+    /// batch gets the scope it is planned with. Another group's scope in AD may be about to change.
+    fn scope(
+        &self,
+        id: &str,
+        in_ad: Option<&DirectoryGroup>,
+        converted_from: Option<&str>,
+    ) -> (Option<GroupScope>, bool) {
+        let kept =
+            in_ad.is_some_and(|g| converted_from.zip(g.sid.as_deref()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b)));
+        match (kept, self.scopes.get(id)) {
+            (true, _) => (in_ad.and_then(current_scope), true),
+            (false, Some(planned)) => (Some(*planned), true),
+            (false, None) => (in_ad.and_then(current_scope), false),
+        }
+    }
 }
 
 /// A group's member adds, the members that cannot be written, and whether a member waits for a later batch.
@@ -614,17 +643,17 @@ fn member_diff(
             DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
                 // Nested only once it is taken over: the take-over may still fail.
                 Some(_) if snapshot.takeovers.contains(member_id) => diff.waiting = true,
-                Some(g) => match scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())) {
+                Some(g) => match scope_refusal(scope, nested.scope(member_id, Some(g), converted_from.as_deref()).0) {
                     Some(reason) => diff.skipped.push(skip(member_id, reason)),
                     None if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
                     None => diff.adds.push(MemberValue::Dn(g.dn.clone())),
                 },
-                // Created with the tenant's scope, which only a group taken over may not have.
-                None if nested.creating.contains(member_id.as_str()) => match scope_refusal(scope, Some(desired.scope))
-                {
-                    Some(reason) => diff.skipped.push(skip(member_id, reason)),
-                    None => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
-                },
+                None if nested.creating.contains(member_id.as_str()) => {
+                    match scope_refusal(scope, nested.scope(member_id, None, None).0) {
+                        Some(reason) => diff.skipped.push(skip(member_id, reason)),
+                        None => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
+                    }
+                }
                 None if (nested.later)(member_id) => diff.waiting = true,
                 None => diff.skipped.push(skip(member_id, SkipReason::NestedGroupNotInDirectory)),
             },
@@ -680,20 +709,20 @@ fn scope_in_ad(desired: &DesiredGroup, current: Option<&DirectoryGroup>) -> Grou
     current.filter(|c| keeps_its_name(desired, c)).and_then(current_scope).unwrap_or(desired.scope)
 }
 
-/// The scope a nested cloud group `child` of `parent` has once planned: the tenant's, which `parent` has too, or,
-/// for a group taken over (converted from the AD group with SID `converted_from`), the one AD gave it.
-fn nested_scope(parent: &DesiredGroup, child: &DirectoryGroup, converted_from: Option<&str>) -> Option<GroupScope> {
-    let kept = converted_from.zip(child.sid.as_deref()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
-    if kept { current_scope(child) } else { Some(parent.scope) }
-}
-
 /// Whether `sid` is an account SID of the domain with SID `domain`.
 fn in_domain(sid: &str, domain: &str) -> bool {
     sid.rsplit_once('-').is_some_and(|(prefix, _)| prefix.eq_ignore_ascii_case(domain))
 }
 
-/// Current member values that the desired model does not list (including refused and unknown ones).
-fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &Snapshot) -> Vec<String> {
+/// Current member values that the desired model does not list (including refused and unknown ones). A nested
+/// cloud group is removed for its scope only when that scope is final: one about to convert may fit again
+/// (AD then refuses the conversion while it does not, and the conversion is retried).
+fn member_removals(
+    desired: &DesiredGroup,
+    current: &DirectoryGroup,
+    snapshot: &Snapshot,
+    nested: &NestedGroups,
+) -> Vec<String> {
     let scope = scope_in_ad(desired, Some(current));
     let keep: HashSet<String> = desired
         .members
@@ -704,7 +733,10 @@ fn member_removals(desired: &DesiredGroup, current: &DirectoryGroup, snapshot: &
                 .get(&sid.to_uppercase())
                 .is_some_and(|p| refusal(scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
             DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
-                Some(g) => scope_refusal(scope, nested_scope(desired, g, converted_from.as_deref())).is_none(),
+                Some(g) => match nested.scope(member_id, Some(g), converted_from.as_deref()) {
+                    (child, true) => scope_refusal(scope, child).is_none(),
+                    (_, false) => true,
+                },
                 None => converted_from.is_some(),
             },
         })
@@ -1188,10 +1220,10 @@ mod tests {
     }
 
     #[test]
-    fn a_group_taken_over_is_nested_by_the_scope_ad_gave_it() {
+    fn nested_groups_are_checked_with_the_scope_each_has_once_planned() {
         let universal = GroupKind::Security.group_type(GroupScope::Universal).to_string();
         let local = GroupKind::Security.group_type(GroupScope::DomainLocal).to_string();
-        // A kept global group holding a written (universal) group: refused, and removed where present.
+        // A kept global group holding a written universal group: refused.
         let (mut kept, current) = converted();
         kept.members = vec![DesiredMember::CloudGroup { member_id: "w".into(), converted_from: None }];
         let mut written = existing("w", "Written", &[]);
@@ -1201,17 +1233,28 @@ mod tests {
         let mut with_child = current.clone();
         with_child.members.push(DirectoryMember { dn: written.dn.clone(), sid: written.sid.clone() });
         snap.managed.insert("g".into(), with_child);
+        // Planned in another batch, its scope may be about to change: it stays where it is.
         let out = plan(&intents(vec![("g", Intent::Write(kept.clone()))]), &snap, OPTS);
         assert_eq!(
             out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(),
             [SkipReason::GlobalCantHaveUniversal]
         );
+        let touches_child = |op: &Op| match op {
+            Op::RemoveMembers { values, .. } => values.contains(&written.dn),
+            Op::AddMembers { .. } => true,
+            _ => false,
+        };
+        assert!(!out.ops.iter().any(touches_child), "{:?}", out.ops);
+        // Planned in this batch as universal, its scope is final: it is removed.
+        let child = Intent::Write(desired("w", "Written", vec![]));
+        let out = plan(&intents(vec![("g", Intent::Write(kept.clone())), ("w", child)]), &snap, OPTS);
         assert!(
-            out.ops.iter().any(|op| matches!(op, Op::RemoveMembers { values, .. } if values.contains(&written.dn)))
+            out.ops.iter().any(|op| matches!(op, Op::RemoveMembers { values, .. } if values.contains(&written.dn))),
+            "{:?}",
+            out.ops
         );
-        assert!(!out.ops.iter().any(|op| matches!(op, Op::AddMembers { .. })), "{:?}", out.ops);
 
-        // A written universal group holding a kept domain-local group: refused by the kept group's own scope.
+        // A written universal group and a kept domain-local group: refused by the kept group's own scope.
         let mut parent = desired(
             "p",
             "Parent",
@@ -1223,11 +1266,24 @@ mod tests {
         snap.managed.insert("g".into(), local_kept.clone());
         let out = plan(&intents(vec![("p", Intent::Write(parent.clone()))]), &snap, OPTS);
         assert_eq!(out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(), [SkipReason::DomainLocalGroup]);
-        // The same group not taken over is one of the tenant's, whose scope the plan converts: it is nested.
+        // The same group not taken over, planned in this batch as universal (its scope converts): it is nested.
         parent.members = vec![DesiredMember::CloudGroup { member_id: "g".into(), converted_from: None }];
-        let out = plan(&intents(vec![("p", Intent::Write(parent))]), &snap, OPTS);
-        assert!(out.skipped.is_empty() && matches!(out.ops.as_slice(), [Op::Create { .. }]), "{:?}", out.ops);
-        let Op::Create { attributes, .. } = &out.ops[0] else { unreachable!() };
+        let child = Intent::Write(desired("g", "Child", vec![]));
+        let out = plan(&intents(vec![("p", Intent::Write(parent.clone())), ("g", child)]), &snap, OPTS);
+        assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+        let Some(Op::Create { attributes, .. }) = out.ops.iter().find(|op| op.group_id() == "p") else {
+            panic!("{:?}", out.ops)
+        };
         assert!(attributes.iter().any(|(k, v)| k == "member" && v == &[local_kept.dn.clone()]), "{attributes:?}");
+        // A group a naming policy makes domain-local, created in this batch: refused in a universal parent.
+        let mut local_child = desired("n", "New local", vec![]);
+        local_child.scope = GroupScope::DomainLocal;
+        parent.members = vec![DesiredMember::CloudGroup { member_id: "n".into(), converted_from: None }];
+        let out = plan(
+            &intents(vec![("p", Intent::Write(parent)), ("n", Intent::Write(local_child))]),
+            &Snapshot::default(),
+            OPTS,
+        );
+        assert_eq!(out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(), [SkipReason::DomainLocalGroup]);
     }
 }

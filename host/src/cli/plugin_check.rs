@@ -122,7 +122,7 @@ fn check(args: &CheckArgs) -> Result<()> {
             ),
         };
         let name = group.display_name.clone().unwrap_or_default();
-        match model::place_and_transform(&group, kind, &settings, &mut plugins) {
+        match model::place_and_transform(&group, kind, 0, &settings, &mut plugins) {
             Ok(Ok((placement, attributes))) => {
                 let ou = placement.ou.as_deref().unwrap_or("(target OU)");
                 println!(

@@ -14,15 +14,16 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use bindings::naming::writeback::plugin::{host, types};
-use bindings::naming::{NamingPolicy, NamingPolicyPre};
-use bindings::transform::exports::writeback::plugin::transform::Verdict;
-use bindings::transform::{Transformer, TransformerPre};
+use bindings::{v1, v2};
 pub use runtime::{CallLimits, PluginEngine, Sandbox};
 
 use crate::config::PluginsConfig;
-use crate::model::{GroupKind, GroupPolicy, Hold, PolicyGroup, Transformed};
+use crate::model::{GroupKind, GroupPolicy, GroupScope, Hold, PolicyGroup, Transformed};
 use crate::naming::{self, Placement};
+
+/// The versions of the plugin contract (`writeback:plugin@…`) this agent runs. A component's version is read
+/// from the interface it exports.
+pub const CONTRACT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// A plugin that could not be loaded or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -105,18 +106,146 @@ trait Prepared {
     fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Self::Bindings>;
 }
 
-impl Prepared for NamingPolicyPre<Sandbox> {
-    type Bindings = NamingPolicy;
-    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<NamingPolicy> {
-        NamingPolicyPre::instantiate(self, store)
+/// Implements [`Prepared`] for a world's generated `…Pre` type.
+macro_rules! prepared {
+    ($pre:ty, $bindings:ty) => {
+        impl Prepared for $pre {
+            type Bindings = $bindings;
+            fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<$bindings> {
+                <$pre>::instantiate(self, store)
+            }
+        }
+    };
+}
+
+prepared!(v1::naming::NamingPolicyPre<Sandbox>, v1::naming::NamingPolicy);
+prepared!(v1::transform::TransformerPre<Sandbox>, v1::transform::Transformer);
+prepared!(v2::naming::NamingPolicyPre<Sandbox>, v2::naming::NamingPolicy);
+prepared!(v2::transform::TransformerPre<Sandbox>, v2::transform::Transformer);
+
+/// A naming plugin, of the contract version it was built against.
+enum Naming {
+    V1(Plugin<v1::naming::NamingPolicyPre<Sandbox>>),
+    V2(Plugin<v2::naming::NamingPolicyPre<Sandbox>>),
+}
+
+/// A transform plugin, of the contract version it was built against.
+enum Transform {
+    V1(Plugin<v1::transform::TransformerPre<Sandbox>>),
+    V2(Plugin<v2::transform::TransformerPre<Sandbox>>),
+}
+
+/// What a transform answered, whatever its contract version.
+enum Answer {
+    Write(Vec<(String, Vec<String>)>),
+    Exclude(String),
+}
+
+impl Naming {
+    fn name(&self) -> Arc<str> {
+        match self {
+            Naming::V1(p) => p.name.clone(),
+            Naming::V2(p) => p.name.clone(),
+        }
+    }
+
+    fn drop_instance(&mut self) {
+        match self {
+            Naming::V1(p) => p.warm = None,
+            Naming::V2(p) => p.warm = None,
+        }
+    }
+
+    /// Asks the plugin where `group` goes; the outer error is a failed call, the inner one its refusal.
+    fn place(&mut self, group: &PolicyGroup) -> Result<Result<Placement, String>, PluginError> {
+        Ok(match self {
+            Naming::V1(p) => {
+                let input = v1_group(group);
+                let answer = p.call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))?;
+                answer.map(|p| Placement { cn: p.cn, sam_account_name: p.sam_account_name, ou: p.ou, scope: None })
+            }
+            Naming::V2(p) => {
+                let input = v2_group(group);
+                let answer = p.call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))?;
+                answer.map(|p| Placement {
+                    cn: p.cn,
+                    sam_account_name: p.sam_account_name,
+                    ou: p.ou,
+                    scope: p.scope.map(scope_from_v2),
+                })
+            }
+        })
     }
 }
 
-impl Prepared for TransformerPre<Sandbox> {
-    type Bindings = Transformer;
-    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Transformer> {
-        TransformerPre::instantiate(self, store)
+impl Transform {
+    fn name(&self) -> Arc<str> {
+        match self {
+            Transform::V1(p) => p.name.clone(),
+            Transform::V2(p) => p.name.clone(),
+        }
     }
+
+    fn drop_instance(&mut self) {
+        match self {
+            Transform::V1(p) => p.warm = None,
+            Transform::V2(p) => p.warm = None,
+        }
+    }
+
+    /// Offers `attributes` to the plugin; the outer error is a failed call, the inner one its refusal.
+    fn transform(
+        &mut self,
+        group: &PolicyGroup,
+        attributes: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Result<Answer, String>, PluginError> {
+        use v1::transform::exports::writeback::plugin::transform::Verdict as V1Verdict;
+        use v2::transform::exports::writeback::plugin::transform::Verdict as V2Verdict;
+        Ok(match self {
+            Transform::V1(p) => {
+                let input = v1_group(group);
+                let offered: Vec<v1::naming::writeback::plugin::types::Attribute> = attributes
+                    .iter()
+                    .map(|(name, values)| v1::naming::writeback::plugin::types::Attribute {
+                        name: name.clone(),
+                        values: values.clone(),
+                    })
+                    .collect();
+                let answer =
+                    p.call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))?;
+                answer.map(|verdict| match verdict {
+                    V1Verdict::Write(list) => Answer::Write(list.into_iter().map(|a| (a.name, a.values)).collect()),
+                    V1Verdict::Exclude(reason) => Answer::Exclude(reason),
+                })
+            }
+            Transform::V2(p) => {
+                let input = v2_group(group);
+                let offered: Vec<v2::naming::writeback::plugin::types::Attribute> = attributes
+                    .iter()
+                    .map(|(name, values)| v2::naming::writeback::plugin::types::Attribute {
+                        name: name.clone(),
+                        values: values.clone(),
+                    })
+                    .collect();
+                let answer =
+                    p.call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))?;
+                answer.map(|verdict| match verdict {
+                    V2Verdict::Write(list) => Answer::Write(list.into_iter().map(|a| (a.name, a.values)).collect()),
+                    V2Verdict::Exclude(reason) => Answer::Exclude(reason),
+                })
+            }
+        })
+    }
+}
+
+/// The contract version of the `interface` (`naming` or `transform`) that `component` exports, if it exports one.
+fn exported_version(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+    interface: &str,
+) -> Option<String> {
+    let prefix = format!("writeback:plugin/{interface}@");
+    component.component_type().exports(engine).find_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_string))
 }
 
 /// One loaded plugin and its warm instance.
@@ -217,8 +346,8 @@ fn plugin_name(path: &Path) -> Arc<str> {
 
 /// The plugins of one tenant: an optional naming policy and a chain of transforms.
 pub struct TenantPlugins {
-    naming: Option<Plugin<NamingPolicyPre<Sandbox>>>,
-    transforms: Vec<Plugin<TransformerPre<Sandbox>>>,
+    naming: Option<Naming>,
+    transforms: Vec<Transform>,
     allowed_attributes: BTreeSet<String>,
     /// The fingerprint of the files as they were loaded and of the settings (see [`fingerprint`]).
     fingerprint: String,
@@ -233,23 +362,62 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    /// Compiles (or takes from the cache) the component at `path` and prepares it for `world`.
-    fn plugin<P: Prepared>(
+    /// Compiles (or takes from the cache) the component at `path`, and finds which contract version of
+    /// `interface` it exports.
+    fn load(
         &self,
         path: &Path,
         world: &'static str,
-        wrap: fn(wasmtime::component::InstancePre<Sandbox>) -> wasmtime::Result<P>,
+        interface: &str,
         digests: &mut Vec<Vec<u8>>,
+    ) -> Result<(wasmtime::component::Component, String), PluginError> {
+        let (component, digest) = self.engine.load(path)?;
+        digests.push(digest);
+        let not_world = |cause: String| PluginError::World { path: path.to_path_buf(), world, cause };
+        let version = exported_version(self.engine.engine(), &component, interface)
+            .ok_or_else(|| not_world(format!("it exports no writeback:plugin/{interface} interface")))?;
+        if !CONTRACT_VERSIONS.contains(&version.as_str()) {
+            return Err(not_world(format!(
+                "it was built against writeback:plugin@{version}, and this agent runs versions {}",
+                CONTRACT_VERSIONS.join(" and ")
+            )));
+        }
+        Ok((component, version))
+    }
+
+    /// Prepares a loaded component for `world`.
+    fn prepare<P: Prepared>(
+        &self,
+        path: &Path,
+        world: &'static str,
+        component: &wasmtime::component::Component,
+        wrap: fn(wasmtime::component::InstancePre<Sandbox>) -> wasmtime::Result<P>,
     ) -> Result<Plugin<P>, PluginError> {
         let not_world =
             |e: wasmtime::Error| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") };
-        let (component, digest) = self.engine.load(path)?;
-        digests.push(digest);
-        let pre = wrap(self.linker.instantiate_pre(&component).map_err(not_world)?).map_err(not_world)?;
+        let pre = wrap(self.linker.instantiate_pre(component).map_err(not_world)?).map_err(not_world)?;
         let name = plugin_name(path);
         let calls = CallCounters::of(&name);
         let (engine, config, limits) = (self.engine.engine().clone(), self.settings.clone(), self.limits);
         Ok(Plugin { name, pre, engine, config, limits, warm: None, calls })
+    }
+
+    fn naming(&self, path: &Path, digests: &mut Vec<Vec<u8>>) -> Result<Naming, PluginError> {
+        const WORLD: &str = "naming-policy";
+        let (component, version) = self.load(path, WORLD, "naming", digests)?;
+        Ok(match version.as_str() {
+            "0.1.0" => Naming::V1(self.prepare(path, WORLD, &component, v1::naming::NamingPolicyPre::new)?),
+            _ => Naming::V2(self.prepare(path, WORLD, &component, v2::naming::NamingPolicyPre::new)?),
+        })
+    }
+
+    fn transform(&self, path: &Path, digests: &mut Vec<Vec<u8>>) -> Result<Transform, PluginError> {
+        const WORLD: &str = "transformer";
+        let (component, version) = self.load(path, WORLD, "transform", digests)?;
+        Ok(match version.as_str() {
+            "0.1.0" => Transform::V1(self.prepare(path, WORLD, &component, v1::transform::TransformerPre::new)?),
+            _ => Transform::V2(self.prepare(path, WORLD, &component, v2::transform::TransformerPre::new)?),
+        })
     }
 }
 
@@ -262,14 +430,11 @@ impl TenantPlugins {
         let setup = Setup { engine, linker: &linker, settings: &settings, limits };
         let mut digests = Vec::new();
         let naming = match &config.naming {
-            Some(path) => Some(setup.plugin(path, "naming-policy", NamingPolicyPre::new, &mut digests)?),
+            Some(path) => Some(setup.naming(path, &mut digests)?),
             None => None,
         };
-        let transforms = config
-            .transforms
-            .iter()
-            .map(|path| setup.plugin(path, "transformer", TransformerPre::new, &mut digests))
-            .collect::<Result<_, _>>()?;
+        let transforms =
+            config.transforms.iter().map(|path| setup.transform(path, &mut digests)).collect::<Result<_, _>>()?;
         let allowed_attributes = transform_attributes(config).into_iter().map(|a| a.to_lowercase()).collect();
         let fingerprint = fingerprint_of(config, digests.into_iter());
         Ok(TenantPlugins { naming, transforms, allowed_attributes, fingerprint })
@@ -283,10 +448,10 @@ impl TenantPlugins {
     /// Forgets the warm instances; the next calls instantiate afresh (for measuring that cost).
     pub fn drop_instances(&mut self) {
         if let Some(naming) = &mut self.naming {
-            naming.warm = None;
+            naming.drop_instance();
         }
         for transform in &mut self.transforms {
-            transform.warm = None;
+            transform.drop_instance();
         }
     }
 
@@ -310,19 +475,57 @@ impl GroupPolicy for Unloaded {
     }
 }
 
-fn wit_group(group: &PolicyGroup) -> types::Group {
-    types::Group {
+/// The group as a 0.1.0 plugin sees it: every target type is universal.
+fn v1_group(group: &PolicyGroup) -> v1::naming::writeback::plugin::types::Group {
+    use v1::naming::writeback::plugin::types::{Group, GroupKind as Kind, OnpremGroupType as Type};
+    Group {
         id: group.id.to_string(),
         display_name: group.display_name.to_string(),
         description: group.description.map(str::to_string),
         mail_nickname: group.mail_nickname.map(str::to_string),
         mail: group.mail.map(str::to_string),
-        kind: if group.unified { types::GroupKind::Microsoft365 } else { types::GroupKind::Security },
+        kind: if group.unified { Kind::Microsoft365 } else { Kind::Security },
         target_type: match group.kind {
-            GroupKind::Security => types::OnpremGroupType::UniversalSecurity,
-            GroupKind::Distribution => types::OnpremGroupType::UniversalDistribution,
-            GroupKind::MailEnabledSecurity => types::OnpremGroupType::UniversalMailEnabledSecurity,
+            GroupKind::Security => Type::UniversalSecurity,
+            GroupKind::Distribution => Type::UniversalDistribution,
+            GroupKind::MailEnabledSecurity => Type::UniversalMailEnabledSecurity,
         },
+    }
+}
+
+/// The group as a 0.2.0 plugin sees it.
+fn v2_group(group: &PolicyGroup) -> v2::naming::writeback::plugin::types::Group {
+    use v2::naming::writeback::plugin::types::{
+        Group, GroupKind as Kind, GroupScope as Scope, OnpremGroupType as Type,
+    };
+    Group {
+        id: group.id.to_string(),
+        display_name: group.display_name.to_string(),
+        description: group.description.map(str::to_string),
+        mail_nickname: group.mail_nickname.map(str::to_string),
+        mail: group.mail.map(str::to_string),
+        kind: if group.unified { Kind::Microsoft365 } else { Kind::Security },
+        target_type: match group.kind {
+            GroupKind::Security => Type::Security,
+            GroupKind::Distribution => Type::Distribution,
+            GroupKind::MailEnabledSecurity => Type::MailEnabledSecurity,
+        },
+        scope: match group.scope {
+            GroupScope::Universal => Scope::Universal,
+            GroupScope::Global => Scope::Global,
+            GroupScope::DomainLocal => Scope::DomainLocal,
+        },
+        group_types: group.group_types.to_vec(),
+        member_count: group.member_count,
+    }
+}
+
+fn scope_from_v2(scope: v2::naming::writeback::plugin::types::GroupScope) -> GroupScope {
+    use v2::naming::writeback::plugin::types::GroupScope as Scope;
+    match scope {
+        Scope::Universal => GroupScope::Universal,
+        Scope::Global => GroupScope::Global,
+        Scope::DomainLocal => GroupScope::DomainLocal,
     }
 }
 
@@ -332,14 +535,9 @@ impl GroupPolicy for TenantPlugins {
             return naming::default_placement(group.id, Some(group.display_name))
                 .map_err(|e| Hold::Refused(e.to_string()));
         };
-        let input = wit_group(group);
-        let name = plugin.name.clone();
-        let answer = plugin
-            .call(|b, store| b.writeback_plugin_naming().call_name_group(store, &input))
-            .map_err(|e| Hold::Failed(e.to_string()))?;
-        let placement =
-            answer.map_err(|reason| Hold::Refused(format!("naming plugin {name} refused the group: {reason}")))?;
-        Ok(Placement { cn: placement.cn, sam_account_name: placement.sam_account_name, ou: placement.ou })
+        let name = plugin.name();
+        let answer = plugin.place(group).map_err(|e| Hold::Failed(e.to_string()))?;
+        answer.map_err(|reason| Hold::Refused(format!("naming plugin {name} refused the group: {reason}")))
     }
 
     fn transform(
@@ -347,19 +545,12 @@ impl GroupPolicy for TenantPlugins {
         group: &PolicyGroup,
         attributes: &mut BTreeMap<String, Vec<String>>,
     ) -> Result<Transformed, Hold> {
-        let input = wit_group(group);
         for plugin in &mut self.transforms {
-            let offered: Vec<types::Attribute> = attributes
-                .iter()
-                .map(|(name, values)| types::Attribute { name: name.clone(), values: values.clone() })
-                .collect();
-            let name = plugin.name.clone();
-            let answer = plugin
-                .call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))
-                .map_err(|e| Hold::Failed(e.to_string()))?;
+            let name = plugin.name();
+            let answer = plugin.transform(group, attributes).map_err(|e| Hold::Failed(e.to_string()))?;
             match answer.map_err(|reason| Hold::Refused(format!("transform {name} failed: {reason}")))? {
-                Verdict::Exclude(reason) => return Ok(Transformed::Exclude(format!("excluded by {name}: {reason}"))),
-                Verdict::Write(changes) => {
+                Answer::Exclude(reason) => return Ok(Transformed::Exclude(format!("excluded by {name}: {reason}"))),
+                Answer::Write(changes) => {
                     apply_changes(&name, &self.allowed_attributes, attributes, changes).map_err(Hold::Failed)?
                 }
             }
@@ -373,41 +564,47 @@ fn apply_changes(
     plugin: &str,
     allowed: &BTreeSet<String>,
     attributes: &mut BTreeMap<String, Vec<String>>,
-    changes: Vec<types::Attribute>,
+    changes: Vec<(String, Vec<String>)>,
 ) -> Result<(), String> {
-    for change in &changes {
-        if !allowed.contains(&change.name.to_lowercase()) {
-            return Err(format!(
-                "transform {plugin} tried to write {:?}, which is not in the allowed attributes",
-                change.name
-            ));
+    for (name, _) in &changes {
+        if !allowed.contains(&name.to_lowercase()) {
+            return Err(format!("transform {plugin} tried to write {name:?}, which is not in the allowed attributes"));
         }
     }
-    for change in changes {
+    for (name, values) in changes {
         // Keep the agent's spelling of a known attribute so the planner compares like with like.
-        let key = attributes.keys().find(|k| k.eq_ignore_ascii_case(&change.name)).cloned().unwrap_or(change.name);
-        attributes.insert(key, change.values);
+        let key = attributes.keys().find(|k| k.eq_ignore_ascii_case(&name)).cloned().unwrap_or(name);
+        attributes.insert(key, values);
     }
     Ok(())
 }
 
-impl host::Host for Sandbox {
-    fn log(&mut self, level: host::Level, message: String) {
-        let plugin = &*self.plugin;
-        match level {
-            host::Level::Debug => tracing::debug!(plugin, "{message}"),
-            host::Level::Info => tracing::info!(plugin, "{message}"),
-            host::Level::Warn => tracing::warn!(plugin, "{message}"),
-            host::Level::Error => tracing::error!(plugin, "{message}"),
-        }
-    }
+/// Implements a contract version's `host` interface (and its empty `types` host trait) for the sandbox.
+macro_rules! host {
+    ($version:ident) => {
+        impl $version::naming::writeback::plugin::host::Host for Sandbox {
+            fn log(&mut self, level: $version::naming::writeback::plugin::host::Level, message: String) {
+                use $version::naming::writeback::plugin::host::Level;
+                let plugin = &*self.plugin;
+                match level {
+                    Level::Debug => tracing::debug!(plugin, "{message}"),
+                    Level::Info => tracing::info!(plugin, "{message}"),
+                    Level::Warn => tracing::warn!(plugin, "{message}"),
+                    Level::Error => tracing::error!(plugin, "{message}"),
+                }
+            }
 
-    fn config(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
-    }
+            fn config(&mut self, key: String) -> Option<String> {
+                self.config.get(&key).cloned()
+            }
+        }
+
+        impl $version::naming::writeback::plugin::types::Host for Sandbox {}
+    };
 }
 
-impl types::Host for Sandbox {}
+host!(v1);
+host!(v2);
 
 #[cfg(test)]
 mod tests {
@@ -417,7 +614,7 @@ mod tests {
     fn transforms_may_only_write_allowed_attributes() {
         let allowed: BTreeSet<String> = ["info".to_string(), "description".to_string()].into();
         let mut attrs = BTreeMap::from([("description".to_string(), vec!["d".to_string()])]);
-        let change = |name: &str| vec![types::Attribute { name: name.into(), values: vec!["x".into()] }];
+        let change = |name: &str| vec![(name.to_string(), vec!["x".to_string()])];
         apply_changes("p", &allowed, &mut attrs, change("Info")).unwrap();
         assert_eq!(attrs["Info"], ["x"]);
         apply_changes("p", &allowed, &mut attrs, change("DESCRIPTION")).unwrap();

@@ -192,11 +192,17 @@ impl PluginEngine {
         Some(dir.join(format!("{content}-{:016x}.cwasm", engine_hash.finish())))
     }
 
-    /// A linker with WASI p2 (nothing granted) and the host interface.
+    /// A linker with WASI p2 (nothing granted) and the host interface of every contract version.
     pub(super) fn linker(&self) -> Result<Linker<Sandbox>, PluginError> {
         let mut linker = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(e.to_string()))?;
-        super::bindings::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
+        // Every contract version's host interface, so that plugins built against any of them link.
+        super::bindings::v1::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+        super::bindings::v2::naming::NamingPolicy::add_to_linker::<_, wasmtime::component::HasSelf<Sandbox>>(
             &mut linker,
             |s| s,
         )

@@ -330,9 +330,10 @@ impl TenantSync<'_> {
         for id in self.state.group_ids().map_err(|e| e.to_string())? {
             let Some(group) = self.state.group(&id).map_err(|e| e.to_string())? else { continue };
             let Ok(kind) = model::scope(&group, settings.m365_default_writeback, &settings.rules) else { continue };
-            if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, settings, candidate) {
+            let count = u32::try_from(self.state.members(&id).map_err(|e| e.to_string())?.len()).unwrap_or(u32::MAX);
+            if let Err(Hold::Failed(reason)) = model::place_and_transform(&group, kind, count, settings, candidate) {
                 let already = matches!(
-                    model::place_and_transform(&group, kind, settings, current.policy.as_mut()),
+                    model::place_and_transform(&group, kind, count, settings, current.policy.as_mut()),
                     Err(Hold::Failed(_) | Hold::NotLoaded(_))
                 );
                 if !already {

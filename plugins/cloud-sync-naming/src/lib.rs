@@ -22,7 +22,7 @@ mod component {
     impl Guest for CloudSyncNaming {
         fn name_group(group: Group) -> Result<Placement, String> {
             let p = super::name_group(&group.id, &group.display_name)?;
-            Ok(Placement { cn: p.cn, sam_account_name: p.sam_account_name, ou: p.ou })
+            Ok(Placement { cn: p.cn, sam_account_name: p.sam_account_name, ou: p.ou, scope: None })
         }
     }
 

@@ -189,7 +189,7 @@ mod component {
     impl Guest for DepartmentOu {
         fn name_group(group: Group) -> Result<Placement, String> {
             let p = super::name_group(&Agent, &group.id, &group.display_name, group.mail_nickname.as_deref())?;
-            Ok(Placement { cn: p.cn, sam_account_name: p.sam_account_name, ou: p.ou })
+            Ok(Placement { cn: p.cn, sam_account_name: p.sam_account_name, ou: p.ou, scope: None })
         }
     }
 

@@ -33,6 +33,9 @@ fn group<'a>(id: &'a str, name: &'a str) -> PolicyGroup<'a> {
         mail: None,
         unified: false,
         kind: GroupKind::Security,
+        scope: Default::default(),
+        group_types: &[],
+        member_count: 0,
     }
 }
 
@@ -137,14 +140,15 @@ fn a_runaway_allocation_costs_one_call() {
 fn placements_outside_the_allowed_ous_and_bad_names_are_invalid() {
     let group = cloud_group(ID, "Escapee");
     let mut escape = plugins(Some("escape_ou"), &[], &[]);
-    let err =
-        model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut escape).unwrap_err().to_string();
+    let err = model::place_and_transform(&group, GroupKind::Security, 0, &settings(&[]), &mut escape)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("outside the target OU"), "{err}");
     let allowed = settings(&["OU=Elsewhere,DC=evil,DC=example"]);
-    assert!(model::place_and_transform(&group, GroupKind::Security, &allowed, &mut escape).is_ok());
+    assert!(model::place_and_transform(&group, GroupKind::Security, 0, &allowed, &mut escape).is_ok());
     let mut bad = plugins(Some("bad_names"), &[], &[("break", "sam")]);
     let err =
-        model::place_and_transform(&group, GroupKind::Security, &settings(&[]), &mut bad).unwrap_err().to_string();
+        model::place_and_transform(&group, GroupKind::Security, 0, &settings(&[]), &mut bad).unwrap_err().to_string();
     assert!(err.contains("sAMAccountName"), "{err}");
 }
 
@@ -225,4 +229,28 @@ fn the_fingerprint_is_that_of_the_bytes_loaded() {
     assert_ne!(loaded.fingerprint(), writeback::plugins::fingerprint(&config));
     let reloaded = TenantPlugins::load(&PluginEngine::new(None).unwrap(), &config).unwrap();
     assert_eq!(reloaded.fingerprint(), writeback::plugins::fingerprint(&config));
+}
+
+/// Plugins built against each contract version load side by side in one tenant: a 0.1.0 naming policy with
+/// 0.2.0 transforms, and a 0.2.0 naming policy that chooses a group's scope. A 0.2.0 transform is told the
+/// group's scope, types and member count.
+#[test]
+fn plugins_of_both_contract_versions_load_side_by_side() {
+    use writeback::model::GroupScope;
+    let mut mixed = plugins(Some("suffix_v2"), &["judge"], &[]);
+    let types = vec!["DynamicMembership".to_string()];
+    let view = PolicyGroup { scope: GroupScope::Global, group_types: &types, member_count: 7, ..group(ID, "Finance") };
+    let placement = mixed.place(&view).expect("the 0.1.0 naming policy answers");
+    assert!(placement.cn.starts_with("Finance (v2)_"), "{}", placement.cn);
+    assert_eq!(placement.scope, None, "0.1.0 has no scope to choose");
+    let mut attributes = BTreeMap::new();
+    mixed.transform(&view, &mut attributes).expect("the 0.2.0 transforms answer");
+    let info = attributes.get("info").and_then(|v| v.first()).cloned().unwrap_or_default();
+    assert_eq!(info, "members=7 types=DynamicMembership scope=global target=security");
+
+    let mut scoped = plugins(Some("scope_by_prefix"), &[], &[]);
+    let scope_of = |name: &str, plugins: &mut TenantPlugins| plugins.place(&group(ID, name)).unwrap().scope;
+    assert_eq!(scope_of("GG-Admins", &mut scoped), Some(GroupScope::Global));
+    assert_eq!(scope_of("DL-Share", &mut scoped), Some(GroupScope::DomainLocal));
+    assert_eq!(scope_of("Finance", &mut scoped), None);
 }

@@ -322,3 +322,41 @@ async fn a_tenant_whose_plugin_does_not_load_is_held_while_the_other_tenants_run
     until(&[&agent], Duration::from_secs(30), async || Ok(broken.group(&a).await?.is_some())).await?;
     agent.stop().await
 }
+
+/// A naming policy built against `writeback:plugin@0.2.0` chooses each group's scope: the groups are written with
+/// it, and nesting between them follows Windows AD's rules for the scopes each has.
+#[tokio::test]
+async fn a_naming_policy_chooses_each_groups_scope() -> anyhow::Result<()> {
+    use writeback_tests::dc::{DOMAIN_LOCAL_SECURITY, GLOBAL_SECURITY, UNIVERSAL_SECURITY};
+    use writeback_tests::graphsim::MemberRef;
+    let mut env = Env::new("plug-scope").await?;
+    env.append_config(&format!("[tenant.plugins]\nnaming = \"{}\"\n", wasm("scope_by_prefix")))?;
+    let (alice, _) = env.synced_user("plug-scope-alice").await?;
+    let (global, local, plain) = (new_id(), new_id(), new_id());
+    env.sim.add_group(enabled_group(&global, "GG-Operators", &[&alice])).unwrap();
+    let mut l = enabled_group(&local, "DL-Share", &[&alice]);
+    l.members.push(MemberRef::group(&global));
+    env.sim.add_group(l).unwrap();
+    let mut p = enabled_group(&plain, "Everyone", &[&alice]);
+    p.members.extend([MemberRef::group(&global), MemberRef::group(&local)]);
+    env.sim.add_group(p).unwrap();
+    env.sync(&[]).await?;
+
+    let (g, l, p) =
+        (env.group(&global).await?.unwrap(), env.group(&local).await?.unwrap(), env.group(&plain).await?.unwrap());
+    assert_eq!(
+        (g.group_type, l.group_type, p.group_type),
+        (GLOBAL_SECURITY, DOMAIN_LOCAL_SECURITY, UNIVERSAL_SECURITY)
+    );
+    assert_eq!(l.members.len(), 2, "a domain-local group holds a global one: {:?}", l.members);
+    assert!(p.members.iter().any(|m| writeback::dn::same(m, &g.dn)), "a universal group holds a global one");
+    assert!(!p.members.iter().any(|m| writeback::dn::same(m, &l.dn)), "but not a domain-local one");
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(
+        status.contains(&format!(
+            "group {plain} member {local}: A universal group cannot have a local group as a member"
+        )),
+        "{status}"
+    );
+    Ok(())
+}

@@ -24,7 +24,7 @@ pub fn names(which: Option<&str>) -> (String, String) {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ world: "naming-policy", path: "../../../wit" });
+    wit_bindgen::generate!({ world: "naming-policy", path: "../../../wit/0.1.0" });
 
     use exports::writeback::plugin::naming::Guest;
     use writeback::plugin::host;

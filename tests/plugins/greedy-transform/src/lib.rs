@@ -13,7 +13,7 @@ pub fn changes(id: &str) -> Vec<(&'static str, Vec<String>)> {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ world: "transformer", path: "../../../wit" });
+    wit_bindgen::generate!({ world: "transformer", path: "../../../wit/0.1.0" });
 
     use exports::writeback::plugin::transform::{Guest, Verdict};
     use writeback::plugin::types::{Attribute, Group};

@@ -23,7 +23,7 @@ pub fn name_group(id: &str, display_name: &str) -> Result<Placement, String> {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ world: "naming-policy", path: "../../../wit" });
+    wit_bindgen::generate!({ world: "naming-policy", path: "../../../wit/0.1.0" });
 
     use exports::writeback::plugin::naming::Guest;
     use writeback::plugin::types::{Group, Placement};
