@@ -56,7 +56,7 @@ fn main() {
     });
 
     let mut plugins = TenantPlugins::load(&engine, &config).expect("load");
-    let view = model::policy_group(&group, GroupKind::Security).expect("named group");
+    let view = model::policy_group(&group, GroupKind::Security, settings.group_scope, 0).expect("named group");
     let naming_only = mean(200_000, || {
         let placement = plugins.place(&view).expect("placement");
         model::check_placement(&placement, &settings).expect("valid placement");
@@ -69,7 +69,7 @@ fn main() {
         model::check_placement(&placement, &settings).expect("valid placement");
     });
     let mut call = || {
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins)
+        model::place_and_transform(&group, GroupKind::Security, 0, &settings, &mut plugins)
             .expect("valid placement")
             .expect("written, not excluded");
     };
@@ -78,12 +78,12 @@ fn main() {
     let warm = mean(calls, &mut call);
     let fresh = mean(2_000, || {
         plugins.drop_instances();
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut plugins)
+        model::place_and_transform(&group, GroupKind::Security, 0, &settings, &mut plugins)
             .expect("valid placement")
             .expect("written, not excluded");
     });
     let builtin = mean(calls, || {
-        model::place_and_transform(&group, GroupKind::Security, &settings, &mut model::BuiltinPolicy)
+        model::place_and_transform(&group, GroupKind::Security, 0, &settings, &mut model::BuiltinPolicy)
             .expect("valid placement")
             .expect("written, not excluded");
     });
