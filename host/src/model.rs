@@ -384,6 +384,8 @@ pub fn place_and_transform(
     check_placement(&placement, settings).map_err(|e| Hold::Failed(format!("invalid placement: {e}")))?;
     let scope = placement.scope.unwrap_or(settings.group_scope);
     let mut attrs = attributes(group, kind, scope, &placement, &settings.schema);
+    // Transforms judge the group as it will be written: with the scope the naming policy chose.
+    let view = PolicyGroup { scope, ..view };
     match policy.transform(&view, &mut attrs)? {
         Transformed::Write => Ok(Ok((placement, attrs))),
         Transformed::Exclude(reason) => Ok(Err(reason)),

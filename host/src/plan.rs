@@ -256,7 +256,7 @@ pub fn plan_batch(intents: &BTreeMap<String, Intent>, snapshot: &Snapshot, later
     let scopes: HashMap<&str, GroupScope> = intents
         .iter()
         .filter_map(|(id, intent)| match intent {
-            Intent::Write(desired) => Some((id.as_str(), desired.scope)),
+            Intent::Write(desired) => Some((id.as_str(), scope_in_ad(desired, snapshot.managed.get(id)))),
             _ => None,
         })
         .collect();
@@ -587,22 +587,39 @@ struct NestedGroups<'a> {
 }
 
 impl NestedGroups<'_> {
-    /// The scope the nested cloud group `id` has once planned, and whether that is final: a group taken over
-    /// (converted from the AD group with SID `converted_from`) keeps the scope AD gave it, and a group of this
-    /// batch gets the scope it is planned with. Another group's scope in AD may be about to change.
-    fn scope(
-        &self,
-        id: &str,
-        in_ad: Option<&DirectoryGroup>,
-        converted_from: Option<&str>,
-    ) -> (Option<GroupScope>, bool) {
+    /// The scopes of the nested cloud group `id`: the one it has in AD now, and the one it is planned with when
+    /// this batch plans it. A group taken over (converted from the AD group with SID `converted_from`) keeps the
+    /// one AD gave it.
+    fn scope(&self, id: &str, in_ad: Option<&DirectoryGroup>, converted_from: Option<&str>) -> ChildScope {
+        let now = in_ad.and_then(current_scope);
         let kept =
             in_ad.is_some_and(|g| converted_from.zip(g.sid.as_deref()).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b)));
-        match (kept, self.scopes.get(id)) {
-            (true, _) => (in_ad.and_then(current_scope), true),
-            (false, Some(planned)) => (Some(*planned), true),
-            (false, None) => (in_ad.and_then(current_scope), false),
+        if kept {
+            return ChildScope { now, planned: now };
         }
+        ChildScope { now, planned: self.scopes.get(id).copied() }
+    }
+}
+
+/// A nested group's scope in AD now and once planned (`None`: not in AD yet, or not planned in this batch).
+#[derive(Debug, Clone, Copy)]
+struct ChildScope {
+    now: Option<GroupScope>,
+    planned: Option<GroupScope>,
+}
+
+impl ChildScope {
+    /// Why a group of scope `parent` may not take it: by the scope it is planned with, or by the one it has while
+    /// its conversion waits (AD checks the scope it has when the member is added).
+    fn refusal(self, parent: GroupScope) -> Option<SkipReason> {
+        scope_refusal(parent, self.planned).or_else(|| scope_refusal(parent, self.now))
+    }
+
+    /// Whether a group of scope `parent` already holding it must let it go: only when its scope is final (planned
+    /// and reached) and refused. While its conversion waits, it may come to fit, or be held for being in the
+    /// parent; removing it then would only add it back later.
+    fn must_leave(self, parent: GroupScope) -> bool {
+        self.planned.is_some() && self.now == self.planned && scope_refusal(parent, self.planned).is_some()
     }
 }
 
@@ -643,13 +660,13 @@ fn member_diff(
             DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
                 // Nested only once it is taken over: the take-over may still fail.
                 Some(_) if snapshot.takeovers.contains(member_id) => diff.waiting = true,
-                Some(g) => match scope_refusal(scope, nested.scope(member_id, Some(g), converted_from.as_deref()).0) {
+                Some(g) => match nested.scope(member_id, Some(g), converted_from.as_deref()).refusal(scope) {
                     Some(reason) => diff.skipped.push(skip(member_id, reason)),
                     None if g.sid.as_ref().is_some_and(|s| present.contains(&s.to_uppercase())) => {}
                     None => diff.adds.push(MemberValue::Dn(g.dn.clone())),
                 },
                 None if nested.creating.contains(member_id.as_str()) => {
-                    match scope_refusal(scope, nested.scope(member_id, None, None).0) {
+                    match nested.scope(member_id, None, None).refusal(scope) {
                         Some(reason) => diff.skipped.push(skip(member_id, reason)),
                         None => diff.adds.push(MemberValue::NewGroup(member_id.clone())),
                     }
@@ -733,10 +750,7 @@ fn member_removals(
                 .get(&sid.to_uppercase())
                 .is_some_and(|p| refusal(scope, sid, p, snapshot.domain_sid.as_deref()).is_none()),
             DesiredMember::CloudGroup { member_id, converted_from } => match snapshot.managed.get(member_id) {
-                Some(g) => match nested.scope(member_id, Some(g), converted_from.as_deref()) {
-                    (child, true) => scope_refusal(scope, child).is_none(),
-                    (_, false) => true,
-                },
+                Some(g) => !nested.scope(member_id, Some(g), converted_from.as_deref()).must_leave(scope),
                 None => converted_from.is_some(),
             },
         })
@@ -1266,15 +1280,54 @@ mod tests {
         snap.managed.insert("g".into(), local_kept.clone());
         let out = plan(&intents(vec![("p", Intent::Write(parent.clone()))]), &snap, OPTS);
         assert_eq!(out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(), [SkipReason::DomainLocalGroup]);
-        // The same group not taken over, planned in this batch as universal (its scope converts): it is nested.
+        // The same group not taken over, planned in this batch as universal: nested once its conversion is done
+        // (AD checks the scope a member has when it is added, and the conversion may be held).
         parent.members = vec![DesiredMember::CloudGroup { member_id: "g".into(), converted_from: None }];
         let child = Intent::Write(desired("g", "Child", vec![]));
+        let out = plan(&intents(vec![("p", Intent::Write(parent.clone())), ("g", child.clone())]), &snap, OPTS);
+        assert_eq!(out.skipped.iter().map(|s| s.reason.clone()).collect::<Vec<_>>(), [SkipReason::DomainLocalGroup]);
+        let mut converted_child = local_kept.clone();
+        converted_child.attributes.insert("grouptype".into(), vec![universal.clone()]);
+        snap.managed.insert("g".into(), converted_child);
         let out = plan(&intents(vec![("p", Intent::Write(parent.clone())), ("g", child)]), &snap, OPTS);
         assert!(out.skipped.is_empty(), "{:?}", out.skipped);
         let Some(Op::Create { attributes, .. }) = out.ops.iter().find(|op| op.group_id() == "p") else {
             panic!("{:?}", out.ops)
         };
         assert!(attributes.iter().any(|(k, v)| k == "member" && v == &[local_kept.dn.clone()]), "{attributes:?}");
+        // A universal parent holding a universal child that a naming policy makes domain-local: the child stays
+        // while its conversion waits (AD holds it for being in the parent), so it is not removed and added back.
+        let mut holder = existing("h", "Holder", &[]);
+        holder.attributes.insert("grouptype".into(), vec![universal.clone()]);
+        let mut child_now = existing("c", "Child", &[]);
+        child_now.attributes.insert("grouptype".into(), vec![universal.clone()]);
+        holder.members.push(DirectoryMember { dn: child_now.dn.clone(), sid: child_now.sid.clone() });
+        let mut snap = Snapshot::default();
+        snap.managed.insert("h".into(), holder);
+        snap.managed.insert("c".into(), child_now.clone());
+        let holding =
+            desired("h", "Holder", vec![DesiredMember::CloudGroup { member_id: "c".into(), converted_from: None }]);
+        let mut becoming_local = desired("c", "Child", vec![]);
+        becoming_local.scope = GroupScope::DomainLocal;
+        let out = plan(
+            &intents(vec![("h", Intent::Write(holding.clone())), ("c", Intent::Write(becoming_local.clone()))]),
+            &snap,
+            OPTS,
+        );
+        assert!(
+            !out.ops.iter().any(|op| matches!(op, Op::RemoveMembers { group_id, .. } if group_id == "h")),
+            "{:?}",
+            out.ops
+        );
+        // Once it is domain-local in AD, its scope is final: it leaves the universal parent.
+        child_now
+            .attributes
+            .insert("grouptype".into(), vec![GroupKind::Security.group_type(GroupScope::DomainLocal).to_string()]);
+        snap.managed.insert("c".into(), child_now.clone());
+        let out =
+            plan(&intents(vec![("h", Intent::Write(holding)), ("c", Intent::Write(becoming_local))]), &snap, OPTS);
+        assert!(out.ops.iter().any(|op| matches!(op, Op::RemoveMembers { group_id, values, .. } if group_id == "h" && values.contains(&child_now.dn))), "{:?}", out.ops);
+
         // A group a naming policy makes domain-local, created in this batch: refused in a universal parent.
         let mut local_child = desired("n", "New local", vec![]);
         local_child.scope = GroupScope::DomainLocal;

@@ -125,8 +125,9 @@ fn check(args: &CheckArgs) -> Result<()> {
         match model::place_and_transform(&group, kind, 0, &settings, &mut plugins) {
             Ok(Ok((placement, attributes))) => {
                 let ou = placement.ou.as_deref().unwrap_or("(target OU)");
+                let scope = placement.scope.map_or("(tenant's group_scope)", |s| s.name());
                 println!(
-                    "valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou}",
+                    "valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou} scope={scope}",
                     placement.cn, placement.sam_account_name
                 );
                 if world == "transformer" {
@@ -166,17 +167,21 @@ fn load_any_world(
     file: &std::path::Path,
 ) -> Result<(TenantPlugins, &'static str)> {
     let naming = PluginsConfig { naming: Some(file.to_path_buf()), ..config.clone() };
-    match TenantPlugins::load(engine, &naming) {
+    let as_naming = match TenantPlugins::load(engine, &naming) {
         Ok(plugins) => return Ok((plugins, "naming-policy")),
-        Err(PluginError::World { .. }) => {}
+        Err(e @ PluginError::World { .. }) => e,
         Err(e) => return Err(e.into()),
-    }
+    };
     let transform = PluginsConfig { transforms: vec![file.to_path_buf()], ..config.clone() };
-    match TenantPlugins::load(engine, &transform) {
-        Ok(plugins) => Ok((plugins, "transformer")),
-        Err(PluginError::World { .. }) => {
-            bail!("{} implements neither the naming-policy nor the transformer world", file.display())
-        }
-        Err(e) => Err(e.into()),
+    let as_transform = match TenantPlugins::load(engine, &transform) {
+        Ok(plugins) => return Ok((plugins, "transformer")),
+        Err(e @ PluginError::World { .. }) => e,
+        Err(e) => return Err(e.into()),
+    };
+    // A world the component does export, but of a contract version this agent does not run, says so itself.
+    let version = [as_naming, as_transform].into_iter().find(|e| e.to_string().contains("built against"));
+    match version {
+        Some(e) => Err(e.into()),
+        None => bail!("{} implements neither the naming-policy nor the transformer world", file.display()),
     }
 }

@@ -99,6 +99,7 @@ impl TenantSync<'_> {
         }
         self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
         self.check_scope_changes(directory, &mut plan, &snapshot, report).await?;
+        let held_scopes = self.hold_scope_changes(&mut plan, options, report)?;
         let (deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
             .into_iter()
             .partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
@@ -106,8 +107,9 @@ impl TenantSync<'_> {
         let held_removals = self.hold_member_removals(&mut plan, options, report)?;
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.plan.extend(plan.ops.iter().cloned());
-        // Held removals keep their group pending, so they are planned again until they are allowed.
-        let mut unsettled: BTreeSet<String> = plan.waiting.iter().cloned().chain(held_removals).collect();
+        // Held removals and scope changes keep their group pending, so they are planned again until allowed.
+        let mut unsettled: BTreeSet<String> =
+            plan.waiting.iter().cloned().chain(held_removals).chain(held_scopes).collect();
         carry.waiting.extend(plan.waiting.iter().cloned());
         for op in deferred {
             unsettled.insert(op.group_id().to_string());
@@ -119,6 +121,7 @@ impl TenantSync<'_> {
         }
         self.apply(directory, &plan, &mut carry.failed, report).await?;
         self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan))?;
+        self.record_applied(Threshold::Renames, scope_changes_in(&plan).len())?;
         self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
         // A waiting or deferred group's problems are recorded once, when it settles, or when it fails: a failed
         // group writes nothing more this cycle.
@@ -155,7 +158,7 @@ impl TenantSync<'_> {
         };
         plan::hold_over_thresholds(&mut plan, thresholds);
         report.status.held_deletes = plan.held_deletes.clone();
-        report.status.held_renames = plan.held_renames.iter().map(|op| op.to_string()).collect();
+        report.status.held_renames.extend(plan.held_renames.iter().map(|op| op.to_string()));
         report.plan.extend(plan.ops.iter().cloned());
         if options.dry_run || options.standby || ids.is_empty() {
             return Ok(());
@@ -405,6 +408,37 @@ impl TenantSync<'_> {
         Ok(held)
     }
 
+    /// Holds the batch's scope changes when they, with the renames and scope changes applied within the window,
+    /// are more than `rename_threshold`, unless renames are allowed: a new naming plugin or `group_scope` can
+    /// convert every group at once, as a naming plugin can rename every group. Returns the groups held.
+    fn hold_scope_changes(
+        &self,
+        plan: &mut Plan,
+        options: CycleOptions,
+        report: &mut CycleReport,
+    ) -> Result<Vec<String>, SyncError> {
+        let changing = scope_changes_in(plan);
+        if options.allow_renames || changing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let recent = self.state.applied_since(Threshold::Renames, self.window_start())?;
+        if recent + changing.len() <= self.config.rename_threshold {
+            return Ok(Vec::new());
+        }
+        for id in &changing {
+            let to = plan_target(plan, id).map_or("unknown", GroupScope::name);
+            report.status.held_renames.push(format!(
+                "scope change of group {id} to {to}: {} scope changes planned and {recent} renames applied within threshold_window are more than rename_threshold ({})",
+                changing.len(),
+                self.config.rename_threshold
+            ));
+        }
+        let held: Vec<String> = changing.into_iter().collect();
+        hold_scope_change(plan, &held);
+        tracing::warn!(tenant = %self.config.name, groups = held.len(), recent, "scope changes held: more than rename_threshold within threshold_window");
+        Ok(held)
+    }
+
     /// Reports the batch's look-alikes, and turns each ambiguous group into a conflict that writes nothing.
     fn report_ownership(
         &self,
@@ -629,6 +663,11 @@ fn scope_step(op: &Op) -> Option<GroupScope> {
         }
         _ => None,
     }
+}
+
+/// The groups whose scope the plan changes.
+fn scope_changes_in(plan: &Plan) -> BTreeSet<String> {
+    plan.ops.iter().filter(|op| scope_step(op).is_some()).map(|op| op.group_id().to_string()).collect()
 }
 
 /// Where a group's planned scope steps end.

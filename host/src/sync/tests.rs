@@ -795,3 +795,34 @@ async fn converted_groups_of_other_domains_built_in_listed_protected_or_claimed_
     assert!(conflict(5).contains("which is not of this domain"), "{}", conflict(5));
     assert!(conflict(6).contains("critical system objects"), "{}", conflict(6));
 }
+
+#[tokio::test]
+async fn scope_changes_count_against_the_rename_threshold_and_wait_until_allowed() {
+    let store = Store::temporary().unwrap();
+    let mut directory = Memory::default();
+    let universal = tenant("");
+    let sync = sync_for(&universal, &store, clock());
+    merge_groups(&sync.state, json!([group(1, "One", &[], &[]), group(2, "Two", &[], &[])]));
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+
+    // A new scope for every group, as a new group_scope or naming plugin version gives: two changes, threshold 1.
+    let global = tenant("group_scope = \"global\"\nrename_threshold = 1");
+    let sync = sync_for(&global, &store, clock());
+    sync.state.mark_all_pending().unwrap();
+    directory.writes.clear();
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert!(directory.writes.is_empty(), "{:?}", directory.writes);
+    assert_eq!(report.status.held_renames.len(), 2, "{:?}", report.status.held_renames);
+    assert!(
+        report.status.held_renames[0].contains("more than rename_threshold (1)"),
+        "{:?}",
+        report.status.held_renames
+    );
+    assert_eq!(sync.state.pending().unwrap().len(), 2, "held, so planned again");
+
+    let allowed = CycleOptions { allow_renames: true, ..CycleOptions::default() };
+    reconcile(&sync, &mut directory, allowed).await;
+    for n in [1, 2] {
+        assert_eq!(Memory::group_type(directory.by_id(&id(n)).unwrap()), Some(-2147483646));
+    }
+}

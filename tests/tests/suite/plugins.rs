@@ -248,6 +248,15 @@ fn plugins_of_both_contract_versions_load_side_by_side() {
     let info = attributes.get("info").and_then(|v| v.first()).cloned().unwrap_or_default();
     assert_eq!(info, "members=7 types=DynamicMembership scope=global target=security");
 
+    // Through the model: the transform judges the group with the scope the naming policy chose, and its count.
+    let mut chosen = plugins(Some("scope_by_prefix"), &["judge"], &[]);
+    let (_, attributes) =
+        model::place_and_transform(&cloud_group(ID, "GG-Ops"), GroupKind::Security, 3, &settings(&[]), &mut chosen)
+            .expect("placed")
+            .expect("written");
+    assert_eq!(attributes["info"], ["members=3 types= scope=global target=security"]);
+    assert_eq!(attributes["groupType"], [GroupKind::Security.group_type(GroupScope::Global).to_string()]);
+
     let mut scoped = plugins(Some("scope_by_prefix"), &[], &[]);
     let scope_of = |name: &str, plugins: &mut TenantPlugins| plugins.place(&group(ID, name)).unwrap().scope;
     assert_eq!(scope_of("GG-Admins", &mut scoped), Some(GroupScope::Global));
