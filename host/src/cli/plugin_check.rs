@@ -178,9 +178,11 @@ fn load_any_world(
         Err(e @ PluginError::World { .. }) => e,
         Err(e) => return Err(e.into()),
     };
-    // A world the component does export, but of a contract version this agent does not run, says so itself.
-    let version = [as_naming, as_transform].into_iter().find(|e| e.to_string().contains("built against"));
-    match version {
+    // A world the component does export, but of a contract version this agent does not run, says so itself. (One
+    // that cannot be linked was reported above, with the linker's reason.)
+    let reason =
+        [as_naming, as_transform].into_iter().find(|e| !e.to_string().contains("exports no writeback:plugin/"));
+    match reason {
         Some(e) => Err(e.into()),
         None => bail!("{} implements neither the naming-policy nor the transformer world", file.display()),
     }

@@ -36,6 +36,10 @@ pub enum PluginError {
     Compile { path: PathBuf, cause: String },
     #[error("plugin {path} does not implement the {world} world: {cause}")]
     World { path: PathBuf, world: &'static str, cause: String },
+    #[error(
+        "plugin {path} cannot be linked as a {world} plugin: {cause}; the agent provides WASI (granting nothing) and writeback:plugin"
+    )]
+    Link { path: PathBuf, world: &'static str, cause: String },
     #[error("plugin {plugin} ran past its {limit_ms} ms limit and was stopped")]
     Timeout { plugin: String, limit_ms: u128 },
     #[error(
@@ -319,6 +323,9 @@ impl<P: Prepared> Plugin<P> {
         if error.downcast_ref::<runtime::OverBudget>().is_some() {
             return PluginError::Memory { plugin, limit_mib: self.limits.memory_bytes >> 20 };
         }
+        if let Some(unprovided) = error.downcast_ref::<runtime::Unprovided>() {
+            return PluginError::Trap { plugin, cause: unprovided.to_string() };
+        }
         if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             let cause = match trap {
                 wasmtime::Trap::UnreachableCodeReached => {
@@ -393,9 +400,11 @@ impl Setup<'_> {
         component: &wasmtime::component::Component,
         wrap: fn(wasmtime::component::InstancePre<Sandbox>) -> wasmtime::Result<P>,
     ) -> Result<Plugin<P>, PluginError> {
-        let not_world =
-            |e: wasmtime::Error| PluginError::World { path: path.to_path_buf(), world, cause: format!("{e:#}") };
-        let pre = wrap(self.linker.instantiate_pre(component).map_err(not_world)?).map_err(not_world)?;
+        let not_linked =
+            |e: wasmtime::Error| PluginError::Link { path: path.to_path_buf(), world, cause: format!("{e:#}") };
+        let mut linker = self.linker.clone();
+        runtime::stub_unprovided_imports(&mut linker, self.engine.engine(), component).map_err(not_linked)?;
+        let pre = wrap(linker.instantiate_pre(component).map_err(not_linked)?).map_err(not_linked)?;
         let name = plugin_name(path);
         let calls = CallCounters::of(&name);
         let (engine, config, limits) = (self.engine.engine().clone(), self.settings.clone(), self.limits);

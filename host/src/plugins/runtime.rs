@@ -45,6 +45,69 @@ impl std::fmt::Display for WaitRefused {
 
 impl std::error::Error for WaitRefused {}
 
+/// The error a call to an import the agent does not provide traps with.
+#[derive(Debug)]
+pub(super) struct Unprovided(pub(super) String);
+
+impl std::fmt::Display for Unprovided {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the plugin called {}, which the agent does not provide (plugins get no network, files or environment)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Unprovided {}
+
+/// Import packages the linker provides (any version it matches); every other import is one the agent does not
+/// provide.
+const PROVIDED: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+    "writeback:plugin/",
+];
+
+/// The resource type given to the resources of imports the agent does not provide: no value of it ever exists.
+struct UnprovidedResource;
+
+/// Defines every import of `component` from a package the agent does not provide (`wasi:http`, say, which
+/// componentize-js imports by default) as functions that trap when called, so that the component loads and fails
+/// only if it really uses one. The sandbox stays as it is: nothing is granted.
+pub(super) fn stub_unprovided_imports(
+    linker: &mut Linker<Sandbox>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+    for (name, item) in component.component_type().imports(engine) {
+        if PROVIDED.iter().any(|package| name.starts_with(package)) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else { continue };
+        let mut stubs = linker.instance(name)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::Resource(_) => {
+                    stubs.resource(export, ResourceType::host::<UnprovidedResource>(), |_, _| Ok(()))?
+                }
+                ComponentItem::ComponentFunc(_) => {
+                    let called = format!("{name}#{export}");
+                    stubs.func_new(export, move |_, _, _, _| Err(wasmtime::Error::new(Unprovided(called.clone()))))?
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The error an over-budget growth traps with.
 #[derive(Debug)]
 pub(super) struct OverBudget;

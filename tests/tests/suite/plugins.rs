@@ -263,3 +263,21 @@ fn plugins_of_both_contract_versions_load_side_by_side() {
     assert_eq!(scope_of("DL-Share", &mut scoped), Some(GroupScope::DomainLocal));
     assert_eq!(scope_of("Finance", &mut scoped), None);
 }
+
+/// A component that imports an interface the agent does not provide (as componentize-js imports `wasi:http`)
+/// loads, names groups, and fails only the calls that use that import, saying which; the next call still runs.
+#[test]
+fn an_import_the_agent_does_not_provide_traps_only_when_called() {
+    let mut fetcher = plugins(Some("fetcher"), &[], &[]);
+    assert!(fetcher.place(&group(ID, "Finance")).is_ok(), "it loads and names a group");
+    for (name, called) in
+        [("fetch it", "acme:net/fetch@1.0.0#get"), ("connect", "acme:net/fetch@1.0.0#[constructor]connection")]
+    {
+        let refused = fetcher.place(&group(ID, name)).unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("the plugin called {called}, which the agent does not provide")),
+            "{refused}"
+        );
+    }
+    assert!(fetcher.place(&group(ID, "Finance")).is_ok(), "a fresh instance serves the next call");
+}

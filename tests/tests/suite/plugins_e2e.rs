@@ -276,6 +276,15 @@ async fn plugin_check_prints_verdicts_and_fails_on_invalid_output() -> anyhow::R
     let bad = check("bad_names", &[]);
     assert!(!bad.status.success());
     assert!(text(&bad.stdout).contains("INVALID"), "{}", text(&bad.stdout));
+    // An import no linker satisfies is named, with the linker's own reason.
+    let misfit = check("misfit", &[]);
+    assert!(!misfit.status.success());
+    let err = text(&misfit.stderr);
+    assert!(
+        err.contains("cannot be linked as a naming-policy plugin")
+            && err.contains("component imports instance `wasi:cli/bogus@0.2.0`"),
+        "{err}"
+    );
     let transform = check("provenance_note", &["--config", "exclude=Mark*"]);
     assert!(transform.status.success());
     let out = text(&transform.stdout);
