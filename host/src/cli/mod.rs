@@ -25,7 +25,7 @@ use crate::config::Config;
 #[command(name = "writeback", version)]
 pub struct Cli {
     /// The agent's TOML configuration file (given before the command; `plugin check` takes its own
-    /// `--config KEY=VALUE` settings).
+    /// `--config KEY=VALUE` settings, and reads this file only with `--tenant`).
     #[arg(long, short, env = "WRITEBACK_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
@@ -71,7 +71,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> Result<()> {
     // `plugin check` needs no agent config.
     if let Command::Plugin(command) = cli.command {
-        return crate::plugins::off_reactor(|| plugin_check::run(command));
+        let config = cli.config.clone();
+        return crate::plugins::off_reactor(|| plugin_check::run(command, config.as_deref()));
     }
     let config_path = cli.config.clone().context("no config file given; pass --config FILE")?;
     let config = Config::load(&config_path)?;

@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use crate::attributes::SchemaSupport;
 use crate::cloud::CloudGroup;
-use crate::config::PluginsConfig;
+use crate::config::{Config, PluginsConfig};
 use crate::model::{self, ModelSettings};
-use crate::plugins::{PluginEngine, PluginError, TenantPlugins};
+use crate::plugins::{PluginEngine, TenantPlugins};
 
 /// `writeback plugin …`
 #[derive(Debug, Subcommand)]
@@ -20,10 +20,10 @@ pub enum PluginCommand {
     Check(CheckArgs),
 }
 
-/// Runs `plugin …`.
-pub fn run(command: PluginCommand) -> Result<()> {
+/// Runs `plugin …`; `config` is the agent's config file, when one was given.
+pub fn run(command: PluginCommand, config: Option<&std::path::Path>) -> Result<()> {
     match command {
-        PluginCommand::Check(args) => check(&args),
+        PluginCommand::Check(args) => check(&args, config),
     }
 }
 
@@ -48,6 +48,16 @@ pub struct CheckArgs {
     /// Further OUs the plugin may place groups in.
     #[arg(long = "allowed-ou")]
     pub allowed_ous: Vec<String>,
+    /// Take the plugin settings, limits, OUs, group scope and compile cache of this tenant of the agent's config
+    /// (`writeback --config FILE plugin check … --tenant NAME`); the options here override them.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Wall-clock limit of one call, as the tenant's `timeout` (default 100ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Memory limit of one instance in MiB, as the tenant's `memory_limit_mib` (default 64).
+    #[arg(long)]
+    pub memory_limit_mib: Option<usize>,
 }
 
 /// A sample group in Graph's shape.
@@ -90,26 +100,68 @@ const BUILTIN_SAMPLES: &str = r#"[
   {"id": "2c3d4e5f-6071-4829-93a4-b5c6d7e8f9a0", "displayName": "A very long display name that goes well past the fifty-one characters a CN keeps"}
 ]"#;
 
-/// Runs the check; fails when any output is invalid.
-fn check(args: &CheckArgs) -> Result<()> {
-    let samples = samples(args)?;
-    let mut plugin_config = PluginsConfig::default();
-    for setting in &args.settings {
-        let (key, value) = setting.split_once('=').with_context(|| format!("--config {setting:?} is not KEY=VALUE"))?;
-        plugin_config.config.insert(key.to_string(), value.to_string());
-    }
-    plugin_config.allowed_ous = args.allowed_ous.clone();
-    let engine = PluginEngine::new(None)?;
-    let (mut plugins, world) = load_any_world(&engine, &plugin_config, &args.file)?;
-    println!("plugin {} ({world}), target OU {}", args.file.display(), args.target_ou);
-    let settings = ModelSettings {
+/// What the check runs with: a tenant's settings, or the defaults, and the options on top.
+struct Setup {
+    plugins: PluginsConfig,
+    settings: ModelSettings,
+    cache: Option<PathBuf>,
+}
+
+/// The tenant's settings when `--tenant` names one, else the defaults; the options override either.
+fn setup(args: &CheckArgs, config: Option<&std::path::Path>) -> Result<Setup> {
+    let mut settings = ModelSettings {
         m365_default_writeback: true,
         target_ou: args.target_ou.clone(),
-        allowed_ous: args.allowed_ous.clone(),
+        allowed_ous: Vec::new(),
         schema: SchemaSupport::default(),
         rules: Default::default(),
         group_scope: Default::default(),
     };
+    let (mut plugins, cache) = match &args.tenant {
+        Some(name) => {
+            let path = config.context("--tenant needs the agent's config: writeback --config FILE plugin check …")?;
+            let config = Config::load(path)?;
+            let tenant = config.tenant(name).with_context(|| format!("{} has no tenant {name:?}", path.display()))?;
+            settings.target_ou = tenant.directory.target_ou.clone();
+            settings.group_scope = tenant.group_scope;
+            let plugins = PluginsConfig { naming: None, transforms: Vec::new(), ..tenant.plugins.clone() };
+            (plugins, Some(config.agent.state_dir.join("plugin-cache")))
+        }
+        None => (PluginsConfig::default(), None),
+    };
+    for setting in &args.settings {
+        let (key, value) = setting.split_once('=').with_context(|| format!("--config {setting:?} is not KEY=VALUE"))?;
+        plugins.config.insert(key.to_string(), value.to_string());
+    }
+    plugins.allowed_ous.extend(args.allowed_ous.iter().cloned());
+    settings.allowed_ous = plugins.allowed_ous.clone();
+    if let Some(timeout) = args.timeout {
+        plugins.timeout = timeout;
+    }
+    if let Some(mib) = args.memory_limit_mib {
+        plugins.memory_limit_mib = mib;
+    }
+    Ok(Setup { plugins, settings, cache })
+}
+
+/// Runs the check; fails when any output is invalid.
+fn check(args: &CheckArgs, config: Option<&std::path::Path>) -> Result<()> {
+    let samples = samples(args)?;
+    let Setup { plugins: plugin_config, settings, cache } = setup(args, config)?;
+    let engine = PluginEngine::new(cache)?;
+    let world = crate::plugins::world_of(&engine, &args.file)?;
+    let loaded = match world {
+        "naming-policy" => PluginsConfig { naming: Some(args.file.clone()), ..plugin_config.clone() },
+        _ => PluginsConfig { transforms: vec![args.file.clone()], ..plugin_config.clone() },
+    };
+    let mut plugins = TenantPlugins::load(&engine, &loaded)?;
+    println!(
+        "plugin {} ({world}), target OU {}, timeout {:?}, memory limit {} MiB",
+        args.file.display(),
+        settings.target_ou,
+        plugin_config.timeout,
+        plugin_config.memory_limit_mib
+    );
     let mut invalid = 0;
     for sample in samples {
         let group = sample.cloud_group();
@@ -122,12 +174,15 @@ fn check(args: &CheckArgs) -> Result<()> {
             ),
         };
         let name = group.display_name.clone().unwrap_or_default();
-        match model::place_and_transform(&group, kind, 0, &settings, &mut plugins) {
+        let started = std::time::Instant::now();
+        let outcome = model::place_and_transform(&group, kind, 0, &settings, &mut plugins);
+        let took = format!("{:.1} µs", started.elapsed().as_secs_f64() * 1e6);
+        match outcome {
             Ok(Ok((placement, attributes))) => {
                 let ou = placement.ou.as_deref().unwrap_or("(target OU)");
                 let scope = placement.scope.map_or("(tenant's group_scope)", |s| s.name());
                 println!(
-                    "valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou} scope={scope}",
+                    "valid    {name:?}: cn={:?} sAMAccountName={:?} ou={ou} scope={scope} ({took})",
                     placement.cn, placement.sam_account_name
                 );
                 if world == "transformer" {
@@ -136,10 +191,10 @@ fn check(args: &CheckArgs) -> Result<()> {
                     }
                 }
             }
-            Ok(Err(reason)) => println!("excluded {name:?}: {reason}"),
+            Ok(Err(reason)) => println!("excluded {name:?}: {reason} ({took})"),
             Err(reason) => {
                 invalid += 1;
-                println!("INVALID  {name:?}: {reason}");
+                println!("INVALID  {name:?}: {reason} ({took})");
             }
         }
     }
@@ -158,32 +213,4 @@ fn samples(args: &CheckArgs) -> Result<Vec<SampleGroup>> {
         None => BUILTIN_SAMPLES.to_string(),
     };
     serde_json::from_str(&text).context("the groups are not a JSON list of groups")
-}
-
-/// Loads the file as a naming plugin, or else as a transform (with the built-in naming).
-fn load_any_world(
-    engine: &PluginEngine,
-    config: &PluginsConfig,
-    file: &std::path::Path,
-) -> Result<(TenantPlugins, &'static str)> {
-    let naming = PluginsConfig { naming: Some(file.to_path_buf()), ..config.clone() };
-    let as_naming = match TenantPlugins::load(engine, &naming) {
-        Ok(plugins) => return Ok((plugins, "naming-policy")),
-        Err(e @ PluginError::World { .. }) => e,
-        Err(e) => return Err(e.into()),
-    };
-    let transform = PluginsConfig { transforms: vec![file.to_path_buf()], ..config.clone() };
-    let as_transform = match TenantPlugins::load(engine, &transform) {
-        Ok(plugins) => return Ok((plugins, "transformer")),
-        Err(e @ PluginError::World { .. }) => e,
-        Err(e) => return Err(e.into()),
-    };
-    // A world the component does export, but of a contract version this agent does not run, says so itself. (One
-    // that cannot be linked was reported above, with the linker's reason.)
-    let reason =
-        [as_naming, as_transform].into_iter().find(|e| !e.to_string().contains("exports no writeback:plugin/"));
-    match reason {
-        Some(e) => Err(e.into()),
-        None => bail!("{} implements neither the naming-policy nor the transformer world", file.display()),
-    }
 }

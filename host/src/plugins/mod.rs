@@ -242,6 +242,22 @@ impl Transform {
     }
 }
 
+/// The world of the component at `path`, from the interface it exports: `naming-policy` or `transformer`.
+pub fn world_of(engine: &PluginEngine, path: &Path) -> Result<&'static str, PluginError> {
+    let (component, _) = engine.load(path)?;
+    if exported_version(engine.engine(), &component, "naming").is_some() {
+        return Ok("naming-policy");
+    }
+    if exported_version(engine.engine(), &component, "transform").is_some() {
+        return Ok("transformer");
+    }
+    Err(PluginError::World {
+        path: path.to_path_buf(),
+        world: "naming-policy or transformer",
+        cause: "it exports neither writeback:plugin/naming nor writeback:plugin/transform".into(),
+    })
+}
+
 /// The contract version of the `interface` (`naming` or `transform`) that `component` exports, if it exports one.
 fn exported_version(
     engine: &wasmtime::Engine,

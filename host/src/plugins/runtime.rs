@@ -179,7 +179,16 @@ pub struct CallLimits {
 pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    /// Components this engine compiled or read, by the SHA-256 of their bytes, so that the same file loaded
+    /// twice (for its world, then as that plugin) is compiled once, with or without a cache directory.
+    loaded: Arc<std::sync::Mutex<BTreeMap<Vec<u8>, Component>>>,
+    /// How many components this engine compiled.
+    #[cfg(test)]
+    compiles: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// How many components [`PluginEngine`] keeps in memory; past this it starts afresh (plugins change rarely).
+const LOADED_KEPT: usize = 32;
 
 impl PluginEngine {
     /// Creates the engine and starts its epoch ticker. `cache_dir` keeps precompiled artifacts.
@@ -189,7 +198,13 @@ impl PluginEngine {
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
         start_ticker(&engine);
-        Ok(PluginEngine { engine, cache_dir })
+        Ok(PluginEngine {
+            engine,
+            cache_dir,
+            loaded: Arc::default(),
+            #[cfg(test)]
+            compiles: Arc::default(),
+        })
     }
 
     /// The wasmtime engine.
@@ -207,7 +222,17 @@ impl PluginEngine {
             use sha2::Digest;
             sha2::Sha256::digest(&bytes).to_vec()
         };
-        self.component(path, &bytes).map(|component| (component, digest))
+        let kept = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&digest).cloned();
+        if let Some(component) = kept {
+            return Ok((component, digest));
+        }
+        let component = self.component(path, &bytes)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if loaded.len() >= LOADED_KEPT {
+            loaded.clear();
+        }
+        loaded.insert(digest.clone(), component.clone());
+        Ok((component, digest))
     }
 
     fn component(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
@@ -232,6 +257,8 @@ impl PluginEngine {
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, PluginError> {
+        #[cfg(test)]
+        self.compiles.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Component::from_binary(&self.engine, bytes)
             .map_err(|e| PluginError::Compile { path: path.to_path_buf(), cause: format!("{e:#}") })
     }
@@ -415,5 +442,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, engine.cache_path(b"one").unwrap());
         assert!(a.to_string_lossy().ends_with(".cwasm"));
+    }
+
+    #[test]
+    fn a_file_loaded_twice_is_compiled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.wasm");
+        // The smallest component: the preamble alone.
+        std::fs::write(&path, [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]).unwrap();
+        let engine = PluginEngine::new(None).unwrap();
+        let (_, digest) = engine.load(&path).unwrap();
+        let (_, again) = engine.load(&path).unwrap();
+        assert_eq!(digest, again);
+        assert_eq!(engine.compiles.load(std::sync::atomic::Ordering::SeqCst), 1, "compiled once");
     }
 }

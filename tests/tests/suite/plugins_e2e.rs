@@ -369,3 +369,36 @@ async fn a_naming_policy_chooses_each_groups_scope() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `plugin check --tenant` runs a plugin with that tenant's limits and settings, the options override them, and
+/// every call's time is printed.
+#[tokio::test]
+async fn plugin_check_takes_a_tenants_limits_and_times_each_call() -> anyhow::Result<()> {
+    let mut env = Env::new("plug-check-tenant").await?;
+    env.append_config("[tenant.plugins]\ntimeout = \"40ms\"\nmemory_limit_mib = 16\n[tenant.plugins.config]\nnote = \"from the tenant\"\n")?;
+    let wasm = |name: &str| plugin_wasm(name).unwrap().display().to_string();
+    let check = async |plugin: &str, extra: &[&str]| {
+        let mut args = vec!["plugin", "check"];
+        let file = wasm(plugin);
+        args.push(&file);
+        args.extend_from_slice(&["--tenant", "contoso"]);
+        args.extend_from_slice(extra);
+        env.run(&args).await.map(|o| (o.status.success(), text(&o.stdout), text(&o.stderr)))
+    };
+    let (ok, out, _) = check("spin", &[]).await?;
+    assert!(!ok && out.contains("timeout 40ms") && out.contains("ran past its 40 ms limit"), "{out}");
+    let (ok, out, _) = check("spin", &["--timeout", "25ms"]).await?;
+    assert!(!ok && out.contains("ran past its 25 ms limit"), "{out}");
+    let (ok, out, _) = check("hog", &[]).await?;
+    assert!(!ok && out.contains("went over its memory limit of 16 MiB"), "{out}");
+    let (ok, out, err) = check("provenance_note", &[]).await?;
+    assert!(ok, "{err}");
+    assert!(out.contains("info: from the tenant"), "the tenant's plugin settings: {out}");
+    assert!(out.lines().filter(|l| l.starts_with("valid")).all(|l| l.ends_with(" µs)")), "a time on every call: {out}");
+    // The tenant's settings come from the agent's config, which must be given.
+    let bare = std::process::Command::new(writeback_bin()?)
+        .args(["plugin", "check", &wasm("spin"), "--tenant", "contoso"])
+        .output()?;
+    assert!(text(&bare.stderr).contains("--tenant needs the agent's config"), "{}", text(&bare.stderr));
+    Ok(())
+}
