@@ -6,6 +6,7 @@ mod doctor;
 mod lease;
 mod plan;
 mod plugin_check;
+mod plugin_new;
 mod reload;
 mod reset_state;
 mod run;

@@ -18,12 +18,15 @@ use crate::plugins::{PluginEngine, TenantPlugins};
 pub enum PluginCommand {
     /// Run a plugin on sample groups and print each result with its validation verdict.
     Check(CheckArgs),
+    /// Write a buildable plugin project: the contract, a sample policy, its test and a build script.
+    New(super::plugin_new::NewArgs),
 }
 
 /// Runs `plugin …`; `config` is the agent's config file, when one was given.
 pub fn run(command: PluginCommand, config: Option<&std::path::Path>) -> Result<()> {
     match command {
         PluginCommand::Check(args) => check(&args, config),
+        PluginCommand::New(args) => super::plugin_new::run(&args),
     }
 }
 

@@ -402,3 +402,46 @@ async fn plugin_check_takes_a_tenants_limits_and_times_each_call() -> anyhow::Re
     assert!(text(&bare.stderr).contains("--tenant needs the agent's config"), "{}", text(&bare.stderr));
     Ok(())
 }
+
+/// `plugin new` writes a Rust project that tests, builds into a component and passes `plugin check` as it is;
+/// the languages it does not write yet, and a directory that exists, are refused with the reason.
+#[tokio::test]
+async fn plugin_new_writes_a_rust_project_that_builds_and_passes_check() -> anyhow::Result<()> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let dir = tempfile::tempdir()?;
+    let writeback = |args: &[&str]| std::process::Command::new(writeback_bin().unwrap()).args(args).output().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let made = writeback(&["plugin", "new", "kit-policy", "--dir", &dir_arg]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let project = dir.path().join("kit-policy");
+    // The shipped plugins' lock and build directories, so that the test builds no dependency again.
+    std::fs::copy(repo.join("plugins/Cargo.lock"), project.join("Cargo.lock"))?;
+    let cargo_test = std::process::Command::new("cargo")
+        .arg("test")
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", repo.join("target/wasm-native"))
+        .output()?;
+    assert!(cargo_test.status.success(), "{}", text(&cargo_test.stderr));
+    let build = std::process::Command::new(project.join("build.sh"))
+        .env("CARGO_TARGET_DIR", repo.join("target/wasm"))
+        .output()?;
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    let wasm = text(&build.stdout).trim().to_string();
+    let check = writeback(&["plugin", "check", &wasm, "--config", "ou=OU=Security,OU=Writeback,DC=corp,DC=example"]);
+    assert!(check.status.success(), "{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(
+        text(&check.stdout).contains(r#"valid    "Finance Team": cn="SG-finance_1b2c3d4e5f60""#),
+        "{}",
+        text(&check.stdout)
+    );
+
+    let again = writeback(&["plugin", "new", "kit-policy", "--dir", &dir_arg]);
+    assert!(!again.status.success() && text(&again.stderr).contains("exists already"), "{}", text(&again.stderr));
+    let python = writeback(&["plugin", "new", "py-policy", "--lang", "python", "--dir", &dir_arg]);
+    assert!(
+        !python.status.success() && text(&python.stderr).contains("Rust projects only so far"),
+        "{}",
+        text(&python.stderr)
+    );
+    Ok(())
+}

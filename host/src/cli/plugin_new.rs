@@ -1,0 +1,86 @@
+//! `writeback plugin new`: a buildable naming-policy project with the plugin contract embedded, a sample policy,
+//! its test and a build script, so that a plugin author starts from something `plugin check` passes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+/// The contract the project is built against: the newest version the agent runs.
+const CONTRACT: &str = include_str!("../../../wit/plugin.wit");
+const CARGO_TOML: &str = include_str!("plugin_kit/Cargo.toml.in");
+const LIB_RS: &str = include_str!("plugin_kit/lib.rs.in");
+const BUILD_SH: &str = include_str!("plugin_kit/build.sh.in");
+
+/// Arguments of `plugin new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The project's name: letters, digits and hyphens, starting with a letter.
+    pub name: String,
+    /// The language of the project.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
+    /// Where the project's directory is made.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// The languages `plugin new` writes projects in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+/// Writes the project and prints what to do next.
+pub fn run(args: &NewArgs) -> Result<()> {
+    let valid = args.name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid {
+        bail!("plugin name {:?} must be letters, digits and hyphens, starting with a letter", args.name);
+    }
+    if args.lang != Lang::Rust {
+        bail!(
+            "plugin new writes Rust projects only so far; for Python (componentize-py) and JavaScript (componentize-js), build against {} as the README's \"Writing a plugin\" shows",
+            "the WIT that `wit/plugin.wit` holds"
+        );
+    }
+    let root = args.dir.join(&args.name);
+    if root.exists() {
+        bail!("{} exists already; choose another name or --dir", root.display());
+    }
+    let crate_name = args.name.replace('-', "_");
+    write(&root.join("Cargo.toml"), &CARGO_TOML.replace("{name}", &args.name))?;
+    write(&root.join("src/lib.rs"), LIB_RS)?;
+    write(&root.join("wit/plugin.wit"), CONTRACT)?;
+    let build = root.join("build.sh");
+    write(&build, &BUILD_SH.replace("{crate}", &crate_name))?;
+    std::fs::set_permissions(&build, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", build.display()))?;
+    println!("wrote {}: a naming policy against writeback:plugin@{}", root.display(), contract_version());
+    println!("  cargo test            runs the policy's tests");
+    println!("  ./build.sh            builds the component and prints its path");
+    println!("  writeback plugin check \"$(./build.sh)\"");
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The version the embedded contract declares.
+fn contract_version() -> &'static str {
+    CONTRACT.lines().find_map(|l| l.strip_prefix("package writeback:plugin@")?.strip_suffix(';')).unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_embedded_contract_is_the_newest() {
+        assert_eq!(super::contract_version(), *crate::plugins::CONTRACT_VERSIONS.last().unwrap());
+    }
+}
