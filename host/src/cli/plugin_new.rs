@@ -8,9 +8,31 @@ use clap::{Args, ValueEnum};
 
 /// The contract the project is built against: the newest version the agent runs.
 const CONTRACT: &str = include_str!("../../../wit/plugin.wit");
-const CARGO_TOML: &str = include_str!("plugin_kit/Cargo.toml.in");
-const LIB_RS: &str = include_str!("plugin_kit/lib.rs.in");
-const BUILD_SH: &str = include_str!("plugin_kit/build.sh.in");
+
+/// A project's files: its path inside the project, and its text, in which `{name}` is the project's name and
+/// `{crate}` that name with underscores.
+type Files = &'static [(&'static str, &'static str)];
+
+const RUST: Files = &[
+    ("Cargo.toml", include_str!("plugin_kit/rust/Cargo.toml.in")),
+    ("src/lib.rs", include_str!("plugin_kit/rust/lib.rs.in")),
+    ("build.sh", include_str!("plugin_kit/rust/build.sh.in")),
+];
+
+const PYTHON: Files = &[
+    ("app.py", include_str!("plugin_kit/python/app.py.in")),
+    ("policy.py", include_str!("plugin_kit/python/policy.py.in")),
+    ("test_policy.py", include_str!("plugin_kit/python/test_policy.py.in")),
+    ("build.sh", include_str!("plugin_kit/python/build.sh.in")),
+];
+
+const JS: Files = &[
+    ("package.json", include_str!("plugin_kit/js/package.json.in")),
+    ("app.js", include_str!("plugin_kit/js/app.js.in")),
+    ("policy.js", include_str!("plugin_kit/js/policy.js.in")),
+    ("policy.test.js", include_str!("plugin_kit/js/test_policy.test.js.in")),
+    ("build.sh", include_str!("plugin_kit/js/build.sh.in")),
+];
 
 /// Arguments of `plugin new`.
 #[derive(Debug, Args)]
@@ -40,26 +62,25 @@ pub fn run(args: &NewArgs) -> Result<()> {
     if !valid {
         bail!("plugin name {:?} must be letters, digits and hyphens, starting with a letter", args.name);
     }
-    if args.lang != Lang::Rust {
-        bail!(
-            "plugin new writes Rust projects only so far; for Python (componentize-py) and JavaScript (componentize-js), build against {} as the README's \"Writing a plugin\" shows",
-            "the WIT that `wit/plugin.wit` holds"
-        );
-    }
+    let (files, test) = match args.lang {
+        Lang::Rust => (RUST, "cargo test"),
+        Lang::Python => (PYTHON, "python3 -m unittest"),
+        Lang::Js => (JS, "npm test"),
+    };
     let root = args.dir.join(&args.name);
     if root.exists() {
         bail!("{} exists already; choose another name or --dir", root.display());
     }
     let crate_name = args.name.replace('-', "_");
-    write(&root.join("Cargo.toml"), &CARGO_TOML.replace("{name}", &args.name))?;
-    write(&root.join("src/lib.rs"), LIB_RS)?;
+    for (path, text) in files {
+        write(&root.join(path), &text.replace("{name}", &args.name).replace("{crate}", &crate_name))?;
+    }
     write(&root.join("wit/plugin.wit"), CONTRACT)?;
     let build = root.join("build.sh");
-    write(&build, &BUILD_SH.replace("{crate}", &crate_name))?;
     std::fs::set_permissions(&build, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .with_context(|| format!("cannot make {} executable", build.display()))?;
     println!("wrote {}: a naming policy against writeback:plugin@{}", root.display(), contract_version());
-    println!("  cargo test            runs the policy's tests");
+    println!("  {test:<21} runs the policy's tests");
     println!("  ./build.sh            builds the component and prints its path");
     println!("  writeback plugin check \"$(./build.sh)\"");
     Ok(())

@@ -86,7 +86,19 @@ pub(super) fn stub_unprovided_imports(
 ) -> wasmtime::Result<()> {
     use wasmtime::component::ResourceType;
     use wasmtime::component::types::ComponentItem;
-    for (name, item) in component.component_type().imports(engine) {
+    let ty = component.component_type();
+    // An unprovided interface may use a provided one's resources (`wasi:http/types` uses `wasi:io`'s streams):
+    // those must be the linker's own types, not stand-ins.
+    let mut provided_resources = Vec::new();
+    for (name, item) in ty.imports(engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else { continue };
+        for (export, item) in instance.exports(engine) {
+            if let (ComponentItem::Resource(resource), Some(host)) = (item.ty, wasi_resource(name, export)) {
+                provided_resources.push((resource, host));
+            }
+        }
+    }
+    for (name, item) in ty.imports(engine) {
         if PROVIDED.iter().any(|package| name.starts_with(package)) {
             continue;
         }
@@ -94,8 +106,9 @@ pub(super) fn stub_unprovided_imports(
         let mut stubs = linker.instance(name)?;
         for (export, item) in instance.exports(engine) {
             match item.ty {
-                ComponentItem::Resource(_) => {
-                    stubs.resource(export, ResourceType::host::<UnprovidedResource>(), |_, _| Ok(()))?
+                ComponentItem::Resource(resource) => {
+                    let host = provided_resources.iter().find(|(r, _)| *r == resource).map(|(_, host)| *host);
+                    stubs.resource(export, host.unwrap_or(ResourceType::host::<UnprovidedResource>()), |_, _| Ok(()))?
                 }
                 ComponentItem::ComponentFunc(_) => {
                     let called = format!("{name}#{export}");
@@ -106,6 +119,20 @@ pub(super) fn stub_unprovided_imports(
         }
     }
     Ok(())
+}
+
+/// The linker's type for a resource of a provided interface that other interfaces use, by interface and name.
+fn wasi_resource(interface: &str, name: &str) -> Option<wasmtime::component::ResourceType> {
+    use wasmtime::component::ResourceType;
+    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
+    let interface = interface.split('@').next().unwrap_or(interface);
+    match (interface, name) {
+        ("wasi:io/poll", "pollable") => Some(ResourceType::host::<DynPollable>()),
+        ("wasi:io/streams", "input-stream") => Some(ResourceType::host::<DynInputStream>()),
+        ("wasi:io/streams", "output-stream") => Some(ResourceType::host::<DynOutputStream>()),
+        ("wasi:io/error", "error") => Some(ResourceType::host::<IoError>()),
+        _ => None,
+    }
 }
 
 /// The error an over-budget growth traps with.

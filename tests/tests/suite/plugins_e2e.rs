@@ -403,8 +403,8 @@ async fn plugin_check_takes_a_tenants_limits_and_times_each_call() -> anyhow::Re
     Ok(())
 }
 
-/// `plugin new` writes a Rust project that tests, builds into a component and passes `plugin check` as it is;
-/// the languages it does not write yet, and a directory that exists, are refused with the reason.
+/// `plugin new` writes a Rust project that tests, builds into a component and passes `plugin check` as it is; a
+/// directory that exists, and a name that is not one, are refused with the reason.
 #[tokio::test]
 async fn plugin_new_writes_a_rust_project_that_builds_and_passes_check() -> anyhow::Result<()> {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
@@ -437,11 +437,52 @@ async fn plugin_new_writes_a_rust_project_that_builds_and_passes_check() -> anyh
 
     let again = writeback(&["plugin", "new", "kit-policy", "--dir", &dir_arg]);
     assert!(!again.status.success() && text(&again.stderr).contains("exists already"), "{}", text(&again.stderr));
-    let python = writeback(&["plugin", "new", "py-policy", "--lang", "python", "--dir", &dir_arg]);
+    let bad = writeback(&["plugin", "new", "1-policy", "--dir", &dir_arg]);
     assert!(
-        !python.status.success() && text(&python.stderr).contains("Rust projects only so far"),
+        !bad.status.success() && text(&bad.stderr).contains("must be letters, digits and hyphens"),
         "{}",
-        text(&python.stderr)
+        text(&bad.stderr)
     );
+    Ok(())
+}
+
+/// Writes a `plugin new` project in `lang`, runs its own tests with `test`, builds it, and returns `plugin check`'s
+/// output on the component.
+fn kit(lang: &str, test: &[&str]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let name = format!("{lang}-policy");
+    let made = std::process::Command::new(writeback_bin()?)
+        .args(["plugin", "new", &name, "--lang", lang, "--dir"])
+        .arg(dir.path())
+        .output()?;
+    anyhow::ensure!(made.status.success(), "plugin new: {}", text(&made.stderr));
+    let project = dir.path().join(&name);
+    // pip's user scripts, where componentize-py lands when pip installs for the user.
+    let path = format!("{}:{}/.local/bin", std::env::var("PATH")?, std::env::var("HOME").unwrap_or_default());
+    let tested =
+        std::process::Command::new(test[0]).args(&test[1..]).current_dir(&project).env("PATH", &path).output()?;
+    anyhow::ensure!(tested.status.success(), "{test:?}: {}{}", text(&tested.stdout), text(&tested.stderr));
+    let built = std::process::Command::new(project.join("build.sh")).env("PATH", &path).output()?;
+    anyhow::ensure!(built.status.success(), "build.sh: {}", text(&built.stderr));
+    let wasm = text(&built.stdout).trim().to_string();
+    let check = std::process::Command::new(writeback_bin()?).args(["plugin", "check", &wasm]).output()?;
+    anyhow::ensure!(check.status.success(), "plugin check: {}{}", text(&check.stdout), text(&check.stderr));
+    Ok(text(&check.stdout))
+}
+
+/// The Python project `plugin new` writes tests, builds with componentize-py, and passes `plugin check` as it is.
+#[tokio::test]
+async fn plugin_new_writes_a_python_project_that_builds_and_passes_check() -> anyhow::Result<()> {
+    let out = tokio::task::spawn_blocking(|| kit("python", &["python3", "-m", "unittest"])).await??;
+    assert!(out.contains(r#"valid    "Finance Team": cn="SG-finance_1b2c3d4e5f60""#), "{out}");
+    Ok(())
+}
+
+/// The JavaScript project `plugin new` writes tests, builds with componentize-js (whose default build imports
+/// `wasi:http`, which the agent does not provide), and passes `plugin check` as it is.
+#[tokio::test]
+async fn plugin_new_writes_a_javascript_project_that_builds_and_passes_check() -> anyhow::Result<()> {
+    let out = tokio::task::spawn_blocking(|| kit("js", &["node", "--test"])).await??;
+    assert!(out.contains(r#"valid    "Finance Team": cn="SG-finance_1b2c3d4e5f60""#), "{out}");
     Ok(())
 }
