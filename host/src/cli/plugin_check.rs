@@ -45,10 +45,11 @@ pub struct CheckArgs {
     /// A plugin setting, as the tenant's [tenant.plugins.config] would give it.
     #[arg(long = "config", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
-    /// The tenant's target OU, for checking the placements.
-    #[arg(long, default_value = "OU=Writeback,DC=corp,DC=example")]
-    pub target_ou: String,
-    /// Further OUs the plugin may place groups in.
+    /// The target OU the placements are checked against: by default the tenant's with `--tenant`, else
+    /// OU=Writeback,DC=corp,DC=example.
+    #[arg(long)]
+    pub target_ou: Option<String>,
+    /// Further OUs the plugin may place groups in, besides the tenant's `allowed_ous` with `--tenant`.
     #[arg(long = "allowed-ou")]
     pub allowed_ous: Vec<String>,
     /// Take the plugin settings, limits, OUs, group scope and compile cache of this tenant of the agent's config
@@ -103,6 +104,24 @@ const BUILTIN_SAMPLES: &str = r#"[
   {"id": "2c3d4e5f-6071-4829-93a4-b5c6d7e8f9a0", "displayName": "A very long display name that goes well past the fifty-one characters a CN keeps"}
 ]"#;
 
+/// The target OU when neither a tenant nor `--target-ou` names one.
+const DEFAULT_TARGET_OU: &str = "OU=Writeback,DC=corp,DC=example";
+
+/// The agent's compile cache, when it exists and belongs to whoever runs the check. Compiled code from the cache
+/// runs natively, so an admin running the check as root must not take it from a directory the agent's own
+/// account can write; nor is it created here, where it would belong to root and shut the agent out.
+fn own_cache(dir: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    // Linux gives /proc/self to the process's effective user.
+    let me = std::fs::metadata("/proc/self").ok()?.uid();
+    let own = meta.uid() == me && meta.mode() & 0o022 == 0;
+    if !own {
+        println!("not using the agent's compile cache {}: it belongs to another user", dir.display());
+    }
+    own.then(|| dir.to_path_buf())
+}
+
 /// What the check runs with: a tenant's settings, or the defaults, and the options on top.
 struct Setup {
     plugins: PluginsConfig,
@@ -114,7 +133,7 @@ struct Setup {
 fn setup(args: &CheckArgs, config: Option<&std::path::Path>) -> Result<Setup> {
     let mut settings = ModelSettings {
         m365_default_writeback: true,
-        target_ou: args.target_ou.clone(),
+        target_ou: DEFAULT_TARGET_OU.to_string(),
         allowed_ous: Vec::new(),
         schema: SchemaSupport::default(),
         rules: Default::default(),
@@ -128,10 +147,13 @@ fn setup(args: &CheckArgs, config: Option<&std::path::Path>) -> Result<Setup> {
             settings.target_ou = tenant.directory.target_ou.clone();
             settings.group_scope = tenant.group_scope;
             let plugins = PluginsConfig { naming: None, transforms: Vec::new(), ..tenant.plugins.clone() };
-            (plugins, Some(config.agent.state_dir.join("plugin-cache")))
+            (plugins, own_cache(&config.agent.state_dir.join("plugin-cache")))
         }
         None => (PluginsConfig::default(), None),
     };
+    if let Some(ou) = &args.target_ou {
+        settings.target_ou = ou.clone();
+    }
     for setting in &args.settings {
         let (key, value) = setting.split_once('=').with_context(|| format!("--config {setting:?} is not KEY=VALUE"))?;
         plugins.config.insert(key.to_string(), value.to_string());

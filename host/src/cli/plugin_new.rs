@@ -9,8 +9,8 @@ use clap::{Args, ValueEnum};
 /// The contract the project is built against: the newest version the agent runs.
 const CONTRACT: &str = include_str!("../../../wit/plugin.wit");
 
-/// A project's files: its path inside the project, and its text, in which `{name}` is the project's name and
-/// `{crate}` that name with underscores.
+/// A project's files: its path inside the project, and its text, in which `{name}` is the project's name,
+/// `{crate}` that name with underscores, and `{contract}` the contract's version.
 type Files = &'static [(&'static str, &'static str)];
 
 const RUST: Files = &[
@@ -37,7 +37,8 @@ const JS: Files = &[
 /// Arguments of `plugin new`.
 #[derive(Debug, Args)]
 pub struct NewArgs {
-    /// The project's name: letters, digits and hyphens, starting with a letter.
+    /// The project's name: lower-case letters, digits and hyphens, starting with a letter (as Cargo and npm
+    /// take it).
     pub name: String,
     /// The language of the project.
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
@@ -57,10 +58,10 @@ pub enum Lang {
 
 /// Writes the project and prints what to do next.
 pub fn run(args: &NewArgs) -> Result<()> {
-    let valid = args.name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && args.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let valid = args.name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && args.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
-        bail!("plugin name {:?} must be letters, digits and hyphens, starting with a letter", args.name);
+        bail!("plugin name {:?} must be lower-case letters, digits and hyphens, starting with a letter", args.name);
     }
     let (files, test) = match args.lang {
         Lang::Rust => (RUST, "cargo test"),
@@ -73,7 +74,8 @@ pub fn run(args: &NewArgs) -> Result<()> {
     }
     let crate_name = args.name.replace('-', "_");
     for (path, text) in files {
-        write(&root.join(path), &text.replace("{name}", &args.name).replace("{crate}", &crate_name))?;
+        let text = text.replace("{name}", &args.name).replace("{crate}", &crate_name);
+        write(&root.join(path), &text.replace("{contract}", contract_version()))?;
     }
     write(&root.join("wit/plugin.wit"), CONTRACT)?;
     let build = root.join("build.sh");

@@ -201,21 +201,22 @@ pub struct CallLimits {
     pub memory_bytes: usize,
 }
 
+/// A loaded component and the SHA-256 of its bytes.
+type Loaded = (Vec<u8>, Component);
+
 /// The engine shared by every plugin of the agent, and where compiled plugins are cached.
 #[derive(Clone)]
 pub struct PluginEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
-    /// Components this engine compiled or read, by the SHA-256 of their bytes, so that the same file loaded
-    /// twice (for its world, then as that plugin) is compiled once, with or without a cache directory.
-    loaded: Arc<std::sync::Mutex<BTreeMap<Vec<u8>, Component>>>,
+    /// The component this engine loaded last, by the SHA-256 of its bytes, so that a file loaded twice in a row
+    /// (for its world, then as that plugin) is compiled once, with or without a cache directory. Only the last:
+    /// a daemon whose plugins are replaced keeps no old ones.
+    last: Arc<std::sync::Mutex<Option<Loaded>>>,
     /// How many components this engine compiled.
     #[cfg(test)]
     compiles: Arc<std::sync::atomic::AtomicUsize>,
 }
-
-/// How many components [`PluginEngine`] keeps in memory; past this it starts afresh (plugins change rarely).
-const LOADED_KEPT: usize = 32;
 
 impl PluginEngine {
     /// Creates the engine and starts its epoch ticker. `cache_dir` keeps precompiled artifacts.
@@ -228,7 +229,7 @@ impl PluginEngine {
         Ok(PluginEngine {
             engine,
             cache_dir,
-            loaded: Arc::default(),
+            last: Arc::default(),
             #[cfg(test)]
             compiles: Arc::default(),
         })
@@ -249,16 +250,12 @@ impl PluginEngine {
             use sha2::Digest;
             sha2::Sha256::digest(&bytes).to_vec()
         };
-        let kept = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&digest).cloned();
-        if let Some(component) = kept {
-            return Ok((component, digest));
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, component)) = last.as_ref().filter(|(kept, _)| *kept == digest) {
+            return Ok((component.clone(), digest));
         }
         let component = self.component(path, &bytes)?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if loaded.len() >= LOADED_KEPT {
-            loaded.clear();
-        }
-        loaded.insert(digest.clone(), component.clone());
+        *last = Some((digest.clone(), component.clone()));
         Ok((component, digest))
     }
 

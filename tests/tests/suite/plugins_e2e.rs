@@ -439,7 +439,7 @@ async fn plugin_new_writes_a_rust_project_that_builds_and_passes_check() -> anyh
     assert!(!again.status.success() && text(&again.stderr).contains("exists already"), "{}", text(&again.stderr));
     let bad = writeback(&["plugin", "new", "1-policy", "--dir", &dir_arg]);
     assert!(
-        !bad.status.success() && text(&bad.stderr).contains("must be letters, digits and hyphens"),
+        !bad.status.success() && text(&bad.stderr).contains("must be lower-case letters, digits and hyphens"),
         "{}",
         text(&bad.stderr)
     );
