@@ -182,6 +182,24 @@ impl Naming {
     }
 }
 
+/// One `transform-group` call through the bindings of contract version `$version`: the same call, with each
+/// version's own generated types.
+macro_rules! transform_call {
+    ($version:ident, $plugin:expr, $input:expr, $attributes:expr) => {{
+        use $version::naming::writeback::plugin::types::Attribute;
+        use $version::transform::exports::writeback::plugin::transform::Verdict;
+        let input = $input;
+        let offered: Vec<Attribute> =
+            $attributes.iter().map(|(name, values)| Attribute { name: name.clone(), values: values.clone() }).collect();
+        let answer =
+            $plugin.call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))?;
+        answer.map(|verdict| match verdict {
+            Verdict::Write(list) => Answer::Write(list.into_iter().map(|a| (a.name, a.values)).collect()),
+            Verdict::Exclude(reason) => Answer::Exclude(reason),
+        })
+    }};
+}
+
 impl Transform {
     fn name(&self) -> Arc<str> {
         match self {
@@ -203,41 +221,9 @@ impl Transform {
         group: &PolicyGroup,
         attributes: &BTreeMap<String, Vec<String>>,
     ) -> Result<Result<Answer, String>, PluginError> {
-        use v1::transform::exports::writeback::plugin::transform::Verdict as V1Verdict;
-        use v2::transform::exports::writeback::plugin::transform::Verdict as V2Verdict;
         Ok(match self {
-            Transform::V1(p) => {
-                let input = v1_group(group);
-                let offered: Vec<v1::naming::writeback::plugin::types::Attribute> = attributes
-                    .iter()
-                    .map(|(name, values)| v1::naming::writeback::plugin::types::Attribute {
-                        name: name.clone(),
-                        values: values.clone(),
-                    })
-                    .collect();
-                let answer =
-                    p.call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))?;
-                answer.map(|verdict| match verdict {
-                    V1Verdict::Write(list) => Answer::Write(list.into_iter().map(|a| (a.name, a.values)).collect()),
-                    V1Verdict::Exclude(reason) => Answer::Exclude(reason),
-                })
-            }
-            Transform::V2(p) => {
-                let input = v2_group(group);
-                let offered: Vec<v2::naming::writeback::plugin::types::Attribute> = attributes
-                    .iter()
-                    .map(|(name, values)| v2::naming::writeback::plugin::types::Attribute {
-                        name: name.clone(),
-                        values: values.clone(),
-                    })
-                    .collect();
-                let answer =
-                    p.call(|b, store| b.writeback_plugin_transform().call_transform_group(store, &input, &offered))?;
-                answer.map(|verdict| match verdict {
-                    V2Verdict::Write(list) => Answer::Write(list.into_iter().map(|a| (a.name, a.values)).collect()),
-                    V2Verdict::Exclude(reason) => Answer::Exclude(reason),
-                })
-            }
+            Transform::V1(p) => transform_call!(v1, p, v1_group(group), attributes),
+            Transform::V2(p) => transform_call!(v2, p, v2_group(group), attributes),
         })
     }
 }

@@ -345,13 +345,7 @@ impl TenantSync<'_> {
                 group.dn
             )));
         }
-        let marked = group.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1"));
-        let deny = &self.config.protected_groups;
-        let protected = if marked || deny.iter().any(|d| dn::same(d, &group.dn)) {
-            Some(group.dn.clone())
-        } else {
-            directory.protecting_group(&group.dn, deny).await?
-        };
+        let protected = self.protecting(directory, &group.dn, marked_protected(group)).await?;
         Ok(protected.map(|p| {
             format!(
                 "the AD group {} it was converted from is protected (adminCount=1 or protected_groups: {p}); a cloud group must not decide who holds its rights",
@@ -567,13 +561,20 @@ impl TenantSync<'_> {
         if self.config.allow_protected_groups.iter().any(|id| id == group_id) {
             return Ok(None);
         }
+        let marked = snapshot.managed.get(group_id).is_some_and(marked_protected);
+        self.protecting(directory, group_dn, marked).await
+    }
+
+    /// The protected group that `group_dn` is or is in: itself when `marked` (adminCount=1) or listed in
+    /// `protected_groups`, else a group marked or listed that it is nested in, however deeply.
+    async fn protecting<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        group_dn: &str,
+        marked: bool,
+    ) -> Result<Option<String>, SyncError> {
         let deny = &self.config.protected_groups;
-        let marked = snapshot
-            .managed
-            .get(group_id)
-            .is_some_and(|g| g.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1")));
-        let listed = deny.iter().any(|d| dn::same(d, group_dn));
-        if marked || listed {
+        if marked || deny.iter().any(|d| dn::same(d, group_dn)) {
             return Ok(Some(group_dn.to_string()));
         }
         Ok(directory.protecting_group(group_dn, deny).await?)
@@ -643,6 +644,11 @@ impl TenantSync<'_> {
         }
         Ok(intents)
     }
+}
+
+/// Whether AD marks the group as protected (adminCount=1, which it sets on its protected groups and their members).
+fn marked_protected(group: &DirectoryGroup) -> bool {
+    group.attributes.get("admincount").is_some_and(|v| v.iter().any(|x| x == "1"))
 }
 
 /// Takes the scope changes of `groups` out of the plan, with their member changes: the plan made those for the
