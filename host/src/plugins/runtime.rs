@@ -86,31 +86,23 @@ pub(super) fn stub_unprovided_imports(
 ) -> wasmtime::Result<()> {
     use wasmtime::component::ResourceType;
     use wasmtime::component::types::ComponentItem;
-    let ty = component.component_type();
-    // An unprovided interface may use a provided one's resources (`wasi:http/types` uses `wasi:io`'s streams):
-    // those must be the linker's own types, not stand-ins.
-    let mut provided_resources = Vec::new();
-    for (name, item) in ty.imports(engine) {
+    // An interface may use resources an earlier import brought (`wasi:http/types` uses `wasi:io`'s streams): those
+    // are left to their own definition, which the linker matches by type. Imports come in the component's order.
+    let mut seen = Vec::new();
+    for (name, item) in component.component_type().imports(engine) {
         let ComponentItem::ComponentInstance(instance) = item.ty else { continue };
+        let provided = PROVIDED.iter().any(|package| name.starts_with(package));
+        let mut stubs = if provided { None } else { Some(linker.instance(name)?) };
         for (export, item) in instance.exports(engine) {
-            if let (ComponentItem::Resource(resource), Some(host)) = (item.ty, wasi_resource(name, export)) {
-                provided_resources.push((resource, host));
-            }
-        }
-    }
-    for (name, item) in ty.imports(engine) {
-        if PROVIDED.iter().any(|package| name.starts_with(package)) {
-            continue;
-        }
-        let ComponentItem::ComponentInstance(instance) = item.ty else { continue };
-        let mut stubs = linker.instance(name)?;
-        for (export, item) in instance.exports(engine) {
-            match item.ty {
-                ComponentItem::Resource(resource) => {
-                    let host = provided_resources.iter().find(|(r, _)| *r == resource).map(|(_, host)| *host);
-                    stubs.resource(export, host.unwrap_or(ResourceType::host::<UnprovidedResource>()), |_, _| Ok(()))?
+            match (item.ty, stubs.as_mut()) {
+                (ComponentItem::Resource(resource), _) if seen.contains(&resource) => {}
+                (ComponentItem::Resource(resource), stubs) => {
+                    if let Some(stubs) = stubs {
+                        stubs.resource(export, ResourceType::host::<UnprovidedResource>(), |_, _| Ok(()))?;
+                    }
+                    seen.push(resource);
                 }
-                ComponentItem::ComponentFunc(_) => {
+                (ComponentItem::ComponentFunc(_), Some(stubs)) => {
                     let called = format!("{name}#{export}");
                     stubs.func_new(export, move |_, _, _, _| Err(wasmtime::Error::new(Unprovided(called.clone()))))?
                 }
@@ -119,20 +111,6 @@ pub(super) fn stub_unprovided_imports(
         }
     }
     Ok(())
-}
-
-/// The linker's type for a resource of a provided interface that other interfaces use, by interface and name.
-fn wasi_resource(interface: &str, name: &str) -> Option<wasmtime::component::ResourceType> {
-    use wasmtime::component::ResourceType;
-    use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, IoError};
-    let interface = interface.split('@').next().unwrap_or(interface);
-    match (interface, name) {
-        ("wasi:io/poll", "pollable") => Some(ResourceType::host::<DynPollable>()),
-        ("wasi:io/streams", "input-stream") => Some(ResourceType::host::<DynInputStream>()),
-        ("wasi:io/streams", "output-stream") => Some(ResourceType::host::<DynOutputStream>()),
-        ("wasi:io/error", "error") => Some(ResourceType::host::<IoError>()),
-        _ => None,
-    }
 }
 
 /// The error an over-budget growth traps with.
