@@ -6,10 +6,11 @@ set -euo pipefail
 
 # samba: the DC itself; samba-tool: provisioning (samba-ad-dc / python3-samba); ldapsearch: handy for poking at
 # the DC by hand; openssl: the test CA and server certificate; systemd-analyze: checks the shipped systemd unit;
-# tmux: a real terminal for the progress bar test; pip3: installs componentize-py below; node and npm: the
+# tmux: a real terminal for the progress bar test; promtool (Debian's prometheus package): checks the shipped
+# alert rules; pip3: installs componentize-py below; node and npm: the
 # JavaScript plugin project (its componentize-js comes through npm, with the project).
-required=(samba samba-tool ldapsearch openssl systemd-analyze tmux pip3 node npm)
-packages=(samba samba-ad-dc ldap-utils winbind openssl systemd tmux python3-pip nodejs npm)
+required=(samba samba-tool ldapsearch openssl systemd-analyze tmux promtool pip3 node npm)
+packages=(samba samba-ad-dc ldap-utils winbind openssl systemd tmux prometheus python3-pip nodejs npm)
 
 # samba lives in /usr/sbin, and pip's user scripts in ~/.local/bin: neither is on every user's PATH.
 export PATH="$PATH:/usr/sbin:/sbin:$HOME/.local/bin"

@@ -47,6 +47,10 @@ pub struct AgentConfig {
     /// Time between full reconciles (drift repair) in `run`.
     #[serde(with = "humantime_serde", default = "defaults::reconcile_interval")]
     pub reconcile_interval: Duration,
+    /// How often `run` looks for on-premises edits of managed groups between reconciles (one indexed
+    /// search on `uSNChanged`); `"0s"` turns the watch off.
+    #[serde(with = "humantime_serde", default = "defaults::drift_watch")]
+    pub drift_watch: Duration,
     /// Where `run` serves `/metrics` and `/healthz`; off when absent.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// This agent's name in writer leases; the host name when absent. Agents sharing a tenant need distinct ids.
@@ -128,6 +132,9 @@ pub struct TenantConfig {
     #[serde(default)]
     pub plugins: PluginsConfig,
     pub lease: Option<LeaseConfig>,
+    /// Time-bound membership from PIM for Groups.
+    #[serde(default)]
+    pub pim: PimConfig,
     /// Which groups are written back, by rule.
     #[serde(default)]
     pub scope: ScopeConfig,
@@ -147,6 +154,25 @@ pub struct AdoptConfig {
     /// OUs (with their subtrees) whose groups may be taken over; none when empty.
     #[serde(default)]
     pub ous: Vec<String>,
+}
+
+/// `[tenant.pim]`: members whose PIM for Groups assignment ends leave the AD group at the end, even while
+/// group delta still lists them. Needs the application permission `PrivilegedAssignmentSchedule.Read.AzureADGroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PimConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Every written group's schedule is read at least this often; groups with time-bound members are read
+    /// every cycle, and groups with cloud changes in the cycle that has them.
+    #[serde(with = "humantime_serde", default = "defaults::pim_sweep")]
+    pub sweep: Duration,
+}
+
+impl Default for PimConfig {
+    fn default() -> Self {
+        PimConfig { enabled: false, sweep: defaults::pim_sweep() }
+    }
 }
 
 /// `[tenant.scope]`: which groups are written back, by rule rather than one group at a time. A group whose
@@ -269,6 +295,12 @@ pub mod defaults {
         Duration::from_secs(30)
     }
     pub fn reconcile_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn drift_watch() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn pim_sweep() -> Duration {
         Duration::from_secs(3600)
     }
     pub fn login_url() -> String {
@@ -491,6 +523,9 @@ impl TenantConfig {
         check_http_url(name, "graph_url", &self.graph_url)?;
         if self.reconcile_batch == 0 {
             return Err(ConfigError::Invalid(format!("tenant {name}: reconcile_batch must be at least 1")));
+        }
+        if self.pim.sweep < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(format!("tenant {name}: pim sweep must be at least 1m")));
         }
         self.one_client_credential()?;
         for dn in &self.protected_groups {
@@ -827,6 +862,17 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
     }
 
     #[test]
+    fn pim_is_off_by_default_and_its_sweep_is_bounded() {
+        let with = |table: &str| parse(&format!("{GOOD}\n[tenant.pim]\n{table}\n"));
+        assert!(!parse(GOOD).unwrap().tenants[0].pim.enabled);
+        let pim = with("enabled = true").unwrap().tenants[0].pim.clone();
+        assert_eq!(pim, PimConfig { enabled: true, sweep: Duration::from_secs(3600) });
+        let err = with("enabled = true\nsweep = \"5s\"").unwrap_err().to_string();
+        assert!(err.contains("pim sweep must be at least 1m"), "{err}");
+        assert!(with("enable = true").is_err(), "unknown fields are refused");
+    }
+
+    #[test]
     fn adopt_ous_must_be_ous() {
         let with = |table: &str| parse(&format!("{GOOD}\n[tenant.adopt]\n{table}\n"));
         assert!(parse(GOOD).unwrap().tenants[0].adopt.ous.is_empty(), "no takeover unless asked for");
@@ -844,6 +890,7 @@ target_ou = "OU=Writeback,DC=corp,DC=example,DC=test"
         let config = parse(GOOD).unwrap();
         assert_eq!(config.agent.interval, Duration::from_secs(5));
         assert_eq!(config.agent.reconcile_interval, Duration::from_secs(3600));
+        assert_eq!(config.agent.drift_watch, Duration::from_secs(5));
         let tenant = &config.tenants[0];
         assert_eq!(tenant.delete_threshold, 500);
         assert_eq!(tenant.reconcile_batch, 1000);

@@ -13,8 +13,8 @@
 //!    [`progress`];
 //! 4. the settings: [`config`];
 //! 5. the pure core, which does no I/O: [`cloud`] (the cloud's objects), [`attributes`] (the one table of group
-//!    attributes), [`reasons`] (why something is not written), [`dn`], [`ownership`], [`naming`], [`model`] and
-//!    [`plan`].
+//!    attributes), [`reasons`] (why something is not written), [`dn`], [`ownership`], [`naming`], [`model`],
+//!    [`plan`] and [`pim`] (time-bound membership).
 
 pub mod attributes;
 pub mod cli;
@@ -28,6 +28,7 @@ pub(crate) mod metrics;
 pub mod model;
 pub mod naming;
 pub(crate) mod ownership;
+pub mod pim;
 pub mod plan;
 pub mod plugins;
 pub mod progress;

@@ -65,6 +65,13 @@ pub struct GraphLabels {
     pub status: String,
 }
 
+/// Labels of a drift repair: `member`, `attribute`, `rename`, `move` or `recreate`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub tenant: String,
+    pub kind: String,
+}
+
 /// A tenant's groups by state after a cycle, and its skipped members by reason label.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupCounts {
@@ -75,6 +82,10 @@ pub struct GroupCounts {
     pub conflict: usize,
     pub lookalike: usize,
     pub pending: usize,
+    /// Groups whose delete, rename or member removals a threshold holds.
+    pub held_delete: usize,
+    pub held_rename: usize,
+    pub held_member_removals: usize,
     /// Every label, those with no member too, so that a reason that no longer occurs is reported as 0.
     pub skipped: BTreeMap<&'static str, usize>,
 }
@@ -86,6 +97,16 @@ pub struct CycleBuckets;
 impl MetricConstructor<Histogram> for CycleBuckets {
     fn new_metric(&self) -> Histogram {
         Histogram::new(exponential_buckets(0.01, 2.0, 18))
+    }
+}
+
+/// Builds the PIM expiry lateness histograms: 0.25 s to about 17 minutes.
+#[derive(Clone)]
+pub struct LatenessBuckets;
+
+impl MetricConstructor<Histogram> for LatenessBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.25, 2.0, 13))
     }
 }
 
@@ -103,6 +124,11 @@ pub struct Metrics {
     pub plugin_calls: Family<PluginLabels, Counter>,
     pub lease_active: Family<TenantLabel, Gauge>,
     pub lease_lost: Family<TenantLabel, Counter>,
+    pub drift_repairs: Family<DriftLabels, Counter>,
+    /// Groups whose on-premises edits keep coming back, repaired with back-off.
+    pub drift_fights: Family<TenantLabel, Gauge>,
+    pub pim_expiries: Family<TenantLabel, Counter>,
+    pub pim_expiry_lateness: Family<TenantLabel, Histogram, LatenessBuckets>,
     /// Tenants whose last cycle failed, with the cause.
     failing: Mutex<BTreeMap<String, String>>,
     /// Tenants whose writer lease this agent lost without giving it up, until it holds one again.
@@ -126,6 +152,10 @@ impl Metrics {
             plugin_calls: Family::default(),
             lease_active: Family::default(),
             lease_lost: Family::default(),
+            drift_repairs: Family::default(),
+            drift_fights: Family::default(),
+            pim_expiries: Family::default(),
+            pim_expiry_lateness: Family::new_with_constructor(LatenessBuckets),
             failing: Mutex::new(BTreeMap::new()),
             lost_leases: Mutex::new(BTreeMap::new()),
             duplicates: Mutex::new(BTreeSet::new()),
@@ -155,7 +185,7 @@ impl Metrics {
         );
         registry.register(
             "groups",
-            "Groups by state: managed, held, quarantined, excluded, conflict, pending, and look-alike objects",
+            "Groups by state: managed, held, quarantined, excluded, conflict, pending, look-alike objects, and groups whose delete, rename or member removals a threshold holds",
             metrics.groups.clone(),
         );
         registry.register("members_skipped", "Members not written, by reason", metrics.members_skipped.clone());
@@ -170,7 +200,45 @@ impl Metrics {
             "Writer leases lost without being released (expired or taken over)",
             metrics.lease_lost.clone(),
         );
+        registry.register(
+            "drift_repairs",
+            "On-premises edits of managed groups repaired between reconciles, by kind",
+            metrics.drift_repairs.clone(),
+        );
+        registry.register(
+            "drift_fights",
+            "Managed groups whose on-premises edits keep coming back (repaired with back-off)",
+            metrics.drift_fights.clone(),
+        );
+        registry.register(
+            "pim_expiries",
+            "Time-bound (PIM) memberships removed from AD at their end",
+            metrics.pim_expiries.clone(),
+        );
+        registry.register(
+            "pim_expiry_lateness_seconds",
+            "How long after its end a time-bound membership left the AD group",
+            metrics.pim_expiry_lateness.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// Creates `tenant`'s counters at 0, so that they are exported from the start and an alert on their
+    /// increase sees the first one.
+    pub fn start_tenant(&self, tenant: &str) {
+        let label = TenantLabel { tenant: tenant.into() };
+        for outcome in ["ok", "failed"] {
+            let _ = self.cycles.get_or_create(&CycleLabels { tenant: tenant.into(), outcome: outcome.into() });
+        }
+        for kind in ["member", "attribute", "rename", "move", "recreate", "delete"] {
+            let _ = self.drift_repairs.get_or_create(&DriftLabels { tenant: tenant.into(), kind: kind.into() });
+        }
+        let _ = self.lease_lost.get_or_create(&label);
+        let _ = self.graph_throttled.get_or_create(&label);
+        let _ = self.directory_connections.get_or_create(&label);
+        let _ = self.drift_fights.get_or_create(&label);
+        let _ = self.pim_expiries.get_or_create(&label);
+        let _ = self.pim_expiry_lateness.get_or_create(&label);
     }
 
     /// Records a finished cycle of `tenant`: its outcome, duration and the group and member counts.
@@ -203,6 +271,9 @@ impl Metrics {
         set("conflict", counts.conflict);
         set("lookalike", counts.lookalike);
         set("pending", counts.pending);
+        set("held_delete", counts.held_delete);
+        set("held_rename", counts.held_rename);
+        set("held_member_removals", counts.held_member_removals);
         for (reason, count) in &counts.skipped {
             self.members_skipped
                 .get_or_create(&SkipLabels { tenant: tenant.into(), reason: reason.to_string() })

@@ -37,6 +37,27 @@ pub struct TakenOver {
     pub time: u64,
 }
 
+/// A managed group whose on-premises edits keep coming back: a script or an admin fighting the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftFight {
+    pub group_id: String,
+    /// Repairs in a row, each within ten minutes of the one before.
+    pub repairs: u32,
+    /// Seconds since the Unix epoch.
+    pub last_repair: u64,
+    /// How long the next repair waits.
+    pub next_repair_in_secs: u64,
+}
+
+/// A member whose PIM for Groups assignment ends: it leaves the AD group then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeBoundMember {
+    pub group_id: String,
+    pub member_id: String,
+    /// Seconds since the Unix epoch.
+    pub ends: u64,
+}
+
 /// What the last cycle of one tenant did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantStatus {
@@ -74,6 +95,15 @@ pub struct TenantStatus {
     /// The tenant's writer lease, when several agents share the tenant.
     #[serde(default)]
     pub lease: Option<crate::lease::LeaseView>,
+    /// Members whose PIM for Groups assignment ends, with their ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_bound: Vec<TimeBoundMember>,
+    /// Why PIM schedule instances could not be read in the last cycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pim_error: Option<String>,
+    /// Groups whose on-premises edits keep coming back, as the drift watch last saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift_fights: Vec<DriftFight>,
 }
 
 /// Every tenant's status.
@@ -153,6 +183,9 @@ impl TenantStatus {
             conflict: self.conflicts.len(),
             lookalike: self.lookalikes.len(),
             pending: self.pending_groups,
+            held_delete: self.held_deletes.len(),
+            held_rename: self.held_renames.len(),
+            held_member_removals: self.held_member_removals.len(),
             skipped,
         }
     }
@@ -206,6 +239,31 @@ impl TenantStatus {
             self.taken_over.iter().map(|t| format!("group {}: {} (objectSid {})", t.group_id, t.dn, t.sid)),
         );
         list(&mut out, "skipped Graph entries", self.bad_entries.iter().cloned());
+        let time = |secs: u64| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+        };
+        if !self.time_bound.is_empty() || self.pim_error.is_some() {
+            let members = self
+                .time_bound
+                .iter()
+                .map(|t| format!("group {} member {} until {}", t.group_id, t.member_id, time(t.ends)));
+            list(&mut out, "time-bound members", members);
+        }
+        if let Some(e) = &self.pim_error {
+            let _ = writeln!(out, "    cannot read PIM schedule instances: {e}");
+        }
+        if !self.drift_fights.is_empty() {
+            let fights = self.drift_fights.iter().map(|f| {
+                format!(
+                    "group {}: an on-premises edit came back {} times in a row; last repaired {}, the next repair waits {}s",
+                    f.group_id,
+                    f.repairs,
+                    time(f.last_repair),
+                    f.next_repair_in_secs
+                )
+            });
+            list(&mut out, "edits fighting the agent", fights);
+        }
         out
     }
 }

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("model", 0),
     ("naming", 0),
     ("ownership", 0),
+    ("pim", 0),
     ("plan", 0),
     ("reasons", 0),
     ("config", 1),

@@ -92,6 +92,8 @@ mod tests {
             dn: "CN=x".into(),
             detail: String::new(),
             outcome: "ok".into(),
+            cause: None,
+            found: None,
         };
         assert!(Filter::default().keeps(&record));
         assert!(!Filter { since: Some(51), group: None }.keeps(&record));

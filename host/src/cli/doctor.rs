@@ -115,6 +115,18 @@ async fn check_graph(tenant: &TenantConfig, checks: &mut Vec<Check>) {
         }
     }
     checks.push(check_writeback_source(tenant, &graph).await);
+    if tenant.pim.enabled {
+        let what = "PIM for Groups schedule read";
+        // A group id no tenant has: the answer is an empty list when the permission is there.
+        match graph.schedule_instances("00000000-0000-0000-0000-000000000000").await {
+            Ok(_) => checks.push(Check::pass(what, "PrivilegedAssignmentSchedule.Read.AzureADGroup works")),
+            Err(e) => checks.push(Check::fail(
+                what,
+                e,
+                "grant the application permission PrivilegedAssignmentSchedule.Read.AzureADGroup with admin consent, or set [tenant.pim] enabled = false",
+            )),
+        }
+    }
     let what = "Microsoft 365 writeback default";
     match (tenant.m365_default_writeback, graph.m365_writeback_default().await) {
         (Some(value), _) => {
@@ -197,6 +209,15 @@ async fn check_directory(tenant: &TenantConfig, checks: &mut Vec<Check>) {
             .join(", "),
     ));
     checks.push(probe_rights(&mut directory, &settings.target_ou).await);
+    if tenant.pim.enabled {
+        use crate::directory::GroupDirectory;
+        let how = if directory.time_to_live_links().await {
+            "written as TTL links: the forest's Privileged Access Management feature removes them at their end, even while no agent runs"
+        } else {
+            "removed by the agent at their end: the forest has no Privileged Access Management feature, so a membership outlives its end while no agent runs"
+        };
+        checks.push(Check::pass("time-bound members", how));
+    }
     directory.close().await;
 }
 

@@ -88,6 +88,7 @@ pub(super) fn tenant_sync<'a>(
         fence: leases.and_then(|l| l.tenant(&tenant.name)).map(|l| l.fence()),
         progress,
         clock: std::sync::Arc::new(SystemClock),
+        own_writes: Default::default(),
     })
 }
 

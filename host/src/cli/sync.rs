@@ -126,7 +126,12 @@ pub(super) async fn run_cycle(
     let dir = &config.agent.state_dir;
     let view = lease.map(TenantLease::view);
     let recorded = match &result {
-        Ok(report) => StatusFile::record(dir, &sync.config.name, TenantStatus { lease: view, ..report.status.clone() }),
+        // The drift watch's fights are its own to update.
+        Ok(report) => StatusFile::update(dir, &sync.config.name, |status| {
+            let drift_fights = std::mem::take(&mut status.drift_fights);
+            *status = TenantStatus { lease: view, drift_fights, ..report.status.clone() };
+            true
+        }),
         // A failed cycle keeps what the last good one found, with the failure as its outcome.
         Err(e) => StatusFile::update(dir, &sync.config.name, |status| {
             status.last_cycle = sync.clock.now();

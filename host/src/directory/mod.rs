@@ -22,7 +22,7 @@ use crate::attributes::{self, SchemaSupport};
 use crate::config::{DirectoryConfig, Secret};
 use crate::plan::{DirectoryGroup, Op, Principal};
 pub use lease::LeaseObject;
-pub use read::ManagedGroups;
+pub use read::{ChangedGroup, ManagedGroups};
 pub use write::{Applied, ApplyError};
 
 /// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).
@@ -153,6 +153,15 @@ pub trait GroupDirectory {
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError>;
     /// Reads the writer lease object at `dn`.
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError>;
+    /// The DC's highestCommittedUSN, when it can be read; directories without USNs give `None`.
+    async fn highest_usn(&mut self) -> Option<u64> {
+        None
+    }
+    /// Whether the forest removes `<TTL=…,DN>` member links by itself at their end (AD's Privileged Access
+    /// Management feature).
+    async fn time_to_live_links(&mut self) -> bool {
+        false
+    }
 }
 
 impl GroupDirectory for Directory {
@@ -207,6 +216,26 @@ impl GroupDirectory for Directory {
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         Directory::apply(self, op, created).await
     }
+    async fn highest_usn(&mut self) -> Option<u64> {
+        self.highest_committed_usn().await.ok()
+    }
+    async fn time_to_live_links(&mut self) -> bool {
+        if self.ttl_links.is_none() {
+            // Read once per connection, when a time-bound member is first written. A forest whose answer
+            // cannot be read is taken to have no such feature: the agent's own expiry then holds.
+            let enabled = match self.enabled_features().await {
+                Ok(features) => crate::pim::pam_enabled(&features),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read the forest's optional features ({e}); time-bound members are expired by the agent"
+                    );
+                    false
+                }
+            };
+            self.ttl_links = Some(enabled);
+        }
+        self.ttl_links.unwrap_or(false)
+    }
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
         Directory::read_lease(self, dn).await
     }
@@ -226,6 +255,10 @@ pub struct Directory {
     gate: Option<Arc<dyn WriteGate>>,
     /// What is read from each managed group (see [`read::group_attributes`]).
     group_attrs: Vec<String>,
+    /// The configuration naming context (the schema's parent).
+    config_nc: String,
+    /// Whether the forest expires TTL links by itself, once read.
+    ttl_links: Option<bool>,
 }
 
 impl Directory {
@@ -282,9 +315,12 @@ impl Directory {
             domain_sid: None,
             gate: None,
             group_attrs: read::group_attributes(&[]),
+            config_nc: String::new(),
+            ttl_links: None,
         };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;
+        directory.config_nc = crate::dn::parent(&schema_dn).unwrap_or_default();
         directory.base_dn = base_dn;
         Ok(directory)
     }
@@ -337,6 +373,26 @@ impl Directory {
         let entries = self.search(schema_dn, Scope::OneLevel, &filter, &["lDAPDisplayName"]).await?;
         let found = entries.iter().filter_map(|e| e.attrs.get("lDAPDisplayName")).flatten();
         Ok(SchemaSupport::with(found.map(String::as_str)))
+    }
+
+    /// The DC this connection reached (its rootDSE `dsServiceName`) and its highestCommittedUSN. USNs are
+    /// the DC's own: they compare only with USNs of the same DC.
+    pub async fn usn_mark(&mut self) -> Result<(String, u64), DirectoryError> {
+        let entry =
+            self.search_one("", Scope::Base, "(objectClass=*)", &["dsServiceName", "highestCommittedUSN"]).await?;
+        let value = |name: &str| entry.as_ref().and_then(|e| e.attrs.get(name)?.first().cloned());
+        let server = value("dsServiceName").ok_or(DirectoryError::RootDse("dsServiceName"))?;
+        let usn = value("highestCommittedUSN")
+            .and_then(|v| v.parse().ok())
+            .ok_or(DirectoryError::RootDse("highestCommittedUSN"))?;
+        Ok((server, usn))
+    }
+
+    /// The optional features enabled forest-wide: the Partitions container's `msDS-EnabledFeature` DNs.
+    pub async fn enabled_features(&mut self) -> Result<Vec<String>, DirectoryError> {
+        let partitions = format!("CN=Partitions,{}", self.config_nc);
+        let entry = self.search_one(&partitions, Scope::Base, "(objectClass=*)", &["msDS-EnabledFeature"]).await?;
+        Ok(entry.and_then(|mut e| e.attrs.remove("msDS-EnabledFeature")).unwrap_or_default())
     }
 
     /// The rootDSE's highestCommittedUSN: every real write moves it.

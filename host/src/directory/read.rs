@@ -99,6 +99,17 @@ pub struct ManagedGroups {
     pub conflicts: Vec<(String, String)>,
 }
 
+/// A group changed after some USN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedGroup {
+    /// Its objectGUID, in lower case.
+    pub guid: String,
+    pub usn: u64,
+    /// The cloud id its anchor names, if it carries one.
+    pub anchor_id: Option<String>,
+    pub dn: String,
+}
+
 impl Directory {
     /// The managed groups of `ids`: for each, the object whose objectGUID `recorded` holds, or else the only
     /// object carrying its anchor inside `ous`. Other objects carrying the anchor are look-alikes.
@@ -211,6 +222,30 @@ impl Directory {
                 let id = anchor_id(entry.attrs.get("adminDescription")?.first()?)?.to_ascii_lowercase();
                 let dn = parse_extended_dn(&entry.dn).dn;
                 ous.iter().any(|ou| crate::dn::is_within(&dn, ou)).then_some((id, dn))
+            })
+            .collect())
+    }
+
+    /// Every group of the domain changed after `usn` on this DC: one search on the indexed `uSNChanged`,
+    /// wherever the group now is, so that a group moved out of its OU is found too.
+    pub async fn groups_changed_since(&mut self, usn: u64) -> Result<Vec<ChangedGroup>, DirectoryError> {
+        let filter = format!("(&(objectClass=group)(uSNChanged>={}))", usn.saturating_add(1));
+        let entries = self.paged_search(&filter, &["uSNChanged", "adminDescription"]).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let ext = parse_extended_dn(&entry.dn);
+                Some(ChangedGroup {
+                    guid: ext.guid?,
+                    usn: entry.attrs.get("uSNChanged")?.first()?.parse().ok()?,
+                    anchor_id: entry
+                        .attrs
+                        .get("adminDescription")
+                        .and_then(|v| v.first())
+                        .and_then(|a| anchor_id(a))
+                        .map(|id| id.to_ascii_lowercase()),
+                    dn: ext.dn,
+                })
             })
             .collect())
     }

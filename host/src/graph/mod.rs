@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod delta;
+mod pim;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,6 +40,10 @@ pub enum GraphError {
         "Graph sent group settings that cannot be read ({path}): {cause}; set m365_default_writeback in the config to decide without them"
     )]
     MalformedSettings { path: String, cause: String },
+    #[error(
+        "Graph sent PIM schedule instances of group {group} that cannot be read ({path}): {cause}; the group's time-bound members stay as last read"
+    )]
+    MalformedSchedule { path: String, group: String, cause: String },
     #[error("reading writebackConfiguration in a $batch ({path}) failed: {cause}; the cursor stays where it was")]
     MalformedBatch { path: String, cause: String },
     #[error("refusing to follow a link to {link}: it is not on the configured graph_url")]

@@ -28,6 +28,23 @@ impl TenantState {
         Ok(anchors)
     }
 
+    /// Up to `limit` managed groups' ids in id order after `after`, going round to the first ones at the end.
+    pub fn managed_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StateError> {
+        let start = after.map_or_else(|| b"a\0".to_vec(), |id| key("a", &[id]));
+        let mut ids = Vec::new();
+        let later = self.tree.range(start..).keys().filter(|k| k.as_ref().map_or(true, |k| k.starts_with(b"a\0")));
+        for k in later.chain(self.tree.scan_prefix(b"a\0").keys()) {
+            let id = key_tail(&k?, 2);
+            if ids.len() >= limit || ids.first() == Some(&id) {
+                break;
+            }
+            if after != Some(id.as_str()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Records where a managed group lives.
     pub fn set_anchor(&self, id: &str, anchor: &Anchor) -> Result<(), StateError> {
         self.tree.insert(key("a", &[id]), encode(anchor))?;

@@ -15,6 +15,13 @@ pub struct AuditRecord {
     pub detail: String,
     /// `ok`, or the error.
     pub outcome: String,
+    /// Why the write was made when not for a cloud change: `drift-repair` (an on-premises edit undone) or
+    /// `pim-expiry` (a time-bound membership ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// What a drift repair found in the directory, beside what it restored (in `detail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
 }
 
 impl TenantState {

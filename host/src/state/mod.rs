@@ -10,7 +10,8 @@
 //! One file per concern, each an `impl TenantState` with its own small API: [`cursors`] (delta rounds and
 //! what the tenant's cycles recorded about Graph), [`cloud_store`] (the merged cloud state), [`anchors`] (where
 //! managed groups live in AD, and which were taken over), [`pending`] (groups awaiting an apply, their
-//! problems, the thresholds' window) and [`journal`] (the audit log and the write journal). This file holds the
+//! problems, the thresholds' window), [`schedules`] (time-bound members from PIM for Groups, under `e`; `p` held
+//! problems once and is dropped on open) and [`journal`] (the audit log and the write journal). This file holds the
 //! store, the tenant's tree and the key and record encoding they share.
 
 mod anchors;
@@ -19,12 +20,14 @@ mod cursors;
 mod journal;
 mod members;
 mod pending;
+mod schedules;
 
 pub use anchors::Anchor;
 pub use cloud_store::{MergeStats, Unreadable};
 pub use cursors::{Cursor, Resource};
 pub use journal::AuditRecord;
 pub use pending::{GroupProblems, Threshold};
+pub use schedules::SweepMark;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -558,6 +561,8 @@ mod tests {
             dn: "CN=g".into(),
             detail: String::new(),
             outcome: "pending".into(),
+            cause: None,
+            found: None,
         };
         let keys = s.journal(&[record("create"), record("add-members"), record("delete")]).unwrap();
         s.settle(keys[0], Some(&AuditRecord { outcome: "ok".into(), ..record("create") })).unwrap();

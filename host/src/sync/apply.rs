@@ -12,6 +12,27 @@ use crate::status::{GroupProblem, HeldGroup, TakenOver};
 /// How many writes are journaled (and flushed) at a time before they are sent.
 const JOURNAL_CHUNK: usize = 64;
 
+/// Why an operation is written when not for a cloud change, as the audit log and metrics tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Cause {
+    /// An on-premises edit undone; `found` is what the directory held.
+    DriftRepair { found: String },
+    /// Time-bound memberships that ended at `ended` (seconds since the epoch) and leave the group.
+    PimExpiry { ended: f64 },
+}
+
+impl Cause {
+    fn name(&self) -> &'static str {
+        match self {
+            Cause::DriftRepair { .. } => "drift-repair",
+            Cause::PimExpiry { .. } => "pim-expiry",
+        }
+    }
+}
+
+/// The cause of each operation of a plan; `None` for a cloud change.
+pub(super) type Causes<'a> = &'a (dyn Fn(&Op) -> Option<Cause> + Sync);
+
 impl TenantSync<'_> {
     /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay pending). The
     /// operations of groups already in `failed` are skipped.
@@ -19,6 +40,7 @@ impl TenantSync<'_> {
         &self,
         directory: &mut D,
         plan: &Plan,
+        causes: Causes<'_>,
         failed: &mut HashSet<String>,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
@@ -29,13 +51,16 @@ impl TenantSync<'_> {
                 fence.confirm(directory).await?;
             }
             // The intents are durable before any of these writes is sent: a crash cannot hide a write.
-            let keys = self
-                .state
-                .journal(&chunk.iter().map(|op| self.audit_record(op, "pending".into())).collect::<Vec<_>>())?;
+            let records: Vec<AuditRecord> =
+                chunk.iter().map(|op| self.audit_record(op, "pending".into(), causes(op).as_ref())).collect();
+            let keys = self.state.journal(&records)?;
             self.store.flush().await?;
+            // The USNs these writes take lie between the two reads, so that the drift watch can tell them
+            // from on-premises edits.
+            let before = if self.own_writes.is_on() { directory.highest_usn().await } else { None };
             let mut journaled = chunk.iter().zip(keys);
             while let Some((op, key)) = journaled.next() {
-                let applied = self.apply_one(directory, op, key, &mut created, failed, report).await;
+                let applied = self.apply_one(directory, op, key, causes, &mut created, failed, report).await;
                 self.progress.wrote();
                 if let Err(e) = applied {
                     // The cycle stops here; the writes journaled after this one were never sent.
@@ -45,16 +70,23 @@ impl TenantSync<'_> {
                     return Err(e);
                 }
             }
+            if let Some(before) = before
+                && let Some(after) = directory.highest_usn().await
+            {
+                self.own_writes.record(chunk.iter().map(Op::group_id), before, after);
+            }
         }
         Ok(())
     }
 
     /// Applies one journaled operation and files its outcome.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn apply_one<D: GroupDirectory>(
         &self,
         directory: &mut D,
         op: &Op,
         key: u64,
+        causes: Causes<'_>,
         created: &mut HashMap<String, String>,
         failed: &mut HashSet<String>,
         report: &mut CycleReport,
@@ -72,8 +104,14 @@ impl TenantSync<'_> {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
         };
-        self.state.settle(key, Some(&self.audit_record(op, outcome)))?;
+        let cause = causes(op);
+        self.state.settle(key, Some(&self.audit_record(op, outcome, cause.as_ref())))?;
         self.count_operation(op, &result);
+        if result.is_ok()
+            && let Some(cause) = &cause
+        {
+            self.count_cause(op, cause);
+        }
         match result {
             Ok(Applied::Created { guid, sid, dn }) => {
                 report.status.writes += 1;
@@ -131,7 +169,32 @@ impl TenantSync<'_> {
         crate::metrics::global().directory_operations.get_or_create(&labels).inc();
     }
 
-    pub(super) fn audit_record(&self, op: &Op, outcome: String) -> AuditRecord {
+    /// Counts and logs a write made for `cause`: a drift repair is a warning, because someone changed a group
+    /// that the cloud manages.
+    fn count_cause(&self, op: &Op, cause: &Cause) {
+        let tenant = crate::metrics::TenantLabel { tenant: self.config.name.clone() };
+        let (operation, dn, detail) = plan::describe(op);
+        match cause {
+            Cause::DriftRepair { found } => {
+                let kind = drift_kind(op);
+                let labels = crate::metrics::DriftLabels { tenant: tenant.tenant, kind: kind.into() };
+                crate::metrics::global().drift_repairs.get_or_create(&labels).inc();
+                tracing::warn!(tenant = %self.config.name, group = %op.group_id(), dn = %dn, "repaired an on-premises edit ({kind}): found {found}; restored with {operation} {detail}");
+            }
+            Cause::PimExpiry { ended } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_default();
+                let metrics = crate::metrics::global();
+                metrics.pim_expiries.get_or_create(&tenant).inc();
+                metrics.pim_expiry_lateness.get_or_create(&tenant).observe((now - ended).max(0.0));
+                tracing::info!(tenant = %self.config.name, group = %op.group_id(), dn = %dn, "time-bound membership ended: {detail}");
+            }
+        }
+    }
+
+    pub(super) fn audit_record(&self, op: &Op, outcome: String, cause: Option<&Cause>) -> AuditRecord {
         let (operation, dn, detail) = plan::describe(op);
         AuditRecord {
             time: self.clock.now(),
@@ -141,6 +204,11 @@ impl TenantSync<'_> {
             dn,
             detail,
             outcome,
+            cause: cause.map(|c| c.name().to_string()),
+            found: match cause {
+                Some(Cause::DriftRepair { found }) => Some(found.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -182,5 +250,17 @@ impl TenantSync<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What a drift repair of `op` undoes, for `writeback_drift_repairs_total`.
+pub(super) fn drift_kind(op: &Op) -> &'static str {
+    match op {
+        Op::AddMembers { .. } | Op::RemoveMembers { .. } => "member",
+        Op::Modify { .. } | Op::TakeOver { .. } => "attribute",
+        Op::Rename { new_parent: Some(_), .. } => "move",
+        Op::Rename { .. } => "rename",
+        Op::Create { .. } => "recreate",
+        Op::Delete { .. } => "delete",
     }
 }

@@ -3,6 +3,8 @@
 //! ([`apply`]), and keep each group's problems for `status` ([`problems`]).
 
 mod apply;
+mod drift;
+mod pim;
 mod problems;
 mod reconcile;
 mod rounds;
@@ -20,6 +22,8 @@ use crate::model::{self, GroupPolicy, Hold, ModelSettings};
 use crate::plan::Op;
 use crate::state::{Resource, StateError, Store, TenantState};
 use crate::status::TenantStatus;
+
+pub use drift::{DriftWatch, OwnWrites};
 
 /// Why a cycle stopped before its end.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub struct CycleOptions {
     /// Another agent holds the writer lease: follow Graph, plan against the directory only on full cycles,
     /// write nothing. Pending groups stay pending for this agent's takeover reconcile.
     pub standby: bool,
+    /// Repair on-premises edits of groups whose cloud state has not changed: every write is audited and
+    /// counted as a drift repair.
+    pub drift: bool,
 }
 
 /// Set when the agent should stop after the current write.
@@ -92,6 +99,8 @@ pub struct CycleReport {
     /// Group and user entries read from Graph in this cycle.
     pub read_groups: usize,
     pub read_users: usize,
+    /// Groups whose PIM schedule instances were read.
+    pub pim_reads: usize,
 }
 
 impl CycleReport {
@@ -117,8 +126,16 @@ impl CycleReport {
             ));
         }
         let failed: Vec<_> = s.held_groups.iter().filter(|h| h.reason.is_failure()).collect();
-        failed.first().map(|first| {
-            format!("{} groups failed to apply; first: group {}: {}", failed.len(), first.group_id, first.reason)
+        if let Some(first) = failed.first() {
+            return Some(format!(
+                "{} groups failed to apply; first: group {}: {}",
+                failed.len(),
+                first.group_id,
+                first.reason
+            ));
+        }
+        s.pim_error.as_ref().map(|e| {
+            format!("PIM for Groups schedule instances cannot be read ({e}); grant the application permission PrivilegedAssignmentSchedule.Read.AzureADGroup, or set [tenant.pim] enabled = false")
         })
     }
 }
@@ -161,6 +178,8 @@ pub struct TenantSync<'a> {
     pub progress: crate::progress::Progress,
     /// The wall-clock time.
     pub clock: Arc<dyn Clock>,
+    /// The USNs of this agent's writes, when a drift watch needs them.
+    pub own_writes: OwnWrites,
 }
 
 /// Where sync reads the wall-clock time: audit records, the thresholds' window and the last cycle's time.
@@ -192,6 +211,7 @@ impl TenantSync<'_> {
         if interrupted > 0 {
             tracing::warn!(tenant = %self.config.name, writes = interrupted, "the last run stopped during writes; they are in the audit log as interrupted and are reconciled now");
         }
+        self.apply_expiries(options, &mut report).await?;
         // The token endpoint may ask for long waits; SIGTERM must not wait for them.
         tokio::select! {
             biased;
@@ -216,6 +236,10 @@ impl TenantSync<'_> {
         report.status.full = options.full;
         self.refresh_m365_default(options.full).await?;
         self.replan_if_policy_changed()?;
+        self.read_schedules(&mut report).await?;
+        if self.pim_on() && !options.standby {
+            self.mark_due_expiries(options.dry_run)?;
+        }
         if self.stop.is_set() {
             report.stopped = true;
             return Ok(report);
@@ -243,6 +267,9 @@ impl TenantSync<'_> {
         report.status.pending_groups = self.state.pending()?.len();
         report.status.managed_groups = self.state.managed_count();
         report.status.taken_over = self.state.takeovers()?;
+        if self.pim_on() {
+            report.status.time_bound = self.time_bound_members()?;
+        }
         report.status.last_cycle = self.clock.now();
         report.status.outcome = report.needs_attention().unwrap_or_else(|| "ok".into());
         if options.standby {

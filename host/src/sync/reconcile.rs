@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::PoisonError;
 
+use super::drift::drift_cause;
+use super::pim::{expiry_cause, split_expiries};
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
 use crate::directory::{GroupDirectory, ManagedGroups};
 use crate::dn;
@@ -35,8 +37,19 @@ impl TenantSync<'_> {
         options: CycleOptions,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
+        let ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.pending()? };
+        self.reconcile_ids(directory, ids, options, report).await
+    }
+
+    /// Plans `ids` against the directory and applies the plan, a batch at a time.
+    pub(super) async fn reconcile_ids<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        mut ids: Vec<String>,
+        options: CycleOptions,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         let settings = self.model_settings(directory.schema());
-        let mut ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.pending()? };
         ids.sort_unstable();
         self.progress.planning(ids.len());
         let mut carry = Carry::default();
@@ -90,9 +103,13 @@ impl TenantSync<'_> {
     ) -> Result<(), SyncError> {
         let ids: BTreeSet<String> = batch.iter().cloned().collect();
         let mut intents = self.intents(&ids, settings, report).await?;
+        let ended = self.drop_ended(&mut intents)?;
         let snapshot = self.snapshot(directory, &mut intents, &mut carry.failed, report).await?;
         let mut plan = plan::plan_batch(&intents, &snapshot, later);
+        self.link_with_ttl(directory, &mut plan, &snapshot, &intents).await?;
         drop(intents);
+        // Ended memberships leave on time: no removal threshold holds them.
+        let expiries = split_expiries(&mut plan, &snapshot, &ended);
         if !options.dry_run && !options.standby {
             // Planned again once the take-over is recorded; `plan` shows them now.
             plan.ops.retain(|op| !plan::member_change_of_takeover(op, &snapshot));
@@ -105,6 +122,7 @@ impl TenantSync<'_> {
             .partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
         plan.ops = now;
         let held_removals = self.hold_member_removals(&mut plan, options, report)?;
+        plan.ops.extend(expiries.iter().map(|(op, _)| op.clone()));
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
         report.plan.extend(plan.ops.iter().cloned());
         // Held removals and scope changes keep their group pending, so they are planned again until allowed.
@@ -119,8 +137,14 @@ impl TenantSync<'_> {
         if options.dry_run || options.standby {
             return Ok(());
         }
-        self.apply(directory, &plan, &mut carry.failed, report).await?;
-        self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan))?;
+        let causes =
+            |op: &Op| expiry_cause(op, &expiries).or_else(|| options.drift.then(|| drift_cause(op, &snapshot)));
+        self.apply(directory, &plan, &causes, &mut carry.failed, report).await?;
+        let expired: usize = expiries
+            .iter()
+            .map(|(op, _)| plan::member_removals_in(&Plan { ops: vec![op.clone()], ..Plan::default() }))
+            .sum();
+        self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan) - expired)?;
         self.record_applied(Threshold::Renames, scope_changes_in(&plan).len())?;
         self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
         // A waiting or deferred group's problems are recorded once, when it settles, or when it fails: a failed
@@ -164,7 +188,8 @@ impl TenantSync<'_> {
             return Ok(());
         }
         self.progress.planned(0, plan.ops.len());
-        self.apply(directory, &plan, &mut carry.failed, report).await?;
+        let causes = |op: &Op| options.drift.then(|| drift_cause(op, &Snapshot::default()));
+        self.apply(directory, &plan, &causes, &mut carry.failed, report).await?;
         self.record_applied(Threshold::Renames, plan.ops.iter().filter(|op| plan::is_rename(op)).count())?;
         self.record_applied(Threshold::Deletes, plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count())?;
         self.checkpoint(&ids, &plan, &carry.failed, &Snapshot::default(), &BTreeSet::new())?;

@@ -154,7 +154,7 @@ impl TenantSync<'_> {
     /// Awaits a Graph call unless a stop is asked for first. A Retry-After wait can last five minutes, and
     /// SIGTERM must not wait for it. Dropping the call loses nothing: the cursor moves only after a page is
     /// merged, and a full round is marked finished only after its last lookup.
-    async fn unless_stopped<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+    pub(super) async fn unless_stopped<T>(&self, call: impl Future<Output = T>) -> Option<T> {
         tokio::select! {
             // A stop already asked for wins, so that no new request is sent.
             biased;

@@ -49,6 +49,8 @@ struct Memory {
     removals: Vec<(String, bool)>,
     /// The domain's SID, when the test gives one.
     domain: Option<String>,
+    /// The forest expires `<TTL=…,DN>` links by itself.
+    ttl_links: bool,
 }
 
 /// Whether the state has recorded a group's anchor.
@@ -152,7 +154,12 @@ impl Memory {
                 Applied::Done
             }
             Op::AddMembers { group_id, target, values } => {
-                let dns: Vec<String> = values.iter().map(|v| Self::member_dn(v, created)).collect();
+                // A TTL link is stored as its DN, as AD shows it to a reader without the TTL control.
+                let strip = |v: String| match v.strip_prefix("<TTL=").and_then(|rest| rest.split_once(',')) {
+                    Some((_, dn)) => dn.trim_end_matches('>').to_string(),
+                    None => v,
+                };
+                let dns: Vec<String> = values.iter().map(|v| strip(Self::member_dn(v, created))).collect();
                 let target = match target {
                     GroupRef::Existing { guid, .. } => guid.clone(),
                     GroupRef::New => self.by_id(group_id).map(|o| o.guid.clone()).unwrap_or_default(),
@@ -269,6 +276,10 @@ impl GroupDirectory for Memory {
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
         Err(DirectoryError::Connect { url: dn.into(), cause: "the in-memory directory keeps no lease".into() })
     }
+
+    async fn time_to_live_links(&mut self) -> bool {
+        self.ttl_links
+    }
 }
 
 /// A clock that moves only when the test moves it.
@@ -321,6 +332,7 @@ fn sync_for<'a>(config: &'a TenantConfig, store: &Store, clock: Arc<TestClock>) 
         fence: None,
         progress: crate::progress::Progress::hidden(),
         clock,
+        own_writes: Default::default(),
     }
 }
 
@@ -825,4 +837,86 @@ async fn scope_changes_count_against_the_rename_threshold_and_wait_until_allowed
     for n in [1, 2] {
         assert_eq!(Memory::group_type(directory.by_id(&id(n)).unwrap()), Some(-2147483646));
     }
+}
+
+fn wall() -> f64 {
+    super::pim::wall_now()
+}
+
+fn ends(members: &[(u32, f64)]) -> crate::pim::Schedule {
+    let ends = members.iter().map(|(u, end)| (format!("u{u}"), *end)).collect();
+    crate::pim::Schedule { ends, ..Default::default() }
+}
+
+#[tokio::test]
+async fn time_bound_members_are_linked_with_a_ttl_where_the_forest_expires_them_and_plain_where_not() {
+    let config = tenant("[tenant.pim]\nenabled = true");
+    for ttl_links in [true, false] {
+        let store = Store::temporary().unwrap();
+        let sync = sync_for(&config, &store, clock());
+        merge_users(&sync.state, &[1, 2]);
+        merge_groups(&sync.state, json!([group(1, "Timed", &[1, 2], &[])]));
+        sync.state.set_schedule(&id(1), &ends(&[(2, wall() + 3600.0)])).unwrap();
+        let mut directory = Memory { ttl_links, ..users(&[1, 2]) };
+        reconcile(&sync, &mut directory, CycleOptions::default()).await;
+        let added: Vec<String> = directory
+            .writes
+            .iter()
+            .flat_map(|op| match op {
+                Op::AddMembers { values, .. } => values.clone(),
+                Op::Create { attributes, .. } => attributes
+                    .iter()
+                    .filter(|(k, _)| k == "member")
+                    .flat_map(|(_, v)| v.iter().cloned().map(MemberValue::Dn))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .map(|v| match v {
+                MemberValue::Dn(dn) => dn,
+                MemberValue::NewGroup(id) => id,
+            })
+            .collect();
+        let timed = added.iter().find(|v| v.contains(&sid(2))).unwrap_or_else(|| panic!("{added:?}"));
+        let plain = added.iter().find(|v| v.contains(&sid(1))).unwrap_or_else(|| panic!("{added:?}"));
+        assert!(!plain.starts_with("<TTL="), "{added:?}");
+        if ttl_links {
+            let secs: u64 = timed.strip_prefix("<TTL=").and_then(|r| r.split(',').next()?.parse().ok()).unwrap_or(0);
+            assert!((3590..=3600).contains(&secs), "{added:?}");
+        } else {
+            assert!(!timed.starts_with("<TTL="), "without the feature the agent expires it: {added:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_ended_member_leaves_while_delta_lists_it_and_no_removal_threshold_holds_it() {
+    let config = tenant("member_removal_threshold = 0\n[tenant.pim]\nenabled = true");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1, 2, 3]);
+    merge_groups(&sync.state, json!([group(1, "Timed", &[1, 2, 3], &[])]));
+    sync.state.set_schedule(&id(1), &ends(&[(2, wall() + 3600.0), (3, wall() - 5.0)])).unwrap();
+    let mut directory = users(&[1, 2, 3]);
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let members = directory.members_of(&id(1));
+    assert_eq!(members.len(), 2, "an ended member is never written: {members:?}");
+    assert!(!members.iter().any(|m| m.contains(&sid(3))));
+
+    // Its time comes: it leaves, though group delta still lists it and removals are held.
+    sync.state.set_schedule(&id(1), &ends(&[(2, wall() - 1.0), (3, wall() - 5.0)])).unwrap();
+    assert_eq!(sync.mark_due_expiries(false).unwrap(), [id(1)]);
+    assert!(sync.mark_due_expiries(false).unwrap().is_empty(), "an end is planned for once");
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let members = directory.members_of(&id(1));
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0].contains(&sid(1)));
+    let expiry = sync.state.audit_log().unwrap().into_iter().find(|r| r.operation == "remove-members").unwrap();
+    assert_eq!(expiry.cause.as_deref(), Some("pim-expiry"));
+    assert!(expiry.detail.contains(&sid(2)), "{expiry:?}");
+
+    // A removal for any other cause is still held.
+    let remove = json!([{"id": id(1), "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": "u1", "@removed": {"reason": "deleted"}}]}]);
+    merge_groups(&sync.state, remove);
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert_eq!(report.status.held_member_removals.len(), 1);
 }

@@ -3,6 +3,7 @@
 //! ```sh
 //! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
 //! bench/run --failover-only    # phase 6 alone, a couple of minutes
+//! bench/run --enforcement-only # phase 7 alone, about five minutes
 //! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
 //!
@@ -15,13 +16,16 @@
 //!    large group;
 //! 5. scale without a directory: the state and the planner alone (in a child process, `--scale-only`);
 //! 6. failover between two agents sharing the tenant through the writer lease (a world of its own): kill of
-//!    the writer → the standby takes the lease and writes, and the writes and the gap of a `lease release`.
+//!    the writer → the standby takes the lease and writes, and the writes and the gap of a `lease release`;
+//! 7. live enforcement (a world of its own): the PIM polling cost, drift repair latency and PIM expiry lateness.
 //!
 //! It prints figures, not verdicts: nothing here asserts a timing. The OUs it creates are deleted at the end.
 
 // The crate root is this file, so its modules are named by path: they live in `bench/`.
 #[path = "bench/directory.rs"]
 mod directory;
+#[path = "bench/enforcement.rs"]
+mod enforcement;
 #[path = "bench/failover.rs"]
 mod failover;
 #[path = "bench/initial.rs"]
@@ -66,6 +70,9 @@ struct Args {
     /// Run only phase 6 (failover between agents), skipping phases 1 to 5: a couple of minutes.
     #[arg(long)]
     failover_only: bool,
+    /// Run only phase 7 (drift repair latency, PIM expiry lateness and PIM polling cost): about five minutes.
+    #[arg(long)]
+    enforcement_only: bool,
     /// Run only the large-group part of phase 4 (a 50,000-member group, one change each way). Creating its
     /// users takes most of the time.
     #[arg(long)]
@@ -96,6 +103,8 @@ pub struct Sizes {
     pub scale_users: usize,
     /// Kill takeovers and clean takeovers each, in phase 6.
     pub failover_rounds: usize,
+    /// Phase 7's groups, on-premises edits and PIM ends.
+    pub enforcement: enforcement::Size,
 }
 
 impl Sizes {
@@ -114,6 +123,7 @@ impl Sizes {
         scale_memberships: 1_000_000,
         scale_users: 100_000,
         failover_rounds: 5,
+        enforcement: enforcement::Size { groups: 1_000, drift_edits: 30, expiries: 20 },
     };
 
     /// A tenth of it, for a run of a few minutes.
@@ -131,6 +141,7 @@ impl Sizes {
         scale_memberships: 100_000,
         scale_users: 10_000,
         failover_rounds: 2,
+        enforcement: enforcement::Size { groups: 100, drift_edits: 10, expiries: 6 },
     };
 
     fn new(quick: bool) -> Sizes {
@@ -192,6 +203,11 @@ async fn run(args: &Args) -> Result<()> {
         report::failover_summary(&failover, args.quick);
         return Ok(());
     }
+    if args.enforcement_only {
+        let enforcement = enforcement_phase(&sizes).await?;
+        report::enforcement_summary(&enforcement, args.quick);
+        return Ok(());
+    }
     let mut world = World::create(args.seed).await?;
     if args.big_group_only {
         report::section(&format!("4. write minimality: a {}-member group", sizes.big_group));
@@ -214,7 +230,11 @@ async fn run(args: &Args) -> Result<()> {
     let scale = scale::in_child(args.quick, args.seed).await?;
     report::scale(&scale);
     let failover = failover_phase(&sizes).await?;
-    report::summary(&Figures { scale: Some(scale), failover: Some(failover), ..figures }, args.quick);
+    let enforcement = enforcement_phase(&sizes).await?;
+    report::summary(
+        &Figures { scale: Some(scale), failover: Some(failover), enforcement: Some(enforcement), ..figures },
+        args.quick,
+    );
     Ok(())
 }
 
@@ -229,6 +249,21 @@ async fn failover_phase(sizes: &Sizes) -> Result<failover::Failover> {
         failover::INTERVAL
     ));
     failover::run(sizes.failover_rounds).await
+}
+
+/// Phase 7, which makes and deletes its own OU.
+async fn enforcement_phase(sizes: &Sizes) -> Result<enforcement::Enforcement> {
+    let size = sizes.enforcement;
+    report::section(&format!(
+        "7. live enforcement: {} groups; PIM polling cost, {} on-premises edits, {} PIM ends (interval {}, drift_watch {}, pim sweep {})",
+        size.groups,
+        size.drift_edits,
+        size.expiries,
+        enforcement::INTERVAL,
+        enforcement::DRIFT_WATCH,
+        enforcement::SWEEP
+    ));
+    enforcement::run(size).await
 }
 
 /// Phases 1 to 4, which need the DC and share the world. The scale and failover figures are filled in later.
@@ -259,5 +294,14 @@ async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
         sizes.mix_rounds, sizes.mix_groups, sizes.big_group
     ));
     let minimality = minimal::run(world, sizes).await?;
-    Ok(Figures { initial, one_shot, daemon: daemon_quiet, latency, minimality, scale: None, failover: None })
+    Ok(Figures {
+        initial,
+        one_shot,
+        daemon: daemon_quiet,
+        latency,
+        minimality,
+        scale: None,
+        failover: None,
+        enforcement: None,
+    })
 }

@@ -14,6 +14,7 @@ mod faults;
 mod graph;
 mod model;
 mod oauth;
+mod pim;
 mod rounds;
 mod routes;
 mod tenant;
@@ -37,6 +38,7 @@ pub use model::{
     SERVICE_PRINCIPAL_TYPE, USER_TYPE, User, UserPatch, WritebackConfiguration,
 };
 pub use oauth::TokenRequest;
+pub use pim::PimInstance;
 pub use routes::RequestRecord;
 pub use tenant::{DeleteOutcome, TenantError};
 
@@ -117,6 +119,10 @@ pub(crate) struct SimState {
     /// The tenant's `NewUnifiedGroupWritebackDefault`; `None`: the tenant never created a `Group.Unified`
     /// setting, as a new tenant has none.
     pub(crate) unified_writeback_default: Option<bool>,
+    /// PIM for Groups assignment schedule instances, ended ones too (they are not listed).
+    pub(crate) pim: Vec<pim::PimInstance>,
+    /// Schedule requests fail with 403.
+    pub(crate) pim_denied: bool,
 }
 
 impl SimState {
@@ -152,6 +158,8 @@ impl Simulator {
             clock_offset: Duration::ZERO,
             garbled: HashMap::new(),
             unified_writeback_default: None,
+            pim: Vec::new(),
+            pim_denied: false,
         };
         Self { started: Instant::now(), config, base_url, state: Mutex::new(state) }
     }

@@ -55,6 +55,10 @@ pub(crate) fn router(sim: Arc<Simulator>) -> Router {
     }
     // Tenant-wide group settings are a v1.0 collection (beta calls them directory settings).
     graph_routes = graph_routes.route("/v1.0/groupSettings", get(graph::group_settings));
+    graph_routes = graph_routes.route(
+        "/v1.0/identityGovernance/privilegedAccess/group/assignmentScheduleInstances",
+        get(super::pim::assignment_schedule_instances),
+    );
     for version in ["beta", "v1.0"] {
         graph_routes = graph_routes.route(&format!("/{version}/$batch"), post(graph::batch));
     }

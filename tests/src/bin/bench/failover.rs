@@ -429,7 +429,8 @@ fn print_summary(f: &Failover) {
 /// Deletes the phase's OU with everything in it. The DC is shared, and another user may restart it meanwhile,
 /// so a failed delete is tried again a few times (as `World::cleanup` does). An OU left behind is removed by
 /// the next run, whose `Env::new` deletes stale `bench-failover-*` OUs first.
-async fn delete_ou(env: &Env) -> Result<()> {
+/// Deletes the phase's OU, trying again when the DC is busy.
+pub async fn delete_ou(env: &Env) -> Result<()> {
     const ATTEMPTS: usize = 3;
     for attempt in 1..=ATTEMPTS {
         match env.dc.delete_tree(&env.ou.dn).await {

@@ -1,0 +1,359 @@
+//! Live drift enforcement: between reconciles, the daemon looks for on-premises edits of the groups it manages
+//! (one search on the indexed `uSNChanged` every `drift_watch`) and plans those groups again at once. The
+//! agent's own writes are told apart by the USNs they took; an edit that keeps coming back is repaired with
+//! back-off and shown in `status`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::apply::Cause;
+use super::{CycleOptions, CycleReport, SyncError, TenantSync};
+use crate::directory::{ChangedGroup, Directory, GroupDirectory};
+use crate::plan::{AttributeChange, Op, Snapshot};
+use crate::status::DriftFight;
+
+/// The USN windows of this agent's own writes, by group: a change of the group inside its window is the
+/// agent's. Off unless a drift watch runs, so that one-shot runs read no USNs.
+#[derive(Debug, Clone, Default)]
+pub struct OwnWrites(Option<Arc<Mutex<UsnWindows>>>);
+
+/// By group, the USN before and after the batch of writes that last wrote it.
+type UsnWindows = HashMap<String, (u64, u64)>;
+
+impl OwnWrites {
+    /// Tracks the USNs of writes, for a drift watch.
+    pub fn on() -> OwnWrites {
+        OwnWrites(Some(Arc::default()))
+    }
+
+    /// Whether writes are tracked.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Records that the writes to `groups` took USNs after `before` and up to `after`.
+    pub(super) fn record<'a>(&self, groups: impl Iterator<Item = &'a str>, before: u64, after: u64) {
+        let Some(map) = &self.0 else { return };
+        let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+        for group in groups {
+            map.insert(group.to_string(), (before, after));
+        }
+    }
+
+    /// Whether the change of `group` at `usn` lies in the window of the agent's last write to it.
+    fn is_own(&self, group: &str, usn: u64) -> bool {
+        let Some(map) = &self.0 else { return false };
+        let map = map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(group).is_some_and(|&(before, after)| usn > before && usn <= after)
+    }
+
+    /// Forgets the windows that end at or below `usn`: changes at or below it were looked at already.
+    fn forget_up_to(&self, usn: u64) {
+        if let Some(map) = &self.0 {
+            map.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, &mut (_, after)| after > usn);
+        }
+    }
+}
+
+/// A group repaired again within this time counts as a fight with whoever edits it.
+const FIGHT_WINDOW: Duration = Duration::from_secs(600);
+/// Repairs in a row within [`FIGHT_WINDOW`] that are applied at once; later ones wait, doubling each time.
+const FREE_REPAIRS: u32 = 2;
+/// The first wait of a fight, and the longest.
+const FIRST_WAIT: Duration = Duration::from_secs(5);
+const LONGEST_WAIT: Duration = Duration::from_secs(300);
+
+/// How long to wait before the next repair of a group repaired `repairs` times in a row.
+fn back_off(repairs: u32) -> Duration {
+    match repairs.checked_sub(FREE_REPAIRS) {
+        None | Some(0) => Duration::ZERO,
+        Some(n) => FIRST_WAIT.saturating_mul(1 << (n - 1).min(16)).min(LONGEST_WAIT),
+    }
+}
+
+/// One group's repairs in a row.
+#[derive(Debug, Clone)]
+struct Fight {
+    repairs: u32,
+    last: Instant,
+    /// Seconds since the epoch of the last repair, for `status`.
+    last_time: u64,
+}
+
+impl Fight {
+    fn next_allowed(&self) -> Instant {
+        self.last + back_off(self.repairs)
+    }
+}
+
+/// What one look at the directory found and did.
+#[derive(Debug, Default)]
+pub struct DriftPoll {
+    /// Groups planned again and repaired.
+    pub repaired: Vec<String>,
+    /// Groups whose edits keep coming back, for `status`.
+    pub fights: Vec<DriftFight>,
+}
+
+/// One tenant's drift watch: its own directory connection, the USN it has looked up to, and the fights.
+#[derive(Default)]
+pub struct DriftWatch {
+    directory: Option<Directory>,
+    /// The DC and the USN up to which its changes were looked at.
+    mark: Option<(String, u64)>,
+    /// Recorded objectGUID to cloud id, built when a changed group carries no anchor of ours; dropped after
+    /// each cycle, which may have created groups.
+    guids: Option<HashMap<String, String>>,
+    fights: HashMap<String, Fight>,
+    /// Edited groups whose repair waits for its back-off.
+    waiting: BTreeSet<String>,
+}
+
+impl DriftWatch {
+    /// Drops what a cycle may have changed: the map of recorded GUIDs.
+    pub fn cycle_done(&mut self) {
+        self.guids = None;
+    }
+
+    /// Looks for on-premises edits since the last look and, unless `standby`, repairs them. The first look
+    /// only takes the DC's USN as its mark. A connection that fails is opened again at the next look.
+    pub async fn poll(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<DriftPoll, SyncError> {
+        let result = self.look(sync, standby).await;
+        if result.is_err()
+            && let Some(directory) = self.directory.take()
+        {
+            directory.close().await;
+        }
+        result
+    }
+
+    async fn look(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<DriftPoll, SyncError> {
+        let mut directory = match self.directory.take() {
+            Some(directory) => directory,
+            None => sync.watch_connection().await?,
+        };
+        let result = self.look_with(&mut directory, sync, standby).await;
+        self.directory = Some(directory);
+        result
+    }
+
+    async fn look_with(
+        &mut self,
+        directory: &mut Directory,
+        sync: &TenantSync<'_>,
+        standby: bool,
+    ) -> Result<DriftPoll, SyncError> {
+        let (server, highest) = directory.usn_mark().await?;
+        let since = match &self.mark {
+            Some((seen, usn)) if *seen == server => *usn,
+            Some((seen, _)) => {
+                // Another DC's USNs say nothing about this one's: check every group at the next cycle.
+                tracing::warn!(tenant = %sync.config.name, before = %seen, now = %server, "the drift watch reached another DC; every group is planned again at the next cycle");
+                sync.state.mark_all_pending()?;
+                self.mark = Some((server, highest));
+                return Ok(DriftPoll { fights: self.fights(), ..DriftPoll::default() });
+            }
+            None => {
+                self.mark = Some((server, highest));
+                return Ok(DriftPoll::default());
+            }
+        };
+        let changed = directory.groups_changed_since(since).await?;
+        // Every USN up to `highest` was committed before the search; a later one may yet have a lower one
+        // beside it, so changes above it are looked at again next time.
+        let up_to = highest.max(since);
+        let edited = self.edited_groups(sync, &changed)?;
+        let mut poll = DriftPoll::default();
+        if standby {
+            for id in &edited {
+                tracing::info!(tenant = %sync.config.name, group = %id, "group edited on-premises; the lease holder repairs it");
+            }
+        } else {
+            // Groups whose cloud changes still wait for a cycle are left to it: it plans them against the
+            // directory anyway, and their writes are not drift repairs.
+            let pending: HashSet<String> = sync.state.pending()?.into_iter().collect();
+            for id in edited.into_iter().filter(|id| !pending.contains(id)) {
+                tracing::info!(tenant = %sync.config.name, group = %id, "group changed on-premises; planning it again");
+                self.waiting.insert(id);
+            }
+            poll.repaired = self.repair_due(directory, sync).await?;
+        }
+        // The repairs' own writes lie in their windows; changes up to the mark are looked at.
+        self.mark = Some((server, up_to));
+        sync.own_writes.forget_up_to(up_to);
+        poll.fights = self.fights();
+        Ok(poll)
+    }
+
+    /// The managed groups among `changed` whose change is not the agent's own write.
+    fn edited_groups(
+        &mut self,
+        sync: &TenantSync<'_>,
+        changed: &[ChangedGroup],
+    ) -> Result<BTreeSet<String>, SyncError> {
+        let mut edited = BTreeSet::new();
+        for change in changed {
+            let id = match &change.anchor_id {
+                Some(id) if sync.state.group(id)?.is_some() => Some(id.clone()),
+                // An anchor taken off, or another's: the recorded GUID tells whether it is ours.
+                _ => self.guid_map(sync)?.get(&change.guid).cloned(),
+            };
+            let Some(id) = id else { continue };
+            if !sync.own_writes.is_own(&id, change.usn) {
+                edited.insert(id);
+            }
+        }
+        Ok(edited)
+    }
+
+    fn guid_map(&mut self, sync: &TenantSync<'_>) -> Result<&HashMap<String, String>, SyncError> {
+        if self.guids.is_none() {
+            let anchors = sync.state.anchors()?;
+            self.guids = Some(anchors.into_iter().map(|(id, anchor)| (anchor.guid, id)).collect());
+        }
+        Ok(self.guids.get_or_insert_default())
+    }
+
+    /// Repairs the waiting groups whose back-off has passed, and records the fights.
+    async fn repair_due(&mut self, directory: &mut Directory, sync: &TenantSync<'_>) -> Result<Vec<String>, SyncError> {
+        let now = Instant::now();
+        self.fights.retain(|_, f| now.duration_since(f.last) < FIGHT_WINDOW);
+        let due: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|id| self.fights.get(*id).is_none_or(|f| f.next_allowed() <= now))
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let report = sync.repair_drift(directory, &due).await?;
+        let mut repaired: Vec<String> = report.plan.iter().map(|op| op.group_id().to_string()).collect();
+        repaired.dedup();
+        for id in &due {
+            self.waiting.remove(id);
+        }
+        for id in &repaired {
+            let fight = self.fights.entry(id.clone()).or_insert(Fight { repairs: 0, last: now, last_time: 0 });
+            fight.repairs += 1;
+            fight.last = now;
+            fight.last_time = sync.clock.now();
+            if fight.repairs > FREE_REPAIRS {
+                tracing::warn!(tenant = %sync.config.name, group = %id, repairs = fight.repairs, "an on-premises edit of this group keeps coming back; the next repair waits {:?}", back_off(fight.repairs));
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// How many groups are in a fight now.
+    pub fn fighting(&self) -> usize {
+        self.fights().len()
+    }
+
+    /// The groups repaired more than [`FREE_REPAIRS`] times in a row, for `status`.
+    fn fights(&self) -> Vec<DriftFight> {
+        let now = Instant::now();
+        let mut fights: Vec<DriftFight> = self
+            .fights
+            .iter()
+            .filter(|(_, f)| f.repairs > FREE_REPAIRS && now.duration_since(f.last) < FIGHT_WINDOW)
+            .map(|(id, f)| DriftFight {
+                group_id: id.clone(),
+                repairs: f.repairs,
+                last_repair: f.last_time,
+                next_repair_in_secs: f.next_allowed().saturating_duration_since(now).as_secs(),
+            })
+            .collect();
+        fights.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        fights
+    }
+}
+
+impl TenantSync<'_> {
+    /// Opens the drift watch's own connection, fenced like the cycle's.
+    async fn watch_connection(&self) -> Result<Directory, SyncError> {
+        let password = self.config.directory.password(&self.config.name)?;
+        let mut directory = Directory::connect(&self.config.directory, &password).await?;
+        directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
+        if let Some(fence) = &self.fence {
+            directory.set_gate(Arc::new(fence.clone()));
+        }
+        Ok(directory)
+    }
+
+    /// Plans `ids` again against the directory and applies what differs, each write audited as a drift
+    /// repair. Their cloud state is unchanged since their last apply, so whatever differs was edited
+    /// on-premises.
+    pub async fn repair_drift<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        ids: &[String],
+    ) -> Result<CycleReport, SyncError> {
+        let mut report = CycleReport::default();
+        let options = CycleOptions { drift: true, ..CycleOptions::default() };
+        self.reconcile_ids(directory, ids.to_vec(), options, &mut report).await?;
+        Ok(report)
+    }
+}
+
+/// The cause of a drift repair: what the directory held where `op` restores the cloud's value.
+pub(super) fn drift_cause(op: &Op, snapshot: &Snapshot) -> Cause {
+    let group = snapshot.managed.get(op.group_id());
+    let found = match op {
+        Op::Modify { changes, .. } | Op::TakeOver { changes, .. } => {
+            let shown: Vec<String> = changes
+                .iter()
+                .map(|change| {
+                    let name = match change {
+                        AttributeChange::Replace(name, _) | AttributeChange::Clear(name) => name,
+                    };
+                    match group.and_then(|g| g.attributes.get(&name.to_ascii_lowercase())) {
+                        Some(values) if !values.is_empty() => format!("{name}={}", values.join("; ")),
+                        _ => format!("{name} unset"),
+                    }
+                })
+                .collect();
+            shown.join(", ")
+        }
+        Op::Rename { dn, .. } => format!("the group at {dn}"),
+        Op::AddMembers { values, .. } => format!("{} members missing", values.len()),
+        Op::RemoveMembers { values, .. } => {
+            format!("{} members not in the cloud group: {}", values.len(), values.join("; "))
+        }
+        Op::Create { .. } => "no object: the group was deleted on-premises".into(),
+        Op::Delete { dn, .. } => format!("the group at {dn}"),
+    };
+    Cause::DriftRepair { found }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repairs_wait_longer_the_longer_an_edit_keeps_coming_back() {
+        assert_eq!(back_off(1), Duration::ZERO);
+        assert_eq!(back_off(2), Duration::ZERO);
+        assert_eq!(back_off(3), Duration::from_secs(5));
+        assert_eq!(back_off(4), Duration::from_secs(10));
+        assert_eq!(back_off(7), Duration::from_secs(80));
+        assert_eq!(back_off(40), LONGEST_WAIT);
+    }
+
+    #[test]
+    fn a_change_inside_the_window_of_an_own_write_is_the_agents() {
+        let own = OwnWrites::on();
+        own.record(["g"].into_iter(), 100, 110);
+        assert!(own.is_own("g", 105));
+        assert!(own.is_own("g", 110));
+        assert!(!own.is_own("g", 100), "before the write");
+        assert!(!own.is_own("g", 111), "an edit after the write");
+        assert!(!own.is_own("h", 105), "another group");
+        own.forget_up_to(110);
+        assert!(!own.is_own("g", 105));
+        let off = OwnWrites::default();
+        off.record(["g"].into_iter(), 100, 110);
+        assert!(!off.is_own("g", 105));
+    }
+}

@@ -1,0 +1,233 @@
+//! Phase 7: live enforcement, in a world of its own (an OU, a simulator and one daemon with the defaults:
+//! `interval = "30s"`, `drift_watch = "5s"`, `[tenant.pim] enabled = true` with `sweep = "1h"`). Measured:
+//! a. the PIM polling cost: schedule requests per cycle once the daemon has settled, for the tenant's groups,
+//!    some of which have time-bound members, and what that makes per hour;
+//! b. drift repair latency: an on-premises edit (a description, or a member added) → the DC shows the cloud's
+//!    value again, polled every 20 ms over one LDAP connection;
+//! c. PIM expiry lateness: activations with ends spread over a minute; the moment the DC no longer lists the
+//!    member, minus the instance's `endDateTime`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use ldap3::{Ldap, Mod, Scope, SearchEntry};
+use writeback_tests::e2e::{Env, enabled_group};
+use writeback_tests::graphsim::MemberRef;
+
+use crate::measure::{human, percentile};
+
+/// The daemon's settings in this phase: the defaults.
+pub const INTERVAL: &str = "30s";
+pub const DRIFT_WATCH: &str = "5s";
+pub const SWEEP: &str = "1h";
+/// Synced users.
+const USERS: usize = 50;
+/// Groups with a long activation each, read every cycle.
+const TIME_BOUND: usize = 10;
+/// Cycles the polling cost is counted over.
+const COST_CYCLES: usize = 4;
+/// How often the DC is polled while a time runs.
+const POLL: Duration = Duration::from_millis(20);
+/// How long one wait may take before the phase fails.
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The path of the schedule instances, as the simulator logs it.
+const SCHEDULES: &str = "/v1.0/identityGovernance/privilegedAccess/group/assignmentScheduleInstances";
+
+/// How big the phase is.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub groups: usize,
+    pub drift_edits: usize,
+    pub expiries: usize,
+}
+
+/// Everything phase 7 measured.
+#[derive(Debug, Clone, Default)]
+pub struct Enforcement {
+    pub groups: usize,
+    pub time_bound: usize,
+    /// Schedule requests in each settled cycle.
+    pub requests_per_cycle: Vec<usize>,
+    pub drift: Vec<Duration>,
+    pub lateness: Vec<Duration>,
+}
+
+impl Enforcement {
+    /// Schedule requests per hour at the measured rate per cycle.
+    pub fn requests_per_hour(&self) -> f64 {
+        let cycles = self.requests_per_cycle.len().max(1) as f64;
+        let per_cycle = self.requests_per_cycle.iter().sum::<usize>() as f64 / cycles;
+        per_cycle * 3600.0 / 30.0
+    }
+
+    /// `p50 x, p99 y` of some times.
+    pub fn spread(samples: &[Duration]) -> String {
+        format!("p50 {}, p99 {}", human(percentile(samples, 50.0)), human(percentile(samples, 99.0)))
+    }
+}
+
+/// Builds the phase's world, measures, and deletes its OU again, also when a measurement failed.
+pub async fn run(size: Size) -> Result<Enforcement> {
+    let mut env = Env::new("bench-enforce").await.context("setting up the enforcement OU and Graph simulator")?;
+    env.append_config("[tenant.pim]\nenabled = true")?;
+    env.edit_config(|t| t.replace("interval = \"1s\"", &format!("interval = \"{INTERVAL}\"")))?;
+    let measured = measure(&env, size).await;
+    let cleaned = crate::failover::delete_ou(&env).await;
+    let figures = measured?;
+    cleaned?;
+    Ok(figures)
+}
+
+async fn measure(env: &Env, size: Size) -> Result<Enforcement> {
+    let started = Instant::now();
+    let mut users = Vec::with_capacity(USERS);
+    for i in 0..USERS {
+        users.push(env.synced_user(&format!("benf-u{i:02}")).await.context("creating the users")?);
+    }
+    let mut groups = Vec::with_capacity(size.groups);
+    for g in 0..size.groups {
+        let members: Vec<&str> = (0..3).map(|k| users[(g * 7 + k * 11) % USERS].0.as_str()).collect();
+        let id = writeback_tests::e2e::new_id();
+        env.sim.add_group(enabled_group(&id, &format!("Enforced {g:04}"), &members)).expect("a new group");
+        groups.push(id);
+    }
+    // Long activations by users that are not members yet: these groups are read every cycle.
+    for (g, id) in groups.iter().enumerate().take(TIME_BOUND) {
+        let user = &users[(g * 7 + 40) % USERS].0;
+        env.sim.activate_membership(id, &MemberRef::user(user), Duration::from_secs(3600));
+    }
+    let mut daemon = env.start_daemon()?;
+    let mut ldap = env.dc.admin().await?;
+    wait_for(TIMEOUT * 5, || async { Ok(env.groups().await?.len() == size.groups) }).await.context("initial sync")?;
+    println!(
+        "  ({} groups written, {} with a time-bound member; set up and initial sync: {})",
+        size.groups,
+        TIME_BOUND,
+        human(started.elapsed())
+    );
+
+    // a. The polling cost, once the first cycles (which read every new group) are over.
+    let finished = |log: &str| log.matches("cycle finished").count();
+    let settled = finished(&env.daemon_log()) + 2;
+    wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= settled) }).await.context("settling")?;
+    let mut requests_per_cycle = Vec::with_capacity(COST_CYCLES);
+    for _ in 0..COST_CYCLES {
+        env.sim.clear_requests();
+        let next = finished(&env.daemon_log()) + 1;
+        wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
+        requests_per_cycle.push(env.sim.requests().iter().filter(|r| r.path == SCHEDULES).count());
+    }
+    println!("  a. schedule requests in {COST_CYCLES} settled cycles: {requests_per_cycle:?}");
+
+    // b. Drift repairs: the description, or a member added, on groups without time-bound members.
+    let dns = group_dns(env).await?;
+    let mut drift = Vec::with_capacity(size.drift_edits);
+    for i in 0..size.drift_edits {
+        let id = &groups[TIME_BOUND + (i * 13) % (size.groups - TIME_BOUND)];
+        let dn = dns.iter().find(|(g, _)| g == id).map(|(_, dn)| dn.clone()).context("a written group")?;
+        let members = read_members(&mut ldap, &dn).await?;
+        let intruder = users.iter().map(|(_, ad)| ad.dn.clone()).find(|u| !members.contains(&u.to_lowercase()));
+        // Every other edit adds a member; the rest edit the description.
+        let intruder = intruder.filter(|_| i % 2 == 0).map(|u| u.to_lowercase());
+        let edit: Vec<Mod<String>> = match &intruder {
+            Some(user) => vec![Mod::Add("member".into(), HashSet::from([user.clone()]))],
+            None => vec![Mod::Replace("description".into(), HashSet::from(["edited on-prem".to_string()]))],
+        };
+        ldap.modify(&dn, edit).await?.success()?;
+        let edited = Instant::now();
+        loop {
+            let entry = read(&mut ldap, &dn).await?;
+            let repaired = match &intruder {
+                Some(user) => !values(&entry, "member").contains(user),
+                None => values(&entry, "description").is_empty(),
+            };
+            if repaired {
+                break;
+            }
+            if edited.elapsed() > TIMEOUT {
+                bail!("the edit of {dn} was not repaired within {}", human(TIMEOUT));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        drift.push(edited.elapsed());
+    }
+    println!("  b. drift repair, {} edits: {}", drift.len(), Enforcement::spread(&drift));
+
+    // c. Expiries, spread over a minute, each written by the next cycle first.
+    let mut pending = Vec::with_capacity(size.expiries);
+    for k in 0..size.expiries {
+        let id = &groups[size.groups - 1 - k];
+        let dn = dns.iter().find(|(g, _)| g == id).map(|(_, dn)| dn.clone()).context("a written group")?;
+        let members = read_members(&mut ldap, &dn).await?;
+        let (user, ad) =
+            users.iter().find(|(_, ad)| !members.contains(&ad.dn.to_lowercase())).context("a non-member")?;
+        let lasts = Duration::from_secs(45) + Duration::from_millis(60_000 * k as u64 / size.expiries as u64);
+        let end = env.sim.activate_membership(id, &MemberRef::user(user), lasts);
+        pending.push((dn, ad.dn.to_lowercase(), end, false));
+    }
+    let mut lateness = Vec::with_capacity(size.expiries);
+    let deadline = Instant::now() + Duration::from_secs(45 + 60) + TIMEOUT;
+    while !pending.is_empty() {
+        if Instant::now() > deadline {
+            bail!("{} time-bound members were not removed in time", pending.len());
+        }
+        let mut left = Vec::with_capacity(pending.len());
+        for (dn, member, end, seen) in pending {
+            let present = read_members(&mut ldap, &dn).await?.contains(&member);
+            let now = SystemTime::now();
+            match (present, seen) {
+                (true, _) => left.push((dn, member, end, true)),
+                (false, true) => lateness.push(now.duration_since(end).unwrap_or(Duration::ZERO)),
+                (false, false) if now > end => bail!("{member} was never written to {dn} before its end"),
+                (false, false) => left.push((dn, member, end, false)),
+            }
+        }
+        pending = left;
+        tokio::time::sleep(POLL).await;
+    }
+    println!("  c. PIM expiry lateness, {} ends: {}", lateness.len(), Enforcement::spread(&lateness));
+    daemon.signal(rustix::process::Signal::TERM)?;
+    daemon.wait(Duration::from_secs(30)).await?;
+    ldap.unbind().await.ok();
+    Ok(Enforcement { groups: size.groups, time_bound: TIME_BOUND, requests_per_cycle, drift, lateness })
+}
+
+async fn wait_for<F, Fut>(timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await? {
+        if Instant::now() > deadline {
+            bail!("not reached within {}", human(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Each written group's cloud id and DN.
+async fn group_dns(env: &Env) -> Result<Vec<(String, String)>> {
+    Ok(env
+        .groups()
+        .await?
+        .into_iter()
+        .filter_map(|g| Some((g.admin_description?.strip_prefix("Group_")?.to_owned(), g.dn)))
+        .collect())
+}
+
+async fn read(ldap: &mut Ldap, dn: &str) -> Result<SearchEntry> {
+    let (entries, _) =
+        ldap.search(dn, Scope::Base, "(objectClass=*)", vec!["member", "description"]).await?.success()?;
+    entries.into_iter().next().map(SearchEntry::construct).context("the group is gone")
+}
+
+async fn read_members(ldap: &mut Ldap, dn: &str) -> Result<Vec<String>> {
+    Ok(values(&read(ldap, dn).await?, "member"))
+}
+
+fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
+    entry.attrs.get(name).map(|v| v.iter().map(|s| s.to_lowercase()).collect()).unwrap_or_default()
+}
