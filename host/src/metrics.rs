@@ -129,6 +129,8 @@ pub struct Metrics {
     pub drift_fights: Family<TenantLabel, Gauge>,
     pub pim_expiries: Family<TenantLabel, Counter>,
     pub pim_expiry_lateness: Family<TenantLabel, Histogram, LatenessBuckets>,
+    /// Seconds since the oldest end of a time-bound member whose removal has not been applied yet.
+    pub pim_overdue: Family<TenantLabel, Gauge>,
     /// Tenants whose last cycle failed, with the cause.
     failing: Mutex<BTreeMap<String, String>>,
     /// Tenants whose writer lease this agent lost without giving it up, until it holds one again.
@@ -156,6 +158,7 @@ impl Metrics {
             drift_fights: Family::default(),
             pim_expiries: Family::default(),
             pim_expiry_lateness: Family::new_with_constructor(LatenessBuckets),
+            pim_overdue: Family::default(),
             failing: Mutex::new(BTreeMap::new()),
             lost_leases: Mutex::new(BTreeMap::new()),
             duplicates: Mutex::new(BTreeSet::new()),
@@ -220,6 +223,11 @@ impl Metrics {
             "How long after its end a time-bound membership left the AD group",
             metrics.pim_expiry_lateness.clone(),
         );
+        registry.register(
+            "pim_overdue_seconds",
+            "How long ago the oldest end of a time-bound member passed whose removal is not applied yet (0: none)",
+            metrics.pim_overdue.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 
@@ -239,6 +247,7 @@ impl Metrics {
         let _ = self.drift_fights.get_or_create(&label);
         let _ = self.pim_expiries.get_or_create(&label);
         let _ = self.pim_expiry_lateness.get_or_create(&label);
+        let _ = self.pim_overdue.get_or_create(&label);
     }
 
     /// Records a finished cycle of `tenant`: its outcome, duration and the group and member counts.

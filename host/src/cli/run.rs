@@ -46,6 +46,14 @@ pub async fn run(config: &Config) -> Result<()> {
         }
     }
     let mut watches: Vec<DriftWatch> = syncs.iter().map(|_| DriftWatch::default()).collect();
+    // The DC's change notifications wake the drift watch as an edit commits; the looks every drift_watch
+    // catch what they do not tell (a group moved out of its OU, a DC that offers none).
+    let edited = std::sync::Arc::new(tokio::sync::Notify::new());
+    if !watch_every.is_zero() {
+        for (sync, watch) in syncs.iter().zip(&mut watches) {
+            watch.listen(sync, std::sync::Arc::clone(&edited), watch_every);
+        }
+    }
     // Per tenant, how many times this agent had taken its lease at its last cycle as the writer.
     let mut takes_seen: Vec<u64> = vec![0; syncs.len()];
     let mut watched: Vec<reload::Fingerprint> = syncs.iter().map(reload::Fingerprint::loaded).collect();
@@ -104,6 +112,7 @@ pub async fn run(config: &Config) -> Result<()> {
         tokio::select! {
             _ = wait_until(wake, &stop) => {}
             _ = leases.changed() => next_cycle = Instant::now(),
+            _ = edited.notified(), if !watch_every.is_zero() => next_watch = Instant::now(),
         }
     }
     leases.shutdown().await;

@@ -7,6 +7,7 @@
 mod lease;
 mod read;
 pub mod sid;
+mod watch;
 mod write;
 
 use std::collections::HashMap;

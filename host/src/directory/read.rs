@@ -230,7 +230,10 @@ impl Directory {
     /// wherever the group now is, so that a group moved out of its OU is found too.
     pub async fn groups_changed_since(&mut self, usn: u64) -> Result<Vec<ChangedGroup>, DirectoryError> {
         let filter = format!("(&(objectClass=group)(uSNChanged>={}))", usn.saturating_add(1));
-        let entries = self.paged_search(&filter, &["uSNChanged", "adminDescription"]).await?;
+        // Deleted groups too: their tombstones keep the objectGUID, so a group deleted on-premises is found.
+        let show_deleted = RawControl { ctype: "1.2.840.113556.1.4.417".into(), crit: false, val: None };
+        let attrs = ["uSNChanged", "adminDescription"];
+        let entries = self.paged_search_with(&filter, &attrs, vec![extended_dn_control(), show_deleted]).await?;
         Ok(entries
             .into_iter()
             .filter_map(|entry| {
@@ -251,13 +254,22 @@ impl Directory {
     }
 
     async fn paged_search(&mut self, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>, DirectoryError> {
+        self.paged_search_with(filter, attrs, vec![extended_dn_control()]).await
+    }
+
+    async fn paged_search_with(
+        &mut self,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
         let err = |e| DirectoryError::from_ldap("search", e);
         let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> =
             vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(500))];
         let base = self.base_dn.clone();
         let mut stream = self
             .ldap
-            .with_controls(extended_dn_control())
+            .with_controls(controls)
             .with_timeout(self.timeout)
             .streaming_search_with(adapters, &base, Scope::Subtree, filter, attrs.to_vec())
             .await

@@ -67,9 +67,13 @@ pub(crate) fn parse_instances(body: &[u8]) -> Result<(Vec<Instance>, Option<Stri
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 time in UTC, as Graph writes them (`2026-12-07T21:00:00.653Z`).
+/// A time with another offset is refused rather than read as UTC: an end read hours off keeps a privilege.
 fn seconds(text: &str) -> Result<f64, String> {
-    let at = humantime::parse_rfc3339_weak(text.trim_end_matches(['Z', 'z']))
-        .map_err(|e| format!("endDateTime {text:?} is not a UTC time ({e})"))?;
+    let utc = text.strip_suffix(['Z', 'z']).or_else(|| text.strip_suffix("+00:00"));
+    let local = utc.filter(|t| !t.contains('+') && t.matches('-').count() == 2);
+    let local = local.ok_or_else(|| format!("endDateTime {text:?} is not a UTC time"))?;
+    let at =
+        humantime::parse_rfc3339_weak(local).map_err(|e| format!("endDateTime {text:?} is not a UTC time ({e})"))?;
     Ok(at
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("endDateTime {text:?} is before 1970"))?
@@ -95,5 +99,12 @@ mod tests {
         let err = parse_instances(bad).unwrap_err();
         assert!(err.contains("endDateTime \"tomorrow\""), "{err}");
         assert!(parse_instances(br#"{"value":[{"accessId":"member"}]}"#).is_err(), "no principal");
+        let seven =
+            br#"{"value":[{"principalId":"a","accessId":"member","endDateTime":"2026-12-07T21:00:00.1234567Z"}]}"#;
+        assert_eq!(parse_instances(seven).unwrap().0[0].end, Some(1_796_677_200.1234567));
+        for offset in ["2026-12-07T21:00:00+02:00", "2026-12-07T21:00:00-05:00", "2026-12-07T21:00:00"] {
+            let body = format!(r#"{{"value":[{{"principalId":"a","accessId":"member","endDateTime":"{offset}"}}]}}"#);
+            assert!(parse_instances(body.as_bytes()).is_err(), "{offset} is not read as UTC");
+        }
     }
 }

@@ -32,7 +32,8 @@ impl TenantState {
     pub fn managed_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StateError> {
         let start = after.map_or_else(|| b"a\0".to_vec(), |id| key("a", &[id]));
         let mut ids = Vec::new();
-        let later = self.tree.range(start..).keys().filter(|k| k.as_ref().map_or(true, |k| k.starts_with(b"a\0")));
+        // Keys are ordered, so the managed groups end where the first key of another kind begins.
+        let later = self.tree.range(start..).keys().take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(b"a\0")));
         for k in later.chain(self.tree.scan_prefix(b"a\0").keys()) {
             let id = key_tail(&k?, 2);
             if ids.len() >= limit || ids.first() == Some(&id) {

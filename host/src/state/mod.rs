@@ -10,8 +10,8 @@
 //! One file per concern, each an `impl TenantState` with its own small API: [`cursors`] (delta rounds and
 //! what the tenant's cycles recorded about Graph), [`cloud_store`] (the merged cloud state), [`anchors`] (where
 //! managed groups live in AD, and which were taken over), [`pending`] (groups awaiting an apply, their
-//! problems, the thresholds' window), [`schedules`] (time-bound members from PIM for Groups, under `e`; `p` held
-//! problems once and is dropped on open) and [`journal`] (the audit log and the write journal). This file holds the
+//! problems, the thresholds' window), [`schedules`] (time-bound members from PIM for Groups under `e`, groups whose
+//! schedule is still to be read under `f`; `p` held problems once and is dropped on open) and [`journal`] (the audit log and the write journal). This file holds the
 //! store, the tenant's tree and the key and record encoding they share.
 
 mod anchors;

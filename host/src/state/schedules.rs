@@ -38,6 +38,27 @@ impl TenantState {
         Ok(out)
     }
 
+    /// Groups whose schedule is still to be read because it may have changed (cloud changes a cycle had no
+    /// room to read), in id order.
+    pub fn schedules_unread(&self) -> Result<Vec<String>, StateError> {
+        let mut ids = Vec::new();
+        for item in self.tree.scan_prefix(b"f\0") {
+            ids.push(key_tail(&item?.0, 2));
+        }
+        Ok(ids)
+    }
+
+    /// Marks groups whose schedule is still to be read.
+    pub fn mark_schedules_unread(&self, ids: &[String]) -> Result<(), StateError> {
+        self.apply_in_batches(ids.iter().map(|id| Ok((key("f", &[id]), Some(Vec::new())))))
+    }
+
+    /// Records that a group's schedule was read.
+    pub fn mark_schedule_read(&self, id: &str) -> Result<(), StateError> {
+        self.tree.remove(key("f", &[id]))?;
+        Ok(())
+    }
+
     /// Where the sweep stands.
     pub fn sweep_mark(&self) -> Result<SweepMark, StateError> {
         Ok(self.get(b"c\0pim-sweep")?.unwrap_or_default())

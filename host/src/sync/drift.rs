@@ -1,7 +1,7 @@
 //! Live drift enforcement: between reconciles, the daemon looks for on-premises edits of the groups it manages
-//! (one search on the indexed `uSNChanged` every `drift_watch`) and plans those groups again at once. The
-//! agent's own writes are told apart by the USNs they took; an edit that keeps coming back is repaired with
-//! back-off and shown in `status`.
+//! (one search on the indexed `uSNChanged`, when the DC's change notification tells of a change and every
+//! `drift_watch` besides) and plans those groups again at once. The agent's own writes are told apart by the
+//! USNs they took; an edit that keeps coming back is repaired with back-off and shown in `status`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -102,15 +102,66 @@ pub struct DriftWatch {
     directory: Option<Directory>,
     /// The DC and the USN up to which its changes were looked at.
     mark: Option<(String, u64)>,
-    /// Recorded objectGUID to cloud id, built when a changed group carries no anchor of ours; dropped after
-    /// each cycle, which may have created groups.
+    /// Recorded objectGUID to cloud id, built when a changed group's anchor does not name the group whose
+    /// objectGUID it has; dropped after each cycle, which may have created groups.
     guids: Option<HashMap<String, String>>,
     fights: HashMap<String, Fight>,
     /// Edited groups whose repair waits for its back-off.
     waiting: BTreeSet<String>,
+    /// The tasks listening for the DC's change notifications.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DriftWatch {
+    fn drop(&mut self) {
+        for listener in self.listeners.drain(..) {
+            listener.abort();
+        }
+    }
+}
+
+/// Notification searches one connection carries: Windows AD allows five.
+const NOTIFICATIONS_PER_CONNECTION: usize = 5;
+
+/// Listens for the DC's change notifications under `bases` on a connection of its own, waking `wake` at each,
+/// and listens again after `retry` when the connection ends; stops when the DC offers none.
+async fn listen(
+    directory: crate::config::DirectoryConfig,
+    tenant: String,
+    bases: Vec<String>,
+    wake: Arc<tokio::sync::Notify>,
+    retry: Duration,
+) {
+    loop {
+        let listened = async {
+            let password = directory.password(&tenant)?;
+            let mut connection = Directory::connect(&directory, &password).await?;
+            Ok::<bool, SyncError>(connection.notify_changes(&bases, Arc::clone(&wake)).await?)
+        };
+        match listened.await {
+            Ok(false) => {
+                tracing::info!(%tenant, "the DC offers no change notification; the drift watch looks every drift_watch");
+                return;
+            }
+            Ok(true) => tracing::debug!(%tenant, "the change notification connection ended; listening again"),
+            Err(e) => tracing::debug!(%tenant, "change notification failed: {e}; listening again"),
+        }
+        tokio::time::sleep(retry).await;
+    }
 }
 
 impl DriftWatch {
+    /// Listens for the DC's change notifications on the tenant's OUs, each of which wakes `wake`, so that an
+    /// edit there is looked at as it commits rather than at the next look. A DC that offers none leaves the
+    /// looks every `drift_watch`; a connection that ends is opened again after `retry`.
+    pub fn listen(&mut self, sync: &TenantSync<'_>, wake: Arc<tokio::sync::Notify>, retry: Duration) {
+        let ous: Vec<String> = sync.config.ous().cloned().collect();
+        for bases in ous.chunks(NOTIFICATIONS_PER_CONNECTION).map(<[String]>::to_vec) {
+            let (directory, tenant) = (sync.config.directory.clone(), sync.config.name.clone());
+            self.listeners.push(tokio::spawn(listen(directory, tenant, bases, Arc::clone(&wake), retry)));
+        }
+    }
+
     /// Drops what a cycle may have changed: the map of recorded GUIDs.
     pub fn cycle_done(&mut self) {
         self.guids = None;
@@ -131,7 +182,7 @@ impl DriftWatch {
     async fn look(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<DriftPoll, SyncError> {
         let mut directory = match self.directory.take() {
             Some(directory) => directory,
-            None => sync.watch_connection().await?,
+            None => sync.open_directory().await?,
         };
         let result = self.look_with(&mut directory, sync, standby).await;
         self.directory = Some(directory);
@@ -163,7 +214,7 @@ impl DriftWatch {
         // Every USN up to `highest` was committed before the search; a later one may yet have a lower one
         // beside it, so changes above it are looked at again next time.
         let up_to = highest.max(since);
-        let edited = self.edited_groups(sync, &changed)?;
+        let (edited, own) = self.changed_groups(sync, &changed)?;
         let mut poll = DriftPoll::default();
         if standby {
             for id in &edited {
@@ -177,6 +228,13 @@ impl DriftWatch {
                 tracing::info!(tenant = %sync.config.name, group = %id, "group changed on-premises; planning it again");
                 self.waiting.insert(id);
             }
+            // An edit made between a cycle's read of a group and its write to it carries no USN of its own
+            // any more: the agent's write took a later one. So the groups the agent wrote are planned again
+            // too, quietly; what differs is drift like any other.
+            for id in own.into_iter().filter(|id| !pending.contains(id)) {
+                tracing::debug!(tenant = %sync.config.name, group = %id, "checking a group this agent wrote");
+                self.waiting.insert(id);
+            }
             poll.repaired = self.repair_due(directory, sync).await?;
         }
         // The repairs' own writes lie in their windows; changes up to the mark are looked at.
@@ -186,25 +244,45 @@ impl DriftWatch {
         Ok(poll)
     }
 
-    /// The managed groups among `changed` whose change is not the agent's own write.
-    fn edited_groups(
+    /// The managed groups among `changed`: those edited by others, and those whose last change lies in the
+    /// window of the agent's own write to them.
+    fn changed_groups(
         &mut self,
         sync: &TenantSync<'_>,
         changed: &[ChangedGroup],
-    ) -> Result<BTreeSet<String>, SyncError> {
-        let mut edited = BTreeSet::new();
+    ) -> Result<(BTreeSet<String>, BTreeSet<String>), SyncError> {
+        let (mut edited, mut own) = (BTreeSet::new(), BTreeSet::new());
         for change in changed {
-            let id = match &change.anchor_id {
-                Some(id) if sync.state.group(id)?.is_some() => Some(id.clone()),
-                // An anchor taken off, or another's: the recorded GUID tells whether it is ours.
-                _ => self.guid_map(sync)?.get(&change.guid).cloned(),
-            };
-            let Some(id) = id else { continue };
-            if !sync.own_writes.is_own(&id, change.usn) {
-                edited.insert(id);
+            for id in self.groups_of(sync, change)? {
+                if sync.own_writes.is_own(&id, change.usn) {
+                    own.insert(id);
+                } else {
+                    edited.insert(id);
+                }
             }
         }
-        Ok(edited)
+        own.retain(|id| !edited.contains(id));
+        Ok((edited, own))
+    }
+
+    /// The tenant's groups a changed object may be: the one whose objectGUID the state recorded, and the one
+    /// its anchor names. An anchor copied onto another group, or changed, must not hide the group's own edit.
+    fn groups_of(&mut self, sync: &TenantSync<'_>, change: &ChangedGroup) -> Result<Vec<String>, SyncError> {
+        let mut ids = Vec::new();
+        if let Some(id) = &change.anchor_id
+            && sync.state.group(id)?.is_some()
+        {
+            ids.push(id.clone());
+            if sync.state.anchor(id)?.is_some_and(|a| a.guid == change.guid) {
+                return Ok(ids);
+            }
+        }
+        if let Some(id) = self.guid_map(sync)?.get(&change.guid)
+            && !ids.contains(id)
+        {
+            ids.push(id.clone());
+        }
+        Ok(ids)
     }
 
     fn guid_map(&mut self, sync: &TenantSync<'_>) -> Result<&HashMap<String, String>, SyncError> {
@@ -219,21 +297,27 @@ impl DriftWatch {
     async fn repair_due(&mut self, directory: &mut Directory, sync: &TenantSync<'_>) -> Result<Vec<String>, SyncError> {
         let now = Instant::now();
         self.fights.retain(|_, f| now.duration_since(f.last) < FIGHT_WINDOW);
-        let due: Vec<String> = self
-            .waiting
-            .iter()
-            .filter(|id| self.fights.get(*id).is_none_or(|f| f.next_allowed() <= now))
-            .cloned()
-            .collect();
-        if due.is_empty() {
+        let (due, restrained): (Vec<String>, Vec<String>) =
+            self.waiting.iter().cloned().partition(|id| self.fights.get(id).is_none_or(|f| f.next_allowed() <= now));
+        if due.is_empty() && restrained.is_empty() {
             return Ok(Vec::new());
         }
-        let report = sync.repair_drift(directory, &due).await?;
-        let mut repaired: Vec<String> = report.plan.iter().map(|op| op.group_id().to_string()).collect();
-        repaired.dedup();
-        for id in &due {
-            self.waiting.remove(id);
+        let mut repaired: Vec<String> = Vec::new();
+        if !due.is_empty() {
+            let report = sync.repair_drift(directory, &due, false).await?;
+            repaired.extend(report.plan.iter().map(|op| op.group_id().to_string()));
+            for id in &due {
+                self.waiting.remove(id);
+            }
         }
+        // A back-off never leaves a member added on-premises in the group: a moment of membership is enough
+        // for a Kerberos ticket. Only the rest of the repair waits.
+        if !restrained.is_empty() {
+            let report = sync.repair_drift(directory, &restrained, true).await?;
+            repaired.extend(report.plan.iter().map(|op| op.group_id().to_string()));
+        }
+        repaired.sort_unstable();
+        repaired.dedup();
         for id in &repaired {
             let fight = self.fights.entry(id.clone()).or_insert(Fight { repairs: 0, last: now, last_time: 0 });
             fight.repairs += 1;
@@ -271,27 +355,24 @@ impl DriftWatch {
 }
 
 impl TenantSync<'_> {
-    /// Opens the drift watch's own connection, fenced like the cycle's.
-    async fn watch_connection(&self) -> Result<Directory, SyncError> {
-        let password = self.config.directory.password(&self.config.name)?;
-        let mut directory = Directory::connect(&self.config.directory, &password).await?;
-        directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
-        if let Some(fence) = &self.fence {
-            directory.set_gate(Arc::new(fence.clone()));
-        }
-        Ok(directory)
-    }
-
-    /// Plans `ids` again against the directory and applies what differs, each write audited as a drift
-    /// repair. Their cloud state is unchanged since their last apply, so whatever differs was edited
-    /// on-premises.
+    /// Plans `ids` again against the directory and applies what differs (with `removals_only`, only the
+    /// removal of members), each write audited as a drift repair. Their cloud state is unchanged since their
+    /// last apply, so whatever differs was edited on-premises. The thresholds do not hold repairs: they put
+    /// back what the agent wrote, and one would let whoever adds more members than it keep them.
     pub async fn repair_drift<D: GroupDirectory>(
         &self,
         directory: &mut D,
         ids: &[String],
+        removals_only: bool,
     ) -> Result<CycleReport, SyncError> {
         let mut report = CycleReport::default();
-        let options = CycleOptions { drift: true, ..CycleOptions::default() };
+        let options = CycleOptions {
+            drift: true,
+            drift_removals_only: removals_only,
+            allow_member_removals: true,
+            allow_renames: true,
+            ..CycleOptions::default()
+        };
         self.reconcile_ids(directory, ids.to_vec(), options, &mut report).await?;
         Ok(report)
     }

@@ -58,8 +58,10 @@ pub struct CycleOptions {
     /// write nothing. Pending groups stay pending for this agent's takeover reconcile.
     pub standby: bool,
     /// Repair on-premises edits of groups whose cloud state has not changed: every write is audited and
-    /// counted as a drift repair.
+    /// counted as a drift repair, and none counts against the thresholds' window.
     pub drift: bool,
+    /// Of a drift repair, write only the removal of members (a group whose repairs are backed off).
+    pub drift_removals_only: bool,
 }
 
 /// Set when the agent should stop after the current write.
@@ -99,8 +101,6 @@ pub struct CycleReport {
     /// Group and user entries read from Graph in this cycle.
     pub read_groups: usize,
     pub read_users: usize,
-    /// Groups whose PIM schedule instances were read.
-    pub pim_reads: usize,
 }
 
 impl CycleReport {
@@ -247,16 +247,7 @@ impl TenantSync<'_> {
         // A quiet daemon cycle has nothing to plan, so it does not even connect to the DC.
         let quiet = options.lazy_directory && !options.full && (options.standby || self.state.pending()?.is_empty());
         if !quiet {
-            let password = self.config.directory.password(&self.config.name)?;
-            let mut directory = Directory::connect(&self.config.directory, &password).await?;
-            directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
-            if let Some(fence) = &self.fence {
-                directory.set_gate(Arc::new(fence.clone()));
-            }
-            crate::metrics::global()
-                .directory_connections
-                .get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() })
-                .inc();
+            let mut directory = self.open_directory().await?;
             let result = self.reconcile(&mut directory, options, &mut report).await;
             directory.close().await;
             result?;
@@ -288,6 +279,22 @@ impl TenantSync<'_> {
             "cycle applied"
         );
         Ok(report)
+    }
+
+    /// Opens a connection to the tenant's directory that reads its transform attributes too, and whose every
+    /// write first checks the tenant's writer lease.
+    pub(super) async fn open_directory(&self) -> Result<Directory, SyncError> {
+        let password = self.config.directory.password(&self.config.name)?;
+        let mut directory = Directory::connect(&self.config.directory, &password).await?;
+        directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
+        if let Some(fence) = &self.fence {
+            directory.set_gate(Arc::new(fence.clone()));
+        }
+        crate::metrics::global()
+            .directory_connections
+            .get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() })
+            .inc();
+        Ok(directory)
     }
 
     /// Reads the tenant's `NewUnifiedGroupWritebackDefault` when the config leaves it to the tenant: on full

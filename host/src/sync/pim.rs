@@ -3,11 +3,10 @@
 //! members whose end has come, even while group delta still lists them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use super::apply::Cause;
 use super::{CycleOptions, CycleReport, SyncError, TenantSync};
-use crate::directory::{Directory, GroupDirectory};
+use crate::directory::GroupDirectory;
 use crate::model::{DesiredMember, Intent};
 use crate::pim::Schedule;
 use crate::plan::{MemberValue, Op, Plan, Snapshot};
@@ -49,12 +48,7 @@ impl TenantSync<'_> {
             return Ok(());
         }
         tracing::info!(tenant = %self.config.name, groups = due.len(), "time-bound memberships ended; removing them first");
-        let password = self.config.directory.password(&self.config.name)?;
-        let mut directory = Directory::connect(&self.config.directory, &password).await?;
-        directory.also_read(&crate::plugins::transform_attributes(&self.config.plugins));
-        if let Some(fence) = &self.fence {
-            directory.set_gate(Arc::new(fence.clone()));
-        }
+        let mut directory = self.open_directory().await?;
         let options = CycleOptions { full: false, drift: false, ..options };
         let result = self.reconcile_ids(&mut directory, due, options, report).await;
         directory.close().await;
@@ -81,25 +75,26 @@ impl TenantSync<'_> {
         Ok(due)
     }
 
-    /// Reads the schedule instances of the groups that need it this cycle. A failure stops the reads for
-    /// this cycle, is logged and shown in `status`; the ends already known still apply.
+    /// Reads the schedule instances of the groups that need it this cycle. A group whose read fails keeps what
+    /// was known of it (its ends still apply); the failures are logged once and shown in `status`.
     pub(super) async fn read_schedules(&self, report: &mut CycleReport) -> Result<(), SyncError> {
         if !self.pim_on() {
             return Ok(());
         }
         let now = wall_now();
         let ids = self.schedules_to_read(now)?;
+        let mut failed = 0;
         for id in &ids {
-            let Some(read) = self.unless_stopped(self.graph.schedule_instances(id)).await else { return Ok(()) };
+            let Some(read) = self.unless_stopped(self.graph.schedule_instances(id)).await else { break };
             let instances = match read {
                 Ok(instances) => instances,
                 Err(e) => {
-                    tracing::warn!(tenant = %self.config.name, group = %id, "cannot read PIM schedule instances: {e}; the time-bound members already known still leave at their ends");
-                    report.status.pim_error = Some(e.to_string());
-                    return Ok(());
+                    failed += 1;
+                    report.status.pim_error.get_or_insert_with(|| format!("group {id}: {e}"));
+                    continue;
                 }
             };
-            report.pim_reads += 1;
+            self.state.mark_schedule_read(id)?;
             let old = self.state.schedule(id)?;
             let mut new = old.merged(&instances, now);
             let members: BTreeSet<String> = self.state.members(id)?.into_iter().map(|(m, _)| m).collect();
@@ -111,21 +106,36 @@ impl TenantSync<'_> {
             }
             self.state.set_schedule(id, &new)?;
         }
+        if let Some(first) = &report.status.pim_error {
+            tracing::warn!(tenant = %self.config.name, failed, read = ids.len(), "cannot read PIM schedule instances; the time-bound members already known still leave at their ends; first: {first}");
+        }
         self.store.flush().await?;
         Ok(())
     }
 
     /// The groups to read this cycle: those with time-bound members, then those with cloud changes, then
     /// the sweep's share of the written groups (all of them once per `sweep`).
-    fn schedules_to_read(&self, now: f64) -> Result<Vec<String>, SyncError> {
+    pub(super) fn schedules_to_read(&self, now: f64) -> Result<Vec<String>, SyncError> {
         let mut ids: BTreeSet<String> = self.state.schedules()?.into_keys().collect();
+        let time_bound = ids.len();
         let budget = ids.len() + POLLS_PER_CYCLE;
+        // Groups with cloud changes (a new activation arrives as a member added), and those earlier cycles
+        // had no room for, stay marked until read: a first cycle's thousands are read over the next cycles.
+        let mut changed = Vec::new();
         for id in self.state.pending()? {
+            if self.state.group(&id)?.is_some() && !ids.contains(&id) {
+                changed.push(id);
+            }
+        }
+        self.state.mark_schedules_unread(&changed)?;
+        for id in self.state.schedules_unread()? {
             if ids.len() >= budget {
                 break;
             }
             if self.state.group(&id)?.is_some() {
                 ids.insert(id);
+            } else {
+                self.state.mark_schedule_read(&id)?;
             }
         }
         let mark = self.state.sweep_mark()?;
@@ -133,13 +143,20 @@ impl TenantSync<'_> {
         let elapsed = if mark.time > 0.0 { (now - mark.time).max(0.0) } else { f64::MAX };
         let share = (managed as f64 * elapsed / self.config.pim.sweep.as_secs_f64()).ceil();
         let share = if share.is_finite() { (share as usize).min(managed) } else { managed };
-        let share = share.min(budget.saturating_sub(ids.len()));
-        if share > 0 {
-            let swept = self.state.managed_ids_after(mark.after.as_deref(), share)?;
+        let allowed = share.min(budget.saturating_sub(ids.len()));
+        if allowed > 0 {
+            let swept = self.state.managed_ids_after(mark.after.as_deref(), allowed)?;
             let after = swept.last().cloned().or(mark.after);
             ids.extend(swept);
-            self.state.set_sweep_mark(&SweepMark { after, time: now })?;
+            // A share cut short by the budget moves the mark on by what was read, so the sweep catches up.
+            let time = if allowed < share && mark.time > 0.0 {
+                mark.time + self.config.pim.sweep.as_secs_f64() * allowed as f64 / managed as f64
+            } else {
+                now
+            };
+            self.state.set_sweep_mark(&SweepMark { after, time })?;
         }
+        tracing::info!(tenant = %self.config.name, time_bound, share, read = ids.len(), "reading PIM schedule instances");
         Ok(ids.into_iter().collect())
     }
 
@@ -236,11 +253,19 @@ impl TenantSync<'_> {
         Ok(())
     }
 
-    /// The time-bound members whose end is still to come, for `status`.
+    /// The time-bound members whose end is still to come, for `status`, and how long the oldest end whose
+    /// group still waits for its apply is overdue, for `writeback_pim_overdue_seconds`.
     pub(super) fn time_bound_members(&self) -> Result<Vec<TimeBoundMember>, SyncError> {
         let now = wall_now();
+        let pending: BTreeSet<String> = self.state.pending()?.into_iter().collect();
+        let mut overdue: f64 = 0.0;
         let mut out = Vec::new();
         for (group_id, schedule) in self.state.schedules()? {
+            if pending.contains(&group_id)
+                && let Some(first) = schedule.ended(now).values().copied().min_by(f64::total_cmp)
+            {
+                overdue = overdue.max(now - first);
+            }
             for (member_id, &end) in &schedule.ends {
                 if end > now {
                     out.push(TimeBoundMember {
@@ -251,6 +276,10 @@ impl TenantSync<'_> {
                 }
             }
         }
+        crate::metrics::global()
+            .pim_overdue
+            .get_or_create(&crate::metrics::TenantLabel { tenant: self.config.name.clone() })
+            .set(overdue as i64);
         Ok(out)
     }
 

@@ -117,10 +117,14 @@ impl TenantSync<'_> {
         self.withhold_protected_adds(directory, &mut plan, &snapshot, report).await?;
         self.check_scope_changes(directory, &mut plan, &snapshot, report).await?;
         let held_scopes = self.hold_scope_changes(&mut plan, options, report)?;
-        let (deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
+        let (mut deferred, now): (Vec<Op>, Vec<Op>) = std::mem::take(&mut plan.ops)
             .into_iter()
             .partition(|op| plan::is_rename(op) || matches!(op, Op::Delete { .. }));
         plan.ops = now;
+        if options.drift_removals_only {
+            deferred.clear();
+            plan.ops.retain(|op| matches!(op, Op::RemoveMembers { .. }));
+        }
         let held_removals = self.hold_member_removals(&mut plan, options, report)?;
         plan.ops.extend(expiries.iter().map(|(op, _)| op.clone()));
         report.status.skipped_members.extend(plan.skipped.iter().cloned());
@@ -140,12 +144,14 @@ impl TenantSync<'_> {
         let causes =
             |op: &Op| expiry_cause(op, &expiries).or_else(|| options.drift.then(|| drift_cause(op, &snapshot)));
         self.apply(directory, &plan, &causes, &mut carry.failed, report).await?;
-        let expired: usize = expiries
-            .iter()
-            .map(|(op, _)| plan::member_removals_in(&Plan { ops: vec![op.clone()], ..Plan::default() }))
-            .sum();
-        self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan) - expired)?;
-        self.record_applied(Threshold::Renames, scope_changes_in(&plan).len())?;
+        if !options.drift {
+            let expired: usize = expiries
+                .iter()
+                .map(|(op, _)| plan::member_removals_in(&Plan { ops: vec![op.clone()], ..Plan::default() }))
+                .sum();
+            self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan) - expired)?;
+            self.record_applied(Threshold::Renames, scope_changes_in(&plan).len())?;
+        }
         self.checkpoint(&ids, &plan, &carry.failed, &snapshot, &unsettled)?;
         // A waiting or deferred group's problems are recorded once, when it settles, or when it fails: a failed
         // group writes nothing more this cycle.
@@ -190,8 +196,11 @@ impl TenantSync<'_> {
         self.progress.planned(0, plan.ops.len());
         let causes = |op: &Op| options.drift.then(|| drift_cause(op, &Snapshot::default()));
         self.apply(directory, &plan, &causes, &mut carry.failed, report).await?;
-        self.record_applied(Threshold::Renames, plan.ops.iter().filter(|op| plan::is_rename(op)).count())?;
-        self.record_applied(Threshold::Deletes, plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count())?;
+        if !options.drift {
+            self.record_applied(Threshold::Renames, plan.ops.iter().filter(|op| plan::is_rename(op)).count())?;
+            let deletes = plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })).count();
+            self.record_applied(Threshold::Deletes, deletes)?;
+        }
         self.checkpoint(&ids, &plan, &carry.failed, &Snapshot::default(), &BTreeSet::new())?;
         self.record_problems(&unrecorded, &plan, &report.status)?;
         Ok(())

@@ -920,3 +920,91 @@ async fn an_ended_member_leaves_while_delta_lists_it_and_no_removal_threshold_ho
     let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
     assert_eq!(report.status.held_member_removals.len(), 1);
 }
+
+#[tokio::test]
+async fn a_drift_repair_passes_the_thresholds_uncounted_and_a_backed_off_one_only_removes_members() {
+    let config = tenant("member_removal_threshold = 0\nrename_threshold = 0");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1, 2]);
+    merge_groups(&sync.state, json!([group(1, "Guarded", &[1], &[])]));
+    let mut directory = users(&[1, 2]);
+    reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    let intruder = directory.users[&sid(2).to_uppercase()].clone();
+    let edit = |directory: &mut Memory| {
+        let object = directory.objects.iter_mut().find(|o| Memory::anchor_of(o) == Some(id(1))).unwrap();
+        object.members.push(intruder.clone());
+        object.attributes.insert("description".into(), vec!["edited on-prem".into()]);
+    };
+
+    // Backed off: the member added on-premises goes at once, the rest waits.
+    edit(&mut directory);
+    sync.repair_drift(&mut directory, &[id(1)], true).await.unwrap();
+    assert_eq!(directory.members_of(&id(1)).len(), 1);
+    let object = directory.by_id(&id(1)).unwrap();
+    assert_eq!(object.attributes.get("description").map(Vec::as_slice), Some(&["edited on-prem".to_string()][..]));
+
+    // A full repair puts everything back, though removals are over their threshold of 0.
+    edit(&mut directory);
+    let report = sync.repair_drift(&mut directory, &[id(1)], false).await.unwrap();
+    assert!(report.status.held_member_removals.is_empty());
+    assert_eq!(directory.members_of(&id(1)).len(), 1);
+    assert!(directory.by_id(&id(1)).unwrap().attributes.get("description").is_none_or(Vec::is_empty));
+    let since = 0;
+    assert_eq!(
+        sync.state.applied_since(crate::state::Threshold::MemberRemovals, since).unwrap(),
+        0,
+        "repairs use no budget"
+    );
+    let causes: Vec<_> = sync.state.audit_log().unwrap().into_iter().filter_map(|r| r.cause).collect();
+    assert_eq!(causes, ["drift-repair", "drift-repair", "drift-repair"]);
+}
+
+#[tokio::test]
+async fn the_pim_sweep_reads_every_written_group_once_per_sweep_besides_the_time_bound_ones() {
+    let config = tenant("[tenant.pim]\nenabled = true\nsweep = \"1h\"");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    for n in 0..1000 {
+        let anchor = crate::state::Anchor { guid: format!("guid-{n}"), sid: None, dn: format!("CN=g{n},{OU}") };
+        sync.state.set_anchor(&id(n), &anchor).unwrap();
+    }
+    // Other kinds of keys after the anchors' must not be read as groups.
+    merge_users(&sync.state, &[1, 2, 3]);
+    sync.state.set_schedule(&id(5000), &ends(&[(1, wall() + 600.0)])).unwrap();
+    let now = wall();
+    sync.state.set_sweep_mark(&crate::state::SweepMark { after: Some(id(10)), time: now - 30.0 }).unwrap();
+    let read = sync.schedules_to_read(now).unwrap();
+    // 1,000 groups an hour is 8.3 every 30 s: 9, after the mark, and the group with a time-bound member.
+    let expected: Vec<String> = (11..=19).map(id).chain([id(5000)]).collect();
+    assert_eq!(read, expected);
+    let mark = sync.state.sweep_mark().unwrap();
+    assert_eq!((mark.after, mark.time), (Some(id(19)), now));
+    // At the end of the groups it goes round to the first ones.
+    sync.state.set_sweep_mark(&crate::state::SweepMark { after: Some(id(995)), time: now - 30.0 }).unwrap();
+    let read = sync.schedules_to_read(now).unwrap();
+    assert_eq!(read.len(), 10, "{read:?}");
+    assert!(read.contains(&id(999)) && read.contains(&id(0)) && read.contains(&id(4)), "{read:?}");
+}
+
+#[tokio::test]
+async fn groups_with_cloud_changes_that_a_cycle_has_no_room_to_read_are_read_in_the_next_cycles() {
+    let config = tenant("[tenant.pim]\nenabled = true");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_groups(&sync.state, json!((0..250).map(|n| group(n, &format!("G{n}"), &[], &[])).collect::<Vec<_>>()));
+    let now = wall();
+    // No group is managed yet, so the sweep reads none: only the 250 changed ones are to read.
+    let first = sync.schedules_to_read(now).unwrap();
+    assert_eq!(first.len(), 200, "one cycle reads at most 200 beyond the time-bound ones");
+    for id in &first {
+        sync.state.mark_schedule_read(id).unwrap();
+        sync.state.clear_pending(id).unwrap();
+    }
+    for n in 0..250 {
+        sync.state.clear_pending(&id(n)).unwrap();
+    }
+    let second = sync.schedules_to_read(now).unwrap();
+    assert_eq!(second.len(), 50, "the rest come next, though their group is no longer pending");
+    assert!(second.iter().all(|id| !first.contains(id)));
+}

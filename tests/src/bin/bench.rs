@@ -123,7 +123,7 @@ impl Sizes {
         scale_memberships: 1_000_000,
         scale_users: 100_000,
         failover_rounds: 5,
-        enforcement: enforcement::Size { groups: 1_000, drift_edits: 30, expiries: 20 },
+        enforcement: enforcement::Size { groups: 1_000, drift_edits: 45, expiries: 20 },
     };
 
     /// A tenth of it, for a run of a few minutes.
@@ -141,7 +141,7 @@ impl Sizes {
         scale_memberships: 100_000,
         scale_users: 10_000,
         failover_rounds: 2,
-        enforcement: enforcement::Size { groups: 100, drift_edits: 10, expiries: 6 },
+        enforcement: enforcement::Size { groups: 100, drift_edits: 12, expiries: 6 },
     };
 
     fn new(quick: bool) -> Sizes {
@@ -204,7 +204,7 @@ async fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     if args.enforcement_only {
-        let enforcement = enforcement_phase(&sizes).await?;
+        let enforcement = enforcement_phase(&sizes, args.seed).await?;
         report::enforcement_summary(&enforcement, args.quick);
         return Ok(());
     }
@@ -230,7 +230,7 @@ async fn run(args: &Args) -> Result<()> {
     let scale = scale::in_child(args.quick, args.seed).await?;
     report::scale(&scale);
     let failover = failover_phase(&sizes).await?;
-    let enforcement = enforcement_phase(&sizes).await?;
+    let enforcement = enforcement_phase(&sizes, args.seed).await?;
     report::summary(
         &Figures { scale: Some(scale), failover: Some(failover), enforcement: Some(enforcement), ..figures },
         args.quick,
@@ -252,7 +252,7 @@ async fn failover_phase(sizes: &Sizes) -> Result<failover::Failover> {
 }
 
 /// Phase 7, which makes and deletes its own OU.
-async fn enforcement_phase(sizes: &Sizes) -> Result<enforcement::Enforcement> {
+async fn enforcement_phase(sizes: &Sizes, seed: u64) -> Result<enforcement::Enforcement> {
     let size = sizes.enforcement;
     report::section(&format!(
         "7. live enforcement: {} groups; PIM polling cost, {} on-premises edits, {} PIM ends (interval {}, drift_watch {}, pim sweep {})",
@@ -263,7 +263,7 @@ async fn enforcement_phase(sizes: &Sizes) -> Result<enforcement::Enforcement> {
         enforcement::DRIFT_WATCH,
         enforcement::SWEEP
     ));
-    enforcement::run(size).await
+    enforcement::run(size, seed).await
 }
 
 /// Phases 1 to 4, which need the DC and share the world. The scale and failover figures are filled in later.

@@ -25,7 +25,7 @@ async fn scrape(port: u16) -> anyhow::Result<String> {
 }
 
 #[tokio::test]
-async fn the_daemon_repairs_member_attribute_rename_and_move_edits_within_drift_watch() -> anyhow::Result<()> {
+async fn the_daemon_repairs_member_attribute_rename_move_and_delete_edits_within_drift_watch() -> anyhow::Result<()> {
     let mut env = Env::new("drift-live").await?;
     let port = free_port()?;
     env.agent_settings(&format!(
@@ -71,8 +71,15 @@ async fn the_daemon_repairs_member_attribute_rename_and_move_edits_within_drift_
     })
     .await?;
 
+    // Deleted on-premises: its tombstone is seen, and it is written again with its members.
+    ldap.delete(&written.dn).await?.success()?;
+    env.eventually(REPAIRED_WITHIN, || async {
+        Ok(env.group(&id).await?.is_some_and(|g| g.guid != written.guid && g.members.len() == 1))
+    })
+    .await?;
+
     let metrics = scrape(port).await?;
-    for kind in ["member", "attribute", "rename", "move"] {
+    for kind in ["member", "attribute", "rename", "move", "recreate"] {
         let line = format!(r#"writeback_drift_repairs_total{{tenant="contoso",kind="{kind}"}}"#);
         assert_eq!(sample(&metrics, &line), Some(1.0), "{line} in\n{metrics}");
     }
@@ -97,7 +104,9 @@ async fn the_daemon_repairs_member_attribute_rename_and_move_edits_within_drift_
         renames[1].found.as_deref().is_some_and(|f| f.to_lowercase().contains(&elsewhere.to_lowercase())),
         "{shown:#?}"
     );
-    assert_eq!(repairs.len(), 4, "nothing else was taken for drift: {shown:#?}");
+    let recreated = find("create").unwrap_or_else(|| panic!("{shown:#?}"));
+    assert_eq!(recreated.found.as_deref(), Some("no object: the group was deleted on-premises"), "{shown:#?}");
+    assert_eq!(repairs.len(), 5, "nothing else was taken for drift: {shown:#?}");
     Ok(())
 }
 
@@ -218,5 +227,23 @@ async fn a_standby_sees_on_prem_edits_but_only_the_lease_holder_repairs_them() -
     };
     assert_eq!(drift(&a)?, 1, "the holder repaired the edit");
     assert_eq!(drift(&b)?, 0, "the standby wrote nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edit_in_the_tenants_ou_is_repaired_as_the_dc_notifies_it_without_waiting_for_a_look() -> anyhow::Result<()>
+{
+    let mut env = Env::new("drift-notify").await?;
+    // Looks an hour apart: only the DC's change notification can bring the watch back in time.
+    env.agent_settings("reconcile_interval = \"1h\"\ndrift_watch = \"1h\"")?;
+    let (u1, _) = env.synced_user("drift-notify-u1").await?;
+    let id = new_id();
+    env.sim.add_group(enabled_group(&id, "Notified", &[&u1])).unwrap();
+    let _daemon = env.start_daemon()?;
+    env.eventually(REPAIRED_WITHIN, || async { Ok(env.group(&id).await?.is_some()) }).await?;
+    let dn = env.group(&id).await?.unwrap().dn;
+    env.dc.set_attribute(&dn, "description", "edited on-prem").await?;
+    env.eventually(REPAIRED_WITHIN, || async { Ok(env.group(&id).await?.unwrap().description.is_none()) }).await?;
+    assert!(env.daemon_log().contains("repaired an on-premises edit (attribute)"), "{}", env.daemon_log());
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! `interval = "30s"`, `drift_watch = "5s"`, `[tenant.pim] enabled = true` with `sweep = "1h"`). Measured:
 //! a. the PIM polling cost: schedule requests per cycle once the daemon has settled, for the tenant's groups,
 //!    some of which have time-bound members, and what that makes per hour;
-//! b. drift repair latency: an on-premises edit (a description, or a member added) → the DC shows the cloud's
-//!    value again, polled every 20 ms over one LDAP connection;
+//! b. drift repair latency: an on-premises edit (a member added, the description, a move out of the OU), made
+//!    at a random moment → the DC shows the cloud's value again, polled every 20 ms over one LDAP connection;
 //! c. PIM expiry lateness: activations with ends spread over a minute; the moment the DC no longer lists the
 //!    member, minus the instance's `endDateTime`.
 
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use ldap3::{Ldap, Mod, Scope, SearchEntry};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use writeback_tests::e2e::{Env, enabled_group};
 use writeback_tests::graphsim::MemberRef;
 
@@ -42,6 +44,15 @@ pub struct Size {
     pub expiries: usize,
 }
 
+/// One on-premises edit.
+enum Edit {
+    /// This member (a lower-case DN) added.
+    Member(String),
+    Description,
+    /// Moved into an OU outside the tenant's.
+    Move,
+}
+
 /// Everything phase 7 measured.
 #[derive(Debug, Clone, Default)]
 pub struct Enforcement {
@@ -49,7 +60,10 @@ pub struct Enforcement {
     pub time_bound: usize,
     /// Schedule requests in each settled cycle.
     pub requests_per_cycle: Vec<usize>,
+    /// Every repair; those of edits the DC's change notification told; those of moves out of the OU.
     pub drift: Vec<Duration>,
+    pub notified: Vec<Duration>,
+    pub moved: Vec<Duration>,
     pub lateness: Vec<Duration>,
 }
 
@@ -68,18 +82,18 @@ impl Enforcement {
 }
 
 /// Builds the phase's world, measures, and deletes its OU again, also when a measurement failed.
-pub async fn run(size: Size) -> Result<Enforcement> {
+pub async fn run(size: Size, seed: u64) -> Result<Enforcement> {
     let mut env = Env::new("bench-enforce").await.context("setting up the enforcement OU and Graph simulator")?;
     env.append_config("[tenant.pim]\nenabled = true")?;
     env.edit_config(|t| t.replace("interval = \"1s\"", &format!("interval = \"{INTERVAL}\"")))?;
-    let measured = measure(&env, size).await;
+    let measured = measure(&env, size, seed).await;
     let cleaned = crate::failover::delete_ou(&env).await;
     let figures = measured?;
     cleaned?;
     Ok(figures)
 }
 
-async fn measure(env: &Env, size: Size) -> Result<Enforcement> {
+async fn measure(env: &Env, size: Size, seed: u64) -> Result<Enforcement> {
     let started = Instant::now();
     let mut users = Vec::with_capacity(USERS);
     for i in 0..USERS {
@@ -112,35 +126,64 @@ async fn measure(env: &Env, size: Size) -> Result<Enforcement> {
     let settled = finished(&env.daemon_log()) + 2;
     wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= settled) }).await.context("settling")?;
     let mut requests_per_cycle = Vec::with_capacity(COST_CYCLES);
+    let counted = Instant::now();
     for _ in 0..COST_CYCLES {
         env.sim.clear_requests();
         let next = finished(&env.daemon_log()) + 1;
         wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
         requests_per_cycle.push(env.sim.requests().iter().filter(|r| r.path == SCHEDULES).count());
     }
-    println!("  a. schedule requests in {COST_CYCLES} settled cycles: {requests_per_cycle:?}");
+    println!(
+        "  a. schedule requests in {COST_CYCLES} settled cycles ({}): {requests_per_cycle:?}",
+        human(counted.elapsed())
+    );
+    let log = env.daemon_log();
+    if let Some(line) = log.lines().rev().find(|l| l.contains("reading PIM schedule instances")) {
+        println!(
+            "     the daemon's last read: {}",
+            line.split("reading PIM schedule instances").nth(1).unwrap_or("").trim()
+        );
+    }
 
-    // b. Drift repairs: the description, or a member added, on groups without time-bound members.
+    // b. Drift repairs on groups without time-bound members, in turn: a member added and the description
+    // edited (which the DC's change notification tells at once), and a move out of the tenant's OU (which
+    // only the next look finds). Each edit comes at a random moment, so that it falls anywhere between looks.
     let dns = group_dns(env).await?;
-    let mut drift = Vec::with_capacity(size.drift_edits);
+    let elsewhere = env.dc.create_ou(&env.ou.dn, "elsewhere").await?;
+    let mut random = StdRng::seed_from_u64(seed);
+    let (mut notified, mut moved) = (Vec::new(), Vec::new());
     for i in 0..size.drift_edits {
+        tokio::time::sleep(Duration::from_millis(random.random_range(0..5_000))).await;
         let id = &groups[TIME_BOUND + (i * 13) % (size.groups - TIME_BOUND)];
         let dn = dns.iter().find(|(g, _)| g == id).map(|(_, dn)| dn.clone()).context("a written group")?;
         let members = read_members(&mut ldap, &dn).await?;
-        let intruder = users.iter().map(|(_, ad)| ad.dn.clone()).find(|u| !members.contains(&u.to_lowercase()));
-        // Every other edit adds a member; the rest edit the description.
-        let intruder = intruder.filter(|_| i % 2 == 0).map(|u| u.to_lowercase());
-        let edit: Vec<Mod<String>> = match &intruder {
-            Some(user) => vec![Mod::Add("member".into(), HashSet::from([user.clone()]))],
-            None => vec![Mod::Replace("description".into(), HashSet::from(["edited on-prem".to_string()]))],
+        let intruder = users.iter().map(|(_, ad)| ad.dn.to_lowercase()).find(|u| !members.contains(u));
+        let edit = match (i % 3, intruder) {
+            (0, Some(user)) => Edit::Member(user),
+            (1, _) | (0, None) => Edit::Description,
+            _ => Edit::Move,
         };
-        ldap.modify(&dn, edit).await?.success()?;
+        match &edit {
+            Edit::Member(user) => ldap
+                .modify(&dn, vec![Mod::Add(String::from("member"), HashSet::from([user.clone()]))])
+                .await?
+                .success()?,
+            Edit::Description => {
+                let value = HashSet::from([String::from("edited on-prem")]);
+                ldap.modify(&dn, vec![Mod::Replace(String::from("description"), value)]).await?.success()?
+            }
+            Edit::Move => {
+                let rdn = dn.split_once(",OU=").map(|(rdn, _)| rdn.to_string()).context("a group DN")?;
+                ldap.modifydn(&dn, &rdn, true, Some(&elsewhere)).await?.success()?
+            }
+        };
         let edited = Instant::now();
         loop {
-            let entry = read(&mut ldap, &dn).await?;
-            let repaired = match &intruder {
-                Some(user) => !values(&entry, "member").contains(user),
-                None => values(&entry, "description").is_empty(),
+            let repaired = match (&edit, read(&mut ldap, &dn).await) {
+                (Edit::Member(user), Ok(entry)) => !values(&entry, "member").contains(user),
+                (Edit::Description, Ok(entry)) => values(&entry, "description").is_empty(),
+                (Edit::Move, found) => found.is_ok(),
+                (_, Err(e)) => return Err(e),
             };
             if repaired {
                 break;
@@ -150,9 +193,10 @@ async fn measure(env: &Env, size: Size) -> Result<Enforcement> {
             }
             tokio::time::sleep(POLL).await;
         }
-        drift.push(edited.elapsed());
+        if matches!(edit, Edit::Move) { &mut moved } else { &mut notified }.push(edited.elapsed());
     }
-    println!("  b. drift repair, {} edits: {}", drift.len(), Enforcement::spread(&drift));
+    println!("  b. drift repair, {} edits told by notification: {}", notified.len(), Enforcement::spread(&notified));
+    println!("     {} moves out of the OU, found by the looks: {}", moved.len(), Enforcement::spread(&moved));
 
     // c. Expiries, spread over a minute, each written by the next cycle first.
     let mut pending = Vec::with_capacity(size.expiries);
@@ -190,7 +234,16 @@ async fn measure(env: &Env, size: Size) -> Result<Enforcement> {
     daemon.signal(rustix::process::Signal::TERM)?;
     daemon.wait(Duration::from_secs(30)).await?;
     ldap.unbind().await.ok();
-    Ok(Enforcement { groups: size.groups, time_bound: TIME_BOUND, requests_per_cycle, drift, lateness })
+    let drift = notified.iter().chain(&moved).copied().collect();
+    Ok(Enforcement {
+        groups: size.groups,
+        time_bound: TIME_BOUND,
+        requests_per_cycle,
+        drift,
+        notified,
+        moved,
+        lateness,
+    })
 }
 
 async fn wait_for<F, Fut>(timeout: Duration, mut check: F) -> Result<()>

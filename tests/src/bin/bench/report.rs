@@ -159,11 +159,31 @@ fn enforcement_rows(f: &Enforcement) {
     );
     let p99 = |samples: &[Duration]| crate::measure::percentile(samples, 99.0);
     row(
-        &format!("on-prem edit → repaired in AD by the daemon's drift watch ({} edits; {settings})", f.drift.len()),
+        &format!(
+            "on-prem edit → repaired in AD by the daemon's drift watch, all ({} edits; {settings})",
+            f.drift.len()
+        ),
         Enforcement::spread(&f.drift),
         "p99 ≤ 5 s",
         Some(p99(&f.drift) <= Duration::from_secs(5)),
         "Connect: next 30-minute cycle; Cloud Sync: the next cloud change",
+    );
+    row(
+        &format!(
+            "… a member added or the description edited, told by the DC's change notification ({})",
+            f.notified.len()
+        ),
+        Enforcement::spread(&f.notified),
+        "—",
+        None,
+        "",
+    );
+    row(
+        &format!("… a group moved out of its OU, found by the next look ({})", f.moved.len()),
+        Enforcement::spread(&f.moved),
+        "—",
+        None,
+        "a look every drift_watch",
     );
     row(
         &format!("PIM expiry lateness: removed from AD − endDateTime ({} ends)", f.lateness.len()),
