@@ -147,7 +147,7 @@ impl TenantSync<'_> {
         if !options.drift {
             let expired: usize = expiries
                 .iter()
-                .map(|(op, _)| plan::member_removals_in(&Plan { ops: vec![op.clone()], ..Plan::default() }))
+                .map(|(op, _)| if let Op::RemoveMembers { values, .. } = op { values.len() } else { 0 })
                 .sum();
             self.record_applied(Threshold::MemberRemovals, plan::member_removals_in(&plan) - expired)?;
             self.record_applied(Threshold::Renames, scope_changes_in(&plan).len())?;

@@ -113,7 +113,9 @@ async fn measure(env: &Env, size: Size, seed: u64) -> Result<Enforcement> {
     }
     let mut daemon = env.start_daemon()?;
     let mut ldap = env.dc.admin().await?;
-    wait_for(TIMEOUT * 5, || async { Ok(env.groups().await?.len() == size.groups) }).await.context("initial sync")?;
+    env.eventually(TIMEOUT * 5, || async { Ok(env.groups().await?.len() == size.groups) })
+        .await
+        .context("initial sync")?;
     println!(
         "  ({} groups written, {} with a time-bound member; set up and initial sync: {})",
         size.groups,
@@ -129,7 +131,7 @@ async fn measure(env: &Env, size: Size, seed: u64) -> Result<Enforcement> {
     loop {
         env.sim.clear_requests();
         let next = finished(&env.daemon_log()) + 1;
-        wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
+        env.eventually(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
         first_cycles.push(env.sim.requests().iter().filter(|r| r.path == SCHEDULES).count());
         if last_read(&env.daemon_log()).is_some_and(|(read, steady)| read == steady) {
             break;
@@ -144,7 +146,7 @@ async fn measure(env: &Env, size: Size, seed: u64) -> Result<Enforcement> {
     for _ in 0..COST_CYCLES {
         env.sim.clear_requests();
         let next = finished(&env.daemon_log()) + 1;
-        wait_for(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
+        env.eventually(TIMEOUT, || async { Ok(finished(&env.daemon_log()) >= next) }).await.context("a cycle")?;
         requests_per_cycle.push(env.sim.requests().iter().filter(|r| r.path == SCHEDULES).count());
     }
     println!("     then in {COST_CYCLES} settled cycles ({}): {requests_per_cycle:?}", human(counted.elapsed()));
@@ -258,21 +260,6 @@ fn last_read(log: &str) -> Option<(usize, usize)> {
         line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))?.parse().ok())
     };
     Some((field("read")?, field("time_bound")? + field("share")?))
-}
-
-async fn wait_for<F, Fut>(timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await? {
-        if Instant::now() > deadline {
-            bail!("not reached within {}", human(timeout));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// Each written group's cloud id and DN.
