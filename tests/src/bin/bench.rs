@@ -4,6 +4,7 @@
 //! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
 //! bench/run --failover-only    # phase 6 alone, a couple of minutes
 //! bench/run --enforcement-only # phase 7 alone, about five minutes
+//! bench/run --initial-only [--groups N --memberships M --users U]   # phase 1 alone, at any size
 //! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
 //!
@@ -73,6 +74,18 @@ struct Args {
     /// Run only phase 7 (drift repair latency, PIM expiry lateness and PIM polling cost): about five minutes.
     #[arg(long)]
     enforcement_only: bool,
+    /// Run only phase 1 (the initial sync against raw ldapadd), with the sizes below when given.
+    #[arg(long)]
+    initial_only: bool,
+    /// Groups of phase 1.
+    #[arg(long, requires = "initial_only")]
+    groups: Option<usize>,
+    /// Memberships of phase 1, spread evenly over its groups.
+    #[arg(long, requires = "initial_only")]
+    memberships: Option<usize>,
+    /// Synced users of phase 1.
+    #[arg(long, requires = "initial_only")]
+    users: Option<usize>,
     /// Run only the large-group part of phase 4 (a 50,000-member group, one change each way). Creating its
     /// users takes most of the time.
     #[arg(long)]
@@ -209,6 +222,23 @@ async fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let mut world = World::create(args.seed).await?;
+    if args.initial_only {
+        let sizes = Sizes {
+            groups: args.groups.unwrap_or(sizes.groups),
+            memberships: args.memberships.unwrap_or(sizes.memberships),
+            users: args.users.unwrap_or(sizes.users),
+            ..sizes
+        };
+        report::section(&format!(
+            "1. initial sync: {} groups, {} memberships, {} users, against raw ldapadd",
+            sizes.groups, sizes.memberships, sizes.users
+        ));
+        let measured = initial::run(&mut world, &sizes).await;
+        report::section("cleaning up the bench OUs");
+        let cleaned = world.cleanup().await;
+        measured?;
+        return cleaned;
+    }
     if args.big_group_only {
         report::section(&format!("4. write minimality: a {}-member group", sizes.big_group));
         let measured = minimal::big_group(&mut world, sizes.big_group).await;
