@@ -31,6 +31,11 @@ pub fn enabled_group(id: &str, name: &str, members: &[&str]) -> Group {
     group
 }
 
+/// The value of the sample line of `metrics` (Prometheus text) that starts with `line_start`, if present.
+pub fn metric_sample(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// A loopback port free at the time of asking, for a daemon's `metrics_addr`.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -1008,3 +1008,25 @@ async fn groups_with_cloud_changes_that_a_cycle_has_no_room_to_read_are_read_in_
     assert_eq!(second.len(), 50, "the rest come next, though their group is no longer pending");
     assert!(second.iter().all(|id| !first.contains(id)));
 }
+
+#[tokio::test]
+async fn an_end_whose_group_still_waits_for_its_apply_is_reported_overdue() {
+    let config = tenant("[tenant.pim]\nenabled = true");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1]);
+    merge_groups(&sync.state, json!([group(1, "Timed", &[1], &[]), group(2, "Applied", &[1], &[])]));
+    sync.state.set_schedule(&id(1), &ends(&[(1, wall() - 90.0)])).unwrap();
+    sync.state.set_schedule(&id(2), &ends(&[(1, wall() - 600.0)])).unwrap();
+    sync.state.clear_pending(&id(2)).unwrap();
+    sync.time_bound_members().unwrap();
+    let overdue = |text: &str| {
+        let line = text.lines().find(|l| l.starts_with(r#"writeback_pim_overdue_seconds{tenant="t"}"#))?;
+        line.rsplit(' ').next()?.parse::<i64>().ok()
+    };
+    let seconds = overdue(&crate::metrics::global().encode()).expect("the gauge is exported");
+    assert!((90..120).contains(&seconds), "the pending group's end, not the applied one's: {seconds}");
+    sync.state.clear_pending(&id(1)).unwrap();
+    sync.time_bound_members().unwrap();
+    assert_eq!(overdue(&crate::metrics::global().encode()), Some(0));
+}

@@ -9,16 +9,11 @@ use ldap3::Mod;
 use rustix::process::Signal;
 use writeback::status::StatusFile;
 use writeback_tests::agents::{self, Agent, TEST_TTL};
-use writeback_tests::e2e::{Env, enabled_group, free_port, new_id};
+use writeback_tests::e2e::{Env, enabled_group, free_port, metric_sample, new_id};
 use writeback_tests::graphsim::{GroupPatch, MemberRef};
 
 /// Enough for a repair within a 1 s watch on a loaded machine; the full reconcile is an hour away.
 const REPAIRED_WITHIN: Duration = Duration::from_secs(30);
-
-/// The value of one sample line of the metrics text, if present.
-fn sample(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 async fn scrape(port: u16) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?)
@@ -81,7 +76,7 @@ async fn the_daemon_repairs_member_attribute_rename_move_and_delete_edits_within
     let metrics = scrape(port).await?;
     for kind in ["member", "attribute", "rename", "move", "recreate"] {
         let line = format!(r#"writeback_drift_repairs_total{{tenant="contoso",kind="{kind}"}}"#);
-        assert_eq!(sample(&metrics, &line), Some(1.0), "{line} in\n{metrics}");
+        assert_eq!(metric_sample(&metrics, &line), Some(1.0), "{line} in\n{metrics}");
     }
     assert!(env.daemon_log().contains("repaired an on-premises edit (member)"), "{}", env.daemon_log());
     daemon.signal(Signal::TERM)?;
@@ -245,5 +240,28 @@ async fn an_edit_in_the_tenants_ou_is_repaired_as_the_dc_notifies_it_without_wai
     env.dc.set_attribute(&dn, "description", "edited on-prem").await?;
     env.eventually(REPAIRED_WITHIN, || async { Ok(env.group(&id).await?.unwrap().description.is_none()) }).await?;
     assert!(env.daemon_log().contains("repaired an on-premises edit (attribute)"), "{}", env.daemon_log());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_group_given_another_groups_anchor_is_still_looked_at_as_itself() -> anyhow::Result<()> {
+    let mut env = Env::new("drift-anchor").await?;
+    env.agent_settings("reconcile_interval = \"1h\"\ndrift_watch = \"1s\"")?;
+    let (u1, _) = env.synced_user("drift-anchor-u1").await?;
+    let (edited, other) = (new_id(), new_id());
+    env.sim.add_group(enabled_group(&edited, "Edited", &[&u1])).unwrap();
+    env.sim.add_group(enabled_group(&other, "Other", &[&u1])).unwrap();
+    let _daemon = env.start_daemon()?;
+    env.eventually(REPAIRED_WITHIN, || async { Ok(env.group(&other).await?.is_some()) }).await?;
+    env.eventually(REPAIRED_WITHIN, || async { Ok(env.group(&edited).await?.is_some()) }).await?;
+    let dn = env.group(&edited).await?.unwrap().dn;
+    // The edit names the other group's anchor; the object's recorded objectGUID still says which group it is.
+    env.dc.set_attribute(&dn, "adminDescription", &format!("Group_{other}")).await?;
+    env.eventually(REPAIRED_WITHIN, || async {
+        let log = env.daemon_log();
+        let looked = |id: &str| log.lines().any(|l| l.contains("changed on-premises") && l.contains(id));
+        Ok(looked(&edited) && looked(&other))
+    })
+    .await?;
     Ok(())
 }

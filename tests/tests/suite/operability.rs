@@ -3,13 +3,8 @@
 
 use std::time::Duration;
 
-use writeback_tests::e2e::{Env, enabled_group, free_port, new_id, text};
+use writeback_tests::e2e::{Env, enabled_group, free_port, metric_sample, new_id, text};
 use writeback_tests::graphsim::{Fault, FaultKind, FaultTarget, Group, MemberRef, WritebackConfiguration};
-
-/// The value of one sample line of the metrics text, if present.
-fn sample(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
 
 #[tokio::test]
 async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Result<()> {
@@ -30,25 +25,30 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
         Ok(scrape()
             .await
             .ok()
-            .and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
+            .and_then(|m| metric_sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
             .is_some_and(|v| v >= 1.0))
     })
     .await?;
     let metrics = scrape().await?;
     assert_eq!(
-        sample(&metrics, r#"writeback_directory_operations_total{tenant="contoso",kind="create",outcome="ok"}"#),
+        metric_sample(&metrics, r#"writeback_directory_operations_total{tenant="contoso",kind="create",outcome="ok"}"#),
         Some(1.0),
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, r#"writeback_groups{tenant="contoso",state="managed"}"#), Some(1.0), "{metrics}");
     assert_eq!(
-        sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#),
+        metric_sample(&metrics, r#"writeback_groups{tenant="contoso",state="managed"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(&metrics, r#"writeback_members_skipped{tenant="contoso",reason="cloud_only_user"}"#),
         Some(1.0),
         "{metrics}"
     );
     assert!(metrics.contains("writeback_cycle_duration_seconds_bucket"), "{metrics}");
     assert!(
-        sample(&metrics, r#"writeback_graph_requests_total{tenant="contoso",status="200"}"#).is_some_and(|v| v >= 2.0),
+        metric_sample(&metrics, r#"writeback_graph_requests_total{tenant="contoso",status="200"}"#)
+            .is_some_and(|v| v >= 2.0),
         "{metrics}"
     );
 
@@ -58,24 +58,27 @@ async fn metrics_are_scraped_and_health_follows_the_last_cycle() -> anyhow::Resu
         Ok(scrape()
             .await
             .ok()
-            .and_then(|m| sample(&m, r#"writeback_graph_throttled_total{tenant="contoso"}"#))
+            .and_then(|m| metric_sample(&m, r#"writeback_graph_throttled_total{tenant="contoso"}"#))
             .is_some_and(|v| v >= 1.0))
     })
     .await?;
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
 
     // Quiet cycles (nothing changed in the cloud) do not even connect to the DC.
-    let connections = sample(&metrics, r#"writeback_directory_connections_total{tenant="contoso"}"#);
-    let cycles = sample(&metrics, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#).unwrap();
+    let connections = metric_sample(&metrics, r#"writeback_directory_connections_total{tenant="contoso"}"#);
+    let cycles = metric_sample(&metrics, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#).unwrap();
     env.eventually(Duration::from_secs(20), || async {
         Ok(scrape()
             .await
             .ok()
-            .and_then(|m| sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
+            .and_then(|m| metric_sample(&m, r#"writeback_cycles_total{tenant="contoso",outcome="ok"}"#))
             .is_some_and(|v| v >= cycles + 2.0))
     })
     .await?;
-    assert_eq!(sample(&scrape().await?, r#"writeback_directory_connections_total{tenant="contoso"}"#), connections);
+    assert_eq!(
+        metric_sample(&scrape().await?, r#"writeback_directory_connections_total{tenant="contoso"}"#),
+        connections
+    );
 
     // Graph refuses the token twice in a row: the cycle fails and the health check says so.
     for _ in 0..2 {
