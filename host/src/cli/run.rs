@@ -153,16 +153,17 @@ async fn wait_until(deadline: Instant, stop: &StopFlag) {
 async fn watch_drift(config: &Config, sync: &TenantSync<'_>, watch: &mut DriftWatch, leases: &Leases) {
     let standby = leases.tenant(&sync.config.name).is_some_and(|l| l.role() == Role::Standby);
     match watch.poll(sync, standby).await {
-        Ok(poll) => {
+        Ok(fights) => {
+            let fighting = i64::try_from(fights.len()).unwrap_or(i64::MAX);
             let shown = StatusFile::update(&config.agent.state_dir, &sync.config.name, |status| {
-                let changed = status.drift_fights != poll.fights;
-                status.drift_fights = poll.fights;
+                let changed = status.drift_fights != fights;
+                status.drift_fights = fights;
                 changed
             });
             crate::metrics::global()
                 .drift_fights
                 .get_or_create(&crate::metrics::TenantLabel { tenant: sync.config.name.clone() })
-                .set(i64::try_from(watch.fighting()).unwrap_or(i64::MAX));
+                .set(fighting);
             if let Err(e) = shown {
                 tracing::warn!("cannot write status.json: {e}");
             }

@@ -107,7 +107,6 @@ pub struct ChangedGroup {
     pub usn: u64,
     /// The cloud id its anchor names, if it carries one.
     pub anchor_id: Option<String>,
-    pub dn: String,
 }
 
 impl Directory {
@@ -247,7 +246,6 @@ impl Directory {
                         .and_then(|v| v.first())
                         .and_then(|a| anchor_id(a))
                         .map(|id| id.to_ascii_lowercase()),
-                    dn: ext.dn,
                 })
             })
             .collect())

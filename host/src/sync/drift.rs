@@ -87,15 +87,6 @@ impl Fight {
     }
 }
 
-/// What one look at the directory found and did.
-#[derive(Debug, Default)]
-pub struct DriftPoll {
-    /// Groups planned again and repaired.
-    pub repaired: Vec<String>,
-    /// Groups whose edits keep coming back, for `status`.
-    pub fights: Vec<DriftFight>,
-}
-
 /// One tenant's drift watch: its own directory connection, the USN it has looked up to, and the fights.
 #[derive(Default)]
 pub struct DriftWatch {
@@ -167,9 +158,10 @@ impl DriftWatch {
         self.guids = None;
     }
 
-    /// Looks for on-premises edits since the last look and, unless `standby`, repairs them. The first look
-    /// only takes the DC's USN as its mark. A connection that fails is opened again at the next look.
-    pub async fn poll(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<DriftPoll, SyncError> {
+    /// Looks for on-premises edits since the last look and, unless `standby`, repairs them; returns the groups
+    /// whose edits keep coming back, for `status`. The first look only takes the DC's USN as its mark. A
+    /// connection that fails is opened again at the next look.
+    pub async fn poll(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<Vec<DriftFight>, SyncError> {
         let result = self.look(sync, standby).await;
         if result.is_err()
             && let Some(directory) = self.directory.take()
@@ -179,7 +171,7 @@ impl DriftWatch {
         result
     }
 
-    async fn look(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<DriftPoll, SyncError> {
+    async fn look(&mut self, sync: &TenantSync<'_>, standby: bool) -> Result<Vec<DriftFight>, SyncError> {
         let mut directory = match self.directory.take() {
             Some(directory) => directory,
             None => sync.open_directory().await?,
@@ -194,7 +186,7 @@ impl DriftWatch {
         directory: &mut Directory,
         sync: &TenantSync<'_>,
         standby: bool,
-    ) -> Result<DriftPoll, SyncError> {
+    ) -> Result<Vec<DriftFight>, SyncError> {
         let (server, highest) = directory.usn_mark().await?;
         let since = match &self.mark {
             Some((seen, usn)) if *seen == server => *usn,
@@ -203,11 +195,11 @@ impl DriftWatch {
                 tracing::warn!(tenant = %sync.config.name, before = %seen, now = %server, "the drift watch reached another DC; every group is planned again at the next cycle");
                 sync.state.mark_all_pending()?;
                 self.mark = Some((server, highest));
-                return Ok(DriftPoll { fights: self.fights(), ..DriftPoll::default() });
+                return Ok(self.fights());
             }
             None => {
                 self.mark = Some((server, highest));
-                return Ok(DriftPoll::default());
+                return Ok(Vec::new());
             }
         };
         let changed = directory.groups_changed_since(since).await?;
@@ -215,7 +207,6 @@ impl DriftWatch {
         // beside it, so changes above it are looked at again next time.
         let up_to = highest.max(since);
         let (edited, own) = self.changed_groups(sync, &changed)?;
-        let mut poll = DriftPoll::default();
         if standby {
             for id in &edited {
                 tracing::info!(tenant = %sync.config.name, group = %id, "group edited on-premises; the lease holder repairs it");
@@ -235,13 +226,12 @@ impl DriftWatch {
                 tracing::debug!(tenant = %sync.config.name, group = %id, "checking a group this agent wrote");
                 self.waiting.insert(id);
             }
-            poll.repaired = self.repair_due(directory, sync).await?;
+            self.repair_due(directory, sync).await?;
         }
         // The repairs' own writes lie in their windows; changes up to the mark are looked at.
         self.mark = Some((server, up_to));
         sync.own_writes.forget_up_to(up_to);
-        poll.fights = self.fights();
-        Ok(poll)
+        Ok(self.fights())
     }
 
     /// The managed groups among `changed`: those edited by others, and those whose last change lies in the
@@ -293,15 +283,13 @@ impl DriftWatch {
         Ok(self.guids.get_or_insert_default())
     }
 
-    /// Repairs the waiting groups whose back-off has passed, and records the fights.
-    async fn repair_due(&mut self, directory: &mut Directory, sync: &TenantSync<'_>) -> Result<Vec<String>, SyncError> {
+    /// Repairs the waiting groups whose back-off has passed (and, of the others, removes the members added
+    /// on-premises), and records the fights.
+    async fn repair_due(&mut self, directory: &mut Directory, sync: &TenantSync<'_>) -> Result<(), SyncError> {
         let now = Instant::now();
         self.fights.retain(|_, f| now.duration_since(f.last) < FIGHT_WINDOW);
         let (due, restrained): (Vec<String>, Vec<String>) =
             self.waiting.iter().cloned().partition(|id| self.fights.get(id).is_none_or(|f| f.next_allowed() <= now));
-        if due.is_empty() && restrained.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut repaired: Vec<String> = Vec::new();
         if !due.is_empty() {
             let report = sync.repair_drift(directory, &due, false).await?;
@@ -327,12 +315,7 @@ impl DriftWatch {
                 tracing::warn!(tenant = %sync.config.name, group = %id, repairs = fight.repairs, "an on-premises edit of this group keeps coming back; the next repair waits {:?}", back_off(fight.repairs));
             }
         }
-        Ok(repaired)
-    }
-
-    /// How many groups are in a fight now.
-    pub fn fighting(&self) -> usize {
-        self.fights().len()
+        Ok(())
     }
 
     /// The groups repaired more than [`FREE_REPAIRS`] times in a row, for `status`.
