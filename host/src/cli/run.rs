@@ -40,17 +40,13 @@ pub async fn run(config: &Config) -> Result<()> {
         .map(|t| tenant_sync(t, &store, &stop, daemon_policy(t, engine.as_ref()), Some(&leases), Progress::hidden()))
         .collect::<Result<_>>()?;
     let watch_every = config.agent.drift_watch;
-    if !watch_every.is_zero() {
-        for sync in &mut syncs {
-            sync.own_writes = OwnWrites::on();
-        }
-    }
     let mut watches: Vec<DriftWatch> = syncs.iter().map(|_| DriftWatch::default()).collect();
     // The DC's change notifications wake the drift watch as an edit commits; the looks every drift_watch
     // catch what they do not tell (a group moved out of its OU, a DC that offers none).
     let edited = std::sync::Arc::new(tokio::sync::Notify::new());
     if !watch_every.is_zero() {
-        for (sync, watch) in syncs.iter().zip(&mut watches) {
+        for (sync, watch) in syncs.iter_mut().zip(&mut watches) {
+            sync.own_writes = OwnWrites::on();
             watch.listen(sync, std::sync::Arc::clone(&edited), watch_every);
         }
     }

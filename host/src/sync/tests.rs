@@ -985,6 +985,12 @@ async fn the_pim_sweep_reads_every_written_group_once_per_sweep_besides_the_time
     let read = sync.schedules_to_read(now).unwrap();
     assert_eq!(read.len(), 10, "{read:?}");
     assert!(read.contains(&id(999)) && read.contains(&id(0)) && read.contains(&id(4)), "{read:?}");
+    // After an hour without a read, the share is every group; 200 fit, and the mark moves on by what they
+    // are of an hour's sweep, so that the next cycles catch up.
+    sync.state.set_sweep_mark(&crate::state::SweepMark { after: None, time: now - 3600.0 }).unwrap();
+    assert_eq!(sync.schedules_to_read(now).unwrap().len(), 201);
+    let mark = sync.state.sweep_mark().unwrap();
+    assert!((mark.time - (now - 3600.0 + 720.0)).abs() < 1e-6, "{}", mark.time - now);
 }
 
 #[tokio::test]
