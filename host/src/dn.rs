@@ -154,6 +154,21 @@ fn rdn_equal(a: &[Ava], b: &[Ava]) -> bool {
     a.len() == b.len() && folded(a) == folded(b)
 }
 
+/// One spelling for all DNs that are [`same`] (attribute names lower case, values folded and escaped, the
+/// pairs of a multi-valued RDN sorted), for use as a map key; a DN that does not parse is folded whole.
+pub fn key(dn: &str) -> String {
+    let Some(rdns) = parse(dn) else { return fold(dn) };
+    let rdn_key = |rdn: &Vec<Ava>| {
+        let mut pairs: Vec<String> = rdn
+            .iter()
+            .map(|ava| format!("{}={}", ava.attr.to_ascii_lowercase(), escape_value(&fold(&ava.value))))
+            .collect();
+        pairs.sort();
+        pairs.join("+")
+    };
+    rdns.iter().map(rdn_key).collect::<Vec<_>>().join(",")
+}
+
 /// Case folding as the directory does it for names (Unicode lower case, so `Ü` equals `ü`).
 pub fn fold(value: &str) -> String {
     value.to_lowercase()
@@ -220,6 +235,15 @@ mod tests {
         assert!(same("CN=Über,DC=x", "CN=über,DC=x"));
         assert!(!same("CN=a,DC=x", "CN=a,DC=y"));
         assert!(!same("CN=a,OU=b,DC=x", "CN=a,DC=x"));
+    }
+
+    #[test]
+    fn the_key_of_a_dn_is_one_for_every_spelling_of_it() {
+        assert_eq!(key(r"CN=a\3Bb\3Dc,OU=X,DC=corp"), key(r"cn=A\;B\=C, ou=x,dc=CORP"));
+        assert_eq!(key("CN=Über+sn=x,DC=x"), key("sn=X+cn=über,DC=x"));
+        assert_ne!(key("CN=a,DC=x"), key("CN=a,DC=y"));
+        // An escaped comma is part of the value, not a separator.
+        assert_ne!(key(r"CN=a\,OU=b,DC=x"), key("CN=a,OU=b,DC=x"));
     }
 
     #[test]

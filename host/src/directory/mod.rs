@@ -152,6 +152,15 @@ pub trait GroupDirectory {
     async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError>;
     /// Applies one operation; `created` maps the cloud ids of groups created earlier in this apply to their DNs.
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError>;
+    /// Applies operations that do not depend on each other, possibly several at once; the results come in the
+    /// order of `ops`. The caller makes sure that no two of them touch or name the same group.
+    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(self.apply(op, created).await);
+        }
+        results
+    }
     /// Reads the writer lease object at `dn`.
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError>;
     /// The DC's highestCommittedUSN, when it can be read; directories without USNs give `None`.
@@ -216,6 +225,9 @@ impl GroupDirectory for Directory {
     }
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         Directory::apply(self, op, created).await
+    }
+    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+        Directory::apply_all(self, ops, created).await
     }
     async fn highest_usn(&mut self) -> Option<u64> {
         self.highest_committed_usn().await.ok()

@@ -14,6 +14,10 @@ use super::read::parse_extended_dn;
 use super::{Directory, DirectoryError, describe_rc, innermost};
 use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
 
+/// How many writes are sent before the first of them is answered. `ldapadd` waits for each answer; keeping a
+/// few in flight hides the round trip, which matters most for a DC in another site.
+const WRITES_IN_FLIGHT: usize = 8;
+
 /// How many member values one modify carries.
 const MEMBER_CHUNK: usize = 500;
 
@@ -90,7 +94,7 @@ fn set(values: &[String]) -> HashSet<&str> {
 
 impl Directory {
     /// Applies one operation. `created` maps cloud ids of groups created earlier in this apply to their DNs.
-    pub async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
+    pub async fn apply(&self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         match op {
             Op::Create { dn, attributes, .. } => self.create(dn, attributes).await,
             Op::Rename { guid, dn, new_cn, new_parent, .. } => {
@@ -138,7 +142,14 @@ impl Directory {
         }
     }
 
-    async fn create(&mut self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
+    /// Applies operations that do not depend on each other, up to [`WRITES_IN_FLIGHT`] at once over the one
+    /// connection (LDAP answers each by its message id); the results come in the order of `ops`.
+    pub async fn apply_all(&self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+        use futures::stream::{self, StreamExt};
+        stream::iter(ops).map(|op| self.apply(op, created)).buffered(WRITES_IN_FLIGHT).collect().await
+    }
+
+    async fn create(&self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
         let attrs: Vec<(&str, HashSet<&str>)> = attributes.iter().map(|(k, v)| (k.as_str(), set(v))).collect();
         let timeout = self.timeout;
         self.send("add", dn, async |ldap| ldap.with_timeout(timeout).add(dn, attrs.clone()).await)
@@ -148,10 +159,11 @@ impl Directory {
     }
 
     /// Reads a just-written group's GUID, SID and DN as the DC stored them.
-    async fn read_back(&mut self, dn: &str) -> Result<Applied, ApplyError> {
+    async fn read_back(&self, dn: &str) -> Result<Applied, ApplyError> {
         let control = super::read::extended_dn_control();
         let (entries, _) = self
             .ldap
+            .clone()
             .with_controls(control)
             .with_timeout(self.timeout)
             .search(dn, Scope::Base, "(objectClass=group)", vec!["1.1"])
@@ -166,7 +178,7 @@ impl Directory {
         Ok(Applied::Created { guid: ext.guid.unwrap_or_default(), sid: ext.sid, dn: ext.dn })
     }
 
-    async fn rename(&mut self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
+    async fn rename(&self, guid: &str, new_cn: &str, new_parent: &str) -> Result<Applied, ApplyError> {
         let rdn = format!("CN={}", crate::dn::escape_value(new_cn));
         let (target, timeout) = (guid_dn(guid), self.timeout);
         self.send("rename", &target, async |ldap| {
@@ -183,7 +195,7 @@ impl Directory {
     /// Changes attributes. On a take-over the anchor is added, not replaced, so that the write fails if anything
     /// gave the group an adminDescription since it was read.
     async fn modify_attributes(
-        &mut self,
+        &self,
         guid: &str,
         changes: &[AttributeChange],
         take_over: bool,
@@ -211,7 +223,7 @@ impl Directory {
         Ok(Applied::Done)
     }
 
-    async fn change_members(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
+    async fn change_members(&self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
         for chunk in values.chunks(MEMBER_CHUNK) {
             match self.member_modify(target, chunk, add).await {
                 Err(ApplyError::Refused { code, .. }) if already_done(code, add) && chunk.len() > 1 => {
@@ -233,7 +245,7 @@ impl Directory {
         Ok(Applied::Done)
     }
 
-    async fn member_modify(&mut self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
+    async fn member_modify(&self, target: &str, values: &[String], add: bool) -> Result<Applied, ApplyError> {
         let values: HashSet<&str> = set(values);
         let change = if add { Mod::Add("member", values) } else { Mod::Delete("member", values) };
         let (operation, timeout) = (if add { "add members" } else { "remove members" }, self.timeout);
@@ -247,7 +259,7 @@ impl Directory {
     /// Sends one write to `target` once the lease fence allows it, and sends it again, a bounded number of
     /// times, while the DC answers busy or unavailable.
     async fn send(
-        &mut self,
+        &self,
         operation: &str,
         target: &str,
         mut request: impl AsyncFnMut(&mut Ldap) -> ldap3::result::Result<LdapResult>,
@@ -257,7 +269,7 @@ impl Directory {
             // Held across the check and the send, so that a release waits for a write already checked.
             let permit = self.write_permit().await;
             self.check_fence()?;
-            let sent = request(&mut self.ldap).await.and_then(|r| r.success());
+            let sent = request(&mut self.ldap.clone()).await.and_then(|r| r.success());
             drop(permit);
             match sent {
                 Ok(_) => return Ok(()),

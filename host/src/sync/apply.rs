@@ -4,13 +4,21 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{CycleReport, SyncError, TenantSync};
 use crate::directory::{Applied, ApplyError, GroupDirectory};
-use crate::plan::{self, Op, Plan, Snapshot};
+use crate::plan::{self, GroupRef, MemberValue, Op, Plan, Snapshot};
 use crate::reasons::HeldReason;
 use crate::state::{Anchor, AuditRecord, StateError};
 use crate::status::{GroupProblem, HeldGroup, TakenOver};
 
 /// How many writes are journaled (and flushed) at a time before they are sent.
 const JOURNAL_CHUNK: usize = 64;
+
+/// One wave of a journaled chunk: `members` index into `ops` and `keys` (the operations' journal keys).
+#[derive(Clone, Copy)]
+struct Wave<'a> {
+    ops: &'a [Op],
+    keys: &'a [u64],
+    members: &'a [usize],
+}
 
 /// Why an operation is written when not for a cloud change, as the audit log and metrics tell it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,8 +42,9 @@ impl Cause {
 pub(super) type Causes<'a> = &'a (dyn Fn(&Op) -> Option<Cause> + Sync);
 
 impl TenantSync<'_> {
-    /// Applies the plan in order, adding the groups whose operations fail to `failed` (they stay pending). The
-    /// operations of groups already in `failed` are skipped.
+    /// Applies the plan, adding the groups whose operations fail to `failed` (they stay pending). The
+    /// operations of groups already in `failed` are skipped. Each chunk is journaled, then sent in [`waves`]:
+    /// the operations of one wave are in flight together, and each group's operations keep the plan's order.
     pub(super) async fn apply<D: GroupDirectory>(
         &self,
         directory: &mut D,
@@ -58,15 +67,14 @@ impl TenantSync<'_> {
             // The USNs these writes take lie between the two reads, so that the drift watch can tell them
             // from on-premises edits.
             let before = if self.own_writes.is_on() { directory.highest_usn().await } else { None };
-            let mut journaled = chunk.iter().zip(keys);
-            while let Some((op, key)) = journaled.next() {
-                let applied = self.apply_one(directory, op, key, causes, &mut created, failed, report).await;
-                self.progress.wrote();
-                if let Err(e) = applied {
-                    // The cycle stops here; the writes journaled after this one were never sent.
-                    for (_, unsent) in journaled {
-                        self.state.settle(unsent, None)?;
-                    }
+            let waves = waves(chunk);
+            for (n, wave) in waves.iter().enumerate() {
+                let sent = Wave { ops: chunk, keys: &keys, members: wave };
+                if let Err(e) = self.apply_wave(directory, sent, causes, &mut created, failed, report).await {
+                    // The cycle stops here; the later waves were never sent.
+                    let unsent: Vec<(u64, Option<AuditRecord>)> =
+                        waves[n + 1..].iter().flatten().map(|&i| (keys[i], None)).collect();
+                    self.state.settle_all(&unsent)?;
                     return Err(e);
                 }
             }
@@ -79,13 +87,12 @@ impl TenantSync<'_> {
         Ok(())
     }
 
-    /// Applies one journaled operation and files its outcome.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn apply_one<D: GroupDirectory>(
+    /// Sends one wave's operations together and files their outcomes, in one store transaction. A directory
+    /// failure ends the cycle, but only after every answered write of the wave is filed.
+    async fn apply_wave<D: GroupDirectory>(
         &self,
         directory: &mut D,
-        op: &Op,
-        key: u64,
+        wave: Wave<'_>,
         causes: Causes<'_>,
         created: &mut HashMap<String, String>,
         failed: &mut HashSet<String>,
@@ -93,24 +100,49 @@ impl TenantSync<'_> {
     ) -> Result<(), SyncError> {
         if self.stop.is_set() {
             report.stopped = true;
-            failed.insert(op.group_id().to_string());
+            failed.extend(wave.members.iter().map(|&i| wave.ops[i].group_id().to_string()));
         }
-        if failed.contains(op.group_id()) {
-            self.state.settle(key, None)?;
-            return Ok(());
+        let (send, skip): (Vec<usize>, Vec<usize>) =
+            wave.members.iter().partition(|&&i| !failed.contains(wave.ops[i].group_id()));
+        let ops: Vec<&Op> = send.iter().map(|&i| &wave.ops[i]).collect();
+        let results = if ops.is_empty() { Vec::new() } else { directory.apply_all(&ops, created).await };
+        let mut outcomes: Vec<(u64, Option<AuditRecord>)> = skip.iter().map(|&i| (wave.keys[i], None)).collect();
+        for ((&i, op), result) in send.iter().zip(&ops).zip(&results) {
+            let outcome = match result {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            outcomes.push((wave.keys[i], Some(self.audit_record(op, outcome, causes(op).as_ref()))));
         }
-        let result = directory.apply(op, created).await;
-        let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.to_string(),
-        };
-        let cause = causes(op);
-        self.state.settle(key, Some(&self.audit_record(op, outcome, cause.as_ref())))?;
+        self.state.settle_all(&outcomes)?;
+        let mut stopped = Ok(());
+        for (op, result) in ops.into_iter().zip(results) {
+            self.progress.wrote();
+            let filed = self.file_result(op, result, causes, created, failed, report);
+            if stopped.is_ok() {
+                stopped = filed;
+            }
+        }
+        skip.iter().for_each(|_| self.progress.wrote());
+        stopped
+    }
+
+    /// Counts one answered operation and records what it changed: the new group's anchor, its new DN, a
+    /// take-over, or why the group is held.
+    fn file_result(
+        &self,
+        op: &Op,
+        result: Result<Applied, ApplyError>,
+        causes: Causes<'_>,
+        created: &mut HashMap<String, String>,
+        failed: &mut HashSet<String>,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
         self.count_operation(op, &result);
         if result.is_ok()
-            && let Some(cause) = &cause
+            && let Some(cause) = causes(op)
         {
-            self.count_cause(op, cause);
+            self.count_cause(op, &cause);
         }
         match result {
             Ok(Applied::Created { guid, sid, dn }) => {
@@ -263,4 +295,75 @@ pub(super) fn drift_kind(op: &Op) -> &'static str {
         Op::Create { .. } => "recreate",
         Op::Delete { .. } => "delete",
     }
+}
+
+/// Splits a chunk's operations (in plan order) into waves that may each be in flight at once, by index. An
+/// operation joins the first wave after every earlier operation that touches its group or a group it names, or
+/// that names its group. So a group's operations keep their order; a member add that names a group waits for
+/// that group's create, rename or scope change; a create waits for the rename or delete that frees its DN; and
+/// two groups that only share members (users) go together.
+pub(super) fn waves(ops: &[Op]) -> Vec<Vec<usize>> {
+    // The latest wave that touches, or names, each group (by "id:" cloud id or "dn:" DN key).
+    let mut touched: HashMap<String, usize> = HashMap::new();
+    let mut named: HashMap<String, usize> = HashMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (own, names) = groups_of(op);
+        let after = own
+            .iter()
+            .chain(&names)
+            .filter_map(|g| touched.get(g))
+            .chain(own.iter().filter_map(|g| named.get(g)))
+            .max();
+        let wave = after.map_or(0, |w| w + 1);
+        for g in own {
+            let latest = touched.entry(g).or_insert(wave);
+            *latest = (*latest).max(wave);
+        }
+        for g in names {
+            let latest = named.entry(g).or_insert(wave);
+            *latest = (*latest).max(wave);
+        }
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(i);
+    }
+    waves
+}
+
+/// The group an operation writes (its cloud id and every DN it has or takes), and the entries it names as
+/// members (DNs, or the cloud ids of groups created in this apply).
+fn groups_of(op: &Op) -> (Vec<String>, Vec<String>) {
+    let id = |id: &str| format!("id:{id}");
+    let dn = |dn: &str| format!("dn:{}", crate::dn::key(dn));
+    let mut own = vec![id(op.group_id())];
+    let mut names = Vec::new();
+    match op {
+        Op::Create { dn: at, attributes, .. } => {
+            own.push(dn(at));
+            let inline = attributes.iter().filter(|(name, _)| name.eq_ignore_ascii_case("member"));
+            names.extend(inline.flat_map(|(_, values)| values).map(|v| dn(v)));
+        }
+        Op::Rename { dn: at, new_cn, new_parent, .. } => {
+            own.push(dn(at));
+            let parent = new_parent.clone().or_else(|| crate::dn::parent(at)).unwrap_or_default();
+            own.push(dn(&crate::dn::child(new_cn, &parent)));
+        }
+        Op::Modify { dn: at, .. } | Op::TakeOver { dn: at, .. } | Op::Delete { dn: at, .. } => own.push(dn(at)),
+        Op::AddMembers { target, values, .. } => {
+            if let GroupRef::Existing { dn: at, .. } = target {
+                own.push(dn(at));
+            }
+            names.extend(values.iter().map(|v| match v {
+                MemberValue::Dn(value) => dn(value),
+                MemberValue::NewGroup(group) => id(group),
+            }));
+        }
+        Op::RemoveMembers { dn: at, values, .. } => {
+            own.push(dn(at));
+            names.extend(values.iter().map(|v| dn(v)));
+        }
+    }
+    (own, names)
 }

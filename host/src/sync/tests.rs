@@ -51,6 +51,8 @@ struct Memory {
     domain: Option<String>,
     /// The forest expires `<TTL=…,DN>` links by itself.
     ttl_links: bool,
+    /// How many operations each wave sent together.
+    waves: Vec<usize>,
 }
 
 /// Whether the state has recorded a group's anchor.
@@ -271,6 +273,18 @@ impl GroupDirectory for Memory {
             return Err(ApplyError::Refused { code: 53, message: "unwilling to perform".into() });
         }
         Ok(self.write(op, created))
+    }
+
+    /// Applies a wave last to first, as writes in flight together may land in any order: a wave that holds two
+    /// operations which depend on each other then fails its test.
+    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+        self.waves.push(ops.len());
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops.iter().rev() {
+            results.push(self.apply(op, created).await);
+        }
+        results.reverse();
+        results
     }
 
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError> {
@@ -1035,4 +1049,86 @@ async fn an_end_whose_group_still_waits_for_its_apply_is_reported_overdue() {
     sync.state.clear_pending(&id(1)).unwrap();
     sync.time_bound_members().unwrap();
     assert_eq!(overdue(&crate::metrics::global().encode()), Some(0));
+}
+
+fn create_op(group: &str, dn: &str, members: &[&str]) -> Op {
+    let mut attributes = vec![("objectClass".to_string(), vec!["group".to_string()])];
+    if !members.is_empty() {
+        attributes.push(("member".into(), members.iter().map(|m| m.to_string()).collect()));
+    }
+    Op::Create { group_id: group.into(), dn: dn.into(), attributes }
+}
+
+fn add_op(group: &str, target: Option<&str>, values: Vec<MemberValue>) -> Op {
+    let target = match target {
+        Some(dn) => GroupRef::Existing { guid: format!("guid-{group}"), dn: dn.into() },
+        None => GroupRef::New,
+    };
+    Op::AddMembers { group_id: group.into(), target, values }
+}
+
+#[test]
+fn writes_go_in_waves_that_keep_each_groups_order_and_wait_for_the_groups_they_name() {
+    let user = |n: u32| MemberValue::Dn(format!("CN=u{n},{OU}"));
+    let ops = vec![
+        // 0, 1: independent creates sharing a member go together.
+        create_op("a", &format!("CN=A,{OU}"), &[&format!("CN=u1,{OU}")]),
+        create_op("b", &format!("CN=B,{OU}"), &[&format!("CN=u1,{OU}")]),
+        // 2: a's second write waits for its create.
+        add_op("a", None, vec![user(2)]),
+        // 3: c names b, created in this apply, so it waits for b's create.
+        add_op("c", Some(&format!("CN=C,{OU}")), vec![MemberValue::NewGroup("b".into())]),
+        // 4: d names E by another spelling of its DN; E's scope change (5) comes after it in the plan.
+        add_op("d", Some(&format!("CN=D,{OU}")), vec![MemberValue::Dn(format!("cn=e, {}", OU.to_lowercase()))]),
+        Op::Modify { group_id: "e".into(), guid: "guid-e".into(), dn: format!("CN=E,{OU}"), changes: vec![] },
+        // 6: f moves to where g's create (7) wants to be; the create waits for it.
+        Op::Rename {
+            group_id: "f".into(),
+            guid: "guid-f".into(),
+            dn: format!("CN=F,{OU}"),
+            new_cn: "G".into(),
+            new_parent: None,
+        },
+        create_op("g", &format!("CN=G,{OU}"), &[]),
+        // 8, 9: h leaves c, then h is deleted.
+        Op::RemoveMembers {
+            group_id: "c".into(),
+            guid: "guid-c".into(),
+            dn: format!("CN=C,{OU}"),
+            values: vec![format!("CN=H,{OU}")],
+        },
+        Op::Delete { group_id: "h".into(), guid: "guid-h".into(), dn: format!("CN=H,{OU}") },
+    ];
+    let waves = apply::waves(&ops);
+    let wave_of = |i: usize| waves.iter().position(|w| w.contains(&i)).expect("every op is in a wave");
+    assert_eq!(waves.iter().map(Vec::len).sum::<usize>(), ops.len());
+    assert_eq!(wave_of(0), 0);
+    assert_eq!(wave_of(1), 0, "two creates that share only a user go together");
+    assert!(wave_of(2) > wave_of(0), "a group's writes keep their order");
+    assert!(wave_of(3) > wave_of(1), "a member add waits for the create of the group it names");
+    assert_eq!(wave_of(4), 0);
+    assert!(wave_of(5) > wave_of(4), "a group's scope change keeps its place after an add naming it");
+    assert!(wave_of(7) > wave_of(6), "a create waits for the rename that frees its DN");
+    assert!(wave_of(8) > wave_of(3), "c's writes keep their order");
+    assert!(wave_of(9) > wave_of(8), "a delete waits for the removal that names the group");
+    for wave in &waves {
+        assert!(wave.windows(2).all(|w| w[0] < w[1]), "a wave keeps the plan's order: {waves:?}");
+    }
+}
+
+#[tokio::test]
+async fn independent_groups_are_written_in_one_wave() {
+    let config = tenant("");
+    let store = Store::temporary().unwrap();
+    let sync = sync_for(&config, &store, clock());
+    merge_users(&sync.state, &[1, 2]);
+    let groups: Vec<Value> = (10..30).map(|n| group(n, &format!("g{n}"), &[1, 2], &[])).collect();
+    merge_groups(&sync.state, json!(groups));
+    let mut directory = users(&[1, 2]);
+    let report = reconcile(&sync, &mut directory, CycleOptions::default()).await;
+    assert_eq!(report.status.writes, 20);
+    assert_eq!(directory.waves, vec![20], "20 creates of unrelated groups go out together");
+    let audit = sync.state.audit_log().unwrap();
+    assert_eq!(audit.len(), 20, "each write is audited once");
+    assert!(audit.iter().all(|r| r.outcome == "ok" && r.operation == "create"), "{audit:?}");
 }

@@ -47,9 +47,10 @@ async fn kill_until_done(env: &Env, steps: impl Iterator<Item = u64>) -> Result<
     Ok(kills)
 }
 
-/// Kill points for one phase: varied write counts, so the runs die in different places.
+/// Kill points for one phase: varied write counts, so the runs die in different places. They are small, because
+/// the agent keeps several writes in flight and a kill lands some writes after its point.
 fn steps(base: u64, count: usize) -> impl Iterator<Item = u64> {
-    (0..count as u64).map(move |i| base + (i * 7) % 11).chain(std::iter::repeat(u64::MAX))
+    (0..count as u64).map(move |i| base + (i * 5) % 7).chain(std::iter::repeat(u64::MAX))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +75,7 @@ async fn sigkill_at_many_points_converges_exactly_and_every_write_is_audited() -
             .unwrap();
     }
 
-    let initial_kills = kill_until_done(&env, steps(6, 32)).await?;
+    let initial_kills = kill_until_done(&env, steps(2, 48)).await?;
 
     // Delta changes of every kind.
     for (g, id) in ids.iter().enumerate().take(100) {

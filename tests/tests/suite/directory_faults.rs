@@ -101,7 +101,12 @@ async fn a_connection_dropped_before_or_after_a_write_loses_nothing_and_duplicat
     assert!(!output.status.success(), "a lost answer ends the cycle");
     let stderr = text(&output.stderr);
     assert!(stderr.lines().last().unwrap_or_default().contains("LDAP add failed"), "{stderr}");
-    assert_eq!(env.groups().await?.len(), 3, "the write whose answer was lost happened");
+    // The writes sent behind it, in flight together, may have reached the DC too before the connection closed.
+    let written = env.groups().await?.len();
+    assert!(written >= 3, "the write whose answer was lost happened: {written} groups");
+    let audit = env.state_audit().await?;
+    let lost = audit.iter().filter(|r| r.operation == "create" && r.outcome.contains("LDAP add failed")).count();
+    assert!(lost >= 1, "the write whose answer was lost is audited as failed: {audit:?}");
     // The next cycle finds that group by its anchor instead of creating it again (`converged` fails on a
     // duplicate), and writes the rest.
     env.sync(&[]).await?;
