@@ -3,10 +3,14 @@
 //! before or after the DC performed it. It can also answer as Windows AD does for large groups, with
 //! `member` cut into ranges (`member;range=0-1499`), which Samba never does unasked.
 //!
+//! It can also stand for a DC in another site: every message, both ways, is handed on a set time after it
+//! arrived, without holding up the messages behind it, as a network link does.
+//!
 //! It terminates TLS with the DC's own certificate (so the agent verifies it exactly as it verifies the DC),
 //! opens its own TLS connection to the DC, and forwards whole LDAP messages both ways. Only the messages it
 //! is told to fault are answered by the proxy itself; everything else is the DC's real answer.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -54,6 +58,10 @@ struct Schedule {
     member_range: Option<usize>,
     /// Search entries whose members were cut into a range so far.
     ranged: usize,
+    /// How long each message takes through the proxy, each way.
+    latency: std::time::Duration,
+    /// The most writes of one connection that were sent on to the DC and not yet answered to the agent.
+    most_writes_in_flight: usize,
 }
 
 impl Schedule {
@@ -130,6 +138,17 @@ impl FaultProxy {
     /// itself answers the follow-up `member;range={size}-*` reads.
     pub fn split_members(&self, size: usize) {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner()).member_range = Some(size.max(1));
+    }
+
+    /// From now on, hands every message on `latency` after it arrived, both ways, as a link to a DC in another
+    /// site would (a round trip then takes twice `latency` more).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).latency = latency;
+    }
+
+    /// The most writes one connection had sent on to the DC and not yet seen answered at any moment.
+    pub fn most_writes_in_flight(&self) -> usize {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).most_writes_in_flight
     }
 
     /// How many search entries had their members cut into a range.
@@ -255,15 +274,20 @@ impl Relay {
             .connect(ServerName::IpAddress(self.upstream.ip().into()), upstream)
             .await
             .context("TLS with the DC")?;
-        let (mut from_client, to_client) = tokio::io::split(client);
-        let (mut from_dc, mut to_dc) = tokio::io::split(upstream);
+        let (from_client, to_client) = tokio::io::split(client);
+        let (from_dc, mut to_dc) = tokio::io::split(upstream);
+        let mut from_client = Inbox::start(from_client, &self.schedule);
+        let mut from_dc = Inbox::start(from_dc, &self.schedule);
         let to_client = Arc::new(tokio::sync::Mutex::new(to_client));
         // The message id whose answer is to be lost, with the connection, instead of delivered.
         let lose: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        // The message ids of the writes sent on to the DC and not yet answered.
+        let in_flight: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
         let replies = {
-            let (to_client, lose, schedule) = (to_client.clone(), lose.clone(), self.schedule.clone());
+            let (to_client, lose, schedule, in_flight) =
+                (to_client.clone(), lose.clone(), self.schedule.clone(), in_flight.clone());
             tokio::spawn(async move {
-                while let Ok(Some(message)) = read_message(&mut from_dc).await {
+                while let Some(message) = from_dc.next().await {
                     let mut to_client = to_client.lock().await;
                     let lost = lose
                         .lock()
@@ -285,18 +309,28 @@ impl Relay {
                     if send(&mut *to_client, &message).await.is_err() {
                         break;
                     }
+                    if let Some(id) = message_id(&message) {
+                        in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                    }
                 }
             })
         };
         let outcome = async {
-            while let Some(message) = read_message(&mut from_client).await? {
-                let fault = match write_request(&message) {
-                    Some(request) => {
-                        self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write().map(|f| (f, request))
-                    }
+            while let Some(message) = from_client.next().await {
+                let write = write_request(&message);
+                let fault = match &write {
+                    Some(_) => self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write(),
                     None => None,
                 };
-                match fault {
+                if fault.is_none()
+                    && let Some(request) = &write
+                {
+                    let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                    in_flight.insert(request.message_id.clone());
+                    let mut schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+                    schedule.most_writes_in_flight = schedule.most_writes_in_flight.max(in_flight.len());
+                }
+                match fault.zip(write) {
                     None => send(&mut to_dc, &message).await?,
                     Some((Fault::Result(code), request)) => {
                         send(&mut *to_client.lock().await, &request.answer(code)).await?
@@ -317,6 +351,43 @@ impl Relay {
         .await;
         replies.abort();
         outcome
+    }
+}
+
+/// The whole messages read from one side of a connection, each given out no earlier than the proxy's latency
+/// after it arrived. A task of its own reads them as they come, so a message waiting out its latency does not
+/// hold up the arrival times of those behind it.
+struct Inbox {
+    arrived: tokio::sync::mpsc::UnboundedReceiver<(tokio::time::Instant, Vec<u8>)>,
+    schedule: Arc<Mutex<Schedule>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Inbox {
+    fn start(mut from: impl AsyncRead + Unpin + Send + 'static, schedule: &Arc<Mutex<Schedule>>) -> Inbox {
+        let (sender, arrived) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(message)) = read_message(&mut from).await {
+                if sender.send((tokio::time::Instant::now(), message)).is_err() {
+                    break;
+                }
+            }
+        });
+        Inbox { arrived, schedule: schedule.clone(), reader }
+    }
+
+    /// The next message, once its latency has passed; `None` when the side closed or broke.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let (at, message) = self.arrived.recv().await?;
+        let latency = self.schedule.lock().unwrap_or_else(|e| e.into_inner()).latency;
+        tokio::time::sleep_until(at + latency).await;
+        Some(message)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

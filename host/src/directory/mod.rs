@@ -123,6 +123,12 @@ pub trait WriteGate: Send + Sync {
     fn writes(&self) -> Arc<tokio::sync::RwLock<()>>;
 }
 
+/// What an operation sent with others came to; `None` when it was never sent.
+pub type Sent = Option<Result<Applied, ApplyError>>;
+
+/// Asked before each operation of a batch is sent: whether to send it.
+pub type GoOn<'a> = &'a (dyn Fn() -> bool + Sync);
+
 /// What a sync cycle asks of the directory. [`Directory`] is the real one, over LDAPS; a test can give sync an
 /// in-memory one, so that batching, checkpoints and quarantine are tested without a DC.
 #[allow(async_fn_in_trait, reason = "sync runs on the caller's task; it is never spawned through the trait")]
@@ -152,12 +158,21 @@ pub trait GroupDirectory {
     async fn protecting_group(&mut self, group_dn: &str, deny: &[String]) -> Result<Option<String>, DirectoryError>;
     /// Applies one operation; `created` maps the cloud ids of groups created earlier in this apply to their DNs.
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError>;
-    /// Applies operations that do not depend on each other, possibly several at once; the results come in the
-    /// order of `ops`. The caller makes sure that no two of them touch or name the same group.
-    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+    /// Applies operations that do not depend on each other, possibly several at once. `go_on` is asked before
+    /// each is sent; once it says no, or once one fails for the whole directory ([`ApplyError::Directory`]),
+    /// the rest are not sent. The results come in the order of `ops`, `None` for one never sent. The caller
+    /// makes sure that no two of them touch or name the same group.
+    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>, go_on: GoOn<'_>) -> Vec<Sent> {
         let mut results = Vec::with_capacity(ops.len());
+        let mut broken = false;
         for op in ops {
-            results.push(self.apply(op, created).await);
+            if broken || !go_on() {
+                results.push(None);
+                continue;
+            }
+            let result = self.apply(op, created).await;
+            broken = matches!(result, Err(ApplyError::Directory(_)));
+            results.push(Some(result));
         }
         results
     }
@@ -226,8 +241,8 @@ impl GroupDirectory for Directory {
     async fn apply(&mut self, op: &Op, created: &HashMap<String, String>) -> Result<Applied, ApplyError> {
         Directory::apply(self, op, created).await
     }
-    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
-        Directory::apply_all(self, ops, created).await
+    async fn apply_all(&mut self, ops: &[&Op], created: &HashMap<String, String>, go_on: GoOn<'_>) -> Vec<Sent> {
+        Directory::apply_all(self, ops, created, go_on).await
     }
     async fn highest_usn(&mut self) -> Option<u64> {
         self.highest_committed_usn().await.ok()

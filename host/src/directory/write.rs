@@ -11,7 +11,7 @@ use std::time::Duration;
 use ldap3::{Ldap, LdapError, LdapResult, Mod, Scope, SearchEntry};
 
 use super::read::parse_extended_dn;
-use super::{Directory, DirectoryError, describe_rc, innermost};
+use super::{Directory, DirectoryError, GoOn, Sent, describe_rc, innermost};
 use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
 
 /// How many writes are sent before the first of them is answered. `ldapadd` waits for each answer; keeping a
@@ -143,10 +143,24 @@ impl Directory {
     }
 
     /// Applies operations that do not depend on each other, up to [`WRITES_IN_FLIGHT`] at once over the one
-    /// connection (LDAP answers each by its message id); the results come in the order of `ops`.
-    pub async fn apply_all(&self, ops: &[&Op], created: &HashMap<String, String>) -> Vec<Result<Applied, ApplyError>> {
+    /// connection (LDAP answers each by its message id); the results come in the order of `ops`. Once `go_on`
+    /// says no, or one fails for the whole directory, the operations not started yet are not sent (`None`): a
+    /// DC that timed out or went away is not handed the rest of the batch.
+    pub async fn apply_all(&self, ops: &[&Op], created: &HashMap<String, String>, go_on: GoOn<'_>) -> Vec<Sent> {
         use futures::stream::{self, StreamExt};
-        stream::iter(ops).map(|op| self.apply(op, created)).buffered(WRITES_IN_FLIGHT).collect().await
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let broken = AtomicBool::new(false);
+        let send = async |op: &Op| {
+            if broken.load(Ordering::SeqCst) || !go_on() {
+                return None;
+            }
+            let result = self.apply(op, created).await;
+            if matches!(result, Err(ApplyError::Directory(_))) {
+                broken.store(true, Ordering::SeqCst);
+            }
+            Some(result)
+        };
+        stream::iter(ops).map(|&op| send(op)).buffered(WRITES_IN_FLIGHT).collect().await
     }
 
     async fn create(&self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {

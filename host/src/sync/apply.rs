@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{CycleReport, SyncError, TenantSync};
 use crate::directory::{Applied, ApplyError, GroupDirectory};
-use crate::plan::{self, GroupRef, MemberValue, Op, Plan, Snapshot};
+use crate::plan::{self, AttributeChange, GroupRef, MemberValue, Op, Plan, Snapshot};
 use crate::reasons::HeldReason;
 use crate::state::{Anchor, AuditRecord, StateError};
 use crate::status::{GroupProblem, HeldGroup, TakenOver};
@@ -105,19 +105,26 @@ impl TenantSync<'_> {
         let (send, skip): (Vec<usize>, Vec<usize>) =
             wave.members.iter().partition(|&&i| !failed.contains(wave.ops[i].group_id()));
         let ops: Vec<&Op> = send.iter().map(|&i| &wave.ops[i]).collect();
-        let results = if ops.is_empty() { Vec::new() } else { directory.apply_all(&ops, created).await };
+        let go_on = || !self.stop.is_set();
+        let results = if ops.is_empty() { Vec::new() } else { directory.apply_all(&ops, created, &go_on).await };
         let mut outcomes: Vec<(u64, Option<AuditRecord>)> = skip.iter().map(|&i| (wave.keys[i], None)).collect();
         for ((&i, op), result) in send.iter().zip(&ops).zip(&results) {
-            let outcome = match result {
+            let outcome = result.as_ref().map(|result| match result {
                 Ok(_) => "ok".to_string(),
                 Err(e) => e.to_string(),
-            };
-            outcomes.push((wave.keys[i], Some(self.audit_record(op, outcome, causes(op).as_ref()))));
+            });
+            outcomes.push((wave.keys[i], outcome.map(|outcome| self.audit_record(op, outcome, causes(op).as_ref()))));
         }
         self.state.settle_all(&outcomes)?;
         let mut stopped = Ok(());
         for (op, result) in ops.into_iter().zip(results) {
             self.progress.wrote();
+            let Some(result) = result else {
+                // Not sent: the agent is stopping, or the directory failed (and that error ends the cycle).
+                report.stopped |= self.stop.is_set();
+                failed.insert(op.group_id().to_string());
+                continue;
+            };
             let filed = self.file_result(op, result, causes, created, failed, report);
             if stopped.is_ok() {
                 stopped = filed;
@@ -301,7 +308,9 @@ pub(super) fn drift_kind(op: &Op) -> &'static str {
 /// operation joins the first wave after every earlier operation that touches its group or a group it names, or
 /// that names its group. So a group's operations keep their order; a member add that names a group waits for
 /// that group's create, rename or scope change; a create waits for the rename or delete that frees its DN; and
-/// two groups that only share members (users) go together.
+/// two groups that only share members (users) go together. Renames (which may free a sAMAccountName that
+/// another rename takes) and scope changes (which AD checks against memberships no operation names) keep the
+/// plan's order among themselves: they are few, and held over a threshold.
 pub(super) fn waves(ops: &[Op]) -> Vec<Vec<usize>> {
     // The latest wave that touches, or names, each group (by "id:" cloud id or "dn:" DN key).
     let mut touched: HashMap<String, usize> = HashMap::new();
@@ -332,6 +341,15 @@ pub(super) fn waves(ops: &[Op]) -> Vec<Vec<usize>> {
     waves
 }
 
+/// Whether `op` writes a group's groupType.
+fn changes_scope(op: &Op) -> bool {
+    let (Op::Modify { changes, .. } | Op::TakeOver { changes, .. }) = op else { return false };
+    changes.iter().any(|change| {
+        let (AttributeChange::Replace(name, _) | AttributeChange::Clear(name)) = change;
+        name.eq_ignore_ascii_case("groupType")
+    })
+}
+
 /// The group an operation writes (its cloud id and every DN it has or takes), and the entries it names as
 /// members (DNs, or the cloud ids of groups created in this apply).
 fn groups_of(op: &Op) -> (Vec<String>, Vec<String>) {
@@ -339,6 +357,12 @@ fn groups_of(op: &Op) -> (Vec<String>, Vec<String>) {
     let dn = |dn: &str| format!("dn:{}", crate::dn::key(dn));
     let mut own = vec![id(op.group_id())];
     let mut names = Vec::new();
+    if plan::is_rename(op) {
+        own.push("renames".into());
+    }
+    if changes_scope(op) {
+        own.push("scope changes".into());
+    }
     match op {
         Op::Create { dn: at, attributes, .. } => {
             own.push(dn(at));

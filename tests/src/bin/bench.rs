@@ -5,6 +5,7 @@
 //! bench/run --failover-only    # phase 6 alone, a couple of minutes
 //! bench/run --enforcement-only # phase 7 alone, about five minutes
 //! bench/run --initial-only [--groups N --memberships M --users U]   # phase 1 alone, at any size
+//! bench/run --ratios [--quick] # phase 1 in every setting (fresh and grown DC, direct and a slow link)
 //! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
 //!
@@ -39,6 +40,8 @@ mod measure;
 mod minimal;
 #[path = "bench/quiet.rs"]
 mod quiet;
+#[path = "bench/ratios.rs"]
+mod ratios;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/scale.rs"]
@@ -74,6 +77,10 @@ struct Args {
     /// Run only phase 7 (drift repair latency, PIM expiry lateness and PIM polling cost): about five minutes.
     #[arg(long)]
     enforcement_only: bool,
+    /// Run only phase 1 in every setting: 1,000 × 3 and 2,000 × 20, each on a fresh DC and on a grown one,
+    /// each direct and over a link 2 ms late each way. It replaces the test DC with freshly provisioned ones.
+    #[arg(long)]
+    ratios: bool,
     /// Run only phase 1 (the initial sync against raw ldapadd), with the sizes below when given.
     #[arg(long)]
     initial_only: bool,
@@ -219,6 +226,11 @@ async fn run(args: &Args) -> Result<()> {
     if args.enforcement_only {
         let enforcement = enforcement_phase(&sizes, args.seed).await?;
         report::enforcement_summary(&enforcement, args.quick);
+        return Ok(());
+    }
+    if args.ratios {
+        let rows = ratios::run(args.quick, args.seed).await?;
+        report::ratios(&rows, args.quick);
         return Ok(());
     }
     let mut world = World::create(args.seed).await?;

@@ -66,19 +66,23 @@ async fn a_busy_dc_is_asked_again_and_the_cycle_completes() -> anyhow::Result<()
 
 #[tokio::test]
 async fn a_dc_that_stays_unavailable_ends_the_cycle_after_bounded_retries_and_nothing_is_lost() -> anyhow::Result<()> {
-    let (env, proxy, users) = proxied_world("unavailable", 6).await?;
+    let (env, proxy, users) = proxied_world("unavailable", 16).await?;
     proxy.inject(2, usize::MAX, UNAVAILABLE);
     let output = env.run(&["sync", "--once"]).await?;
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
     let cause = stderr.lines().last().unwrap_or_default();
     assert!(cause.contains("unavailable") && cause.contains("LDAP result 52"), "one line naming the cause:\n{stderr}");
-    assert_eq!(proxy.injected(), 4, "the write was sent once and retried three times, then the cycle ended");
+    // Eight writes are in flight at a time: the two that landed made room for two more, so eight creates were
+    // each sent once and retried three times. Once one gave up, the six never started were not sent at all.
+    assert_eq!(proxy.injected(), 8 * 4, "each write was sent once and retried three times, then the cycle ended");
     let status = text(&env.run(&["status"]).await?.stdout);
     assert!(status.contains("unavailable"), "{status}");
     assert_eq!(env.groups().await?.len(), 2, "the writes before the fault landed, none after it");
     let audit = env.state_audit().await?;
     assert!(audit.iter().any(|r| r.outcome.contains("unavailable")), "the failed write is audited");
+    let creates: Vec<&str> = audit.iter().filter(|r| r.operation == "create").map(|r| r.outcome.as_str()).collect();
+    assert_eq!(creates.len(), 2 + 8, "two landed, eight failed, six never sent (and not audited): {creates:?}");
 
     // The fault clears: a delta cycle (the cursor did not move past the unwritten groups) finishes the job.
     proxy.heal();
@@ -146,5 +150,19 @@ async fn members_answered_in_ranges_as_windows_ad_does_are_read_whole() -> anyho
     assert!(writes[0].detail.starts_with("+1: "), "{writes:#?}");
     assert_eq!(writes[0].outcome, "ok");
     assert_eq!(env.group(&id).await?.unwrap().members.len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_a_slow_link_several_writes_are_in_flight_at_once_and_all_land() -> anyhow::Result<()> {
+    let (env, proxy, users) = proxied_world("in-flight", 24).await?;
+    // A DC in another site: 20 ms each way, so no answer can come back before the next writes are sent.
+    proxy.set_latency(std::time::Duration::from_millis(20));
+    env.sync(&[]).await?;
+    assert!(converged(&env, &users).await?);
+    let most = proxy.most_writes_in_flight();
+    assert!((2..=8).contains(&most), "writes in flight at once: {most}; expected several, at most 8");
+    let audit = env.state_audit().await?;
+    assert_eq!(audit.iter().filter(|r| r.operation == "create" && r.outcome == "ok").count(), 24, "{audit:?}");
     Ok(())
 }

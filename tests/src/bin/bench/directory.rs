@@ -20,15 +20,16 @@ pub struct AdUser {
     pub sid: String,
 }
 
-/// Runs an OpenLDAP client tool (`ldapadd`, …) bound as the DC's Administrator over verified LDAPS. The
-/// password is read from its file (`-y`), never put on a command line. Returns the wall time of the tool.
-pub async fn ldap_tool(dc: &TestDc, tool: &str, args: &[&str]) -> Result<Duration> {
+/// Runs an OpenLDAP client tool (`ldapadd`, …) bound as the DC's Administrator over verified LDAPS, at `url`
+/// (the DC's own when `None`). The password is read from its file (`-y`), never put on a command line.
+/// Returns the wall time of the tool.
+pub async fn ldap_tool(dc: &TestDc, url: Option<&str>, tool: &str, args: &[&str]) -> Result<Duration> {
     let info = dc.info();
     let mut command = tokio::process::Command::new(tool);
     command
         .env("LDAPTLS_CACERT", &info.ca_file)
         .env("LDAPTLS_REQCERT", "demand")
-        .args(["-H", &info.url, "-x", "-D", &info.admin_dn, "-y"])
+        .args(["-H", url.unwrap_or(&info.url), "-x", "-D", &info.admin_dn, "-y"])
         .arg(&info.admin_password_file)
         .args(args)
         .stdin(Stdio::null())
@@ -50,10 +51,11 @@ pub async fn ldap_tool(dc: &TestDc, tool: &str, args: &[&str]) -> Result<Duratio
     Ok(elapsed)
 }
 
-/// Adds every entry of an LDIF file with one `ldapadd` and returns how long it took.
-pub async fn ldapadd(dc: &TestDc, ldif: &Path) -> Result<Duration> {
+/// Adds every entry of an LDIF file with one `ldapadd` at `url` (the DC's own when `None`) and returns how
+/// long it took.
+pub async fn ldapadd(dc: &TestDc, url: Option<&str>, ldif: &Path) -> Result<Duration> {
     let path = ldif.to_str().with_context(|| format!("{} is not UTF-8", ldif.display()))?;
-    ldap_tool(dc, "ldapadd", &["-f", path]).await
+    ldap_tool(dc, url, "ldapadd", &["-f", path]).await
 }
 
 /// Creates users `CN=<sam>,<ou_dn>` (one LDIF, one `ldapadd`) and reads their DNs and SIDs back.
@@ -64,7 +66,7 @@ pub async fn create_users(dc: &TestDc, ou_dn: &str, sams: &[String], scratch: &P
     }
     let path = scratch.join("users.ldif");
     std::fs::write(&path, ldif).with_context(|| format!("writing {}", path.display()))?;
-    ldapadd(dc, &path).await.context("creating the users")?;
+    ldapadd(dc, None, &path).await.context("creating the users")?;
     read_users(dc, ou_dn, sams).await
 }
 
@@ -108,6 +110,28 @@ pub async fn paged_search(
     }
     stream.finish().await.success().with_context(context)?;
     Ok(entries)
+}
+
+/// How many objects the DC's domain partition holds (live ones; deleted objects are not counted).
+pub async fn count_objects(dc: &TestDc) -> Result<usize> {
+    let mut ldap = dc.admin().await?;
+    let base = dc.info().base_dn.clone();
+    let entries = paged_search(&mut ldap, &base, Scope::Subtree, "(objectClass=*)", &["1.1"]).await?;
+    ldap.unbind().await.ok();
+    Ok(entries.len())
+}
+
+/// Adds `count` groups without members to the OU at `ou_dn` (one LDIF, one `ldapadd`), to grow the DC.
+pub async fn add_filler_groups(dc: &TestDc, ou_dn: &str, count: usize, scratch: &Path) -> Result<Duration> {
+    let mut ldif = String::with_capacity(count * 160);
+    for i in 0..count {
+        ldif.push_str(&format!(
+            "dn: CN=Filler {i:06},{ou_dn}\nobjectClass: group\nsAMAccountName: filler{i:06}\ndescription: grows the DC\n\n"
+        ));
+    }
+    let path = scratch.join("filler.ldif");
+    std::fs::write(&path, ldif).with_context(|| format!("writing {}", path.display()))?;
+    ldapadd(dc, None, &path).await.context("adding the filler groups")
 }
 
 /// Whether the group at `group_dn` lists `member_dn` as a `member` value (one base search, equality match).

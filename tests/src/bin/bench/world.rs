@@ -14,6 +14,7 @@ use writeback::state::AuditRecord;
 use writeback_tests::dc::{GroupEntry, TestOu};
 use writeback_tests::e2e::{Env, new_id, text, writeback_bin};
 use writeback_tests::graphsim::{Group, MemberRef, SimConfig, User, WritebackConfiguration};
+use writeback_tests::ldap_proxy::FaultProxy;
 
 use crate::directory;
 use crate::measure;
@@ -53,14 +54,22 @@ pub struct World {
     pub rng: StdRng,
     /// OUs created besides the world's own, deleted at the end.
     extra_ous: Vec<String>,
+    /// The proxy the agent and the raw floor reach the DC through, when the link is slowed.
+    link: Option<FaultProxy>,
 }
 
 impl World {
     /// A fresh OU on the shared DC, a simulator paging like Graph (100 entries a page, 20 member changes an
     /// entry) and a config whose daemon interval is [`DAEMON_INTERVAL`].
     pub async fn create(seed: u64) -> Result<World> {
+        World::named("bench", seed).await
+    }
+
+    /// Like [`World::create`], with its OU named `<name>-<6 hex digits>`. A new world deletes OUs left over
+    /// from earlier worlds of the same name, so worlds meant to stay side by side take different names.
+    pub async fn named(name: &str, seed: u64) -> Result<World> {
         let sim = SimConfig { page_size: 100, members_per_entry: 20, ..SimConfig::default() };
-        let env = Env::with_sim("bench", sim).await.context("setting up the DC OU and the Graph simulator")?;
+        let env = Env::with_sim(name, sim).await.context("setting up the DC OU and the Graph simulator")?;
         let interval = format!("interval = \"{}s\"", DAEMON_INTERVAL.as_secs());
         env.edit_config(|text| text.replacen("interval = \"1s\"", &interval, 1))?;
         Ok(World {
@@ -69,7 +78,23 @@ impl World {
             groups: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
             extra_ous: Vec::new(),
+            link: None,
         })
+    }
+
+    /// From now on the agent and the raw floor reach the DC through a proxy that hands every message on
+    /// `latency` after it arrived, each way, as a link to a DC in another site.
+    pub fn slow_link(&mut self, latency: Duration) -> Result<()> {
+        let proxy = FaultProxy::start(&self.env.dc).context("starting the LDAPS proxy")?;
+        proxy.set_latency(latency);
+        self.env.reach_directory_at(proxy.url())?;
+        self.link = Some(proxy);
+        Ok(())
+    }
+
+    /// The LDAPS URL to reach the DC at: the slow link's, when there is one.
+    pub fn ldap_url(&self) -> Option<&str> {
+        self.link.as_ref().map(FaultProxy::url)
     }
 
     /// A directory for the bench's own files (LDIF and the like).
