@@ -267,8 +267,12 @@ impl Relay {
     }
 
     async fn serve(&self, client: TcpStream) -> Result<()> {
+        // Nagle's algorithm off both ways, as the DC and the clients have it: the proxy's own latency is the
+        // only one it adds.
+        client.set_nodelay(true)?;
         let client = self.acceptor.accept(client).await.context("TLS with the agent")?;
         let upstream = TcpStream::connect(self.upstream).await.context("connecting to the DC")?;
+        upstream.set_nodelay(true)?;
         let upstream = self
             .connector
             .connect(ServerName::IpAddress(self.upstream.ip().into()), upstream)

@@ -4,7 +4,7 @@
 //! arrives as `<GUID=…>;<SID=…>;CN=…`. Members are then compared by SID, which survives renames and the
 //! DC's own DN spelling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ldap3::adapters::{EntriesOnly, PagedResults};
 use ldap3::controls::RawControl;
@@ -69,6 +69,32 @@ pub(crate) fn anchor_filter(ids: &[String]) -> String {
     format!("(&(objectClass=group)(|{anchors}))")
 }
 
+/// Entries grouped by the id among `ids` whose anchor they carry (the DC matches anchors ignoring case, so a
+/// copy may spell the id differently); entries carrying none of them are dropped.
+fn by_anchor(ids: &[String], entries: Vec<SearchEntry>) -> HashMap<String, Vec<SearchEntry>> {
+    let mut by_id: HashMap<String, Vec<SearchEntry>> = HashMap::new();
+    for entry in entries {
+        let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
+        if let Some(id) = anchor.and_then(|a| ids.iter().find(|id| id.eq_ignore_ascii_case(a))) {
+            by_id.entry(id.clone()).or_default().push(entry);
+        }
+    }
+    by_id
+}
+
+/// A GUID in its 8-4-4-4-12 form as an LDAP filter value of objectGUID: its 16 bytes escaped, the first three
+/// fields little-endian as AD stores them. `None` when it is not a GUID.
+pub(crate) fn guid_filter_value(guid: &str) -> Option<String> {
+    if !crate::ownership::is_guid(guid) {
+        return None;
+    }
+    let hex: String = guid.chars().filter(|c| *c != '-').collect();
+    let bytes: Vec<u8> =
+        (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)).collect::<Result<_, _>>().ok()?;
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    Some(order.iter().map(|&i| format!("\\{:02x}", bytes[i])).collect())
+}
+
 /// An entry's objectSid. ldap3 files a value that happens to be valid UTF-8 as text, and short SIDs such as
 /// `S-1-5-11` (Authenticated Users) or `S-1-5-32-544` are, so both places are looked at.
 pub(super) fn object_sid(entry: &SearchEntry) -> Option<String> {
@@ -119,22 +145,48 @@ impl Directory {
         ous: &[String],
     ) -> Result<ManagedGroups, DirectoryError> {
         let mut found = ManagedGroups::default();
-        for chunk in ids.chunks(FILTER_CHUNK) {
-            let attrs = self.group_attrs.clone();
-            let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
-            let mut by_id: HashMap<String, Vec<SearchEntry>> = HashMap::new();
-            for entry in self.paged_search(&anchor_filter(chunk), &attrs).await? {
-                // The DC matches anchors ignoring case, so a copy may spell the id differently.
-                let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
-                if let Some(id) = anchor.and_then(|a| chunk.iter().find(|id| id.eq_ignore_ascii_case(a))) {
-                    by_id.entry(id.clone()).or_default().push(entry);
-                }
-            }
-            for (id, entries) in by_id {
-                self.judge_candidates(id, entries, recorded, ous, &mut found).await?;
-            }
+        let by_id = if ids.len() > FILTER_CHUNK { self.anchored_many(ids).await? } else { self.anchored(ids).await? };
+        for (id, entries) in by_id {
+            self.judge_candidates(id, entries, recorded, ous, &mut found).await?;
         }
         Ok(found)
+    }
+
+    /// Every group of the domain carrying the anchor of one of `ids` (a few), read whole, by id: one search
+    /// naming each anchor.
+    async fn anchored(&mut self, ids: &[String]) -> Result<HashMap<String, Vec<SearchEntry>>, DirectoryError> {
+        let attrs = self.group_attrs.clone();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let entries = self.paged_search(&anchor_filter(ids), &attrs).await?;
+        Ok(by_anchor(ids, entries))
+    }
+
+    /// The same for many ids. `adminDescription` has no index in a default schema, so the DC tests every group
+    /// of the domain against every anchor a filter names: 1,000 anchors cost seconds on a domain of 20,000
+    /// groups, however few groups match. So the anchored groups are listed with a filter of one term instead,
+    /// and those carrying a wanted anchor are read whole by objectGUID, which is indexed.
+    async fn anchored_many(&mut self, ids: &[String]) -> Result<HashMap<String, Vec<SearchEntry>>, DirectoryError> {
+        let wanted: HashSet<String> = ids.iter().map(|id| id.to_ascii_lowercase()).collect();
+        let listed =
+            self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
+        let guids: Vec<String> = listed
+            .iter()
+            .filter(|entry| {
+                let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
+                anchor.is_some_and(|id| wanted.contains(&id.to_ascii_lowercase()))
+            })
+            .filter_map(|entry| parse_extended_dn(&entry.dn).guid)
+            .collect();
+        let attrs = self.group_attrs.clone();
+        let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+        let mut entries = Vec::new();
+        for chunk in guids.chunks(FILTER_CHUNK) {
+            let values: String =
+                chunk.iter().filter_map(|g| guid_filter_value(g)).map(|v| format!("(objectGUID={v})")).collect();
+            entries.extend(self.paged_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await?);
+        }
+        // Each entry's anchor is read again: it may have changed between the two searches.
+        Ok(by_anchor(ids, entries))
     }
 
     async fn judge_candidates(
@@ -450,6 +502,16 @@ mod tests {
         let plain = parse_extended_dn("<GUID=g>;CN=contact,DC=x");
         assert_eq!((plain.sid, plain.dn.as_str()), (None, "CN=contact,DC=x"));
         assert_eq!(parse_extended_dn("CN=plain,DC=x").dn, "CN=plain,DC=x");
+    }
+
+    #[test]
+    fn a_guid_is_searched_for_in_the_byte_order_ad_stores_it() {
+        assert_eq!(
+            guid_filter_value("01020304-0506-0708-090a-0B0C0D0E0F10").as_deref(),
+            Some(r"\04\03\02\01\06\05\08\07\09\0a\0b\0c\0d\0e\0f\10")
+        );
+        assert_eq!(guid_filter_value("*)(objectClass=*"), None);
+        assert_eq!(guid_filter_value("0102030405060708090a0b0c0d0e0f10"), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
 //! bench/run --failover-only    # phase 6 alone, a couple of minutes
 //! bench/run --enforcement-only # phase 7 alone, about five minutes
-//! bench/run --initial-only [--groups N --memberships M --users U]   # phase 1 alone, at any size
+//! bench/run --initial-only [--groups N --memberships M --users U --link-ms L]   # phase 1 alone, at any size
 //! bench/run --ratios [--quick] # phase 1 in every setting (fresh and grown DC, direct and a slow link)
 //! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
@@ -93,6 +93,9 @@ struct Args {
     /// Synced users of phase 1.
     #[arg(long, requires = "initial_only")]
     users: Option<usize>,
+    /// Phase 1 over a link that hands every LDAP message on this many milliseconds late, each way.
+    #[arg(long, requires = "initial_only")]
+    link_ms: Option<u64>,
     /// Run only the large-group part of phase 4 (a 50,000-member group, one change each way). Creating its
     /// users takes most of the time.
     #[arg(long)]
@@ -245,7 +248,10 @@ async fn run(args: &Args) -> Result<()> {
             "1. initial sync: {} groups, {} memberships, {} users, against raw ldapadd",
             sizes.groups, sizes.memberships, sizes.users
         ));
-        let measured = initial::run(&mut world, &sizes).await;
+        if let Some(ms) = args.link_ms {
+            world.slow_link(Duration::from_millis(ms))?;
+        }
+        let measured = initial::run(&mut world, &sizes, true).await;
         report::section("cleaning up the bench OUs");
         let cleaned = world.cleanup().await;
         measured?;
@@ -314,7 +320,7 @@ async fn with_directory(world: &mut World, sizes: &Sizes) -> Result<Figures> {
         "1. initial sync: {} groups, {} memberships, {} users, against raw ldapadd",
         sizes.groups, sizes.memberships, sizes.users
     ));
-    let initial = initial::run(world, sizes).await?;
+    let initial = initial::run(world, sizes, true).await?;
 
     report::section("2. no-change cycles");
     println!("  (a one-shot sync always connects to the DC: 1 bind, the rootDSE and the schema searches)");

@@ -91,3 +91,33 @@ async fn a_cursor_made_with_another_select_starts_a_full_round() -> anyhow::Resu
     assert!(!cursor.full, "the full round finished");
     Ok(())
 }
+
+#[tokio::test]
+async fn after_reset_state_more_groups_than_one_anchor_search_holds_are_found_by_anchor_not_recreated()
+-> anyhow::Result<()> {
+    // Over 100 groups whose GUIDs the state does not know: the agent lists the anchored groups once and reads
+    // the wanted ones by objectGUID, instead of naming every anchor in one filter.
+    let env = Env::new("many-anchors").await?;
+    let (u1, _) = env.synced_user("many-u1").await?;
+    for i in 0..130 {
+        let mut g = Group::security(new_id(), format!("Many {i}"));
+        g.writeback = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None });
+        g.members = vec![MemberRef::user(&u1)];
+        env.sim.add_group(g).unwrap();
+    }
+    env.sync(&[]).await?;
+    let mut before: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();
+    assert_eq!(before.len(), 130);
+
+    let reset = env.run(&["reset-state", "--tenant", "contoso"]).await?;
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    env.sync(&["--full"]).await?;
+    let mut after: Vec<String> = env.groups().await?.into_iter().map(|g| g.guid).collect();
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "every group was found by its anchor; none was recreated");
+    // The audit log outlives reset-state: it holds the first sync's creates and no others.
+    let creates = env.state_audit().await?.iter().filter(|r| r.operation == "create").count();
+    assert_eq!(creates, 130, "nothing was created again");
+    Ok(())
+}

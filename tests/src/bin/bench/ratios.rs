@@ -91,7 +91,7 @@ async fn row(shape: Shape, growth: usize, latency: Option<Duration>, seed: u64) 
     let objects = directory::count_objects(&world.env.dc).await?;
     println!("the DC holds {objects} live objects");
     let sizes = Sizes { groups: shape.groups, memberships: shape.memberships, users: shape.users, ..Sizes::FULL };
-    let initial = initial::run(&mut world, &sizes).await?;
+    let initial = initial::run(&mut world, &sizes, false).await?;
     Ok(Row { growth, latency, objects, initial })
 }
 

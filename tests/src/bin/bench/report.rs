@@ -242,7 +242,7 @@ fn initial_rows(i: &Initial) {
             "raw `ldapadd -f` of the same groups and members: {} before the agent, {} after (as adds, then one member modify per group: {})",
             human(i.raw_before),
             human(i.raw_after),
-            human(i.raw_split)
+            i.raw_split.map_or_else(|| "not measured".into(), human)
         ),
     );
     row(

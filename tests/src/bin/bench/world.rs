@@ -106,7 +106,10 @@ impl World {
     /// its SID. Returns how long the AD part took.
     pub async fn add_users(&mut self, count: usize) -> Result<Duration> {
         let first = self.users.len();
-        let sams: Vec<String> = (first..first + count).map(|i| format!("bu{i:06}")).collect();
+        // sAMAccountName is unique in the domain, and worlds share the DC: the OU's own suffix tells them apart.
+        let rdn = writeback::dn::leaf_value(&self.env.ou.dn).unwrap_or_default();
+        let suffix = &rdn[rdn.len().saturating_sub(6)..];
+        let sams: Vec<String> = (first..first + count).map(|i| format!("b{suffix}{i:06}")).collect();
         let started = Instant::now();
         let ad = directory::create_users(&self.env.dc, &self.env.ou.users_dn, &sams, self.scratch()).await?;
         let elapsed = started.elapsed();
