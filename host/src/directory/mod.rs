@@ -307,13 +307,18 @@ impl Directory {
             }
         };
         let url = parsed.to_string();
+        // A bad ca_file is named before any traffic, whether or not the DC can be reached.
+        let tls = Arc::new(tls_config(config)?);
+        let started = tokio::time::Instant::now();
         let socket = open_socket(&parsed, starttls, config.timeout)
             .await
             .map_err(|cause| DirectoryError::Connect { url: url.clone(), cause })?;
+        // One timeout for the whole connect: TCP, then StartTLS and the TLS handshake in what is left of it.
+        let left = config.timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
         let settings = LdapConnSettings::new()
             .set_std_stream(ldap3::StdStream::Tcp(socket))
-            .set_conn_timeout(config.timeout)
-            .set_config(Arc::new(tls_config(config)?))
+            .set_conn_timeout(left)
+            .set_config(tls)
             .set_starttls(starttls);
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &url).await.map_err(|e| match e {
             // On an ldap:// URL, the only operation before the bind is the StartTLS request.
@@ -543,7 +548,6 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Sorts a connection failure into "cannot reach" and "TLS refused", with the innermost cause.
 /// Opens the TCP connection to the DC with Nagle's algorithm off. Several requests are in flight at once, and
 /// with it on, each small request waits for the acknowledgement of the one before it, which a DC may delay by
 /// up to 40 ms. OpenLDAP's tools and Samba turn it off too.
@@ -559,6 +563,7 @@ async fn open_socket(url: &url::Url, starttls: bool, timeout: Duration) -> Resul
     stream.into_std().map_err(|e| e.to_string())
 }
 
+/// Sorts a connection failure into "cannot reach" and "TLS refused", with the innermost cause.
 fn connect_error(url: &str, error: LdapError) -> DirectoryError {
     let cause = innermost(&error);
     let tls = matches!(&error, LdapError::Io { source } if source.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()))

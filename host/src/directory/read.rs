@@ -169,21 +169,26 @@ impl Directory {
         let wanted: HashSet<String> = ids.iter().map(|id| id.to_ascii_lowercase()).collect();
         let listed =
             self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
-        let guids: Vec<String> = listed
-            .iter()
-            .filter(|entry| {
-                let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
-                anchor.is_some_and(|id| wanted.contains(&id.to_ascii_lowercase()))
-            })
-            .filter_map(|entry| parse_extended_dn(&entry.dn).guid)
-            .collect();
+        let mut values = Vec::new();
+        for entry in &listed {
+            let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
+            if !anchor.is_some_and(|id| wanted.contains(&id.to_ascii_lowercase())) {
+                continue;
+            }
+            // Dropping an anchored object would make its group look absent and be created again.
+            let guid = parse_extended_dn(&entry.dn).guid.and_then(|g| guid_filter_value(&g));
+            values.push(guid.ok_or_else(|| DirectoryError::Ldap {
+                operation: "search for anchored groups".into(),
+                code: 0,
+                message: format!("{} came without a readable objectGUID; the cycle stops rather than guess", entry.dn),
+            })?);
+        }
         let attrs = self.group_attrs.clone();
         let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let mut entries = Vec::new();
-        for chunk in guids.chunks(FILTER_CHUNK) {
-            let values: String =
-                chunk.iter().filter_map(|g| guid_filter_value(g)).map(|v| format!("(objectGUID={v})")).collect();
-            entries.extend(self.paged_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await?);
+        for chunk in values.chunks(FILTER_CHUNK) {
+            let terms: String = chunk.iter().map(|v| format!("(objectGUID={v})")).collect();
+            entries.extend(self.paged_search(&format!("(&(objectClass=group)(|{terms}))"), &attrs).await?);
         }
         // Each entry's anchor is read again: it may have changed between the two searches.
         Ok(by_anchor(ids, entries))
