@@ -13,6 +13,7 @@ use writeback_tests::agents::{
 };
 use writeback_tests::e2e::Env;
 use writeback_tests::graphsim::MemberRef;
+use writeback_tests::ldap_proxy::FaultProxy;
 
 fn roles(agents: &[&Agent]) -> Vec<Option<Role>> {
     agents.iter().map(|a| a.role("contoso")).collect()
@@ -74,10 +75,17 @@ async fn groups_in_ad(env: &Env) -> Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_writer_killed_mid_cycle() -> Result<()> {
     let (env, users) = shared_world("ha-kill", TEST_TTL).await?;
-    let (mut a1, mut a2) = (Agent::for_env(&env, "a1")?, Agent::for_env(&env, "a2")?);
+    // The writer reaches the DC over a slow link (50 ms each way), so that it is still writing when it is killed.
+    let link = FaultProxy::start(&env.dc)?;
+    link.set_latency(Duration::from_millis(50));
+    let direct = format!("url = \"{}\"", env.dc.info().url);
+    let slow = env.tenant_block("contoso")?.replacen(&direct, &format!("url = \"{}\"", link.url()), 1);
+    let (mut a1, mut a2) = (Agent::new(env.dir.path(), "a1", &slow)?, Agent::for_env(&env, "a2")?);
     writer_and_standby(&mut a1, &mut a2).await?;
     let ids = add_groups(&env, &users, "Kill", 150);
-    until(&[&a1], Duration::from_secs(60), async || Ok(groups_in_ad(&env).await? >= 10)).await?;
+    // Writes are filed in the audit log a wave at a time, and a wave is at most the 64 writes journaled together:
+    // a group past the 64th is written only after the first 64 are filed and flushed.
+    until(&[&a1], Duration::from_secs(60), async || Ok(groups_in_ad(&env).await? > 64)).await?;
     a1.kill()?;
     let killed = Instant::now();
     assert!(groups_in_ad(&env).await? < ids.len(), "the writer was killed before it finished");
