@@ -14,7 +14,7 @@ use super::read::parse_extended_dn;
 use super::{Directory, DirectoryError, GoOn, Sent, describe_rc, innermost};
 use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
 
-/// How many writes are sent before the first of them is answered. `ldapadd` waits for each answer; keeping a
+/// At most this many writes are in flight at once on the connection. `ldapadd` waits for each answer; keeping a
 /// few in flight hides the round trip, which matters most for a DC in another site.
 const WRITES_IN_FLIGHT: usize = 8;
 
