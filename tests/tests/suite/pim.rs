@@ -35,12 +35,14 @@ async fn a_member_leaves_at_its_end_while_group_delta_still_lists_it() -> anyhow
     env.sim.add_group(enabled_group(&id, "Tier0 JIT", &[&u1])).unwrap();
     let end = env.sim.activate_membership(&id, &MemberRef::user(&u2), Duration::from_secs(8));
     let mut daemon = env.start_daemon()?;
+    // The status file is written when the cycle ends, after its writes: wait for both.
+    let time_bound = || StatusFile::load(&env.state_dir()).ok().and_then(|s| s.tenants.get("contoso").cloned());
     env.eventually(Duration::from_secs(20), || async {
-        Ok(env.group(&id).await?.is_some_and(|g| has_member(&g.members, &u2_ad.dn)))
+        let written = env.group(&id).await?.is_some_and(|g| has_member(&g.members, &u2_ad.dn));
+        Ok(written && time_bound().is_some_and(|t| !t.time_bound.is_empty()))
     })
     .await?;
-    let status = StatusFile::load(&env.state_dir())?;
-    let listed = &status.tenants["contoso"].time_bound;
+    let listed = time_bound().map(|t| t.time_bound).unwrap_or_default();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0].member_id.as_str(), listed[0].ends), (u2.as_str(), unix(end)));
 
