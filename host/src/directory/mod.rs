@@ -576,3 +576,16 @@ fn connect_error(url: &str, error: LdapError) -> DirectoryError {
         DirectoryError::Connect { url: url.to_string(), cause }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_connection_to_the_dc_has_nagles_algorithm_off() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url::Url::parse(&format!("ldaps://127.0.0.1:{}", listener.local_addr().unwrap().port())).unwrap();
+        let socket = open_socket(&url, false, Duration::from_secs(5)).await.unwrap();
+        assert!(socket.nodelay().unwrap(), "several requests in flight must not wait on each other's acknowledgements");
+    }
+}

@@ -91,6 +91,20 @@ async fn a_ca_file_that_is_not_a_certificate_is_named() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_bad_ca_file_is_named_even_when_the_dc_cannot_be_reached() -> anyhow::Result<()> {
+    let mut env = Env::new("err-ca-first").await?;
+    // Nothing listens on port 1 of the loopback: the connection would be refused.
+    env.reach_directory_at("ldaps://127.0.0.1:1")?;
+    let junk = env.dir.path().join("junk.pem");
+    std::fs::write(&junk, "this is not PEM")?;
+    let original = env.dc.info().ca_file.display().to_string();
+    env.edit_config(|t| t.replace(&original, &junk.display().to_string()))?;
+    let line = failing_sync(&env).await?;
+    assert!(line.contains("ca_file") && line.contains("junk.pem"), "the CA file is named first: {line}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_dc_that_refuses_starttls_is_named_and_the_password_is_never_sent() -> anyhow::Result<()> {
     let server = writeback_tests::ldap_proxy::NoStartTls::start()?;
     let mut env = Env::new("err-starttls").await?;
