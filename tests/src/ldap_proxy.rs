@@ -62,6 +62,8 @@ struct Schedule {
     latency: std::time::Duration,
     /// The most writes of one connection that were sent on to the DC and not yet answered to the agent.
     most_writes_in_flight: usize,
+    /// Every search request from the agent, whole.
+    searches: Vec<Vec<u8>>,
 }
 
 impl Schedule {
@@ -149,6 +151,19 @@ impl FaultProxy {
     /// The most writes one connection had sent on to the DC and not yet seen answered at any moment.
     pub fn most_writes_in_flight(&self) -> usize {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner()).most_writes_in_flight
+    }
+
+    /// How many searches the agent sent, and how many of them asked for paged results.
+    pub fn searches(&self) -> (usize, usize) {
+        (self.searches_with(b""), self.searches_with(PAGED_RESULTS))
+    }
+
+    /// How many searches held `bytes` as they are: a control's type is its OID in text, and a filter carries
+    /// its attribute names and values unencoded. A paged search counts once, not once per page.
+    pub fn searches_with(&self, bytes: &[u8]) -> usize {
+        let schedule = self.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        let holds = |m: &[u8]| bytes.is_empty() || m.windows(bytes.len()).any(|w| w == bytes);
+        schedule.searches.iter().filter(|m| holds(m) && !continues_paging(m)).count()
     }
 
     /// How many search entries had their members cut into a range.
@@ -321,6 +336,9 @@ impl Relay {
         };
         let outcome = async {
             while let Some(message) = from_client.next().await {
+                if operation(&message) == Some(0x63) {
+                    self.schedule.lock().unwrap_or_else(|e| e.into_inner()).searches.push(message.clone());
+                }
                 let write = write_request(&message);
                 let fault = match &write {
                     Some(_) => self.schedule.lock().unwrap_or_else(|e| e.into_inner()).next_write(),
@@ -455,11 +473,38 @@ fn message_id(message: &[u8]) -> Option<&[u8]> {
     body.get(2..2 + usize::from(*body.get(1)?))
 }
 
+/// The paged results control's type (RFC 2696).
+const PAGED_RESULTS: &[u8] = b"1.2.840.113556.1.4.319";
+
+/// Whether `message` asks for a later page of a paged search: its paged results control carries a cookie.
+fn continues_paging(message: &[u8]) -> bool {
+    let Some(at) = message.windows(PAGED_RESULTS.len()).position(|w| w == PAGED_RESULTS) else { return false };
+    // The control goes on after its type: an optional criticality, then its value, which wraps
+    // SEQUENCE { size INTEGER, cookie OCTET STRING }.
+    let mut rest = &message[at + PAGED_RESULTS.len()..];
+    if let Some((0x01, _, after)) = split_tlv(rest) {
+        rest = after;
+    }
+    let cookie = (|| {
+        let (0x04, value, _) = split_tlv(rest)? else { return None };
+        let (0x30, sequence, _) = split_tlv(value)? else { return None };
+        let (0x02, _, after) = split_tlv(sequence)? else { return None };
+        let (0x04, cookie, _) = split_tlv(after)? else { return None };
+        Some(cookie)
+    })();
+    cookie.is_some_and(|cookie| !cookie.is_empty())
+}
+
+/// The tag of the operation in `message`.
+fn operation(message: &[u8]) -> Option<u8> {
+    let id = message_id(message)?;
+    body(message)?.get(2 + id.len()).copied()
+}
+
 /// The write request in `message`, if it is one: add, modify, delete or modify DN.
 fn write_request(message: &[u8]) -> Option<WriteRequest> {
     let message_id = message_id(message)?.to_vec();
-    let operation = body(message)?.get(2 + message_id.len())?;
-    let response_tag = match operation {
+    let response_tag = match operation(message)? {
         0x66 => 0x67, // modify
         0x68 => 0x69, // add
         0x4a => 0x6b, // delete (its request is primitive, its response constructed)

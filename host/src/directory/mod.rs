@@ -27,7 +27,7 @@ pub use read::{ChangedGroup, ManagedGroups};
 pub use write::{Applied, ApplyError};
 
 /// A directory failure that stops the whole tenant's cycle (per-group failures are [`ApplyError`]s).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DirectoryError {
     #[error("cannot read ca_file {path}: {cause}")]
     CaFile { path: String, cause: String },
@@ -176,6 +176,9 @@ pub trait GroupDirectory {
         }
         results
     }
+    /// Keeps what the directory lists of the whole domain (its anchored groups) from one read to the next, until
+    /// called with `false`: for one reconcile, whose batches would otherwise each list the domain again.
+    fn hold_listing(&mut self, _hold: bool) {}
     /// Reads the writer lease object at `dn`.
     async fn read_lease(&mut self, dn: &str) -> Result<LeaseObject, DirectoryError>;
     /// The DC's highestCommittedUSN, when it can be read; directories without USNs give `None`.
@@ -214,6 +217,9 @@ impl GroupDirectory for Directory {
     }
     async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
         Directory::managed_index(self, ous).await
+    }
+    fn hold_listing(&mut self, hold: bool) {
+        Directory::hold_listing(self, hold);
     }
     async fn managed_groups(
         &mut self,
@@ -287,6 +293,10 @@ pub struct Directory {
     config_nc: String,
     /// Whether the forest expires TTL links by itself, once read.
     ttl_links: Option<bool>,
+    /// Every anchored group of the domain, as last listed, and whether a reconcile holds that listing (see
+    /// [`Directory::hold_listing`]).
+    anchored: Option<read::Listing>,
+    listing_held: bool,
 }
 
 impl Directory {
@@ -354,6 +364,8 @@ impl Directory {
             group_attrs: read::group_attributes(&[]),
             config_nc: String::new(),
             ttl_links: None,
+            anchored: None,
+            listing_held: false,
         };
         let (base_dn, schema_dn) = directory.root_dse().await?;
         directory.schema = directory.schema_support(&schema_dn).await?;

@@ -34,7 +34,10 @@ pub(super) fn group_attributes(extra: &[String]) -> Vec<String> {
 }
 
 /// How many values one OR filter carries; keeps filters well under server limits.
-const FILTER_CHUNK: usize = 100;
+pub(super) const FILTER_CHUNK: usize = 100;
+
+/// What is read of a principal that a member value names.
+const PRINCIPAL_ATTRIBUTES: [&str; 3] = ["objectSid", "groupType", "objectClass"];
 
 /// An extended DN split into its parts.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -114,6 +117,27 @@ pub(crate) fn next_range_start(attr: &str) -> Option<Option<usize>> {
     Some(high.parse::<usize>().ok()?.checked_add(1))
 }
 
+/// The anchored groups of the domain, as listed and then brought up to date (see
+/// [`Directory::anchored_listing`]).
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    /// The DC's highestCommittedUSN read just before the last search.
+    usn: u64,
+    /// By objectGUID; one the DC gave without a GUID by `dn:` and its DN.
+    entries: HashMap<String, Listed>,
+}
+
+/// An anchored group as the domain-wide listing found it.
+#[derive(Debug, Clone)]
+pub(super) struct Listed {
+    /// Its adminDescription.
+    anchor: String,
+    /// Its objectGUID, when the DC gave one.
+    guid: Option<String>,
+    /// Its DN when listed.
+    dn: String,
+}
+
 /// What an anchor search found for some cloud groups (see [`crate::ownership`]).
 #[derive(Debug, Default)]
 pub struct ManagedGroups {
@@ -167,28 +191,26 @@ impl Directory {
     /// and those carrying a wanted anchor are read whole by objectGUID, which is indexed.
     async fn anchored_many(&mut self, ids: &[String]) -> Result<HashMap<String, Vec<SearchEntry>>, DirectoryError> {
         let wanted: HashSet<String> = ids.iter().map(|id| id.to_ascii_lowercase()).collect();
-        let listed =
-            self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
         let mut values = Vec::new();
-        for entry in &listed {
-            let anchor = entry.attrs.get("adminDescription").and_then(|v| v.first()).and_then(|a| anchor_id(a));
-            if !anchor.is_some_and(|id| wanted.contains(&id.to_ascii_lowercase())) {
+        for listed in self.anchored_listing().await?.entries.values() {
+            if !anchor_id(&listed.anchor).is_some_and(|id| wanted.contains(&id.to_ascii_lowercase())) {
                 continue;
             }
             // Dropping an anchored object would make its group look absent and be created again.
-            let guid = parse_extended_dn(&entry.dn).guid.and_then(|g| guid_filter_value(&g));
+            let guid = listed.guid.as_deref().and_then(guid_filter_value);
             values.push(guid.ok_or_else(|| DirectoryError::Ldap {
                 operation: "search for anchored groups".into(),
                 code: 0,
-                message: format!("{} came without a readable objectGUID; the cycle stops rather than guess", entry.dn),
+                message: format!("{} came without a readable objectGUID; the cycle stops rather than guess", listed.dn),
             })?);
         }
+        self.release_listing();
         let attrs = self.group_attrs.clone();
         let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
         let mut entries = Vec::new();
         for chunk in values.chunks(FILTER_CHUNK) {
             let terms: String = chunk.iter().map(|v| format!("(objectGUID={v})")).collect();
-            entries.extend(self.paged_search(&format!("(&(objectClass=group)(|{terms}))"), &attrs).await?);
+            entries.extend(self.unique_search(&format!("(&(objectClass=group)(|{terms}))"), &attrs).await?);
         }
         // Each entry's anchor is read again: it may have changed between the two searches.
         Ok(by_anchor(ids, entries))
@@ -255,7 +277,7 @@ impl Directory {
             let attrs = self.group_attrs.clone();
             let attrs: Vec<&str> =
                 attrs.iter().map(String::as_str).chain(std::iter::once("isCriticalSystemObject")).collect();
-            for entry in self.paged_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await? {
+            for entry in self.unique_search(&format!("(&(objectClass=group)(|{values}))"), &attrs).await? {
                 let group = self.managed_group(entry).await?;
                 if let Some(sid) = group.sid.clone() {
                     found.insert(sid.to_uppercase(), group);
@@ -269,17 +291,57 @@ impl Directory {
     /// reconcile walks this index in batches instead of holding every group at once. Anchored groups
     /// elsewhere are another tenant's or look-alikes, and only anchors of the form `Group_<GUID>` count.
     pub async fn managed_index(&mut self, ous: &[String]) -> Result<Vec<(String, String)>, DirectoryError> {
-        let entries =
-            self.paged_search("(&(objectClass=group)(adminDescription=Group_*))", &["adminDescription"]).await?;
-        Ok(entries
-            .into_iter()
-            .filter_map(|entry| {
+        let index = self
+            .anchored_listing()
+            .await?
+            .entries
+            .values()
+            .filter_map(|listed| {
                 // Graph writes ids in lower case; a copy spelled otherwise must not become a group of its own.
-                let id = anchor_id(entry.attrs.get("adminDescription")?.first()?)?.to_ascii_lowercase();
-                let dn = parse_extended_dn(&entry.dn).dn;
-                ous.iter().any(|ou| crate::dn::is_within(&dn, ou)).then_some((id, dn))
+                let id = anchor_id(&listed.anchor)?.to_ascii_lowercase();
+                ous.iter().any(|ou| crate::dn::is_within(&listed.dn, ou)).then(|| (id, listed.dn.clone()))
             })
-            .collect())
+            .collect();
+        self.release_listing();
+        Ok(index)
+    }
+
+    /// Drops a listing no reconcile holds: the next read lists again anyway.
+    fn release_listing(&mut self) {
+        if !self.listing_held {
+            self.anchored = None;
+        }
+    }
+
+    /// Every group of the domain that carries an anchor. The listing tests every group of the domain, since
+    /// `adminDescription` has no index; so while a reconcile holds it (see [`Directory::hold_listing`]), later
+    /// reads only ask for the anchored groups changed since, on the indexed `uSNChanged`. Those include the
+    /// groups this agent created, and anchors that anyone else set meanwhile.
+    async fn anchored_listing(&mut self) -> Result<&Listing, DirectoryError> {
+        let since = self.anchored.as_ref().filter(|_| self.listing_held).map(|listing| listing.usn);
+        // Read first: a change committed during the search is in it, or in the next update.
+        let usn = self.highest_committed_usn().await?;
+        let filter = match since {
+            Some(since) => format!("(&(objectClass=group)(uSNChanged>={})(adminDescription=Group_*))", since + 1),
+            None => "(&(objectClass=group)(adminDescription=Group_*))".to_string(),
+        };
+        let found = self.paged_search(&filter, &["adminDescription"]).await?;
+        let mut listing = self.anchored.take().filter(|_| since.is_some()).unwrap_or_default();
+        listing.usn = usn;
+        for entry in found {
+            let Some(anchor) = entry.attrs.get("adminDescription").and_then(|v| v.first()).cloned() else { continue };
+            let ext = parse_extended_dn(&entry.dn);
+            let key = ext.guid.clone().unwrap_or_else(|| format!("dn:{}", crate::dn::key(&ext.dn)));
+            listing.entries.insert(key, Listed { anchor, guid: ext.guid, dn: ext.dn });
+        }
+        Ok(self.anchored.insert(listing))
+    }
+
+    /// Keeps the listing of anchored groups from one read to the next (brought up to date each time) until
+    /// called with `false`, when it is dropped; each hold starts from a new listing.
+    pub fn hold_listing(&mut self, hold: bool) {
+        self.anchored = None;
+        self.listing_held = hold;
     }
 
     /// Every group of the domain changed after `usn` on this DC: one search on the indexed `uSNChanged`,
@@ -306,6 +368,25 @@ impl Directory {
                 })
             })
             .collect())
+    }
+
+    /// A search of the domain whose filter names at most [`FILTER_CHUNK`] values of a unique attribute
+    /// (objectSid, objectGUID), so it matches at most that many objects: well under any server's page size, so
+    /// it asks for no paging. Samba answers a paged search by finding the matches and then fetching each one
+    /// again, which costs more than the lookup itself. A server that still cut the answer short would say so
+    /// (size limit exceeded), and that fails the search rather than losing entries.
+    pub(super) async fn unique_search(&self, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let (entries, _) = self
+            .ldap
+            .clone()
+            .with_controls(vec![extended_dn_control()])
+            .with_timeout(self.timeout)
+            .search(&self.base_dn, Scope::Subtree, filter, attrs.to_vec())
+            .await
+            .map_err(|e| DirectoryError::from_ldap("search", e))?
+            .success()
+            .map_err(|e| DirectoryError::from_ldap("search", e))?;
+        Ok(entries.into_iter().map(SearchEntry::construct).collect())
     }
 
     async fn paged_search(&mut self, filter: &str, attrs: &[&str]) -> Result<Vec<SearchEntry>, DirectoryError> {
@@ -440,7 +521,7 @@ impl Directory {
         let valid: Vec<String> = sids.iter().filter_map(|s| sid::filter_value(s)).collect();
         for chunk in valid.chunks(FILTER_CHUNK) {
             let values: String = chunk.iter().map(|f| format!("(objectSid={f})")).collect();
-            self.collect_principals(&format!("(|{values})"), &mut found).await?;
+            self.collect_principals(&format!("(|{values})"), true, &mut found).await?;
         }
         Ok(found)
     }
@@ -449,7 +530,7 @@ impl Directory {
     pub async fn containing_groups(&mut self, dn: &str) -> Result<HashMap<String, Principal>, DirectoryError> {
         let mut found = HashMap::new();
         let filter = format!("(&(objectClass=group)(member={}))", ldap_escape(dn));
-        self.collect_principals(&filter, &mut found).await?;
+        self.collect_principals(&filter, false, &mut found).await?;
         Ok(found)
     }
 
@@ -460,17 +541,25 @@ impl Directory {
         for chunk in group_dns.chunks(FILTER_CHUNK) {
             let values: String = chunk.iter().map(|dn| format!("(memberOf={})", ldap_escape(dn.as_str()))).collect();
             let filter = format!("(&(objectClass=group)(|{values}))");
-            self.collect_principals(&filter, &mut found).await?;
+            self.collect_principals(&filter, false, &mut found).await?;
         }
         Ok(found)
     }
 
+    /// Adds the principals `filter` matches to `found`; `unique` when the filter names SIDs, each matching one
+    /// object at most.
     async fn collect_principals(
         &mut self,
         filter: &str,
+        unique: bool,
         found: &mut HashMap<String, Principal>,
     ) -> Result<(), DirectoryError> {
-        for entry in self.paged_search(filter, &["objectSid", "groupType", "objectClass"]).await? {
+        let entries = if unique {
+            self.unique_search(filter, &PRINCIPAL_ATTRIBUTES).await?
+        } else {
+            self.paged_search(filter, &PRINCIPAL_ATTRIBUTES).await?
+        };
+        for entry in entries {
             let Some(sid) = object_sid(&entry) else {
                 continue;
             };

@@ -8,9 +8,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapError, LdapResult, Mod, Scope, SearchEntry};
+use ldap3::{Ldap, LdapError, LdapResult, Mod, Scope, SearchEntry, ldap_escape};
 
-use super::read::parse_extended_dn;
+use super::read::{FILTER_CHUNK, parse_extended_dn};
 use super::{Directory, DirectoryError, GoOn, Sent, describe_rc, innermost};
 use crate::plan::{AttributeChange, GroupRef, MemberValue, Op};
 
@@ -84,6 +84,38 @@ impl ApplyError {
     }
 }
 
+/// The first value of attribute `name` among `attributes`.
+fn single_value<'a>(attributes: &'a [(String, Vec<String>)], name: &str) -> Option<&'a str> {
+    attributes.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.first()).map(String::as_str)
+}
+
+/// What the DC stored for the group created at `dn` with sAMAccountName `name` and adminDescription `anchor`,
+/// among `entries`: only an entry at that DN with both values counts. Another DC of the domain may have let a
+/// copy with the same name and anchor in elsewhere, and that is not the group this agent created.
+fn created_entry(entries: &[SearchEntry], dn: &str, name: &str, anchor: Option<&str>) -> Option<Applied> {
+    let has = |entry: &SearchEntry, attr: &str, value: &str| {
+        entry.attrs.get(attr).and_then(|v| v.first()).is_some_and(|found| found.eq_ignore_ascii_case(value))
+    };
+    entries.iter().find_map(|entry| {
+        let ext = parse_extended_dn(&entry.dn);
+        let ours = crate::dn::same(&ext.dn, dn)
+            && has(entry, "sAMAccountName", name)
+            && anchor.is_none_or(|anchor| has(entry, "adminDescription", anchor));
+        Some(Applied::Created { guid: ext.guid.filter(|_| ours)?, sid: ext.sid, dn: ext.dn })
+    })
+}
+
+/// A failed read-back: the group's failure when the DC answered, the whole directory's when the connection
+/// failed or the DC is busy.
+fn read_back_failed(dn: &str, error: DirectoryError) -> ApplyError {
+    match error {
+        DirectoryError::Ldap { code, message, .. } if !matches!(code, 51 | 52) => {
+            ApplyError::Refused { code, message: format!("the group written at {dn} cannot be read back: {message}") }
+        }
+        other => ApplyError::Directory(other),
+    }
+}
+
 fn guid_dn(guid: &str) -> String {
     format!("<GUID={guid}>")
 }
@@ -154,22 +186,66 @@ impl Directory {
             if broken.load(Ordering::SeqCst) || !go_on() {
                 return None;
             }
-            let result = self.apply(op, created).await;
+            let result = match op {
+                // Read back below, together.
+                Op::Create { dn, attributes, .. } => self.add(dn, attributes).await.map(|()| Applied::Done),
+                _ => self.apply(op, created).await,
+            };
             if matches!(result, Err(ApplyError::Directory(_))) {
                 broken.store(true, Ordering::SeqCst);
             }
             Some(result)
         };
-        stream::iter(ops).map(|&op| send(op)).buffered(WRITES_IN_FLIGHT).collect().await
+        let mut results: Vec<Sent> = stream::iter(ops).map(|&op| send(op)).buffered(WRITES_IN_FLIGHT).collect().await;
+        self.read_back_created(ops, &mut results).await;
+        results
     }
 
     async fn create(&self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<Applied, ApplyError> {
+        self.add(dn, attributes).await?;
+        self.read_back(dn).await
+    }
+
+    async fn add(&self, dn: &str, attributes: &[(String, Vec<String>)]) -> Result<(), ApplyError> {
         let attrs: Vec<(&str, HashSet<&str>)> = attributes.iter().map(|(k, v)| (k.as_str(), set(v))).collect();
         let timeout = self.timeout;
         self.send("add", dn, async |ldap| ldap.with_timeout(timeout).add(dn, attrs.clone()).await)
             .await
-            .map_err(|e| e.conflict_on(&[68]))?;
-        self.read_back(dn).await
+            .map_err(|e| e.conflict_on(&[68]))
+    }
+
+    /// Reads the GUID, SID and DN of each group that `ops` created (their results are `Ok`) into its result:
+    /// one search per [`FILTER_CHUNK`] groups, by sAMAccountName, which the domain indexes. A search for each
+    /// group would cost the DC about a tenth of the create itself. A group not found at its DN with the name and
+    /// anchor it was created with is read at its DN alone, as before. They are read even after another write
+    /// failed for the whole connection: a busy DC or a lost lease still answers reads, and a dead connection
+    /// fails them at once.
+    async fn read_back_created(&self, ops: &[&Op], results: &mut [Sent]) {
+        let mut by_name: Vec<(usize, &str, &str)> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let (Op::Create { dn, attributes, .. }, Some(Ok(_))) = (op, &results[i]) else { continue };
+            match single_value(attributes, "sAMAccountName") {
+                Some(name) => by_name.push((i, dn, name)),
+                None => results[i] = Some(self.read_back(dn).await),
+            }
+        }
+        for chunk in by_name.chunks(FILTER_CHUNK) {
+            let terms: String =
+                chunk.iter().map(|(_, _, name)| format!("(sAMAccountName={})", ldap_escape(*name))).collect();
+            let filter = format!("(&(objectClass=group)(|{terms}))");
+            let found = self.unique_search(&filter, &["sAMAccountName", "adminDescription"]).await;
+            for &(i, dn, name) in chunk {
+                let Op::Create { attributes, .. } = ops[i] else { continue };
+                let anchor = single_value(attributes, "adminDescription");
+                results[i] = Some(match &found {
+                    Ok(entries) => match created_entry(entries, dn, name, anchor) {
+                        Some(created) => Ok(created),
+                        None => self.read_back(dn).await,
+                    },
+                    Err(e) => Err(read_back_failed(dn, e.clone())),
+                });
+            }
+        }
     }
 
     /// Reads a just-written group's GUID, SID and DN as the DC stored them.
@@ -325,5 +401,36 @@ mod tests {
         assert!(matches!(constraint, ApplyError::Refused { code: 19, .. }), "{constraint}");
         let text = constraint.to_string();
         assert!(text.contains("constraint violation") && !text.contains("name is taken"), "{text}");
+    }
+
+    fn entry(name: &str, parent: &str, anchor: Option<&str>) -> SearchEntry {
+        let mut attrs = HashMap::from([("sAMAccountName".to_string(), vec![name.to_string()])]);
+        if let Some(anchor) = anchor {
+            attrs.insert("adminDescription".into(), vec![anchor.into()]);
+        }
+        let guid = if parent == "DC=corp" {
+            "0f0e0d0c-0b0a-0908-0706-050403020100"
+        } else {
+            "aaaaaaaa-0000-4000-8000-0000000000aa"
+        };
+        let dn = format!("<GUID={guid}>;<SID=S-1-5-21-1-2-3-1104>;CN={name},{parent}");
+        SearchEntry { dn, attrs, bin_attrs: HashMap::new() }
+    }
+
+    #[test]
+    fn a_group_read_back_by_name_counts_only_at_its_dn_with_the_anchor_it_was_created_with() {
+        // A copy with the same name and anchor in another OU (let in by another DC) comes first.
+        let copy = entry("G_Sales", "OU=Elsewhere,DC=corp", Some("Group_abc"));
+        let found =
+            [copy, entry("G_other", "DC=corp", Some("Group_1")), entry("G_Sales", "DC=corp", Some("group_ABC"))];
+        let created = created_entry(&found, "cn=g_sales,dc=corp", "g_sales", Some("Group_abc"));
+        let Some(Applied::Created { guid, sid, dn }) = created else { panic!("{created:?}") };
+        assert_eq!(guid, "0f0e0d0c-0b0a-0908-0706-050403020100");
+        assert_eq!((sid.as_deref(), dn.as_str()), (Some("S-1-5-21-1-2-3-1104"), "CN=G_Sales,DC=corp"));
+        // Someone else's group at that DN by now, or ours with its anchor changed: not taken for ours.
+        assert_eq!(created_entry(&found, "CN=G_Sales,DC=corp", "G_Sales", Some("Group_def")), None);
+        let unanchored = [entry("G_Sales", "DC=corp", None)];
+        assert_eq!(created_entry(&unanchored, "CN=G_Sales,DC=corp", "G_Sales", Some("Group_abc")), None);
+        assert_eq!(created_entry(&found, "CN=G_Sales,DC=corp", "G_Missing", None), None);
     }
 }

@@ -37,12 +37,32 @@ impl TenantSync<'_> {
         options: CycleOptions,
         report: &mut CycleReport,
     ) -> Result<(), SyncError> {
-        let ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.pending()? };
-        self.reconcile_ids(directory, ids, options, report).await
+        directory.hold_listing(true);
+        let result = async {
+            let ids = if options.full { self.full_reconcile_ids(directory).await? } else { self.state.pending()? };
+            self.reconcile_listed(directory, ids, options, report).await
+        }
+        .await;
+        directory.hold_listing(false);
+        result
     }
 
     /// Plans `ids` against the directory and applies the plan, a batch at a time.
     pub(super) async fn reconcile_ids<D: GroupDirectory>(
+        &self,
+        directory: &mut D,
+        ids: Vec<String>,
+        options: CycleOptions,
+        report: &mut CycleReport,
+    ) -> Result<(), SyncError> {
+        directory.hold_listing(true);
+        let result = self.reconcile_listed(directory, ids, options, report).await;
+        directory.hold_listing(false);
+        result
+    }
+
+    /// [`TenantSync::reconcile_ids`], the directory holding its listings.
+    async fn reconcile_listed<D: GroupDirectory>(
         &self,
         directory: &mut D,
         mut ids: Vec<String>,

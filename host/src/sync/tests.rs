@@ -998,7 +998,9 @@ async fn the_pim_sweep_reads_every_written_group_once_per_sweep_besides_the_time
     let expected: Vec<String> = (11..=19).map(id).chain([id(5000)]).collect();
     assert_eq!(read, expected);
     let mark = sync.state.sweep_mark().unwrap();
-    assert_eq!((mark.after, mark.time), (Some(id(19)), now));
+    // The mark is kept as JSON, whose parser may round a float's last bit.
+    assert_eq!(mark.after, Some(id(19)));
+    assert!((mark.time - now).abs() < 1e-6, "{}", mark.time - now);
     // At the end of the groups it goes round to the first ones.
     sync.state.set_sweep_mark(&crate::state::SweepMark { after: Some(id(995)), time: now - 30.0 }).unwrap();
     let read = sync.schedules_to_read(now).unwrap();

@@ -4,7 +4,7 @@
 //! bench/run [--quick]          # installs prerequisites, builds release, ensures the test DC, runs this
 //! bench/run --failover-only    # phase 6 alone, a couple of minutes
 //! bench/run --enforcement-only # phase 7 alone, about five minutes
-//! bench/run --initial-only [--groups N --memberships M --users U --link-ms L]   # phase 1 alone, at any size
+//! bench/run --initial-only [--groups N --memberships M --users U --link-ms L --grow G] # phase 1 alone, any size
 //! bench/run --ratios [--quick] # phase 1 in every setting (fresh and grown DC, direct and a slow link)
 //! cargo run --release -p writeback-tests --bin bench -- [--quick] [--failover-only]
 //! ```
@@ -96,6 +96,9 @@ struct Args {
     /// Phase 1 over a link that hands every LDAP message on this many milliseconds late, each way.
     #[arg(long, requires = "initial_only")]
     link_ms: Option<u64>,
+    /// Phase 1 on a DC first grown by this many other groups (they stay: the DC keeps them until replaced).
+    #[arg(long, requires = "initial_only")]
+    grow: Option<usize>,
     /// Run only the large-group part of phase 4 (a 50,000-member group, one change each way). Creating its
     /// users takes most of the time.
     #[arg(long)]
@@ -235,6 +238,9 @@ async fn run(args: &Args) -> Result<()> {
         let rows = ratios::run(args.quick, args.seed).await?;
         report::ratios(&rows, args.quick);
         return Ok(());
+    }
+    if let Some(count) = args.grow {
+        ratios::grow(count).await?;
     }
     let mut world = World::create(args.seed).await?;
     if args.initial_only {

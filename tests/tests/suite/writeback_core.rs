@@ -371,6 +371,43 @@ async fn small_batches_nest_groups_created_later_and_count_deletes_over_the_whol
     Ok(())
 }
 
+/// `adminDescription` has no index, so listing the domain's anchored groups tests every group of the domain: a
+/// cycle lists them once, however many batches it plans, and then asks only for those changed since, which
+/// include the groups it created itself in an earlier batch. Here more than a hundred parents wait for children that a later batch creates, and are planned
+/// again at the end of the cycle; planned against a listing without them, they would be created a second time.
+#[tokio::test]
+async fn a_cycle_lists_the_anchored_groups_once_and_finds_there_those_it_created() -> anyhow::Result<()> {
+    let mut env = Env::new("listed-once").await?;
+    let proxy = writeback_tests::ldap_proxy::FaultProxy::start(&env.dc)?;
+    env.reach_directory_at(proxy.url())?;
+    env.tenant_settings("reconcile_batch = 120")?;
+    let (user, _) = env.synced_user("listed-once-u1").await?;
+    // Parents sort first, so the first batch holds every parent and the second every child.
+    for i in 0..120 {
+        let (parent, child) = (format!("0{}", &new_id()[1..]), format!("f{}", &new_id()[1..]));
+        let mut p = enabled_group(&parent, &format!("Listed Parent {i:03}"), &[&user]);
+        p.members.push(MemberRef::group(&child));
+        env.sim.add_group(p).unwrap();
+        env.sim.add_group(enabled_group(&child, &format!("Listed Child {i:03}"), &[])).unwrap();
+    }
+    env.sync(&[]).await?;
+    // The substring filter `(adminDescription=Group_*)`: its initial part, context tag 0, six bytes. Each plan
+    // after the first lists only the anchored groups changed since, on uSNChanged.
+    let (listings, updates) = (proxy.searches_with(b"\x80\x06Group_"), proxy.searches_with(b"uSNChanged"));
+    assert_eq!((listings - updates, updates), (1, 3), "one whole listing for the index and three plans of 120");
+    let groups = env.groups().await?;
+    assert_eq!(groups.len(), 240, "each group written once");
+    let name = |g: &GroupEntry| g.display_name.clone().unwrap_or_default();
+    for parent in groups.iter().filter(|g| name(g).starts_with("Listed Parent")) {
+        let child = name(parent).replace("Parent", "Child");
+        let child = groups.iter().find(|g| name(g) == child).expect("child written");
+        assert!(parent.members.iter().any(|m| writeback::dn::same(m, &child.dn)), "{} holds its child", parent.cn);
+    }
+    let status = text(&env.run(&["status"]).await?.stdout);
+    assert!(status.contains("pending: 0"), "{status}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_name_taken_by_a_foreign_object_is_a_conflict_for_that_group_only() -> anyhow::Result<()> {
     let env = Env::new("conflict").await?;

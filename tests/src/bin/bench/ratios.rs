@@ -117,7 +117,7 @@ async fn fresh_dc() -> Result<()> {
 }
 
 /// Adds `count` groups without members to a DC OU of their own.
-async fn grow(count: usize) -> Result<()> {
+pub async fn grow(count: usize) -> Result<()> {
     let dc = tokio::task::spawn_blocking(writeback_tests::dc::TestDc::shared).await??;
     let ou = dc.test_ou("growth").await?;
     let scratch = tempfile::tempdir()?;
